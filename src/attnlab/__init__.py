@@ -1,0 +1,8 @@
+"""attnlab: the Transformer story from NLP to CV, in PyTorch."""
+
+__version__ = "0.1.0"
+
+from attnlab import nn  # noqa: E402
+from attnlab.errors import AttnlabError  # noqa: E402
+
+__all__ = ["__version__", "nn", "AttnlabError"]

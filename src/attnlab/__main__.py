@@ -1,0 +1,3 @@
+from attnlab.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Attention: scaled dot-product (Vaswani et al. 2017, eq. 1), multi-head (§3.2.2),
+additive (Bahdanau et al. 2015), and the key/value cache used for incremental decoding.
+
+Shapes: tokens (B, T, C); heads (B, H, T, D); attention weights (B, H, Tq, Tk).
+Masks follow :mod:`attnlab.nn.masks`: boolean, True = may attend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, ShapeError
+from attnlab.nn.masks import causal_mask, check_mask, window_mask
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    dropout: float = 0.0,
+    need_weights: bool = False,
+    *,
+    bias: Tensor | None = None,
+    topk: int | None = None,
+    scale: float | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ / √d_k + bias) V.
+
+    q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) -> (B, H, Tq, Dv).
+
+    - ``mask``: boolean, True = may attend, broadcastable to (B, H, Tq, Tk).
+    - ``causal``: right-aligned causal mask (query i is at position Tk - Tq + i), so it stays
+      correct when queries are the last Tq of Tk positions (cached decoding).
+    - ``bias``: additive float scores, e.g. a relative position bias (H, Tq, Tk).
+    - ``topk``: keep only each query's k largest scores (Explicit Sparse Transformer).
+    - ``dropout``: on the attention weights; the caller passes 0 in eval mode.
+    - A query whose keys are all masked out gets a zero output (and zero weights), never NaN.
+
+    The fast path calls PyTorch's fused kernel (no (Tq, Tk) matrix is kept); the explicit path
+    (``need_weights`` or ``topk``) computes the same formula step by step and also returns the
+    weights (B, H, Tq, Tk).
+    """
+    if q.shape[-1] != k.shape[-1]:
+        raise ShapeError(f"query and key head dimensions differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ShapeError(f"keys and values have different lengths: {k.shape[-2]} vs {v.shape[-2]}")
+    tq, tk = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        check_mask(mask, *_bh(q), tq, tk)
+    explicit = need_weights or topk is not None
+
+    # The common causal case goes straight to the fused kernel's own causal path.
+    if causal and tq == tk and mask is None and bias is None and not explicit:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
+    if causal:
+        cm = causal_mask(tq, tk, device=q.device)
+        mask = cm if mask is None else mask & cm
+
+    has_key = None
+    if mask is not None:
+        # Rows with no visible key would softmax over nothing (NaN, in value and gradient):
+        # let them see everything, then zero their output.
+        has_key = mask.any(dim=-1, keepdim=True)
+        mask = mask | ~has_key
+
+    if explicit:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+        if bias is not None:
+            scores = scores + bias
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if topk is not None and topk < tk:
+            kth = scores.topk(topk, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        if has_key is not None:
+            weights = weights.masked_fill(~has_key, 0.0)
+        out = F.dropout(weights, dropout) @ v if dropout > 0 else weights @ v
+        return (out, weights) if need_weights else out
+
+    attn_mask = mask
+    if bias is not None:
+        attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+    if has_key is not None:
+        out = out.masked_fill(~has_key, 0.0)
+    return out
+
+
+def _bh(q: Tensor) -> tuple[int, int]:
+    """(B, H) of a (B, H, T, D) tensor; 1s for missing leading dims."""
+    lead = (1, 1) + tuple(q.shape[:-2])
+    return lead[-2], lead[-1]
+
+
+class KVCache:
+    """Keys and values of past positions for one attention layer.
+
+    Self-attention appends each step's keys/values; cross-attention stores the encoder
+    memory's keys/values once (``set``) and reuses them. ``reorder`` follows beam search.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None  # (B, H, T, D)
+        self.v: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=-2)
+            self.v = torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+    def set(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+
+    def reorder(self, index: Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, head_i = Attention(Q W_Qi, K W_Ki, V W_Vi).
+
+    One fused input projection ``qkv`` (3C x C, the layout of ``nn.MultiheadAttention`` and
+    timm) serves self-attention in one matmul and cross-attention as two (Q from ``x``;
+    K, V from ``context``). ``proj`` is W_O.
+
+    Options: ``qkv_bias``; ``dropout`` on the attention weights; ``topk`` sparse attention;
+    ``window`` local attention (each query sees keys within ``window`` positions); ``causal``
+    as the default for :meth:`forward`.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        bias: bool = True,
+        qkv_bias: bool | None = None,
+        dropout: float = 0.0,
+        topk: int | None = None,
+        window: int | None = None,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if topk is not None and topk < 1:
+            raise ConfigError(f"topk must be >= 1, got {topk}")
+        if window is not None and window < 0:
+            raise ConfigError(f"window must be >= 0, got {window}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout, self.topk, self.window, self.causal = dropout, topk, window, causal
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias if qkv_bias is None else qkv_bias)
+        self.proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool | None = None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        pos=None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, Tq, C); context (B, Tk, C) for cross-attention, None for self-attention.
+
+        ``pos`` is a :class:`attnlab.nn.position.PositionEncoding` acting inside attention
+        (rotary, relative bias); ``cache`` a :class:`KVCache` for incremental decoding.
+        Returns (B, Tq, C), and the weights (B, H, Tq, Tk) when ``need_weights``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ShapeError(f"expected input (B, T, {self.embed_dim}), got {tuple(x.shape)}")
+        b, tq, c = x.shape
+        causal = self.causal if causal is None else causal
+        w, bqkv = self.qkv.weight, self.qkv.bias
+        offset = 0
+        if context is None:  # self-attention: one matmul for Q, K, V
+            qkv = self.qkv(x).view(b, tq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, H, Tq, D)
+            if cache is not None:
+                offset = len(cache)
+            if pos is not None:
+                q, k = pos.rotate(q, k, offset)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        else:  # cross-attention: keys/values of the context, computed once per cache
+            if context.dim() != 3 or context.shape[0] != b or context.shape[-1] != c:
+                raise ShapeError(f"context must be (B={b}, Tk, C={c}), got {tuple(context.shape)}")
+            q = self._heads(F.linear(x, w[:c], None if bqkv is None else bqkv[:c]))
+            if cache is not None and len(cache):
+                k, v = cache.k, cache.v
+            else:
+                kv = F.linear(context, w[c:], None if bqkv is None else bqkv[c:])
+                kv = kv.view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+                k, v = kv.unbind(0)
+                if cache is not None:
+                    cache.set(k, v)
+        tk = k.shape[-2]
+        if mask is not None:
+            check_mask(mask, b, self.num_heads, tq, tk)
+        if self.window is not None:
+            wm = window_mask(tq, tk, self.window, device=x.device)
+            mask = wm if mask is None else mask & wm
+        bias = pos.bias(tq, tk) if (pos is not None and context is None) else None
+        res = scaled_dot_product_attention(
+            q, k, v, mask=mask, causal=causal, dropout=self.dropout if self.training else 0.0,
+            need_weights=need_weights, bias=bias, topk=self.topk,
+        )
+        out, weights = res if need_weights else (res, None)
+        out = self.proj(out.transpose(1, 2).reshape(b, tq, c))  # concat heads, then W_O
+        return (out, weights) if need_weights else out
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: score(s, h_j) = vᵀ tanh(W_s s + W_h h_j), weights = softmax over j.
+
+    query (B, Tq, Dq) or (B, Dq); keys (B, Tk, Dk); values default to the keys.
+    ``mask`` (B, Tk) or (B, Tq, Tk), boolean, True = may attend.
+    Returns the context (B, Tq, Dv) (or (B, Dv)) and the weights (B, Tq, Tk) (or (B, Tk)).
+    Pass ``keys_proj = attn.project_keys(keys)`` to compute W_h h_j once per sequence.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w_query = nn.Linear(query_dim, hidden_dim, bias=False)
+        self.w_key = nn.Linear(key_dim, hidden_dim, bias=True)
+        self.v = nn.Linear(hidden_dim, 1, bias=False)
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        return self.w_key(keys)
+
+    def forward(self, query, keys, values=None, mask=None, keys_proj=None):
+        single = query.dim() == 2
+        if single:
+            query = query[:, None, :]
+        values = keys if values is None else values
+        keys_proj = self.project_keys(keys) if keys_proj is None else keys_proj
+        # (B, Tq, 1, A) + (B, 1, Tk, A) -> scores (B, Tq, Tk)
+        scores = self.v(torch.tanh(self.w_query(query)[:, :, None, :] + keys_proj[:, None, :, :])).squeeze(-1)
+        if mask is not None:
+            mask = mask[:, None, :] if mask.dim() == 2 else mask
+            has_key = mask.any(-1, keepdim=True)
+            scores = scores.masked_fill(~(mask | ~has_key), float("-inf"))
+        weights = scores.softmax(-1)
+        if mask is not None:
+            weights = weights.masked_fill(~has_key, 0.0)
+        context = weights @ values
+        return (context[:, 0], weights[:, 0]) if single else (context, weights)

@@ -1,0 +1,79 @@
+"""Attention masks. One convention for the whole library:
+
+    a mask is a **boolean** tensor, **True = may attend**, broadcastable to the attention
+    shape (B, H, Tq, Tk).
+
+PyTorch's ``nn.MultiheadAttention``/``nn.Transformer`` use the opposite for boolean masks
+(True = masked out) and accept additive float masks; convert at the edge with
+:func:`from_torch_mask`. Helpers here build the usual masks in our convention.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnlab.errors import ShapeError
+
+
+def causal_mask(tq: int, tk: int | None = None, device=None) -> Tensor:
+    """(Tq, Tk) causal mask, **right-aligned**: query i sits at absolute position Tk - Tq + i.
+
+    Right alignment keeps the mask correct when the queries are the last Tq of Tk positions,
+    which is exactly the case of cached incremental decoding (Tq = 1, Tk = cache length + 1).
+    """
+    tk = tq if tk is None else tk
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
+
+
+def window_mask(tq: int, tk: int | None = None, window: int = 1, device=None) -> Tensor:
+    """(Tq, Tk) local-window mask: query i (right-aligned as in :func:`causal_mask`) sees keys
+    j with |pos(i) - j| <= window ("truncated self-attention")."""
+    tk = tq if tk is None else tk
+    qpos = torch.arange(tq, device=device)[:, None] + (tk - tq)
+    kpos = torch.arange(tk, device=device)[None, :]
+    return (qpos - kpos).abs() <= window
+
+
+def padding_mask(valid: Tensor) -> Tensor:
+    """Key padding: ``valid`` (B, Tk) bool, True at real tokens -> (B, 1, 1, Tk)."""
+    if valid.dim() != 2:
+        raise ShapeError(f"padding_mask expects a (B, Tk) tensor of real-token flags, got shape {tuple(valid.shape)}")
+    return valid.bool()[:, None, None, :]
+
+
+def lengths_to_valid(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """(B,) lengths -> (B, T) bool, True at positions < length."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def from_torch_mask(mask: Tensor | None, *, key_padding: bool = False) -> Tensor | None:
+    """Convert a PyTorch-convention mask into ours.
+
+    PyTorch boolean masks mean True = *masked out*; float masks are added to the scores
+    (-inf = masked). ``key_padding=True`` treats ``mask`` as a (B, Tk) key_padding_mask and
+    returns (B, 1, 1, Tk). Float masks with values other than 0/-inf are not masks but biases
+    and are refused.
+    """
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        ours = ~mask
+    else:
+        if not bool(((mask == 0) | torch.isneginf(mask)).all()):
+            raise ShapeError("float attention masks with values other than 0 and -inf are biases, not masks; pass them as `bias`")
+        ours = mask == 0
+    return ours[:, None, None, :] if key_padding else ours
+
+
+def check_mask(mask: Tensor, b: int, h: int, tq: int, tk: int) -> Tensor:
+    """Validate that ``mask`` is boolean and broadcastable to (B, H, Tq, Tk)."""
+    if mask.dtype != torch.bool:
+        raise ShapeError(f"attention masks are boolean (True = may attend), got dtype {mask.dtype}")
+    target = (b, h, tq, tk)
+    shape = tuple(mask.shape)
+    ok = len(shape) <= 4 and all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+    if not ok:
+        raise ShapeError(f"mask of shape {shape} does not broadcast to the attention shape (B, H, Tq, Tk) = {target}")
+    return mask
