@@ -1,0 +1,178 @@
+"""Attention and multi-head attention against PyTorch's twins, with identical weights.
+
+Tolerance: 1e-5 absolute in float32 (both sides run the same kernels up to summation order)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.convert import from_torch
+from attnlab.errors import ConfigError, ShapeError
+from attnlab.nn import AdditiveAttention, MultiHeadAttention, scaled_dot_product_attention
+from attnlab.nn.masks import causal_mask, from_torch_mask, padding_mask, window_mask
+
+ATOL = 1e-5
+B, T, S, E, H = 3, 6, 9, 32, 4
+
+
+def pair(bias=True, batch_first=True):
+    ref = nn.MultiheadAttention(E, H, bias=bias, batch_first=batch_first).eval()
+    return ref, from_torch(ref)
+
+
+def kpm(b, t):
+    """PyTorch key_padding_mask (True = pad) with different lengths per row."""
+    m = torch.zeros(b, t, dtype=torch.bool)
+    for i in range(b):
+        m[i, t - i:] = True
+    return m
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("cross,causal", [(False, False), (False, True), (True, False)])
+def test_mha_equals_torch(bias, cross, padding, causal):
+    ref, ours = pair(bias)
+    x = torch.randn(B, T, E)
+    ctx = torch.randn(B, S, E) if cross else x
+    tk = ctx.shape[1]
+    key_pad = kpm(B, tk) if padding else None
+    attn_mask = torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None  # PyTorch: True = masked
+    want, want_w = ref(x, ctx, ctx, key_padding_mask=key_pad, attn_mask=attn_mask, average_attn_weights=False)
+    mask = from_torch_mask(key_pad, key_padding=True)
+    got, got_w = ours(x, ctx if cross else None, mask=mask, causal=causal, need_weights=True)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got_w, want_w, atol=ATOL, rtol=0)
+    fast = ours(x, ctx if cross else None, mask=mask, causal=causal)
+    torch.testing.assert_close(fast, got, atol=ATOL, rtol=0)
+
+
+def test_mha_seq_first_module_converts():
+    ref, ours = pair(batch_first=False)
+    x = torch.randn(T, B, E)
+    want, _ = ref(x, x, x)
+    torch.testing.assert_close(ours(x.transpose(0, 1)).transpose(0, 1), want, atol=ATOL, rtol=0)
+
+
+def test_sdpa_formula_and_paths_agree():
+    q, k, v = torch.randn(2, H, T, 8), torch.randn(2, H, S, 8), torch.randn(2, H, S, 8)
+    manual = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v
+    fast = scaled_dot_product_attention(q, k, v)
+    explicit, w = scaled_dot_product_attention(q, k, v, need_weights=True)
+    torch.testing.assert_close(fast, manual, atol=ATOL, rtol=0)
+    torch.testing.assert_close(explicit, manual, atol=ATOL, rtol=0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, H, T))
+
+
+def test_causal_mask_is_right_aligned():
+    m = causal_mask(2, 4)
+    assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert torch.equal(causal_mask(4), torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_causal_fewer_queries_than_keys_matches_full():
+    q, k, v = torch.randn(1, H, S, 8), torch.randn(1, H, S, 8), torch.randn(1, H, S, 8)
+    full = scaled_dot_product_attention(q, k, v, causal=True)
+    last = scaled_dot_product_attention(q[:, :, -3:], k, v, causal=True)
+    torch.testing.assert_close(last, full[:, :, -3:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_fully_masked_rows_are_zero_not_nan(need_weights):
+    q, k, v = torch.randn(2, H, T, 8, requires_grad=True), torch.randn(2, H, T, 8), torch.randn(2, H, T, 8)
+    mask = torch.ones(2, 1, T, T, dtype=torch.bool)
+    mask[0, :, 2] = False  # query 2 of sample 0 sees nothing
+    out = scaled_dot_product_attention(q, k, v, mask=mask, need_weights=need_weights)
+    out = out[0] if need_weights else out
+    assert torch.isfinite(out).all()
+    assert out[0, :, 2].abs().max() == 0
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_topk_keeps_k_largest():
+    q, k, v = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 10, 8), torch.randn(1, 1, 10, 8)
+    out, w = scaled_dot_product_attention(q, k, v, topk=3, need_weights=True)
+    assert ((w > 0).sum(-1) == 3).all()
+    scores = q @ k.transpose(-2, -1)
+    top = scores.topk(3, -1).indices
+    assert torch.equal((w > 0), torch.zeros_like(w, dtype=torch.bool).scatter(-1, top, True))
+
+
+def test_window_mask():
+    m = window_mask(5, 5, window=1)
+    assert m.sum().item() == 13 and m[0].tolist() == [True, True, False, False, False]
+
+
+def test_mha_with_window_matches_explicit_mask():
+    mha = MultiHeadAttention(E, H).eval()
+    x = torch.randn(B, T, E)
+    win = MultiHeadAttention(E, H, window=2).eval()
+    win.load_state_dict(mha.state_dict())
+    torch.testing.assert_close(win(x), mha(x, mask=window_mask(T, T, 2)), atol=ATOL, rtol=0)
+
+
+def test_attention_weights_do_not_change_output():
+    mha = MultiHeadAttention(E, H).eval()
+    x = torch.randn(B, T, E)
+    out, w = mha(x, need_weights=True)
+    assert w.shape == (B, H, T, T)
+    torch.testing.assert_close(out, mha(x), atol=ATOL, rtol=0)
+
+
+def test_attention_dropout_only_in_training():
+    mha = MultiHeadAttention(E, H, dropout=0.5)
+    x = torch.randn(B, T, E)
+    mha.eval()
+    torch.testing.assert_close(mha(x), mha(x))
+    mha.train()
+    assert not torch.allclose(mha(x), mha(x))
+
+
+def test_additive_attention_is_softmax_of_bahdanau_scores():
+    att = AdditiveAttention(5, 7, 11)
+    s, h = torch.randn(2, 5), torch.randn(2, 4, 7)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    ctx, w = att(s, h, mask=mask)
+    scores = (att.v(torch.tanh(att.w_query(s)[:, None] + att.w_key(h)))).squeeze(-1)
+    want = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    torch.testing.assert_close(w, want)
+    torch.testing.assert_close(ctx, (want[:, :, None] * h).sum(1))
+    assert w[0, 3] == 0
+
+
+def test_bad_input_errors_name_the_problem():
+    with pytest.raises(ValueError, match="not divisible"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ShapeError, match="head dimensions differ"):
+        scaled_dot_product_attention(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4))
+    mha = MultiHeadAttention(E, H)
+    x = torch.randn(B, T, E)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        mha(x, mask=torch.ones(B, T, T + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="boolean"):
+        mha(x, mask=torch.ones(T, T))
+    with pytest.raises(ValueError, match="expected input"):
+        mha(torch.randn(B, T, E + 1))
+    with pytest.raises(ConfigError):
+        MultiHeadAttention(E, H, topk=0)
+    with pytest.raises(ValueError, match="padding_mask"):
+        padding_mask(torch.ones(3, dtype=torch.bool))
+
+
+def test_from_torch_float_mask_conversion():
+    f = torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])
+    assert from_torch_mask(f).tolist() == [[True, False], [True, True]]
+    with pytest.raises(ValueError, match="biases"):
+        from_torch_mask(torch.tensor([[0.5, 0.0]]))
+
+
+def test_sdpa_bias_is_added_to_scores():
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    bias = torch.randn(2, 3, 5)
+    want = torch.softmax(q @ k.transpose(-2, -1) / 2 + bias, -1) @ v
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, bias=bias), want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=bias), want, atol=ATOL, rtol=0)
