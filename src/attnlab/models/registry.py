@@ -1,0 +1,95 @@
+"""The model registry: every named configuration is a function registered with
+:func:`register_model`; :func:`create_model` builds one by name with field overrides and
+:func:`list_models` lists the names.
+
+A registered function takes keyword overrides and returns the model. It should build its
+config with :func:`config_from`, which turns unknown field names into a clear
+:class:`~attnlab.errors.ConfigError`.
+
+Every module of the :mod:`attnlab.models` package is imported on first use of the registry,
+so a new model family only needs a module there that uses :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+from attnlab.errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+_loaded = False
+
+
+def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_model("vit_tiny_patch16_224")`` on a function ``fn(**overrides)``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ConfigError(f"model name {name!r} is registered twice ({old.__module__}.{old.__qualname__} "
+                              f"and {fn.__module__}.{fn.__qualname__})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    """Import every module of attnlab.models so that their registrations run."""
+    global _loaded
+    if _loaded:
+        return
+    import attnlab.models as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "registry" and not info.name.startswith("_"):
+            importlib.import_module(f"attnlab.models.{info.name}")
+    _loaded = True
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the shell-style ``pattern`` (fnmatch), sorted."""
+    _load_all()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    """True if ``name`` is a registered model name."""
+    _load_all()
+    return name in _REGISTRY
+
+
+def create_model(name: str, **overrides: Any) -> Any:
+    """Build the registered model ``name``; ``overrides`` replace fields of its config
+    (e.g. ``create_model("vit_tiny_patch16_224", num_classes=10)``).
+
+    Build on another device with a device context: ``with torch.device("meta"): ...``.
+    """
+    _load_all()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see list_models() for the names"
+        raise ConfigError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name](**overrides)
+
+
+def config_from(cls: type, base: dict[str, Any], overrides: dict[str, Any], model: str = "") -> Any:
+    """``cls(**{**base, **overrides})`` for a config dataclass, refusing unknown field names
+    with a ConfigError that names them and the closest real fields."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    bad = [k for k in overrides if k not in fields]
+    if bad:
+        parts = []
+        for k in bad:
+            close = difflib.get_close_matches(k, fields, n=3, cutoff=0.5)
+            parts.append(f"{k!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        where = f" for {model}" if model else ""
+        raise ConfigError(f"unknown config field{'s' if len(bad) > 1 else ''}{where}: {', '.join(parts)}; "
+                          f"{cls.__name__} has: {', '.join(fields)}")
+    return cls(**{**base, **overrides})

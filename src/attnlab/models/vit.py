@@ -1,0 +1,562 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+
+The image (B, C_in, H, W) is cut into Gh x Gw patches of P x P pixels, each flattened and
+projected to C channels (E); a learned class token is put in front and position embeddings
+are added (eq. 1); L pre-LN encoder blocks follow (eq. 2-3); the final LayerNorm of the class
+token is the image representation (eq. 4), and a linear head gives the logits.
+
+Shapes: images (B, C_in, H, W); tokens (B, N, C) with N = num_prefix + Gh*Gw;
+attention (B, H, N, N). The block is :class:`attnlab.nn.layers.EncoderLayer` (pre-LN, GELU).
+
+Parameter names follow timm's layout (``cls_token``, ``pos_embed.weight``,
+``patch_embed.proj``, ``blocks.{i}.norm1/self_attn.qkv/self_attn.proj/norm2/ff.fc1/ff.fc2``,
+``norm`` or ``fc_norm``, ``pre_logits.fc``, ``head``), so foreign checkpoints map by renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.registry import config_from, register_model
+from attnlab.nn.layers import EncoderLayer
+from attnlab.nn.position import (
+    LearnedPositionalEmbedding,
+    PositionEncoding,
+    RelativePositionBias2D,
+    SinCos2DPositionalEncoding,
+    grid_of,
+    resample_grid,
+    sincos_2d_table,
+)
+
+GLOBAL_POOLS = ("token", "avg")
+POS_EMBEDS = ("learn", "sincos2d", "relative", "none")
+PATCH_EMBEDS = ("conv", "linear")
+WEIGHT_INITS = ("trunc_normal", "jax")
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+@dataclass
+class ViTConfig:
+    """One Vision Transformer. Defaults are ViT-B/16 at 224 pixels with a 1000-class head."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000  # 0: no head (forward returns the pooled features)
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0  # after the embeddings, on each branch output and inside the MLP
+    attn_drop_rate: float = 0.0  # on the attention weights
+    drop_path_rate: float = 0.0  # stochastic depth; block i gets drop_path_rate * i / (depth - 1)
+    class_token: bool = True
+    global_pool: str = "token"  # "token": the class token; "avg": mean of the patch tokens
+    pos_embed: str = "learn"  # "learn", "sincos2d", "relative" (2-D bias in attention), "none"
+    patch_embed: str = "conv"  # "conv" (Conv2d P x P, stride P) or "linear" (LN, Linear, LN on flat patches)
+    pre_logits: bool = False  # Linear C->C + tanh before the head (the paper's pre-training head)
+    norm_eps: float = 1e-6
+    weight_init: str = "trunc_normal"  # "trunc_normal" (timm) or "jax" (the JAX reference)
+    dynamic_img_size: bool = False  # accept other image sizes by resampling the position grid
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field and what it allows."""
+
+        def choose(field: str, allowed: tuple[str, ...]) -> None:
+            v = getattr(self, field)
+            if v not in allowed:
+                raise ConfigError(f"ViTConfig.{field}={v!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+        def positive(field: str, v, zero_ok: bool = False) -> None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or (v < 0 if zero_ok else v <= 0):
+                raise ConfigError(f"ViTConfig.{field} must be {'>= 0' if zero_ok else '> 0'}, got {v!r}")
+
+        def rate(field: str) -> None:
+            v = getattr(self, field)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ConfigError(f"ViTConfig.{field} must be a probability in [0, 1), got {v!r}")
+
+        if isinstance(self.img_size, (list, tuple)):
+            if len(self.img_size) != 2:
+                raise ConfigError(f"ViTConfig.img_size must be an int or (height, width), got {self.img_size!r}")
+            self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+            for v in self.img_size:
+                positive("img_size", v)
+        else:
+            positive("img_size", self.img_size)
+        for field in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            v = getattr(self, field)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"ViTConfig.{field} must be an integer, got {v!r}")
+            positive(field, v)
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ConfigError(f"ViTConfig.num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        positive("mlp_ratio", self.mlp_ratio)
+        positive("norm_eps", self.norm_eps)
+        for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            rate(field)
+        h, w = _pair(self.img_size)
+        if h % self.patch_size or w % self.patch_size:
+            raise ConfigError(f"ViTConfig.img_size {h}x{w} is not divisible by patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"ViTConfig.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        choose("global_pool", GLOBAL_POOLS)
+        choose("pos_embed", POS_EMBEDS)
+        choose("patch_embed", PATCH_EMBEDS)
+        choose("weight_init", WEIGHT_INITS)
+        if self.global_pool == "token" and not self.class_token:
+            raise ConfigError("ViTConfig.global_pool='token' needs class_token=True; use global_pool='avg' without a class token")
+        if self.pos_embed == "sincos2d" and self.embed_dim % 4:
+            raise ConfigError(f"ViTConfig.pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.dynamic_img_size and self.pos_embed == "relative":
+            raise ConfigError("ViTConfig.dynamic_img_size=True works with pos_embed 'learn', 'sincos2d' or 'none', "
+                              "not 'relative' (its bias table is tied to the patch grid)")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = _pair(self.img_size)
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+
+class PatchEmbed(nn.Module):
+    """x_p E for all patches at once: a P x P convolution with stride P (timm, the paper's code)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, Gh*Gw, C)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class LinearPatchEmbed(nn.Module):
+    """Flatten each patch as (p1 p2 c), then LayerNorm, Linear, LayerNorm (the lucidrains
+    ``vit-pytorch`` patch embedding)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        patch_dim = patch_size * patch_size * in_chans
+        self.norm_in = nn.LayerNorm(patch_dim, eps=eps)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.norm_out = nn.LayerNorm(embed_dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, Gh*Gw, C)
+        b, c, h, w = x.shape
+        p = self.patch_size
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, Gh, Gw, p1, p2, C_in)
+        x = x.reshape(b, (h // p) * (w // p), p * p * c)  # (B, Gh*Gw, p*p*C_in)
+        return self.norm_out(self.proj(self.norm_in(x)))
+
+
+class PreLogits(nn.Module):
+    """The pre-training head's hidden layer: tanh(W x + b)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.act = nn.Tanh()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.fc(x))
+
+
+def resample_pos_embed(pos_embed: Tensor, new_grid: int | tuple[int, int], num_prefix: int = 1,
+                       old_grid: tuple[int, int] | None = None) -> Tensor:
+    """Resample learned position embeddings (1, num_prefix + Gh*Gw, C) to ``new_grid`` with
+    bicubic interpolation (e.g. a 224 checkpoint, 14x14, into a 384 model, 24x24). The
+    ``num_prefix`` leading rows (class token) are kept exactly. ``old_grid`` defaults to the
+    square grid that holds the patch rows. A (num_prefix + Gh*Gw, C) tensor is accepted too."""
+    squeeze = pos_embed.dim() == 2
+    pe = pos_embed[None] if squeeze else pos_embed
+    if pe.dim() != 3 or pe.shape[1] <= num_prefix:
+        raise ShapeError(f"position embedding must be (1, num_prefix + Gh*Gw, C), got {tuple(pos_embed.shape)}")
+    old = tuple(old_grid) if old_grid is not None else grid_of(pe.shape[1] - num_prefix)
+    out = resample_grid(pe, old, _pair(new_grid), num_prefix)
+    return out[0] if squeeze else out
+
+
+def drop_path_schedule(rate: float, depth: int) -> list[float]:
+    """Stochastic depth rates rising linearly from 0 (first block) to ``rate`` (last block)."""
+    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, position embedding, pre-LN encoder blocks, head.
+
+    The timm-like API: :meth:`forward_features`, :meth:`forward_head`, :meth:`forward`,
+    :meth:`forward_intermediates`, :meth:`reset_classifier`; for inspection
+    :meth:`get_attention_maps` and :meth:`attention_rollout`.
+    """
+
+    def __init__(self, cfg: ViTConfig | None = None, name: str = "vit", **overrides) -> None:
+        super().__init__()
+        cfg = config_from(ViTConfig, asdict(cfg) if cfg is not None else {}, overrides)
+        self.cfg, self.name = cfg, name
+        c, gh, gw = cfg.embed_dim, *cfg.grid_size
+        self.grid_size = (gh, gw)
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.patch_size = cfg.patch_size
+        self.num_features = self.embed_dim = c
+
+        if cfg.patch_embed == "conv":
+            self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, c)
+        else:
+            self.patch_embed = LinearPatchEmbed(cfg.patch_size, cfg.in_chans, c, eps=cfg.norm_eps)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c)) if cfg.class_token else None
+        n = self.num_prefix_tokens + gh * gw
+        # Absolute encodings are added to the tokens (pos_embed); a relative bias acts inside
+        # every block's attention (rel_pos). The unused one is the no-op PositionEncoding().
+        self.pos_embed: PositionEncoding = {
+            "learn": lambda: LearnedPositionalEmbedding(n, c),
+            "sincos2d": lambda: SinCos2DPositionalEncoding((gh, gw), c, self.num_prefix_tokens),
+        }.get(cfg.pos_embed, PositionEncoding)()
+        self.rel_pos: PositionEncoding = (RelativePositionBias2D((gh, gw), cfg.num_heads, self.num_prefix_tokens)
+                                          if cfg.pos_embed == "relative" else PositionEncoding())
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        self.blocks = nn.ModuleList(
+            EncoderLayer(c, cfg.num_heads, int(c * cfg.mlp_ratio), norm_first=True, activation="gelu",
+                         norm_eps=cfg.norm_eps, dropout=cfg.drop_rate, attn_dropout=cfg.attn_drop_rate,
+                         qkv_bias=cfg.qkv_bias, drop_path=dp)
+            for dp in drop_path_schedule(cfg.drop_path_rate, cfg.depth)
+        )
+        # timm's layout: "token" pooling normalises all tokens (norm); "avg" pooling normalises
+        # the average (fc_norm).
+        self.norm: nn.Module = nn.Identity()
+        self.fc_norm: nn.Module = nn.Identity()
+        setattr(self, "norm" if cfg.global_pool == "token" else "fc_norm", nn.LayerNorm(c, eps=cfg.norm_eps))
+        self.pre_logits = PreLogits(c) if cfg.pre_logits else nn.Identity()
+        self.head = nn.Linear(c, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights(cfg.weight_init)
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(self, mode: str = "trunc_normal") -> None:
+        """"trunc_normal" (timm): linear weights ~ N(0, .02) truncated, biases 0, position
+        embedding ~ N(0, .02) truncated, class token ~ N(0, 1e-6), patch conv at PyTorch's default.
+        "jax" (the JAX reference): xavier-uniform linears (q, k, v each as its own C x C matrix),
+        MLP biases ~ N(0, 1e-6), other biases 0, LeCun-normal patch projection and pre-logits,
+        position embedding ~ N(0, .02), class token 0, zero head."""
+        if mode not in WEIGHT_INITS:
+            raise ConfigError(f"weight_init={mode!r} is not allowed; choose one of {', '.join(map(repr, WEIGHT_INITS))}")
+        jax = mode == "jax"
+        if isinstance(self.pos_embed, LearnedPositionalEmbedding):
+            (nn.init.normal_ if jax else nn.init.trunc_normal_)(self.pos_embed.weight, std=0.02)
+        if self.cls_token is not None:
+            if jax:
+                nn.init.zeros_(self.cls_token)
+            else:
+                nn.init.normal_(self.cls_token, std=1e-6)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif not jax and isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif jax and isinstance(m, (nn.Linear, nn.Conv2d)):
+                if name == "head":
+                    nn.init.zeros_(m.weight)
+                elif isinstance(m, nn.Conv2d) or name == "pre_logits.fc":
+                    _lecun_normal_(m.weight)
+                elif name.endswith("self_attn.qkv"):
+                    for w in m.weight.chunk(3, dim=0):
+                        nn.init.xavier_uniform_(w)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None and ".ff.fc" in name:
+                    nn.init.normal_(m.bias, std=1e-6)
+                elif m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names usually excluded from weight decay."""
+        return {n for n, _ in self.named_parameters() if n in ("cls_token", "pos_embed.weight", "rel_pos.table")}
+
+    # ------------------------------------------------------------------ the model
+    def _check_input(self, x: Tensor) -> tuple[int, int]:
+        """Validate an image batch and return its patch grid (Gh, Gw)."""
+        cfg = self.cfg
+        h, w = _pair(cfg.img_size)
+        expected = f"(B, {cfg.in_chans}, {h}, {w})"
+        if x.dim() != 4 or x.shape[1] != cfg.in_chans:
+            raise ShapeError(f"{self.name} expects images {expected}, got {tuple(x.shape)}")
+        p = self.patch_size
+        if cfg.dynamic_img_size:
+            if x.shape[2] % p or x.shape[3] % p:
+                raise ShapeError(f"{self.name}: image size {x.shape[2]}x{x.shape[3]} is not a multiple of the patch size {p}")
+        elif (x.shape[2], x.shape[3]) != (h, w):
+            raise ShapeError(f"{self.name} expects images {expected}, got {tuple(x.shape)}; "
+                             f"build it with dynamic_img_size=True to accept other sizes")
+        return x.shape[2] // p, x.shape[3] // p
+
+    def _add_pos(self, z: Tensor, grid: tuple[int, int]) -> Tensor:
+        """z + E_pos for a patch grid; a grid other than the model's (dynamic_img_size) gets
+        the learned embedding resampled bicubically, or a sin-cos table of its own size."""
+        if grid == self.grid_size:
+            return self.pos_embed.add(z)
+        kind, k = self.cfg.pos_embed, self.num_prefix_tokens
+        if kind == "learn":
+            return z + resample_grid(self.pos_embed.weight, self.grid_size, grid, k)
+        if kind == "sincos2d":
+            table = torch.cat([z.new_zeros(k, z.shape[-1]), sincos_2d_table(*grid, z.shape[-1]).to(z)])
+            return z + table[None]
+        return z
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos.  (B, C_in, H, W) -> (B, N, C)"""
+        grid = self._check_input(x)
+        z = self.patch_embed(x)  # (B, Gh*Gw, C)
+        if self.cls_token is not None:
+            z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)  # (B, 1 + Gh*Gw, C)
+        return self.pos_drop(self._add_pos(z, grid))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Eq. 1-4 without the head: (B, C_in, H, W) -> tokens (B, N, C) after the final
+        LayerNorm ("token" pooling) or before pooling and without norm ("avg" pooling)."""
+        z = self.embed(x)  # eq. 1                             (B, N, C)
+        for block in self.blocks:  # eq. 2-3: z' = MSA(LN(z)) + z; z = MLP(LN(z')) + z'
+            z = block(z, pos=self.rel_pos)  # (B, N, C)
+        return self.norm(z)  # eq. 4: LN(z_L)
+
+    def pool(self, z: Tensor) -> Tensor:
+        """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens."""
+        if self.cfg.global_pool == "avg":
+            return z[:, self.num_prefix_tokens:].mean(dim=1)
+        return z[:, 0]
+
+    def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool, fc_norm, pre-logits; then the head unless ``pre_logits``. (B, N, C) -> (B, K)"""
+        y = self.pre_logits(self.fc_norm(self.pool(z)))  # (B, C)
+        return y if pre_logits else self.head(y)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> logits (B, num_classes), or pooled features (B, C) without a head."""
+        return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ inspection
+    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if indices is None:
+            return list(range(depth))
+        if isinstance(indices, int):
+            if not 1 <= indices <= depth:
+                raise ConfigError(f"an int selects the last n blocks, 1 <= n <= {depth}; got {indices}")
+            return list(range(depth - indices, depth))
+        out = []
+        for i in indices:
+            if not -depth <= int(i) < depth:
+                raise ConfigError(f"block index {i} out of range for {depth} blocks (valid: {-depth}..{depth - 1})")
+            out.append(int(i) % depth)
+        if not out:
+            raise ConfigError("no block selected: pass an int n (last n blocks) or a non-empty list of block indices")
+        return out
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] = 1, *, norm: bool = False,
+                              return_final: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Outputs of chosen blocks, all tokens (class token first), each (B, N, C).
+
+        ``indices``: an int n takes the last n blocks; a list takes those blocks (negative
+        indices count from the end), returned in the order given. ``norm=True`` passes each
+        through the final ``norm`` (identity for "avg" models). Blocks after the last one asked
+        for are skipped unless ``return_final=True``, which returns
+        ``(forward_features(x), intermediates)`` instead of the list.
+        """
+        take = self._block_indices(indices)
+        stop = len(self.blocks) if return_final else max(take) + 1
+        got: dict[int, Tensor] = {}
+        z = self.embed(x)
+        for i in range(stop):
+            z = self.blocks[i](z, pos=self.rel_pos)
+            if i in take:
+                got[i] = self.norm(z) if norm else z
+        outs = [got[i] for i in take]
+        return (self.norm(z), outs) if return_final else outs
+
+    def get_attention_maps(self, x: Tensor, blocks: int | Sequence[int] | None = None, *,
+                           return_logits: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Attention weights softmax(QKᵀ/√d + bias) of chosen blocks, each (B, H, N, N).
+
+        ``blocks``: None for all, an int n for the last n, or a list of indices (in that
+        order). Only the chosen blocks take the explicit path (``need_weights=True``), the others
+        keep the fused kernel. ``return_logits=True`` also runs the head and returns
+        ``(logits, maps)``. Attention dropout is not applied to the returned weights.
+        """
+        take = self._block_indices(blocks)
+        wanted = set(take)
+        stop = len(self.blocks) if return_logits else max(take) + 1
+        got: dict[int, Tensor] = {}
+        z = self.embed(x)
+        for i in range(stop):
+            if i in wanted:
+                z, got[i] = self.blocks[i](z, pos=self.rel_pos, need_weights=True)
+            else:
+                z = self.blocks[i](z, pos=self.rel_pos)
+        maps = [got[i] for i in take]
+        return (self.forward_head(self.norm(z)), maps) if return_logits else maps
+
+    def token_grid(self, num_tokens: int) -> tuple[int, int]:
+        """The patch grid of a sequence of ``num_tokens`` tokens (prefix included)."""
+        n = num_tokens - self.num_prefix_tokens
+        if n == self.grid_size[0] * self.grid_size[1]:
+            return self.grid_size
+        return grid_of(n)
+
+    def attention_rollout(self, maps: Sequence[Tensor], discard_ratio: float = 0.0, head_fusion: str = "mean") -> Tensor:
+        """Attention rollout (Abnar & Zuidema 2020) of all blocks' maps (first to last), as a
+        map over the patch grid (B, Gh, Gw): the class token's row of the rolled-out matrix,
+        or, without a class token, the mean of the patch rows. See :func:`attention_rollout`."""
+        r = attention_rollout(maps, discard_ratio, head_fusion, num_prefix=self.num_prefix_tokens)  # (B, N, N)
+        k = self.num_prefix_tokens
+        row = r[:, 0, k:] if self.cls_token is not None else r[:, k:, k:].mean(dim=1)  # (B, Gh*Gw)
+        return row.reshape(row.shape[0], *self.token_grid(r.shape[-1]))
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head with ``num_classes`` outputs (0: none), optionally a new pooling. Switching
+        the pooling moves the final LayerNorm between ``norm`` and ``fc_norm`` (keeping its
+        weights) so that the layout always matches ``cfg``."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        if global_pool is not None and global_pool != self.cfg.global_pool:
+            new = replace(self.cfg, global_pool=global_pool)  # validates
+            ln = self.norm if isinstance(self.norm, nn.LayerNorm) else self.fc_norm
+            self.norm, self.fc_norm = (ln, nn.Identity()) if global_pool == "token" else (nn.Identity(), ln)
+            self.cfg = new
+        ref = self.cls_token if self.cls_token is not None else next(self.parameters())
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity())
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        self.cfg = replace(self.cfg, num_classes=num_classes)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"name={self.name!r}, img_size={c.img_size}, patch_size={c.patch_size}, grid={self.grid_size}, "
+                f"pos_embed={c.pos_embed!r}, global_pool={c.global_pool!r}")
+
+
+def attention_rollout(maps: Sequence[Tensor], discard_ratio: float = 0.0, head_fusion: str = "mean",
+                      num_prefix: int = 1) -> Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): how much each token's final representation
+    draws on each input token, following attention through all blocks and residuals.
+
+    ``maps``: the blocks' attention weights (B, H, N, N), first block first. Per block: fuse the
+    heads (``head_fusion``: mean, max or min), optionally zero the ``discard_ratio`` smallest
+    weights of each row (the prefix columns are always kept), add the identity for the
+    residual connection, renormalise the rows to sum to 1; then multiply the blocks:
+    R = Â_L ··· Â_1. Returns R (B, N, N), whose rows sum to 1.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ConfigError(f"head_fusion={head_fusion!r} is not allowed; choose one of {', '.join(map(repr, HEAD_FUSIONS))}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ConfigError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    if len(maps) == 0:
+        raise ConfigError("attention_rollout needs the attention maps of at least one block")
+    rollout = None
+    for a in maps:
+        if a.dim() != 4 or a.shape[-1] != a.shape[-2]:
+            raise ShapeError(f"attention maps must be (B, H, N, N), got {tuple(a.shape)}")
+        a = a.float()
+        fused = a.mean(dim=1) if head_fusion == "mean" else (a.amax(dim=1) if head_fusion == "max" else a.amin(dim=1))
+        n = fused.shape[-1]
+        if discard_ratio > 0:
+            patches = fused[..., num_prefix:]  # (B, N, Gh*Gw)
+            k = int(patches.shape[-1] * discard_ratio)
+            if k > 0:
+                low = patches.topk(k, dim=-1, largest=False).indices
+                fused = torch.cat([fused[..., :num_prefix], patches.scatter(-1, low, 0.0)], dim=-1)
+        eye = torch.eye(n, dtype=fused.dtype, device=fused.device)
+        a_hat = fused + eye
+        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)  # (B, N, N), rows sum to 1
+        rollout = a_hat if rollout is None else a_hat @ rollout
+    return rollout
+
+
+def _lecun_normal_(w: Tensor) -> Tensor:
+    """Truncated normal (±2σ) with variance 1/fan_in, as jax.nn.initializers.lecun_normal."""
+    fan_in = w[0].numel()
+    # std of a standard normal truncated to [-2, 2]; dividing by it gives the intended variance
+    phi2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    trunc_std = math.sqrt(1.0 - 4.0 * phi2 / math.erf(2.0 / math.sqrt(2.0)))
+    std = math.sqrt(1.0 / fan_in) / trunc_std
+    return nn.init.trunc_normal_(w, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+# ---------------------------------------------------------------------- named configurations
+def _vit(name: str, overrides: dict, **base) -> VisionTransformer:
+    return VisionTransformer(config_from(ViTConfig, base, overrides, model=name), name=name)
+
+
+def _timm_sizes() -> dict[str, dict]:
+    """Name -> config of the ViT paper's models in timm's naming (ImageNet-1k heads)."""
+    sizes = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16), "huge": (1280, 32, 16)}
+    variants = [("tiny", 16, 224), ("small", 16, 224), ("small", 32, 224), ("base", 16, 224), ("base", 32, 224),
+                ("base", 8, 224), ("large", 16, 224), ("large", 32, 224), ("huge", 14, 224),
+                ("base", 16, 384), ("large", 16, 384)]
+    out = {}
+    for size, patch, img in variants:
+        dim, depth, heads = sizes[size]
+        out[f"vit_{size}_patch{patch}_{img}"] = dict(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
+    return out
+
+
+def _register_timm_names() -> None:
+    for name, base in _timm_sizes().items():
+        def build(_name=name, _base=base, **overrides):
+            return _vit(_name, overrides, **_base)
+
+        build.__qualname__ = build.__name__ = name
+        register_model(name)(build)
+
+
+_register_timm_names()
+
+
+@register_model("vit_mnist")
+def vit_mnist(**overrides) -> VisionTransformer:
+    """MNIST (28x28, 1 channel): 7x7 patches -> a 4x4 grid, 192 wide, 6 blocks, 3 heads (2.7M
+    parameters); an epoch takes minutes on a CPU."""
+    return _vit("vit_mnist", overrides, img_size=28, patch_size=7, in_chans=1, num_classes=10,
+                embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0)
+
+
+@register_model("vit_cifar")
+def vit_cifar(**overrides) -> VisionTransformer:
+    """CIFAR-10 (32x32 RGB): 4x4 patches -> an 8x8 grid, 192 wide, 6 blocks, 3 heads, 2x MLP."""
+    return _vit("vit_cifar", overrides, img_size=32, patch_size=4, in_chans=3, num_classes=10,
+                embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0)
+
+
+@register_model("vit_digits")
+def vit_digits(**overrides) -> VisionTransformer:
+    """scikit-learn's 8x8 digits (1 channel, 0..16 scaled to [0, 1]): 2x2 patches -> a 4x4
+    grid, 64 wide, 4 blocks, 4 heads, 2x MLP (about 0.13M parameters)."""
+    return _vit("vit_digits", overrides, img_size=8, patch_size=2, in_chans=1, num_classes=10,
+                embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+
+
+def config_dict(model: VisionTransformer) -> dict:
+    """The model's config as a plain dict (for saving next to its weights)."""
+    return asdict(model.cfg)
