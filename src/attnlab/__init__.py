@@ -6,3 +6,7 @@ from attnlab import nn  # noqa: E402
 from attnlab.errors import AttnlabError  # noqa: E402
 
 __all__ = ["__version__", "nn", "AttnlabError"]
+
+from attnlab.models import create_model, list_models  # noqa: E402
+
+__all__ += ["create_model", "list_models"]
