@@ -176,3 +176,17 @@ def test_sdpa_bias_is_added_to_scores():
     want = torch.softmax(q @ k.transpose(-2, -1) / 2 + bias, -1) @ v
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v, bias=bias), want, atol=ATOL, rtol=0)
     torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=bias), want, atol=ATOL, rtol=0)
+
+
+def test_mha_and_layers_compile_without_graph_breaks():
+    """torch.compile-friendly: dynamo traces the whole forward in one graph (fullgraph=True)."""
+    from attnlab.nn import EncoderLayer
+
+    mha = MultiHeadAttention(E, H, window=3).eval()
+    layer = EncoderLayer(E, H, 64, norm_first=True).eval()
+    x = torch.randn(B, T, E)
+    mask = padding_mask(torch.arange(T)[None].expand(B, -1) < 4)
+    for mod, kw in ((mha, dict(mask=mask, causal=True)), (layer, dict(mask=mask))):
+        torch._dynamo.reset()
+        compiled = torch.compile(mod, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, **kw), mod(x, **kw), atol=ATOL, rtol=0)
