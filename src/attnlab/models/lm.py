@@ -1,0 +1,285 @@
+"""Language models: recurrent (RNN, GRU, LSTM) and the decoder-only causal Transformer.
+
+Both predict token t+1 from tokens ≤ t: ``model(idx (B, T)) -> logits (B, T, V)``.
+
+- :class:`RecurrentLM` (Zaremba et al. 2014; Press & Wolf 2017 for weight tying): embedding →
+  dropout → ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` → dropout → linear read-out. ``forward`` takes
+  and returns the hidden state so training can carry it across windows (truncated BPTT).
+- :class:`TransformerLM` (the GPT layout, Radford et al. 2018): token embedding, a position
+  encoding (learned, sinusoidal, rotary, ...), pre-LN :class:`~attnlab.nn.layers.EncoderLayer`
+  blocks run with ``causal=True``, a final LayerNorm and the read-out tied to the embedding.
+  Training runs the fused causal attention kernel; generation passes one
+  :class:`~attnlab.nn.attention.KVCache` per block.
+
+:func:`build_lm` makes either from a config; :func:`lm_config_from_dict` reads one back.
+Both models expose ``stepper(cached=...)``, the step function of :mod:`attnlab.decode.sampling`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, ShapeError
+from attnlab.nn.attention import KVCache
+from attnlab.nn.layers import EncoderLayer
+from attnlab.nn.position import POSITION_KINDS, make_position
+
+RECURRENT_CELLS = ("rnn", "gru", "lstm")
+LM_MODELS = RECURRENT_CELLS + ("transformer",)
+
+
+@dataclass
+class RecurrentLMConfig:
+    cell: str = "lstm"            # rnn | gru | lstm
+    vocab_size: int = 65
+    embed_dim: int = 200
+    hidden_dim: int = 200
+    num_layers: int = 2
+    dropout: float = 0.0          # on the embeddings, between layers and before the read-out
+    tie_weights: bool = False     # share the embedding and the read-out (needs embed_dim == hidden_dim)
+    nonlinearity: str = "tanh"    # for cell="rnn": tanh | relu
+    init_range: float = 0.1       # uniform(-r, r) initialisation of all weights, as in Zaremba et al.
+
+    def __post_init__(self) -> None:
+        if self.cell not in RECURRENT_CELLS:
+            raise ConfigError(f"unknown recurrent cell {self.cell!r}; choose one of {', '.join(RECURRENT_CELLS)}")
+        if min(self.vocab_size, self.embed_dim, self.hidden_dim, self.num_layers) < 1:
+            raise ConfigError("vocab_size, embed_dim, hidden_dim and num_layers must all be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embed_dim != self.hidden_dim:
+            raise ConfigError(f"weight tying needs embed_dim == hidden_dim, got {self.embed_dim} and {self.hidden_dim}")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ConfigError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
+
+
+@dataclass
+class TransformerLMConfig:
+    vocab_size: int = 65
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    d_ff: int | None = None       # default 4 * d_model
+    max_len: int = 128            # the context length (window) the model is trained with
+    position: str = "learned"     # learned | sinusoidal | rotary | relative | none
+    dropout: float = 0.0
+    activation: str = "gelu"
+    tie_weights: bool = True
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.d_model, self.num_layers, self.num_heads, self.max_len) < 1:
+            raise ConfigError("vocab_size, d_model, num_layers, num_heads and max_len must all be >= 1")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        if self.position not in POSITION_KINDS:
+            raise ConfigError(f"unknown position encoding {self.position!r}; choose one of {', '.join(POSITION_KINDS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+
+
+def _last_logits(logits: Tensor) -> Tensor:
+    return logits[:, -1]
+
+
+class RecurrentLM(nn.Module):
+    """Embedding → dropout → stacked nn.RNN/GRU/LSTM → dropout → linear read-out."""
+
+    def __init__(self, config: RecurrentLMConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.drop = nn.Dropout(c.dropout)
+        kw = dict(num_layers=c.num_layers, batch_first=True, dropout=c.dropout if c.num_layers > 1 else 0.0)
+        if c.cell == "rnn":
+            self.rnn = nn.RNN(c.embed_dim, c.hidden_dim, nonlinearity=c.nonlinearity, **kw)
+        else:
+            self.rnn = (nn.GRU if c.cell == "gru" else nn.LSTM)(c.embed_dim, c.hidden_dim, **kw)
+        self.head = nn.Linear(c.hidden_dim, c.vocab_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -c.init_range, c.init_range)
+        nn.init.zeros_(self.head.bias)
+        if c.tie_weights:
+            self.head.weight = self.embed.weight
+
+    @property
+    def is_recurrent(self) -> bool:
+        return True
+
+    def init_hidden(self, batch_size: int, device=None):
+        """The zero state: h (L, B, H), or (h, c) for the LSTM."""
+        c = self.config
+        h = torch.zeros(c.num_layers, batch_size, c.hidden_dim, device=device)
+        return (h, h.clone()) if c.cell == "lstm" else h
+
+    @staticmethod
+    def detach_hidden(hidden):
+        """Cut the graph at a window boundary: same values, no history (truncated BPTT)."""
+        if hidden is None:
+            return None
+        return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+
+    def embed_tokens(self, idx: Tensor) -> Tensor:
+        return self.embed(idx)
+
+    def forward_embeddings(self, x: Tensor, hidden=None) -> tuple[Tensor, object]:
+        """Embedded tokens (B, T, E) → logits (B, T, V), final hidden state."""
+        out, hidden = self.rnn(self.drop(x), hidden)
+        return self.head(self.drop(out)), hidden
+
+    def forward(self, idx: Tensor, hidden=None) -> tuple[Tensor, object]:
+        """idx (B, T) → logits (B, T, V) and the hidden state after the last token."""
+        if idx.dim() != 2:
+            raise ShapeError(f"expected token ids (B, T), got shape {tuple(idx.shape)}")
+        return self.forward_embeddings(self.embed(idx), hidden)
+
+    def stepper(self, cached: bool = True):
+        """A step function: ``step(new_tokens (B, t)) -> logits (B, V)`` of the next token; it keeps
+        the hidden state between calls (a recurrent model has nothing to recompute)."""
+        state = {"h": None}
+
+        @torch.no_grad()
+        def step(tokens: Tensor) -> Tensor:
+            logits, state["h"] = self(tokens, state["h"])
+            return _last_logits(logits)
+        return step
+
+
+def context_start(total: int, max_len: int) -> int:
+    """Where the visible context starts once ``total`` tokens exceed ``max_len``: the window
+    jumps forward by half its length at a time (so a key/value cache is rebuilt only every
+    max_len/2 tokens), keeping between max_len/2 + 1 and max_len tokens in view."""
+    if total <= max_len:
+        return 0
+    half = max(1, max_len // 2)
+    return math.ceil((total - max_len) / half) * half
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only Transformer: x = E[idx] (+ positions); pre-LN causal blocks; LN; logits = x Eᵀ."""
+
+    def __init__(self, config: TransformerLMConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            EncoderLayer(c.d_model, c.num_heads, c.d_ff, dropout=c.dropout, activation=c.activation,
+                         norm_first=True, bias=c.bias)
+            for _ in range(c.num_layers)
+        )
+        self.norm = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.apply(self._init)
+        # GPT-2's scaled init of the residual projections: std 0.02 / sqrt(2 L).
+        for b in self.blocks:
+            for lin in (b.self_attn.proj, b.ff.fc2):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * c.num_layers))
+        if c.tie_weights:
+            self.head.weight = self.embed.weight
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def is_recurrent(self) -> bool:
+        return False
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def embed_tokens(self, idx: Tensor) -> Tensor:
+        return self.embed(idx)
+
+    def forward_embeddings(self, x: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """Token embeddings (B, T, C) → logits (B, T, V); with ``cache`` the T tokens follow the
+        cached ones."""
+        offset = 0 if cache is None else len(cache[0])
+        x = self.drop(self.pos.add(x, offset))
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal=True, pos=self.pos, cache=None if cache is None else cache[i])
+        return self.head(self.norm(x))
+
+    def forward(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """idx (B, T) → logits (B, T, V)."""
+        if idx.dim() != 2:
+            raise ShapeError(f"expected token ids (B, T), got shape {tuple(idx.shape)}")
+        return self.forward_embeddings(self.embed(idx), cache)
+
+    def stepper(self, cached: bool = True):
+        """A step function ``step(new_tokens (B, t)) -> logits (B, V)`` of the next token.
+
+        The context is at most ``max_len`` tokens (:func:`context_start`). With ``cached`` each
+        call runs only the new tokens against the key/value cache; without it each call reruns the
+        whole visible context. Both see exactly the same context, so greedy decoding agrees.
+        """
+        max_len = self.config.max_len
+        state: dict = {"tokens": None, "cache": None, "start": 0}
+
+        @torch.no_grad()
+        def step(new: Tensor) -> Tensor:
+            toks = new if state["tokens"] is None else torch.cat([state["tokens"], new], dim=1)
+            state["tokens"] = toks
+            start = context_start(toks.shape[1], max_len)
+            if not cached:
+                return _last_logits(self(toks[:, start:]))
+            if state["cache"] is None or start != state["start"]:  # (re)fill the cache with the visible context
+                state["cache"], state["start"] = self.new_cache(), start
+                return _last_logits(self(toks[:, start:], cache=state["cache"]))
+            return _last_logits(self(new, cache=state["cache"]))
+        return step
+
+
+LMConfig = RecurrentLMConfig | TransformerLMConfig
+
+
+def build_lm(config: LMConfig) -> RecurrentLM | TransformerLM:
+    if isinstance(config, RecurrentLMConfig):
+        return RecurrentLM(config)
+    if isinstance(config, TransformerLMConfig):
+        return TransformerLM(config)
+    raise ConfigError(f"not a language-model config: {type(config).__name__}")
+
+
+def lm_config(model: str, **fields_) -> LMConfig:
+    """A config by model name ("rnn", "gru", "lstm", "transformer"); unknown fields are an error."""
+    if model in RECURRENT_CELLS:
+        cls, fields_ = RecurrentLMConfig, {**fields_, "cell": model}
+    elif model == "transformer":
+        cls = TransformerLMConfig
+    else:
+        raise ConfigError(f"unknown language model {model!r}; choose one of {', '.join(LM_MODELS)}")
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(fields_) - names)
+    if bad:
+        raise ConfigError(f"{model} has no option(s) {', '.join(bad)}; its options are {', '.join(sorted(names))}")
+    return cls(**fields_)
+
+
+def lm_config_to_dict(config: LMConfig) -> dict:
+    model = config.cell if isinstance(config, RecurrentLMConfig) else "transformer"
+    return {"model": model, **asdict(config)}
+
+
+def lm_config_from_dict(d: dict) -> LMConfig:
+    d = dict(d)
+    model = d.pop("model", None) or d.get("cell", "transformer")
+    return lm_config(model, **d)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, a tied matrix counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
