@@ -1,0 +1,206 @@
+"""Autoregressive decoding for encoder–decoder models: batched greedy search and beam search.
+
+Both run the encoder once per batch and then the decoder one token at a time through a
+*stepper*: an object holding what the decoder needs between steps.
+
+    stepper.step(prefix)          prefix (N, t) tokens so far -> log-probabilities (N, V) of the next one
+    stepper.select(index)         keep / reorder rows (sentences that finished leave the batch)
+    stepper.reorder_beams(index)  reorder rows among beams of the same sentence (same source)
+
+:class:`TransformerStepper` serves :class:`attnlab.nn.Transformer`: with ``use_cache`` its
+decoder's self-attention keeps a :class:`~attnlab.nn.KVCache` per layer (each step feeds only
+the newest token) and its cross-attention computes the encoder memory's keys/values once; without
+it every step re-runs the decoder on the whole prefix (the baseline the cache is measured
+against). Other models provide ``model.stepper(src, use_cache)``.
+
+Results are lists of token ids without the start and end tokens. Maximum lengths are relative
+to each sentence's own source length (``max_len_a * len(src) + max_len_b``), so a sentence
+translates the same alone or in a padded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.errors import ConfigError, ShapeError
+
+
+class TransformerStepper:
+    """Incremental decoding state of an :class:`attnlab.nn.Transformer` (``encode``/``decode``)."""
+
+    def __init__(self, model, src: Tensor, use_cache: bool = True) -> None:
+        self.model = model
+        self.memory, self.mask = model.encode(src)  # (B, Ts, C), (B, 1, 1, Ts)
+        self.cache = model.decoder.new_cache() if use_cache else None
+
+    def step(self, prefix: Tensor) -> Tensor:
+        if self.cache is not None:
+            logits = self.model.decode(prefix[:, -1:], self.memory, self.mask, cache=self.cache)
+        else:
+            logits = self.model.decode(prefix, self.memory, self.mask)
+        return logits[:, -1].float().log_softmax(-1)
+
+    def reorder_beams(self, index: Tensor) -> None:
+        # Beams of one sentence share the memory (and its cached keys/values): only the
+        # self-attention caches follow the beams.
+        if self.cache is not None:
+            for self_cache, _ in self.cache:
+                self_cache.reorder(index)
+
+    def select(self, index: Tensor) -> None:
+        self.memory, self.mask = self.memory.index_select(0, index), self.mask.index_select(0, index)
+        if self.cache is not None:
+            for self_cache, cross_cache in self.cache:
+                self_cache.reorder(index)
+                cross_cache.reorder(index)
+
+
+def make_stepper(model, src: Tensor, use_cache: bool = True):
+    """The stepper of ``model``: its own ``stepper(src, use_cache)`` or a :class:`TransformerStepper`."""
+    if hasattr(model, "stepper"):
+        return model.stepper(src, use_cache)
+    if hasattr(model, "encode") and hasattr(model, "decode") and hasattr(model, "decoder"):
+        return TransformerStepper(model, src, use_cache)
+    raise ConfigError(f"{type(model).__name__} cannot be decoded step by step (no stepper/encode/decode)")
+
+
+@dataclass
+class SearchConfig:
+    """Options shared by greedy and beam search.
+
+    ``max_len_a``/``max_len_b``: at most ``a * source_length + b`` new tokens (the end token
+    included); ``max_len`` (if set) is an absolute cap on top. ``eos`` may be ``None`` to always
+    generate the maximum (speed measurements). ``length_penalty`` α ranks finished beam
+    hypotheses by log P / length^α (0: raw log-probability; 1: per-token average).
+    """
+
+    bos: int = 1
+    eos: int | None = 2
+    pad: int = 0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    max_len: int | None = None
+    beam: int = 1
+    length_penalty: float = 1.0
+    use_cache: bool = True
+
+
+def _limits(src: Tensor, cfg: SearchConfig) -> Tensor:
+    """(B,) maximum number of new tokens per sentence."""
+    src_len = (src != cfg.pad).sum(1)
+    lim = (cfg.max_len_a * src_len.float() + cfg.max_len_b).long().clamp(min=1)
+    if cfg.max_len is not None:
+        lim = lim.clamp(max=cfg.max_len)
+    return lim
+
+
+def _check(src: Tensor) -> None:
+    if src.dim() != 2:
+        raise ShapeError(f"expected source token ids (B, Ts), got shape {tuple(src.shape)}")
+
+
+@torch.inference_mode()
+def greedy_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> list[list[int]]:
+    """Pick the most probable token at each step. src (B, Ts) padded with ``cfg.pad``.
+
+    Sentences leave the batch as soon as they emit the end token or reach their limit.
+    """
+    cfg = SearchConfig(**kw) if cfg is None else cfg
+    _check(src)
+    b = src.shape[0]
+    limits = _limits(src, cfg)
+    stepper = make_stepper(model, src, cfg.use_cache)
+    prefix = torch.full((b, 1), cfg.bos, dtype=torch.long, device=src.device)
+    alive = torch.arange(b, device=src.device)  # original sentence of each row
+    out: list[list[int]] = [[] for _ in range(b)]
+    for t in range(1, int(limits.max()) + 1):
+        nxt = stepper.step(prefix).argmax(-1)  # (N,)
+        prefix = torch.cat([prefix, nxt[:, None]], dim=1)
+        done = limits[alive] <= t
+        if cfg.eos is not None:
+            done |= nxt == cfg.eos
+        if bool(done.any()):
+            for r in done.nonzero().flatten().tolist():
+                toks = prefix[r, 1:].tolist()
+                out[int(alive[r])] = toks[:-1] if cfg.eos is not None and toks[-1] == cfg.eos else toks
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            prefix, alive = prefix[keep], alive[keep]
+            stepper.select(keep)
+    return out
+
+
+@torch.inference_mode()
+def beam_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> list[list[int]]:
+    """Keep the ``cfg.beam`` most probable prefixes of each sentence at every step.
+
+    Each step ranks beam × vocabulary extensions by total log-probability and looks at the
+    best 2·beam: an end token among the best ``beam`` finishes a hypothesis (scored
+    log P / length^α); the best ``beam`` others continue. A sentence is done when it has
+    ``beam`` finished hypotheses or reaches its length limit; the best finished one wins.
+    With ``beam=1`` this is exactly greedy search.
+    """
+    cfg = SearchConfig(**kw) if cfg is None else cfg
+    _check(src)
+    k = cfg.beam
+    if k < 1:
+        raise ConfigError(f"beam size must be >= 1, got {k}")
+    b, dev = src.shape[0], src.device
+    limits = _limits(src, cfg).tolist()
+    stepper = make_stepper(model, src, cfg.use_cache)  # encoder runs once per sentence...
+    stepper.select(torch.arange(b, device=dev).repeat_interleave(k))  # ...then its rows are copied per beam
+    prefix = torch.full((b * k, 1), cfg.bos, dtype=torch.long, device=dev)
+    scores = torch.full((b, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: only the first one may expand
+    alive = list(range(b))  # original sentence of each group of k rows
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    for t in range(1, max(limits) + 1):
+        logp = stepper.step(prefix)  # (N*k, V)
+        v = logp.shape[-1]
+        cand = (scores[:, :, None] + logp.view(-1, k, v)).view(-1, k * v)  # (N, k*V)
+        top_s, top_i = cand.topk(min(2 * k, k * v), dim=-1)
+        top_beam, top_tok = top_i // v, top_i % v
+        rows, toks, new_scores, keep_groups = [], [], [], []
+        s_list, b_list, t_list = top_s.tolist(), top_beam.tolist(), top_tok.tolist()
+        for g, sent in enumerate(alive):
+            at_limit = t >= limits[sent]
+            live: list[tuple[int, int, float]] = []
+            for rank, (s, bi, tok) in enumerate(zip(s_list[g], b_list[g], t_list[g])):
+                if s == float("-inf"):
+                    break
+                is_eos = cfg.eos is not None and tok == cfg.eos
+                if rank < k and (is_eos or at_limit):
+                    hyp = prefix[g * k + bi, 1:].tolist() + ([] if is_eos else [tok])
+                    finished[sent].append((s / (t ** cfg.length_penalty), hyp))
+                elif not is_eos and len(live) < k:
+                    live.append((bi, tok, s))
+            if at_limit or len(finished[sent]) >= k:
+                continue
+            while len(live) < k:  # too few finite candidates (tiny vocabularies): pad with dead beams
+                live.append((0, cfg.pad, float("-inf")))
+            keep_groups.append(sent)
+            for bi, tok, s in live:
+                rows.append(g * k + bi)
+                toks.append(tok)
+                new_scores.append(s)
+        if not keep_groups:
+            break
+        index = torch.tensor(rows, device=dev)
+        if len(keep_groups) == len(alive):
+            stepper.reorder_beams(index)
+        else:
+            stepper.select(index)
+        prefix = torch.cat([prefix.index_select(0, index), torch.tensor(toks, device=dev)[:, None]], dim=1)
+        scores = torch.tensor(new_scores, device=dev).view(-1, k)
+        alive = keep_groups
+    return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
+
+
+def translate_ids(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> list[list[int]]:
+    """Greedy search when ``cfg.beam == 1``, beam search otherwise."""
+    cfg = SearchConfig(**kw) if cfg is None else cfg
+    return greedy_search(model, src, cfg) if cfg.beam == 1 else beam_search(model, src, cfg)
