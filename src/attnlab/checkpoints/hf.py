@@ -52,9 +52,11 @@ _QKV = re.compile(
     r"|layers\.(?P<j>\d+)\.attention\.(?P<m>q|k|v)_proj)\.(?P<p>weight|bias)$")
 _ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
 
+# Names only a Hugging Face ViT uses (BERT shares encoder.layer.{i} but says attention.self).
 _SIGNATURE = re.compile(
-    r"^(vit\.)?(embeddings\.(cls_token|position_embeddings|patch_embeddings\.)|encoder\.layer\.\d+\."
-    r"|layers\.\d+\.(attention|layernorm_before|layernorm_after|mlp)\.|layernorm\.|pooler\.)|^classifier\.")
+    r"^(vit\.)?(embeddings\.(cls_token$|position_embeddings$|patch_embeddings\.)"
+    r"|encoder\.layer\.\d+\.(attention\.attention\.|layernorm_before\.|layernorm_after\.)"
+    r"|layers\.\d+\.(attention\.[qkvo]_proj\.|layernorm_before\.|layernorm_after\.))")
 
 
 def score(keys) -> int:

@@ -47,24 +47,28 @@ _CNN_HINT = ("conv1.weight", "bn1.weight", "layer1.0.", "features.0.", "stem.", 
 _LM_HINT = ("embed_tokens", "wte.", "lm_head", "word_embeddings", "transformer.h.", "decoder.layers.", "tok_embeddings")
 
 
-def detect_format(keys) -> str:
+def detect_format(keys, config: dict | None = None) -> str:
     """The layout whose characteristic key names the checkpoint uses most; a CheckpointError
-    if none of them (a ResNet, a language model, ...)."""
+    if none of them (a ResNet, a language model, ...). ``config``: a config.json read beside
+    the weights, quoted in the error."""
     keys = list(keys)
     scores = {name: a.score(keys) for name, a in ADAPTERS.items()}
     best = max(scores, key=scores.get)
     if scores[best] == 0:
         raise CheckpointError(f"not a Vision Transformer checkpoint in a known layout ({', '.join(FORMATS)}): "
-                              f"{_what_is_it(keys)}first keys: {', '.join(keys[:SHOW])}")
+                              f"{_what_is_it(keys, config)}first keys: {', '.join(keys[:SHOW])}")
     return best
 
 
-def _what_is_it(keys) -> str:
+def _what_is_it(keys, config: dict | None = None) -> str:
+    said = ""
+    if isinstance(config, dict) and config.get("model_type"):
+        said = f" (its config.json says model_type={config['model_type']!r})"
     if any(h in k for k in keys for h in _CNN_HINT):
-        return "it looks like a convolutional network (e.g. a ResNet); "
+        return f"it looks like a convolutional network (e.g. a ResNet){said}; "
     if any(h in k for k in keys for h in _LM_HINT):
-        return "it looks like a language model; "
-    return ""
+        return f"it looks like a language model{said}; "
+    return f"{said.strip()}; " if said else ""
 
 
 # --------------------------------------------------------------------------- the plan
@@ -262,7 +266,7 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     unchanged.
     """
     raw = as_raw(source)
-    fmt = format or detect_format(raw.tensors)
+    fmt = format or detect_format(raw.tensors, raw.config)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     tensors, origin = ADAPTERS[fmt].to_ours(raw.tensors)
@@ -330,8 +334,7 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
     from attnlab.models.vit import VisionTransformer, ViTConfig
 
     raw = as_raw(source)
-    fmt = detect_format(raw.tensors)
-    name = None
+    fmt = detect_format(raw.tensors, raw.config)
     cfg, name = ours.config_of(raw.metadata, raw.config, raw.source)
     if cfg is None and raw.config is not None and fmt == "hf":
         cfg = _hf_config(raw)
