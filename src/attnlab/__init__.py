@@ -10,3 +10,7 @@ __all__ = ["__version__", "nn", "AttnlabError"]
 from attnlab.models import create_model, list_models  # noqa: E402
 
 __all__ += ["create_model", "list_models"]
+
+from attnlab.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+
+__all__ += ["load_checkpoint", "save_checkpoint"]

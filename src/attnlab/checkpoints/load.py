@@ -60,6 +60,13 @@ def detect_format(keys, config: dict | None = None) -> str:
     return best
 
 
+def _format_of(raw: RawCheckpoint) -> str:
+    """Our own files say so in their metadata; any other file is known by its key names."""
+    if ours.CONFIG_KEY in raw.metadata:
+        return ours.NAME
+    return detect_format(raw.tensors, raw.config)
+
+
 def _what_is_it(keys, config: dict | None = None) -> str:
     said = ""
     if isinstance(config, dict) and config.get("model_type"):
@@ -266,7 +273,7 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     unchanged.
     """
     raw = as_raw(source)
-    fmt = format or detect_format(raw.tensors, raw.config)
+    fmt = format or _format_of(raw)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     tensors, origin = ADAPTERS[fmt].to_ours(raw.tensors)
@@ -303,6 +310,10 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     if eps_change is not None:
         _set_eps(model, eps)
 
+    notes = list(raw.notes)
+    if fmt == "hf" and raw.config is None:
+        notes.append("no config.json beside the weights: LayerNorm eps, heads and image size were not checked "
+                     "(Hugging Face ViTs use layer_norm_eps=1e-12)")
     return {
         "format": fmt,
         "source": raw.source,
@@ -313,7 +324,7 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
         "missing": report["missing"],
         "unexpected": report["unexpected"],
         "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in out.values()}),
-        "notes": list(raw.notes),
+        "notes": notes,
     }
 
 
@@ -328,13 +339,13 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
     Works for checkpoints that carry their config: ours (safetensors metadata or a JSON of the
     same stem) and Hugging Face directories (``config.json``, whose ``layer_norm_eps`` becomes
     our ``norm_eps``). ``overrides`` change config fields, e.g. ``img_size=384`` to resample
-    the position embedding to a larger grid. Returns the model in eval mode (and the report
-    when ``return_report``).
+    the position embedding to a larger grid. A model name saved in our metadata that is
+    registered (:func:`attnlab.models.create_model`) is built through the registry, so other
+    model families saved with :func:`save_checkpoint` come back too. Returns the model in
+    eval mode (and the report when ``return_report``).
     """
-    from attnlab.models.vit import VisionTransformer, ViTConfig
-
     raw = as_raw(source)
-    fmt = detect_format(raw.tensors, raw.config)
+    fmt = _format_of(raw)
     cfg, name = ours.config_of(raw.metadata, raw.config, raw.source)
     if cfg is None and raw.config is not None and fmt == "hf":
         cfg = _hf_config(raw)
@@ -343,20 +354,28 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
         raise CheckpointError(
             f"checkpoint {raw.source!r} ({fmt} layout) does not carry its model config; build the model with "
             "attnlab.models.create_model(name, ...) and call load_checkpoint(model, path)")
-    fields = {f.name for f in dataclasses.fields(ViTConfig)}
-    unknown = [k for k in cfg if k not in fields]
-    if unknown:
-        raise CheckpointError(f"checkpoint {raw.source!r}: its config has fields ViTConfig does not know: {', '.join(unknown)}")
-    try:
-        from attnlab.models.registry import config_from
-
-        config = config_from(ViTConfig, cfg, overrides)
-        model = VisionTransformer(config, name=name or "vit")
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {raw.source!r}: its config does not build a model: {e}") from None
+    model = _build(raw.source, cfg, name, overrides)
     report = load_checkpoint(model, raw, strict=strict, format=fmt)
     model.eval()
     return (model, report) if return_report else model
+
+
+def _build(source: str, cfg: dict, name: str | None, overrides: dict) -> nn.Module:
+    """The registered model ``name`` with the checkpoint's config (any model family whose
+    builder takes its config fields as overrides), else a VisionTransformer of that config."""
+    from attnlab.models.registry import config_from, create_model, is_model
+    from attnlab.models.vit import VisionTransformer, ViTConfig
+
+    try:
+        if name and is_model(name):
+            return create_model(name, **{**cfg, **overrides})
+        fields = {f.name for f in dataclasses.fields(ViTConfig)}
+        unknown = [k for k in cfg if k not in fields]
+        if unknown:
+            raise ConfigError(f"fields ViTConfig does not know: {', '.join(unknown)}")
+        return VisionTransformer(config_from(ViTConfig, cfg, overrides), name=name or "vit")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {source!r}: its config does not build a model: {e}") from None
 
 
 def _hf_config(raw: RawCheckpoint) -> dict:
