@@ -289,11 +289,26 @@ def _abs(p: str | None) -> str | None:
     return None if p is None else str(Path(p).resolve())
 
 
+def default_run_dir(dc: LMDataConfig, mc: LMModelConfig) -> Path:
+    src = Path(dc.text or dc.train or "text").name.split(".")[0]
+    return Path("runs") / f"lm-{mc.model}-{src}-{dc.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def train_lm(dc: LMDataConfig, mc: LMModelConfig, cfg: TrainConfig, run_dir: str | Path | None, *,
-             log=print, progress: bool = True, resume: bool = False, title: str | None = None) -> dict:
-    """Train a language model; returns the engine's summary plus ``params`` and ``model``."""
+             log=print, progress: bool = True, resume: bool = False, overwrite: bool = False,
+             command: list[str] | None = None) -> dict:
+    """Train a language model into ``run_dir`` (None: nothing written); returns the engine's
+    summary plus ``params``, ``title`` and ``model``."""
+    from attnlab.io import atomic_write_json
+    from attnlab.train import checkpoint as ckpt
+    from attnlab.train import distributed as dist
     from attnlab.train.engine import Trainer
 
+    log = log or (lambda s: None)
+    cfg.validate()
+    info = dist.init(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     run_dir = None if run_dir is None else Path(run_dir)
     if resume:
         if run_dir is None:
@@ -304,28 +319,39 @@ def train_lm(dc: LMDataConfig, mc: LMModelConfig, cfg: TrainConfig, run_dir: str
         mcfg = model_config_from(mc, tok.vocab_size, dc.window)
     else:
         tok, ids, mcfg, corpus = prepare(dc, mc)
-    torch.manual_seed(cfg.seed)
+    ckpt.seed_everything(cfg.seed)
     model = build_lm(mcfg)
-    if run_dir is not None:
-        tok.save(run_dir / TOKENIZER_FILE)
+    title = f"{mc.model} language model, {tok.kind} tokens ({Path(dc.text or dc.train).name})"
     data = {**to_dict(dc), "text": _abs(dc.text), "train": _abs(dc.train), "valid": _abs(dc.valid),
             "test": _abs(dc.test)}
     record = {
-        "lm": {"model_config": lm_config_to_dict(mcfg), "data": data, "tokenizer": TOKENIZER_FILE,
-               "tokenizer_kind": tok.kind, "vocab_size": tok.vocab_size, "corpus": corpus.source,
-               "tokens": {k: int(v.numel()) for k, v in ids.items()}, "params": count_parameters(model)},
+        "lm": {"model_config": lm_config_to_dict(mcfg), "options": to_dict(mc), "data": data,
+               "tokenizer": TOKENIZER_FILE, "tokenizer_kind": tok.kind, "vocab_size": tok.vocab_size,
+               "corpus": corpus.source, "tokens": {k: int(v.numel()) for k, v in ids.items()},
+               "params": count_parameters(model)},
     }
+    if run_dir is not None and not resume:
+        ckpt.check_new_run_dir(run_dir, overwrite)
+        dist.barrier()
+        if info.is_main:
+            ckpt.create_run_dir(run_dir, overwrite)
+            tok.save(run_dir / TOKENIZER_FILE)
+            atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, "task": TASK, "model": mc.model,
+                                                     "title": title, **record, "train_config": to_dict(cfg),
+                                                     "world_size": info.world_size, "command": command,
+                                                     "torch": torch.__version__})
+        dist.barrier()
     task = LMTask({k: v for k, v in ids.items() if k != "test"}, recurrent=mc.model in RECURRENT_CELLS,
                   window=dc.window, char_level=tok.kind == "char", eval_batch_size=dc.eval_batch_size,
                   steps_per_epoch=dc.steps_per_epoch, record=record)
-    meta = {"model": mc.model, "title": title or f"{mc.model} language model ({tok.kind} tokens)"}
-    trainer = Trainer(model, task, cfg, run_dir, meta=meta, log=log, progress=progress)
-    log(f"{mc.model}: {count_parameters(model):,} parameters; {tok.kind} vocabulary {tok.vocab_size:,}; "
-        f"train {ids['train'].numel():,} tokens, valid {ids['valid'].numel():,}; "
-        f"{trainer.steps_per_epoch} steps per epoch")
+    meta = {"model": mc.model, "title": title}
+    trainer = Trainer(model, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
+    if info.is_main:
+        log(f"{'resuming' if resume else 'training'} {title}: {count_parameters(model):,} parameters, "
+            f"vocabulary {tok.vocab_size:,}; train {ids['train'].numel():,} tokens, valid {ids['valid'].numel():,}; "
+            f"{cfg.epochs} epochs x {trainer.steps_per_epoch} steps of {cfg.batch_size} x {dc.window} tokens")
     summary = trainer.fit(resume_from=run_dir if resume else None)
-    summary["params"] = count_parameters(model)
-    summary["model"] = model
+    summary.update(params=count_parameters(model), title=title, model=model)
     return summary
 
 
@@ -378,6 +404,8 @@ def evaluate_ids(model: nn.Module, ids: Tensor, window: int, char_level: bool, e
 def add_train_arguments(parser) -> None:
     add_arguments(parser, LMDataConfig, "data")
     add_arguments(parser, LMModelConfig, "model")
+    add_arguments(parser, TrainConfig, "training (language-model defaults: "
+                  + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TRAIN_DEFAULTS.items()) + ")")
 
 
 def configs_from_args(args, base: dict | None = None):
@@ -392,7 +420,11 @@ def configs_from_args(args, base: dict | None = None):
 
 def evaluate_run(run_dir: str | Path, args=None) -> dict:
     """Validation (and test) metrics of a run's checkpoint, from the files it was trained on."""
-    tag = getattr(args, "checkpoint", None) or "last"
+    from attnlab.train import checkpoint as ckpt
+
+    tag = getattr(args, "which", None) or "last"
+    if not ckpt.has_record(run_dir, tag):
+        tag = "last"
     model, tok, rec = load_run(run_dir, tag)
     d = rec["lm"]["data"]
     corpus = load_corpus(d.get("text"), train=d.get("train"), valid=d.get("valid"), test=d.get("test"),
@@ -420,8 +452,36 @@ def format_eval(res: dict) -> str:
     return "\n".join(lines)
 
 
-def train_from_args(args, log=print) -> dict:
-    dc, mc, cfg = configs_from_args(args)
-    run_dir = getattr(args, "out", None) or getattr(args, "run_dir", None)
-    resume = bool(getattr(args, "resume", False))
-    return train_lm(dc, mc, cfg, run_dir, log=log, progress=not getattr(args, "quiet", False), resume=resume)
+RESUMABLE_CHANGES = {"device", "threads", "eval_batch_size", "epochs"}
+
+
+def train_from_args(args, log=print, progress: bool = True) -> dict:
+    """``attnlab train lm``: build everything from the parsed options and train."""
+    from attnlab.train import checkpoint as ckpt
+
+    resume = getattr(args, "resume", None)
+    base = None
+    if resume:
+        rec = ckpt.read_record(resume, "last")
+        if rec.get("task") != TASK or "lm" not in rec:
+            raise CheckpointError(f"{resume} is a {rec.get('task')!r} run, not a language-model run")
+        base = {"data": rec["lm"]["data"], "model": rec["lm"]["options"], "train": rec["train_config"]}
+    dc, mc, cfg = configs_from_args(args, base)
+    if resume:
+        given = {k for k in (vars(args)) if getattr(args, k) is not None}
+        changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and k in base["data"] | base["model"] | base["train"]
+                         and _norm(getattr(dc if k in base["data"] else mc if k in base["model"] else cfg, k))
+                         != _norm((base["data"] if k in base["data"] else base["model"] if k in base["model"]
+                                   else base["train"]).get(k)))
+        if changed:
+            raise ConfigError(f"--resume continues {resume} with its own settings; these options differ from the run's: "
+                              + ", ".join("--" + k.replace("_", "-") for k in changed))
+    elif dc.text is None and dc.train is None:
+        raise ConfigError("give the text to learn: --text FILE, or --train FILE --valid FILE [--test FILE]")
+    run_dir = Path(resume) if resume else Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(dc, mc)
+    return train_lm(dc, mc, cfg, run_dir, log=log, progress=progress, resume=bool(resume),
+                    overwrite=getattr(args, "overwrite", False), command=getattr(args, "argv", None))
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
