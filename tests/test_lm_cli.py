@@ -1,0 +1,82 @@
+"""The language-model commands: train lm, eval, generate; bad input gets one line and exit 2."""
+
+import pytest
+import torch
+
+from attnlab.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lmcli")
+    (tmp / "t.txt").write_text("to be or not to be, that is the question.\n" * 40)
+    torch.set_num_threads(1)
+    rc = main(["train", "lm", "--text", str(tmp / "t.txt"), "--model", "transformer", "--d-model", "32",
+               "--num-layers", "1", "--num-heads", "2", "--window", "16", "--epochs", "1", "--batch-size", "8",
+               "--steps-per-epoch", "20", "--run-dir", str(tmp / "run"), "--quiet"])
+    assert rc == 0
+    return tmp / "run"
+
+
+def test_train_eval_generate(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "valid  loss" in out and "bits/char" in out
+    args = ["generate", str(run_dir), "--prompt", "to be", "--max-new-tokens", "30", "--seed", "7", "--top-k", "5",
+            "--top-p", "0.9", "--temperature", "0.8"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first  # same seed, same text
+    assert first.startswith("to be") and len(first.rstrip("\n")) == 35
+    assert main(args[:6] + ["--temperature", "0"]) == 0
+    greedy_cached = capsys.readouterr().out
+    assert main(args[:6] + ["--temperature", "0", "--no-cache"]) == 0
+    assert capsys.readouterr().out == greedy_cached
+
+
+def _one_error_line(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_generate_bad_input(run_dir, capsys):
+    err = _one_error_line(capsys, main(["generate", str(run_dir), "--prompt", "ZQ@"]))
+    assert "not in the model's" in err and "'Z'" in err
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(SystemExit) as e:  # argparse refuses it before running
+            main(["generate", str(run_dir), "--top-p", bad])
+        err = _one_error_line(capsys, e.value.code)
+        assert "--top-p" in err and "(0, 1]" in err
+    err = _one_error_line(capsys, main(["generate", str(run_dir.parent / "nope")]))
+    assert "not a directory" in err
+
+
+@pytest.mark.parametrize("content,message", [(b"", "is empty"), (b"caf\xe9 au lait\n" * 10, "not UTF-8")])
+def test_train_bad_text_files(tmp_path, capsys, content, message):
+    (tmp_path / "bad.txt").write_bytes(content)
+    err = _one_error_line(capsys, main(["train", "lm", "--text", str(tmp_path / "bad.txt"), "--run-dir",
+                                        str(tmp_path / "r"), "--quiet"]))
+    assert message in err
+
+
+def test_train_window_longer_than_corpus(tmp_path, capsys):
+    (tmp_path / "small.txt").write_text("a short text\n" * 5)
+    err = _one_error_line(capsys, main(["train", "lm", "--text", str(tmp_path / "small.txt"), "--window", "200",
+                                        "--run-dir", str(tmp_path / "r"), "--quiet"]))
+    assert "window of 200 tokens is longer than" in err
+
+
+def test_train_needs_text(tmp_path, capsys):
+    err = _one_error_line(capsys, main(["train", "lm", "--run-dir", str(tmp_path / "r"), "--quiet"]))
+    assert "--text FILE" in err
