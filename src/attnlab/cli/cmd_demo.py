@@ -1,14 +1,216 @@
-"""``attnlab demo``: the main job — train a small ViT on the bundled 8x8 digits and write an
-illustrated report. (First version: a placeholder until the engine and the ViT land.)"""
+"""``attnlab demo``: the main job. A small Vision Transformer learns scikit-learn's bundled 8x8
+digits (no data files needed) in about two minutes on a laptop CPU, then an illustrated report
+(learning curves, confusion matrix, position-embedding similarity, attention maps, mistakes) is
+written into the run directory."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
+from pathlib import Path
+
+#: The demo's recipe (shown in the report). Everything else is TrainConfig's default.
+RECIPE = {
+    "model": "vit_digits",
+    "epochs": 40,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "warmup_epochs": 3.0,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.0,
+    "augment": "none",
+}
+
+INTRO = """attnlab demo — a Vision Transformer learns to read handwritten digits.
+
+  data   scikit-learn's 8x8 digits (bundled, nothing to download): 1,437 training and 360 test images
+  model  {model}: each image is cut into 2x2-pixel patches (a 4x4 grid of 16 tokens), a class token is
+         added, and {depth} Transformer blocks of self-attention ({heads} heads, width {dim}) read them; {params:,} weights
+  plan   {epochs} epochs of AdamW with warm-up and cosine decay, then an illustrated report
+"""
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train a small ViT on the bundled digits and write an illustrated report")
+    from attnlab.train.config import nonneg_int, one_line_errors, positive_int
+
+    p = subparsers.add_parser(
+        "demo", help="the quick tour: train a small ViT on the bundled digits and write an illustrated report",
+        description=__doc__.split("\n\n")[0].replace("``", "'"), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The report (report.html and report.md) and everything else go to the run directory; open report.html "
+               "in a browser.")
+    p.add_argument("--epochs", type=positive_int, default=RECIPE["epochs"], metavar="N",
+                   help=f"training epochs (default: {RECIPE['epochs']}; fewer is quicker but less accurate)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
+    p.add_argument("--run-dir", metavar="DIR", help="where to write (default: runs/demo-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    p.add_argument("--threads", type=nonneg_int, default=1, metavar="N",
+                   help="CPU threads (default: 1, the fastest for this small model; 0 = PyTorch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    one_line_errors(p)
     p.set_defaults(func=run)
 
 
+def say(s: str = "") -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(s, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def run(args) -> int:
-    print("attnlab demo: the training engine is being built; nothing to show yet.")
+    import torch
+
+    from attnlab.tasks.image import ImageTaskConfig, prepare
+    from attnlab.train import Trainer, TrainConfig
+    from attnlab.train import checkpoint as ckpt
+
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], warmup_epochs=RECIPE["warmup_epochs"],
+                      weight_decay=RECIPE["weight_decay"], label_smoothing=RECIPE["label_smoothing"], seed=args.seed,
+                      device="cpu", threads=args.threads)
+    tcfg = ImageTaskConfig(model=RECIPE["model"], dataset="digits", augment=RECIPE["augment"])
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    ckpt.check_new_run_dir(run_dir, args.overwrite)
+    ckpt.seed_everything(cfg.seed)
+    model, task, meta = prepare(tcfg, cfg)
+    mc = model.cfg
+    log = None if args.quiet else say
+    if log:
+        say(INTRO.format(model=RECIPE["model"], depth=mc.depth, heads=mc.num_heads, dim=mc.embed_dim,
+                         params=meta["model"]["parameters"], epochs=cfg.epochs))
+    ckpt.create_run_dir(run_dir, args.overwrite)
+    from attnlab.io import atomic_write_json
+    from attnlab.train.config import to_dict
+
+    atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, "task": "image", **meta, "train_config": to_dict(cfg),
+                                             "command": ["attnlab"] + sys.argv[1:], "torch": torch.__version__})
+    trainer = Trainer(model, task, cfg, run_dir, meta=meta, log=log, progress=not args.quiet)
+    summary = trainer.fit()
+    train_seconds = summary["elapsed"]
+    if log:
+        say("\nwriting the report (confusion matrix, position embeddings, attention maps)...")
+    rep = build_report(run_dir, trainer, task, meta, cfg, train_seconds)
+    total = time.perf_counter() - t_start
+    acc = rep["accuracy"]
+    print(f"\ntest accuracy: {100 * acc:.2f}% ({rep['correct']}/{rep['count']} test digits) after {cfg.epochs} epochs, "
+          f"{train_seconds:.0f} s of training ({total:.0f} s in all)")
+    print(f"report: {rep['html']}  (also {rep['md'].name}; open the .html in a browser)")
     return 0
+
+
+def build_report(run_dir: Path, trainer, task, meta: dict, cfg, train_seconds: float) -> dict:
+    """Test metrics and the illustrated report of the demo run."""
+    import torch
+
+    from attnlab import report
+    from attnlab.train.metrics import per_class_accuracy, plot_confusion, save_figure
+
+    model = trainer.eval_model.eval()
+    labels = task.classes
+    # the final model on the test split (in the demo the validation set is the test split)
+    sums: dict = {}
+    with torch.no_grad():
+        for batch in task.eval_batches(trainer.plan):
+            for k, v in task.eval_step(model, batch).items():
+                sums[k] = sums[k] + v if k in sums else v
+    cm = sums["confusion"].long()
+    count, correct = int(sums["count"]), int(sums["correct"])
+    acc = correct / count
+    figs = {}
+    figs["confusion"] = save_figure(plot_confusion(cm.numpy(), labels, title="test set"), run_dir / "confusion.png")
+    from attnlab.viz.vit import plot_attention, plot_posembed_similarity
+
+    figs["posembed"] = save_figure(plot_posembed_similarity(model, title="Position-embedding similarity (learned)"),
+                                   run_dir / "posembed.png")
+    x, y = task.val.images, task.val.labels
+    with torch.no_grad():
+        probs = torch.cat([model(task.normalize(c)).float().softmax(-1) for c in x.split(500)])
+    pred = probs.argmax(-1)
+    # one correctly classified test digit of each class, for the attention figure
+    picks = [int(((y == c) & (pred == c)).nonzero()[0]) for c in range(len(labels)) if ((y == c) & (pred == c)).any()]
+    figs["attention"] = save_figure(report.plot_attention_grid(model, x[picks], y[picks], labels, task.normalize,
+                                                               title="Attention rollout on test digits (bright = attended)"),
+                                    run_dir / "attention.png")
+    i0 = picks[min(3, len(picks) - 1)]
+    mean, std = task.normalize.mean, task.normalize.std
+    figs["attention_heads"] = save_figure(
+        plot_attention(model, x[i0].float() / 255.0, mean=mean, std=std, class_names=labels,
+                       title=f"One test digit, head by head (true class {labels[int(y[i0])]})"),
+        run_dir / "attention_heads.png")
+    wrong = (pred != y).nonzero().flatten()[:20]
+    if len(wrong):
+        figs["mistakes"] = save_figure(report.plot_predictions(x[wrong], y[wrong], probs[wrong], labels,
+                                                               title=f"The {len(wrong)} misclassified test digits"
+                                                               if (pred != y).sum() <= 20 else "Misclassified test digits (first 20)"),
+                                       run_dir / "mistakes.png")
+    pc = per_class_accuracy(cm.numpy())
+    worst = sorted(range(len(labels)), key=lambda i: pc[i])[:2]
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    i, j = divmod(int(off.argmax()), len(labels))
+    mc = model.cfg
+    ds = task.info["dataset"]
+    h = trainer.history.epochs
+    blocks = [
+        ("h1", "attnlab demo: a Vision Transformer reads handwritten digits"),
+        ("p", f"**Test accuracy {100 * acc:.2f}%** ({correct} of {count} held-out digits), top-5 "
+              f"{100 * float(sums['top5']) / count:.2f}%, after {cfg.epochs} epochs and {train_seconds:.0f} s of training on "
+              f"the CPU. Everything below was produced by this run; its files are in this directory."),
+        ("table", [["", ""],
+                   ["data", f"scikit-learn's 8x8 digits: {ds['train_size']} training / {ds['val_size']} test images, "
+                            "16 grey levels, 10 classes"],
+                   ["model", f"`{meta['model']['name']}`: {mc.patch_size}x{mc.patch_size} patches -> "
+                             f"{model.grid_size[0]}x{model.grid_size[1]} tokens + class token, {mc.depth} pre-LN blocks, "
+                             f"{mc.num_heads} heads, width {mc.embed_dim}, MLP x{mc.mlp_ratio:g}, "
+                             f"{meta['model']['parameters']:,} parameters"],
+                   ["training", f"AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g} on matrices only), "
+                                f"{cfg.warmup_epochs:g} warm-up epochs then cosine decay, batch {cfg.batch_size}, "
+                                f"gradient clipping at {cfg.clip_grad:g}, seed {cfg.seed}"],
+                   ["normalisation", f"pixel/255, minus mean {task.normalize.mean[0]:.3f}, divided by std "
+                                     f"{task.normalize.std[0]:.3f} (computed on the training images)"]]),
+        ("h2", "1. Learning curves"),
+        ("img", "curves.png", "Loss per step (smoothed) and per epoch, accuracy per epoch, and the learning-rate schedule."),
+        ("p", f"The loss falls quickly once the warm-up ends; validation accuracy passes 90% at epoch "
+              f"{next((r['epoch'] for r in h if r.get('val_acc', 0) >= 0.9), '-')} and ends at {100 * acc:.2f}%. "
+              "The small gap between training and validation curves says the model generalises rather than memorises."),
+        ("h2", "2. Which digits get confused"),
+        ("img", "confusion.png", "Rows: true digit; columns: predicted digit. Off-diagonal cells are mistakes."),
+        ("p", (f"The most frequent confusion is a true **{labels[i]}** read as **{labels[j]}** ({int(off[i, j])} time"
+               f"{'s' if int(off[i, j]) != 1 else ''}). " if int(off[i, j]) > 0 else "No test digit is misclassified. ")
+              + f"Hardest classes: {labels[worst[0]]} ({100 * pc[worst[0]]:.1f}%) and {labels[worst[1]]} "
+                f"({100 * pc[worst[1]]:.1f}%)."),
+    ]
+    if "mistakes" in figs:
+        blocks += [("img", "mistakes.png", "Misclassified test digits: prediction (probability) above, true class below. "
+                                           "Many are ambiguous even for a person at 8x8 pixels.")]
+    blocks += [
+        ("h2", "3. What the position embeddings learned"),
+        ("img", "posembed.png", "Cosine similarity between the learned position embedding of each patch (one tile per "
+                                "patch) and those of all patches — the ViT paper's Figure 7."),
+        ("p", "Nothing tells the model that patches have a 2-D layout: it starts from random position vectors. After "
+              "training, each patch's embedding is most similar to its own position and its neighbours (the bright spot "
+              "in each tile moves with the tile), and patches in the same row or column are more alike: the model has "
+              "discovered the image grid from data."),
+        ("h2", "4. Where the model looks"),
+        ("img", "attention.png", "Top: one correctly classified test digit of each class with the prediction. Bottom: "
+                                 "attention rollout — the class token's attention multiplied through all blocks, "
+                                 "residual paths included — over the 4x4 patch grid (bright = attended)."),
+        ("img", "attention_heads.png", "One digit in detail: the rollout, and what each head of the last block attends "
+                                       "to from the class token."),
+        ("p", "The class token gathers its evidence mostly from the patches holding strokes, not from the empty border; "
+              "different heads look at different parts of the digit."),
+        ("h2", "Reproduce and explore"),
+        ("code", "attnlab demo                               # this report again (seeded: same numbers on this machine)\n"
+                 f"attnlab eval {run_dir}        # accuracy, top-5, per-class accuracy, confusion matrix\n"
+                 f"attnlab predict {run_dir} my_digit.png\n"
+                 "attnlab train image --model vit_digits --epochs 40 --batch-size 64 --lr 2e-3 --warmup-epochs 3\n"
+                 "attnlab train image --model vit_mnist --dataset mnist     # the real thing, from ../shared/data"),
+        ("p", "Files here: `curves.png`, `confusion.png`, `posembed.png`, `attention.png`, `attention_heads.png`, "
+              "`metrics.csv` / `metrics.json` (every epoch and logged step), `best.json` / `last.json` with "
+              "`checkpoints/` (safetensors weights, configs, optimizer state)."),
+    ]
+    md, ht = report.write_report(run_dir, blocks, title="attnlab demo report")
+    return {"accuracy": acc, "correct": correct, "count": count, "md": md, "html": ht, "figures": figs}
