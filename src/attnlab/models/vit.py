@@ -225,13 +225,16 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c)) if cfg.class_token else None
         n = self.num_prefix_tokens + gh * gw
         # Absolute encodings are added to the tokens (pos_embed); a relative bias acts inside
-        # every block's attention (rel_pos). The unused one is the no-op PositionEncoding().
-        self.pos_embed: PositionEncoding = {
-            "learn": lambda: LearnedPositionalEmbedding(n, c),
-            "sincos2d": lambda: SinCos2DPositionalEncoding((gh, gw), c, self.num_prefix_tokens),
-        }.get(cfg.pos_embed, PositionEncoding)()
-        self.rel_pos: PositionEncoding = (RelativePositionBias2D((gh, gw), cfg.num_heads, self.num_prefix_tokens)
-                                          if cfg.pos_embed == "relative" else PositionEncoding())
+        # every block's attention (rel_pos, shared by the blocks). The unused one is the no-op
+        # PositionEncoding(), so forward calls both unconditionally.
+        self.pos_embed: PositionEncoding = PositionEncoding()
+        self.rel_pos: PositionEncoding = PositionEncoding()
+        if cfg.pos_embed == "learn":
+            self.pos_embed = LearnedPositionalEmbedding(n, c)
+        elif cfg.pos_embed == "sincos2d":
+            self.pos_embed = SinCos2DPositionalEncoding((gh, gw), c, self.num_prefix_tokens)
+        elif cfg.pos_embed == "relative":
+            self.rel_pos = RelativePositionBias2D((gh, gw), cfg.num_heads, self.num_prefix_tokens)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 
         self.blocks = nn.ModuleList(
