@@ -465,7 +465,7 @@ def image_to_tensor(im, size: tuple[int, int] | None, channels: int) -> torch.Te
     im = to_mode(im, channels)
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BILINEAR, reducing_gap=None)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
 

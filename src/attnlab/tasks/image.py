@@ -380,15 +380,13 @@ def train_from_args(args, log=print, progress: bool = True) -> dict:
                                                      "command": getattr(args, "argv", None), "torch": torch.__version__})
         dist.barrier()
     trainer = Trainer(model, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
-    if info.is_main:
+    if info.is_main and log is not None:
         n = meta["model"]["parameters"]
-        d = meta.get("task_config", {})
         ds = task.info["dataset"]
         log(f"{'resuming' if resume else 'training'} {meta['title']}: {n / 1e6:.2f}M parameters, "
             f"{ds['train_size']} training / {ds['val_size']} validation images ({ds['val_source']}), "
             f"{cfg.epochs} epochs x {trainer.steps_per_epoch} steps of {cfg.batch_size}"
             + (f" on {info.world_size} processes" if info.distributed else "") + f", device {trainer.device}")
-        del d
     summary = trainer.fit(resume_from=run_dir if resume else None)
     summary["title"] = meta["title"]
     return summary

@@ -141,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls, title: str | None 
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = m.get("type") or (type(default) if default is not None else str)
+            kw["type"] = m.get("type") or (type(default) if default is not None and not isinstance(default, tuple) else str)
             if m.get("choices"):
                 kw["choices"] = m["choices"]
             if m.get("metavar") and not m.get("choices"):
