@@ -1,0 +1,230 @@
+"""Translation benchmarks; results go to the Translation section of BENCHMARKS.md.
+
+    python bench/translate.py speed                 # greedy decoding: KV cache vs none vs HF Marian
+    python bench/translate.py multi30k --pair de-en --model transformer --minutes 40
+
+``speed``: tokens/s of greedy decoding of exactly 64 new tokens (no end token) with random
+weights of the paper's base model (d_model 512, 6+6 layers, 8 heads, FFN 2048, vocabulary
+8000), batch 1 and 32, source length 20: attnlab's Transformer with the decoder's key/value
+cache, the same without it (the whole prefix recomputed at every step), and Hugging Face's
+``MarianMTModel.generate`` with the same dimensions, with and without its cache. Every
+configuration is timed ``--repeats`` times, interleaved in one process; the median is kept.
+
+``multi30k``: trains on Multi30k with ``attnlab train translate`` (wall-clock time limited by
+``--minutes``), then scores test_2016_flickr with ``attnlab eval`` (sacrebleu, default
+signature) and the tokenized lowercased variant, greedy and beam.
+
+Each part keeps its numbers in a JSON comment inside the section, so running one part
+rewrites the section with the others' last results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import BENCHMARKS, ROOT, command, machine, write_section  # noqa: E402
+
+from attnlab.decode.search import SearchConfig, greedy_search  # noqa: E402
+from attnlab.nn import Transformer, TransformerConfig  # noqa: E402
+
+SECTION = "translation"
+V, D, LAYERS, HEADS, FFN = 8000, 512, 6, 8, 2048
+NEW_TOKENS, SRC_LEN = 64, 20
+
+
+# --- stored results ------------------------------------------------------------------------------
+
+def load_results() -> dict:
+    if not BENCHMARKS.exists():
+        return {}
+    m = re.search(r"<!-- section:translation -->.*?<!-- data: (.*?) -->", BENCHMARKS.read_text(), re.S)
+    return json.loads(m.group(1)) if m else {}
+
+
+def save_results(results: dict) -> None:
+    write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
+
+
+# --- decoding speed ------------------------------------------------------------------------------
+
+def build_ours() -> Transformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(V, V, d_model=D, num_heads=HEADS, num_encoder_layers=LAYERS, num_decoder_layers=LAYERS,
+                            d_ff=FFN, dropout=0.0, share_embeddings=True)
+    return Transformer(cfg).eval()
+
+
+def build_marian():
+    from transformers import MarianConfig, MarianMTModel
+
+    torch.manual_seed(0)
+    cfg = MarianConfig(vocab_size=V, d_model=D, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
+                       decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, activation_function="relu",
+                       dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=256,
+                       pad_token_id=0, eos_token_id=2, forced_eos_token_id=None, decoder_start_token_id=1,
+                       scale_embedding=True)
+    return MarianMTModel(cfg).eval()
+
+
+def speed(args) -> dict:
+    torch.set_num_threads(args.threads) if args.threads else None
+    ours, marian = build_ours(), build_marian()
+    g = torch.Generator().manual_seed(0)
+    runs = {}
+    for b in args.batches:
+        src = torch.randint(4, V, (b, SRC_LEN), generator=g)
+        scfg = dict(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
+        runs[("attnlab_cache", b)] = lambda src=src: greedy_search(ours, src, SearchConfig(use_cache=True, **scfg))
+        runs[("attnlab_no_cache", b)] = lambda src=src: greedy_search(ours, src, SearchConfig(use_cache=False, **scfg))
+        for cache in (True, False):
+            def hf(src=src, cache=cache):
+                with torch.inference_mode():
+                    out = marian.generate(input_ids=src, attention_mask=torch.ones_like(src), max_new_tokens=NEW_TOKENS,
+                                          min_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False, use_cache=cache)
+                assert out.shape[1] - 1 == NEW_TOKENS, out.shape
+                return out
+            runs[("hf_marian_cache" if cache else "hf_marian_no_cache", b)] = hf
+    # Same tokens with and without the cache (a correctness check, not a timing).
+    for b in args.batches:
+        src = torch.randint(4, V, (b, SRC_LEN), generator=torch.Generator().manual_seed(1))
+        a = greedy_search(ours, src, eos=None, max_len=16, use_cache=True)
+        c = greedy_search(ours, src, eos=None, max_len=16, use_cache=False)
+        assert a == c, "cached and uncached decoding differ"
+    times: dict = {k: [] for k in runs}
+    for k, fn in runs.items():  # warm-up
+        if k[1] == min(args.batches):
+            fn()
+    for r in range(args.repeats):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+            print(f"repeat {r} {k}: {times[k][-1]:.2f} s", flush=True)
+    rows = {f"{impl}@{b}": b * NEW_TOKENS / statistics.median(t) for (impl, b), t in times.items()}
+    return {"tokens_per_s": rows, "threads": torch.get_num_threads(), "machine": machine(), "command": command(),
+            "repeats": args.repeats, "batches": args.batches, "date": time.strftime("%Y-%m-%d")}
+
+
+def render_speed(s: dict) -> list[str]:
+    tps = s["tokens_per_s"]
+    impls = ["attnlab_cache", "attnlab_no_cache", "hf_marian_cache", "hf_marian_no_cache"]
+    lines = ["### Decoding speed (greedy, random weights)", "",
+             f"`{s['command']}` — {s['machine']}, {s['date']}. d_model {D}, {LAYERS}+{LAYERS} layers, {HEADS} heads, "
+             f"FFN {FFN}, vocabulary {V}; source length {SRC_LEN}; exactly {NEW_TOKENS} new tokens per sentence; "
+             f"median of {s['repeats']} interleaved repeats. Tokens/s = batch × {NEW_TOKENS} / wall time "
+             "(the encoder included). The machine is shared: ratios within a run matter more than absolute values.", "",
+             "| batch | " + " | ".join(impls) + " | cache / no cache | attnlab / Marian (both cached) |",
+             "|---:|" + "---:|" * (len(impls) + 2)]
+    for b in s["batches"]:
+        vals = [tps.get(f"{i}@{b}") for i in impls]
+        cells = [f"{v:.0f}" if v else "–" for v in vals]
+        r1 = vals[0] / vals[1] if vals[0] and vals[1] else None
+        r2 = vals[0] / vals[2] if vals[0] and vals[2] else None
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {r1:.1f}× | {r2:.1f}× |")
+    lines += ["", "Targets: cache ≥ 5× no cache at batch 1; ≥ 2× Marian at batch 1 and ≥ 1.5× at batch 32."]
+    return lines
+
+
+# --- Multi30k ------------------------------------------------------------------------------------
+
+def render_multi30k(rows: dict) -> list[str]:
+    lines = ["### Multi30k (test_2016_flickr)", "",
+             "BLEU: sacrebleu on detokenized text, default signature. \"tok/lc\": the same hypotheses and references "
+             "lowercased and tokenized with sacrebleu's 13a tokenizer before scoring, the variant most tutorials report "
+             "(the best-known small-Transformer tutorial: 36.52 De→En).", "",
+             "| pair | model | train time | epochs | greedy BLEU | beam BLEU (k, α) | beam chrF | tok/lc BLEU (beam) | command |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for key in sorted(rows):
+        r = rows[key]
+        lines.append(f"| {r['pair']} | {r['model']} | {r['train_minutes']:.0f} min | {r['epochs']} | {r['greedy_bleu']:.2f} | "
+                     f"{r['beam_bleu']:.2f} ({r['beam']}, {r['length_penalty']}) | {r['beam_chrf']:.2f} | "
+                     f"{r['beam_bleu_tok_lc']:.2f} | `{r['command']}` |")
+    sigs = {r.get("signature") for r in rows.values() if r.get("signature")}
+    if sigs:
+        lines += ["", "Signature: " + "; ".join(f"`{s}`" for s in sorted(sigs))]
+    return lines
+
+
+def render(results: dict) -> str:
+    lines = ["## Translation", ""]
+    if "speed" in results:
+        lines += render_speed(results["speed"]) + [""]
+    if results.get("multi30k"):
+        lines += render_multi30k(results["multi30k"]) + [""]
+    if "nat" in results:
+        lines += results["nat"]["lines"] + [""]
+    return "\n".join(lines)
+
+
+def run(cmd: list[str]) -> str:
+    print("$", " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    print(out.stdout[-2000:], out.stderr[-2000:], flush=True)
+    return out.stdout
+
+
+def multi30k(args) -> dict:
+    data = Path(args.data)
+    src_l, tgt_l = args.pair.split("-")
+    run_dir = Path(args.out) / f"multi30k-{args.pair}-{args.model}"
+    exe = [sys.executable, "-m", "attnlab"]
+    train = exe + ["train", "translate", "--model", args.model,
+                   "--src", str(data / f"train.{src_l}.gz"), "--tgt", str(data / f"train.{tgt_l}.gz"),
+                   "--valid-src", str(data / f"val.{src_l}.gz"), "--valid-tgt", str(data / f"val.{tgt_l}.gz"),
+                   "--out", str(run_dir), "--max-minutes", str(args.minutes)] + args.train_args
+    t0 = time.time()
+    run(train)
+    minutes = (time.time() - t0) / 60
+    res = {}
+    for beam in (1, args.beam):
+        out = run(exe + ["eval", str(run_dir), "--src", str(data / f"test_2016_flickr.{src_l}.gz"),
+                         "--ref", str(data / f"test_2016_flickr.{tgt_l}.gz"), "--beam", str(beam),
+                         "--length-penalty", str(args.length_penalty), "--json"])
+        res[beam] = json.loads(out.strip().splitlines()[-1])
+    meta = json.loads((run_dir / "translate.json").read_text()) if (run_dir / "translate.json").exists() else {}
+    return {"pair": args.pair, "model": args.model, "train_minutes": minutes, "epochs": meta.get("epochs_done", "?"),
+            "greedy_bleu": res[1]["bleu"], "beam_bleu": res[args.beam]["bleu"], "beam_chrf": res[args.beam]["chrf"],
+            "beam_bleu_tok_lc": res[args.beam]["bleu_tok_lc"], "beam": args.beam, "length_penalty": args.length_penalty,
+            "signature": res[args.beam]["bleu_signature"], "command": command()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--threads", type=int, default=0)
+    m = sub.add_parser("multi30k")
+    m.add_argument("--pair", default="de-en", choices=["de-en", "en-de"])
+    m.add_argument("--model", default="transformer", choices=["transformer", "gru-attention", "nat"])
+    m.add_argument("--minutes", type=float, default=40)
+    m.add_argument("--beam", type=int, default=5)
+    m.add_argument("--length-penalty", type=float, default=1.0)
+    m.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "multi30k"))
+    m.add_argument("--out", default=str(ROOT / "runs"))
+    m.add_argument("train_args", nargs=argparse.REMAINDER, help="extra options for attnlab train translate (after --)")
+    args = p.parse_args()
+    if getattr(args, "train_args", None) and args.train_args[:1] == ["--"]:
+        args.train_args = args.train_args[1:]
+    results = load_results()
+    if args.what == "speed":
+        results["speed"] = speed(args)
+    else:
+        results.setdefault("multi30k", {})[f"{args.pair}/{args.model}"] = multi30k(args)
+    save_results(results)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
