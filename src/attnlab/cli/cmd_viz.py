@@ -129,4 +129,10 @@ def run_attention(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_posembed, add_attention]
+def add_gradients(sub) -> None:  # language models: the picture lives with its logic in attnlab.viz.gradients
+    from attnlab.viz.gradients import add_gradients as add
+
+    add(sub)
+
+
+SUBCOMMANDS = [add_posembed, add_attention, add_gradients]

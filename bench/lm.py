@@ -1,0 +1,377 @@
+"""Language-model benchmarks; results go to the "Language models" section of BENCHMARKS.md.
+
+    python bench/lm.py throughput                 training tokens/s vs a plain reference; KV-cache speed-up
+    python bench/lm.py shakespeare --budget 180   validation loss after a fixed training time, per model
+    python bench/lm.py ptb --epochs 6             Penn Treebank word-level test perplexity
+    python bench/lm.py report                     rewrite the section from bench/results/lm-*.json
+
+Each experiment saves its numbers in bench/results/lm-<name>.json; the section is rebuilt from
+all of them, so experiments can be run one at a time. Data: $ATTNLAB_DATA (default ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("ATTNLAB_DATA", ROOT / ".." / "shared" / "data")).resolve()
+
+
+def save_result(name: str, obj: dict) -> None:
+    from attnlab.io import atomic_write_json
+
+    obj = {**obj, "command": "python bench/lm.py " + " ".join(sys.argv[1:]), "threads": torch.get_num_threads(),
+           "machine": f"{platform.machine()}, torch {torch.__version__}", "load_avg_at_start": LOAD0,
+           "date": time.strftime("%Y-%m-%d %H:%M")}
+    atomic_write_json(RESULTS / f"lm-{name}.json", obj)
+
+
+LOAD0 = round(os.getloadavg()[0], 2)
+
+
+# --- a plain reference Transformer LM (same architecture, written directly on PyTorch) --------------
+
+class RefBlock(nn.Module):
+    def __init__(self, d: int, h: int, ff: int) -> None:
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class RefLM(nn.Module):
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.zeros(1, max_len, d))
+        self.blocks = nn.ModuleList(RefBlock(d, heads, 4 * d) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos[:, : idx.shape[1]]
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln(x))
+
+
+def _train_speed(model, x, steps: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x).flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return x.numel() * steps / (time.perf_counter() - t)
+
+
+def throughput(args) -> dict:
+    from attnlab.decode.sampling import greedy
+    from attnlab.models.lm import TransformerLM, count_parameters, lm_config
+
+    torch.manual_seed(0)
+    V, D, L, H, T, B = 65, args.d_model, args.layers, 4, args.window, args.batch
+    ours = TransformerLM(lm_config("transformer", vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_len=T))
+    ref = RefLM(V, D, L, H, T)
+    assert count_parameters(ours) == count_parameters(ref), (count_parameters(ours), count_parameters(ref))
+    x = torch.randint(0, V, (B, T))
+    for m in (ours, ref):
+        _train_speed(m, x, 3)  # warm-up
+    o, r = [], []
+    for _ in range(args.rounds):  # interleaved, so both see the same machine load
+        o.append(_train_speed(ours, x, args.steps))
+        r.append(_train_speed(ref, x, args.steps))
+    train = {"config": f"d_model {D}, {L} layers, {H} heads, context {T}, batch {B}, vocab {V}",
+             "params": count_parameters(ours), "ours_tok_s": statistics.median(o), "ref_tok_s": statistics.median(r),
+             "ratio": statistics.median(o) / statistics.median(r), "rounds": args.rounds}
+    print(f"training: ours {train['ours_tok_s']:.0f} tok/s, reference {train['ref_tok_s']:.0f} tok/s, "
+          f"ratio {train['ratio']:.3f}", flush=True)
+
+    gen = []
+    g = TransformerLM(lm_config("transformer", vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_len=1024)).eval()
+    prompt = torch.randint(0, V, (1, 16))
+    for n in (64, 512):
+        speeds = {}
+        for cached in (True, False):
+            ts = []
+            for _ in range(args.gen_rounds):
+                t = time.perf_counter()
+                out = greedy(g.stepper(cached=cached), prompt, n)
+                ts.append(time.perf_counter() - t)
+            speeds[cached] = n / statistics.median(ts)
+            if cached:
+                ref_out = out
+            else:
+                assert torch.equal(out, ref_out), "cached and uncached greedy outputs differ"
+        gen.append({"new_tokens": n, "cached_tok_s": speeds[True], "uncached_tok_s": speeds[False],
+                    "speedup": speeds[True] / speeds[False]})
+        print(f"generation {n}: cached {speeds[True]:.0f} tok/s, uncached {speeds[False]:.0f} tok/s, "
+              f"x{speeds[True] / speeds[False]:.1f}", flush=True)
+    res = {"train": train, "generate": gen,
+           "generate_config": f"d_model {D}, {L} layers, context 1024, batch 1, prompt 16 tokens, greedy"}
+    save_result("throughput", res)
+    return res
+
+
+# --- Tiny Shakespeare under a fixed training-time budget ---------------------------------------------
+
+SHAKESPEARE_MODELS = {
+    # matched at about 0.8M parameters (vocabulary 65)
+    "transformer": dict(model="transformer", d_model=128, num_layers=4, num_heads=4),
+    "lstm": dict(model="lstm", hidden_dim=224, num_layers=2),
+    "gru": dict(model="gru", hidden_dim=256, num_layers=2),
+    "rnn": dict(model="rnn", hidden_dim=448, num_layers=2),
+}
+
+
+def budget_run(dc, mc, cfg, budget: float, log=print) -> dict:
+    """Train for ``budget`` seconds of training time: the learning rate warms up over
+    ``cfg.warmup_steps`` steps, then follows a cosine by the fraction of the budget used."""
+    from attnlab.models.lm import build_lm, count_parameters
+    from attnlab.tasks.lm import LMTask, prepare
+    from attnlab.train.engine import Trainer
+
+    tok, ids, mcfg, corpus = prepare(dc, mc)
+    torch.manual_seed(cfg.seed)
+    model = build_lm(mcfg)
+    clock = {"t0": None, "stopped": False}
+
+    class BudgetTask(LMTask):
+        def train_batches(self, plan):
+            for b in super().train_batches(plan):
+                if clock["t0"] is None:
+                    clock["t0"] = time.perf_counter()
+                if time.perf_counter() - clock["t0"] >= budget:
+                    clock["stopped"] = time.perf_counter()
+                    return
+                yield b
+
+    task = BudgetTask({"train": ids["train"], "valid": ids["valid"]}, recurrent=mc.model != "transformer",
+                      window=dc.window, char_level=True, steps_per_epoch=dc.steps_per_epoch)
+    trainer = Trainer(model, task, cfg, None, log=log, progress=False)
+    warm, min_ratio = max(1, cfg.warmup_steps or 1), cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = 0.0 if clock["t0"] is None else min(1.0, (time.perf_counter() - clock["t0"]) / budget)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    trainer.scheduler.factor = factor
+    summary = trainer.fit()
+    train_seconds = (clock["stopped"] or time.perf_counter()) - clock["t0"]
+    val = summary["metrics"]
+    val = {"loss": val["val_loss"], "bpc": val["val_bpc"]}
+    return {"model": mc.model, "params": count_parameters(model), "val_loss": val["loss"], "val_bpc": val["bpc"],
+            "steps": summary["steps"], "tokens_seen": summary["steps"] * cfg.batch_size * dc.window,
+            "train_seconds": round(train_seconds, 1), "budget_s": budget, "window": dc.window,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "config": {k: v for k, v in SHAKESPEARE_MODELS[mc.model].items()}}
+
+
+def shakespeare(args) -> dict:
+    from attnlab.tasks.lm import LMDataConfig, LMModelConfig
+    from attnlab.train.config import TrainConfig
+
+    text = data_dir() / "tinyshakespeare" / "input.txt"
+    results = {}
+    old = RESULTS / "lm-shakespeare.json"
+    if old.exists() and args.models != list(SHAKESPEARE_MODELS):
+        results = json.loads(old.read_text()).get("runs", {})
+    for name in args.models:
+        opts = SHAKESPEARE_MODELS[name]
+        rec = opts["model"] != "transformer"
+        window = args.window if not rec else args.bptt
+        dc = LMDataConfig(text=str(text), tokenizer="char", window=window, steps_per_epoch=10**6)
+        mc = LMModelConfig(**opts, dropout=0.0, tie_weights=not rec)
+        lr = args.lr if not rec else args.rnn_lr
+        cfg = TrainConfig(epochs=1 if not rec else 1000, batch_size=args.batch if not rec else args.rnn_batch, lr=lr,
+                          min_lr=lr / 10, warmup_steps=50, weight_decay=0.1 if not rec else 0.0, clip_grad=1.0,
+                          eval_every=10**6, seed=0, betas=(0.9, 0.99), log_every=50)
+        print(f"--- {name}: {opts}", flush=True)
+        r = budget_run(dc, mc, cfg, args.budget, log=lambda s: None)
+        print(f"{name}: {r['params']:,} params, {r['steps']} steps, {r['tokens_seen']:,} tokens in {r['train_seconds']} s: "
+              f"val loss {r['val_loss']:.4f} nats/char ({r['val_bpc']:.3f} bpc)", flush=True)
+        results[name] = r
+        save_result("shakespeare", {"runs": results})
+    return results
+
+
+# --- Penn Treebank ---------------------------------------------------------------------------------
+
+PTB_MODELS = {
+    "lstm": dict(model="lstm", hidden_dim=200, num_layers=2),
+    "gru": dict(model="gru", hidden_dim=200, num_layers=2),
+    "transformer": dict(model="transformer", d_model=200, num_layers=2, num_heads=4),
+}
+
+
+def ptb(args) -> dict:
+    from attnlab.tasks.lm import LMDataConfig, LMModelConfig, evaluate_run, train_lm
+    from attnlab.train.config import TrainConfig
+
+    d = data_dir() / "ptb"
+    results = {}
+    old = RESULTS / "lm-ptb.json"
+    if old.exists():
+        results = json.loads(old.read_text()).get("runs", {})
+    for name in args.models:
+        opts = PTB_MODELS[name]
+        rec = name != "transformer"
+        dc = LMDataConfig(train=str(d / "ptb.train.txt.gz"), valid=str(d / "ptb.valid.txt.gz"),
+                          test=str(d / "ptb.test.txt.gz"), tokenizer="word", window=args.bptt if rec else args.window,
+                          eval_batch_size=10)
+        mc = LMModelConfig(**opts, dropout=args.dropout, tie_weights=args.tie)
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 20, warmup_steps=100,
+                          weight_decay=args.weight_decay, clip_grad=args.clip, seed=0, log_every=100)
+        run_dir = ROOT / "runs" / f"bench-ptb-{name}"
+        print(f"--- {name}: {opts} dropout {args.dropout} tie {args.tie}", flush=True)
+        t = time.perf_counter()
+        s = train_lm(dc, mc, cfg, run_dir, log=lambda m: print(m, flush=True), progress=False, overwrite=True)
+        seconds = time.perf_counter() - t
+        ev = {tag: evaluate_run(run_dir, argparse.Namespace(which=tag)) for tag in ("last", "best")}
+        results[name] = {"model": name, "params": s["params"], "epochs": args.epochs, "train_seconds": round(s["train_time"], 1),
+                         "wall_seconds": round(seconds, 1), "valid_ppl": ev["last"]["valid"]["ppl"],
+                         "test_ppl": ev["last"]["test"]["ppl"], "best_acc_test_ppl": ev["best"]["test"]["ppl"],
+                         "config": {**opts, "dropout": args.dropout, "tie_weights": args.tie, "bptt": dc.window,
+                                    "batch": args.batch, "lr": args.lr, "optimizer": "AdamW, warm-up + cosine",
+                                    "weight_decay": args.weight_decay, "clip": args.clip}}
+        print(f"{name}: test perplexity {results[name]['test_ppl']:.1f} (valid {results[name]['valid_ppl']:.1f}) "
+              f"after {seconds:.0f} s", flush=True)
+        save_result("ptb", {"runs": results})
+    return results
+
+
+# --- the BENCHMARKS.md section ---------------------------------------------------------------------
+
+def _load(name):
+    p = RESULTS / f"lm-{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def report(args=None) -> str:
+    from _report import write_section
+
+    out = ["## Language models", "",
+           "Written by `bench/lm.py` (`python bench/lm.py report` rebuilds it from `bench/results/lm-*.json`). "
+           "CPU only; the machine was shared with other jobs while these ran (load average at start shown), "
+           "so times are pessimistic and noisy.", ""]
+    tp = _load("throughput")
+    if tp:
+        t = tp["train"]
+        out += ["### Throughput", "", f"Command: `{tp['command']}` ({tp['date']}, {tp['threads']} thread(s), "
+                f"load average {tp['load_avg_at_start']}).", "",
+                f"Training, {t['config']}, {t['params']:,} parameters, median of {t['rounds']} interleaved rounds:", "",
+                "| implementation | tokens/s |", "| --- | ---: |",
+                f"| attnlab `TransformerLM` (EncoderLayer, pre-LN, causal) | {t['ours_tok_s']:,.0f} |",
+                f"| plain reference in the script (`F.scaled_dot_product_attention(is_causal=True)`) | {t['ref_tok_s']:,.0f} |",
+                f"| **ratio** (target ≥ 1.0) | **{t['ratio']:.3f}** |", "",
+                f"Generation, {tp['generate_config']}:", "",
+                "| new tokens | with KV cache (tok/s) | without (tok/s) | speed-up |", "| ---: | ---: | ---: | ---: |"]
+        out += [f"| {g['new_tokens']} | {g['cached_tok_s']:,.0f} | {g['uncached_tok_s']:,.0f} | {g['speedup']:.1f}× |"
+                for g in tp["generate"]]
+        out += ["", "Cached and uncached greedy outputs are checked equal token for token in the same run.", ""]
+    sh = _load("shakespeare")
+    if sh:
+        out += ["### Tiny Shakespeare, characters, fixed training-time budget", "",
+                f"Command: `{sh['command']}` ({sh['date']}, {sh['threads']} thread(s), load average {sh['load_avg_at_start']}). "
+                "Split: first 90 % of the characters for training, last 10 % for validation. Validation loss over the "
+                "whole validation text (Transformer: non-overlapping windows; recurrent: state carried). "
+                "Learning rate: warm-up, then cosine over the elapsed fraction of the budget. "
+                "Target: Transformer ≤ 1.80 nats/char.", "",
+                "| model | config | parameters | steps | tokens seen | train s | val loss (nats/char) | bits/char |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in sh["runs"].values():
+            cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "model")
+            out.append(f"| {r['model']} | {cfg}, window {r['window']}, batch {r['batch_size']}, lr {r['lr']} | {r['params']:,} | "
+                       f"{r['steps']:,} | {r['tokens_seen']:,} | {r['train_seconds']} | {r['val_loss']:.3f} | {r['val_bpc']:.3f} |")
+        out.append("")
+    pt = _load("ptb")
+    if pt:
+        out += ["### Penn Treebank, words", "",
+                f"Command: `{pt['command']}` ({pt['date']}, {pt['threads']} thread(s), load average {pt['load_avg_at_start']}). "
+                "Vocabulary 10,000 from the training file; perplexity of the last checkpoint on the whole "
+                "validation and test files (recurrent state carried across windows). Target: LSTM ≤ 115.", "",
+                "| model | config | parameters | epochs | train time | valid ppl | test ppl |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in pt["runs"].values():
+            c = r["config"]
+            cfg = ", ".join(f"{k}={v}" for k, v in c.items() if k != "model")
+            out.append(f"| {r['model']} | {cfg} | {r['params']:,} | {r['epochs']} | {r['train_seconds'] / 60:.1f} min | "
+                       f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} |")
+        out.append("")
+    text = "\n".join(out)
+    write_section("lm", text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--d-model", type=int, default=128)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--window", type=int, default=128)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--steps", type=int, default=5)
+    t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--gen-rounds", type=int, default=3)
+    s = sub.add_parser("shakespeare")
+    s.add_argument("--budget", type=float, default=180.0, help="training seconds per model")
+    s.add_argument("--models", nargs="+", default=list(SHAKESPEARE_MODELS), choices=list(SHAKESPEARE_MODELS))
+    s.add_argument("--window", type=int, default=64, help="Transformer context")
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--bptt", type=int, default=64, help="recurrent window")
+    s.add_argument("--rnn-batch", type=int, default=32)
+    s.add_argument("--rnn-lr", type=float, default=3e-3)
+    q = sub.add_parser("ptb")
+    q.add_argument("--models", nargs="+", default=["lstm"], choices=list(PTB_MODELS))
+    q.add_argument("--epochs", type=int, default=6)
+    q.add_argument("--bptt", type=int, default=35)
+    q.add_argument("--window", type=int, default=64, help="Transformer context")
+    q.add_argument("--batch", type=int, default=20)
+    q.add_argument("--lr", type=float, default=2e-3)
+    q.add_argument("--dropout", type=float, default=0.3)
+    q.add_argument("--tie", action=argparse.BooleanOptionalAction, default=True)
+    q.add_argument("--weight-decay", type=float, default=0.0)
+    q.add_argument("--clip", type=float, default=0.5)
+    sub.add_parser("report")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    {"throughput": throughput, "shakespeare": shakespeare, "ptb": ptb, "report": report}[args.cmd](args)
+    if args.cmd != "report":
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

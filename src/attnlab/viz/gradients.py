@@ -1,0 +1,280 @@
+"""Why recurrent networks forget, made visible.
+
+- :func:`gradient_norms`: for a window of T tokens and the loss at its **last** position, the norm
+  of ∂loss/∂(input at position t) for every t, as a function of the distance T-1-t back from the
+  loss. "Input" is the token embedding (every model) or, for recurrent models, the hidden state
+  h_t (the recurrence is then run one step at a time through the same ``nn.RNN``/``nn.GRU``/
+  ``nn.LSTM`` so that each h_t is a node of the graph). In a recurrent network this gradient is a
+  product of one Jacobian per step and shrinks (or grows) geometrically with the distance
+  (Bengio et al. 1994; Pascanu et al. 2013); in a Transformer every position is one attention
+  step away from the loss.
+- The **copy task**: read random symbols, output at time t the symbol read at time t - lag.
+  :func:`copy_task_accuracy` trains a small model of each kind for a fixed number of steps and
+  measures its accuracy; :func:`plot_copy_accuracy` draws accuracy against lag.
+
+Figures are :class:`matplotlib.figure.Figure` objects (no pyplot); save them with
+:func:`attnlab.viz.vit.save_figure` or :func:`save_png`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, DataError
+
+COLORS = {"rnn": "#d62728", "gru": "#ff7f0e", "lstm": "#2ca02c", "transformer": "#1f77b4"}
+
+
+def model_kind(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "cell", None) or "transformer"
+
+
+def gradient_norms(model: nn.Module, windows: Tensor, wrt: str = "embedding") -> Tensor:
+    """Mean over windows of ‖∂ loss_last / ∂ input_t‖, indexed by distance d = T-1-t → (T,).
+
+    ``windows`` (N, T+1) token ids: inputs are [:, :T], the loss is the cross-entropy of the last
+    input's prediction of token T. ``wrt`` is "embedding" or "hidden" (recurrent models only).
+    """
+    if windows.dim() != 2 or windows.shape[1] < 3:
+        raise DataError(f"need token windows (N, T+1) with T >= 2, got shape {tuple(windows.shape)}")
+    if wrt not in ("embedding", "hidden"):
+        raise ConfigError(f"wrt must be 'embedding' or 'hidden', got {wrt!r}")
+    was = model.training
+    model.eval()
+    x, target = windows[:, :-1], windows[:, -1]
+    with torch.enable_grad():
+        if wrt == "hidden" and getattr(model, "is_recurrent", False):
+            points = _recurrent_hidden_states(model, x)
+            h_last = points[-1]
+            logits = model.head(h_last)
+        else:
+            emb = model.embed_tokens(x).detach().requires_grad_(True)
+            out = model.forward_embeddings(emb)
+            logits = (out[0] if isinstance(out, tuple) else out)[:, -1]
+            points = [emb]
+        loss = F.cross_entropy(logits, target, reduction="sum")  # per-window losses, summed
+        if len(points) == 1:
+            (g,) = torch.autograd.grad(loss, points)
+            norms = g.norm(dim=-1)  # (N, T)
+        else:
+            grads = torch.autograd.grad(loss, points)
+            norms = torch.stack([gi.norm(dim=-1) for gi in grads], dim=1)  # (N, T)
+    model.train(was)
+    return norms.mean(0).flip(0).detach()  # index = distance back from the loss
+
+
+def _recurrent_hidden_states(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The top layer's h_t for every t, running the model's own recurrent module one step at a
+    time (same weights, same equations) so that each h_t can receive a gradient."""
+    emb = model.drop(model.embed_tokens(x))
+    state, hs = None, []
+    for t in range(x.shape[1]):
+        out, state = model.rnn(emb[:, t : t + 1], state)
+        h = out[:, 0]
+        hs.append(h)
+        # feed the exact tensor forward so the gradient w.r.t. h_t includes every later step
+        if isinstance(state, tuple):
+            state = (torch.cat([state[0][:-1], h[None]], 0), state[1])
+        else:
+            state = torch.cat([state[:-1], h[None]], 0)
+    return hs
+
+
+def text_windows(ids: Tensor, length: int, count: int, seed: int = 0) -> Tensor:
+    """``count`` windows of ``length`` + 1 tokens at random offsets of a token stream."""
+    if ids.numel() < length + 1:
+        raise DataError(f"the text has {ids.numel()} tokens; windows of {length} need at least {length + 1}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - length, (count,), generator=g)
+    return ids[starts[:, None] + torch.arange(length + 1)[None]]
+
+
+def plot_gradient_norms(curves: dict[str, Tensor], title: str | None = None, subtitle: str | None = None):
+    """Gradient norm against distance from the loss, one line per model, log scale."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 4.8))
+    ax = fig.subplots()
+    for label, y in curves.items():
+        y = np.asarray(y, dtype=float)
+        kind = label.split()[0]
+        ax.plot(np.arange(len(y)), np.maximum(y, 1e-30), lw=2, label=label, color=COLORS.get(kind))
+    ax.set_yscale("log")
+    ax.set_xlabel("time steps back from the loss (distance t_loss − t)")
+    ax.set_ylabel("‖∂ loss / ∂ input at t‖  (mean over windows)")
+    ax.set_title(title or "How far back does the gradient reach?", fontsize=12)
+    if subtitle:
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8.5, color="#555555", va="bottom")
+        ax.set_title(title or "How far back does the gradient reach?", fontsize=12, pad=18)
+    ax.grid(alpha=0.3, which="both")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- the copy task ---------------------------------------------------------------------------------
+
+def copy_batch(batch: int, lag: int, outputs: int, symbols: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """x (B, lag + outputs) random symbols; y[:, t] = x[:, t - lag] for t ≥ lag (scored), -100 before."""
+    x = torch.randint(0, symbols, (batch, lag + outputs), generator=generator)
+    y = torch.full_like(x, -100)
+    y[:, lag:] = x[:, : outputs]
+    return x, y
+
+
+def make_copy_model(kind: str, symbols: int, length: int, width: int = 64):
+    from attnlab.models.lm import build_lm, lm_config
+
+    if kind == "transformer":
+        return build_lm(lm_config("transformer", vocab_size=symbols, d_model=width, num_layers=2, num_heads=4,
+                                  max_len=length, position="learned"))
+    return build_lm(lm_config(kind, vocab_size=symbols, embed_dim=width, hidden_dim=width, num_layers=1))
+
+
+def train_copy(kind: str, lag: int, *, steps: int = 300, batch: int = 32, outputs: int = 20, symbols: int = 8,
+               width: int = 64, lr: float = 3e-3, seed: int = 0) -> tuple[nn.Module, float]:
+    """Train a fresh model of ``kind`` on the copy task with this ``lag``; (model, test accuracy)."""
+    if lag < 1:
+        raise ConfigError(f"the copy lag must be >= 1, got {lag}")
+    torch.manual_seed(seed)
+    model = make_copy_model(kind, symbols, lag + outputs, width)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    for s in range(steps):
+        for grp in opt.param_groups:  # short warm-up, then cosine
+            grp["lr"] = lr * min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps))
+        x, y = copy_batch(batch, lag, outputs, symbols, g)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = F.cross_entropy(logits.reshape(-1, symbols), y.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        x, y = copy_batch(512, lag, outputs, symbols, torch.Generator().manual_seed(seed + 12345))
+        out = model(x)
+        pred = (out[0] if isinstance(out, tuple) else out).argmax(-1)
+        keep = y != -100
+        acc = float((pred[keep] == y[keep]).float().mean())
+    return model, acc
+
+
+def copy_task_accuracy(kinds: Sequence[str], lags: Sequence[int], log: Callable[[str], None] | None = None,
+                       **kw) -> dict[str, list[float]]:
+    """Accuracy of each model kind at each lag (a fresh model per point)."""
+    out: dict[str, list[float]] = {}
+    for kind in kinds:
+        out[kind] = []
+        for lag in lags:
+            t = time.perf_counter()
+            _, acc = train_copy(kind, lag, **kw)
+            out[kind].append(acc)
+            if log:
+                log(f"copy task: {kind:11s} lag {lag:4d}: accuracy {100 * acc:5.1f}%  ({time.perf_counter() - t:.1f}s)")
+    return out
+
+
+def plot_copy_accuracy(results: dict[str, list[float]], lags: Sequence[int], symbols: int = 8,
+                       subtitle: str | None = None):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 4.8))
+    ax = fig.subplots()
+    for kind, accs in results.items():
+        ax.plot(list(lags), [100 * a for a in accs], "o-", lw=2, ms=5, label=kind, color=COLORS.get(kind))
+    ax.axhline(100 / symbols, color="#888888", ls="--", lw=1)
+    ax.text(lags[-1], 100 / symbols + 1.5, f"chance ({100 / symbols:.1f}%)", ha="right", fontsize=8.5, color="#666666")
+    ax.set_xscale("log")
+    ax.set_xticks(list(lags), [str(v) for v in lags])
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("lag: steps between reading a symbol and having to output it")
+    ax.set_ylabel("accuracy on the copied symbols (%)")
+    ax.set_title("Copy task: output the symbol read `lag` steps ago", fontsize=12, pad=18 if subtitle else 6)
+    if subtitle:
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8.5, color="#555555", va="bottom")
+    ax.grid(alpha=0.3, which="both")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
+    from attnlab.train.metrics import save_figure
+
+    return save_figure(fig, path, dpi=dpi)
+
+
+# --- the `attnlab viz gradients` subcommand ---------------------------------------------------------
+
+def add_gradients(sub) -> None:
+    """Register ``attnlab viz gradients`` (called by :mod:`attnlab.cli.cmd_viz`)."""
+    p = sub.add_parser(
+        "gradients", help="gradient norm vs distance back from the loss (RNN/GRU/LSTM/Transformer); the copy task",
+        description="For language-model runs (attnlab train lm): the norm of the gradient of the loss at the last "
+                    "position of a window with respect to the input embedding (or the recurrent hidden state, "
+                    "--wrt hidden) at each earlier position, averaged over windows of the validation text: "
+                    "vanishing and exploding gradients as a plot. With --task copy: train small RNN/GRU/LSTM/"
+                    "Transformer models on the copy task at each --lag and plot accuracy against lag.",
+    )
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="language-model run directories (same text)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the PNG file to write")
+    p.add_argument("--task", choices=("text", "copy"), default="text", help="text (default): gradients of the runs; "
+                                                                          "copy: the copy task")
+    p.add_argument("--length", type=int, default=100, help="window length T (capped by a Transformer's context)")
+    p.add_argument("--windows", type=int, default=16, help="windows to average over (default: 16)")
+    p.add_argument("--wrt", choices=("embedding", "hidden"), default="embedding",
+                   help="gradient w.r.t. the input embedding (default) or the recurrent hidden state")
+    p.add_argument("--lag", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50], help="copy task: the lags")
+    p.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"],
+                   choices=["rnn", "gru", "lstm", "transformer"], help="copy task: the models")
+    p.add_argument("--steps", type=int, default=300, help="copy task: training steps per model and lag")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dpi", type=int, default=120)
+    p.set_defaults(func=run_gradients)
+
+
+def run_gradients(args) -> int:
+    if args.task == "copy":
+        lags = sorted(set(args.lag))
+        res = copy_task_accuracy(args.models, lags, log=print, steps=args.steps, seed=args.seed)
+        sub = f"{args.steps} training steps per point, batch 32, 8 symbols, 1-layer recurrent / 2-layer Transformer, width 64"
+        path = save_png(plot_copy_accuracy(res, lags, subtitle=sub), args.output, dpi=args.dpi)
+        print(f"wrote {path}")
+        return 0
+    if not args.run_dirs:
+        raise ConfigError("give one or more language-model run directories (or --task copy)")
+    from attnlab.data.text import load_corpus
+    from attnlab.tasks.lm import load_run
+
+    curves = {}
+    for rd in args.run_dirs:
+        model, tok, rec = load_run(rd)
+        d = rec["lm"]["data"]
+        corpus = load_corpus(d.get("text"), train=d.get("train"), valid=d.get("valid"),
+                             valid_fraction=d.get("valid_fraction", 0.1))
+        ids = torch.tensor(tok.encode(corpus.valid), dtype=torch.long)
+        kind = model_kind(model)
+        length = args.length if kind != "transformer" else min(args.length, model.config.max_len)
+        wins = text_windows(ids, length, args.windows, args.seed)
+        norms = gradient_norms(model, wins, "hidden" if (args.wrt == "hidden" and kind != "transformer") else "embedding")
+        what = "hidden state" if (args.wrt == "hidden" and kind != "transformer") else "embedding"
+        curves[f"{kind} (w.r.t. {what}, {rec['lm'].get('params', 0):,} params)"] = norms
+        print(f"{rd}: {kind}, gradient norm at distance 0: {float(norms[0]):.3g}, at {length - 1}: {float(norms[-1]):.3g}")
+    path = save_png(plot_gradient_norms(curves, subtitle=f"loss at the last of T tokens, mean over {args.windows} "
+                                                        "validation windows"), args.output, dpi=args.dpi)
+    print(f"wrote {path}")
+    return 0
