@@ -309,8 +309,9 @@ def report(args=None) -> str:
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in sh["runs"].values():
             cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "model")
-            out.append(f"| {r['model']} | {cfg}, window {r['window']}, batch {r['batch_size']}, lr {r['lr']} | {r['params']:,} | "
-                       f"{r['steps']:,} | {r['tokens_seen']:,} | {r['train_seconds']} | {r['val_loss']:.3f} | {r['val_bpc']:.3f} |")
+            out.append(f"| {r['model']} | {cfg}, window {r['window']}, batch {r['batch_size']}, lr {r['lr']} | "
+                       f"{r['params']:,} | {r['steps']:,} | {r['tokens_seen']:,} | {r['train_seconds']} | "
+                       f"{r['val_loss']:.3f} | {r['val_bpc']:.3f} |")
         out.append("")
     pt = _load("ptb")
     if pt:

@@ -11,7 +11,6 @@ from attnlab.errors import ConfigError, DataError, ShapeError
 from attnlab.models.lm import (
     RecurrentLM,
     TransformerLM,
-    build_lm,
     context_start,
     count_parameters,
     lm_config,
