@@ -174,9 +174,8 @@ def test_timm_s16_avg_pool_no_class_token_both_ways(tmp_path):
     # Reverse: our export in timm's layout loads strictly into timm.
     jitter(model, seed=5)
     save_checkpoint(model, tmp_path / "ours_as_timm.safetensors", format="timm")
-    back = timm.create_model("vit_small_patch16_224", pretrained=False, class_token=False, global_pool="avg").eval()
-    back.load_state_dict(load_file(tmp_path / "ours_as_timm.safetensors"), strict=True)
-    close(run(back, x), run(model, x))
+    ref.load_state_dict(load_file(tmp_path / "ours_as_timm.safetensors"), strict=True)
+    close(run(ref, x), run(model, x))
 
 
 # ------------------------------------------------------------------------- patch 8, 64 px, 37 classes, every format
