@@ -18,6 +18,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--out", metavar="DIR", help="write results.json and the pictures here (default: RUN_DIR/eval/<dataset>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    from attnlab.tasks import task_modules
+
+    for mod in task_modules().values():  # task-specific options (e.g. translation's --src/--ref/--beam)
+        if hasattr(mod, "add_eval_arguments"):
+            mod.add_eval_arguments(p)
     one_line_errors(p)
     p.set_defaults(func=run)
 
