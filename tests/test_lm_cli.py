@@ -80,3 +80,18 @@ def test_train_window_longer_than_corpus(tmp_path, capsys):
 def test_train_needs_text(tmp_path, capsys):
     err = _one_error_line(capsys, main(["train", "lm", "--run-dir", str(tmp_path / "r"), "--quiet"]))
     assert "--text FILE" in err
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_train_other_tokenizers_and_generate(tmp_path, capsys, tokenizer):
+    (tmp_path / "t.txt").write_text("the cat sat on the mat\nthe dog sat on the log\n" * 30)
+    run = tmp_path / "run"
+    assert main(["train", "lm", "--text", str(tmp_path / "t.txt"), "--tokenizer", tokenizer, "--bpe-vocab-size", "280",
+                 "--model", "lstm", "--hidden-dim", "16", "--window", "8", "--epochs", "1", "--batch-size", "4",
+                 "--run-dir", str(run), "--quiet"]) == 0
+    assert (run / "tokenizer.json").is_file()
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")
+    assert main(["eval", str(run)]) == 0
+    assert "perplexity" in capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""Language modelling on the shared engine: ``attnlab train lm``, ``attnlab eval RUN_DIR``.
+"""Language modelling: RNN, GRU, LSTM and Transformer language models trained on local text by
+the shared engine (``attnlab train lm``), evaluated (``attnlab eval RUN_DIR``) and sampled
+(``attnlab generate RUN_DIR``).
 
 Data: a corpus (:func:`attnlab.data.text.load_corpus`), a tokenizer trained on its training
 split (:mod:`attnlab.data.tokenizers`, saved as ``tokenizer.json`` in the run directory), and
