@@ -255,7 +255,9 @@ def ptb(args) -> dict:
         t = time.perf_counter()
         s = train_lm(dc, mc, cfg, run_dir, log=lambda m: print(m, flush=True), progress=False, overwrite=True)
         seconds = time.perf_counter() - t
-        ev = {tag: evaluate_run(run_dir, argparse.Namespace(which=tag)) for tag in ("last", "best")}
+        ev = {"last": evaluate_run(run_dir, argparse.Namespace(which="last"))}
+        last, best = (json.loads((run_dir / f"{t}.json").read_text())["path"] for t in ("last", "best"))
+        ev["best"] = ev["last"] if best == last else evaluate_run(run_dir, argparse.Namespace(which="best"))
         results[name] = {"model": name, "params": s["params"], "epochs": args.epochs, "train_seconds": round(s["train_time"], 1),
                          "wall_seconds": round(seconds, 1), "valid_ppl": ev["last"]["valid"]["ppl"],
                          "test_ppl": ev["last"]["test"]["ppl"], "best_acc_test_ppl": ev["best"]["test"]["ppl"],
@@ -327,6 +329,32 @@ def report(args=None) -> str:
             out.append(f"| {r['model']} | {cfg} | {r['params']:,} | {r['epochs']} | {r['train_seconds'] / 60:.1f} min | "
                        f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} |")
         out.append("")
+    copy = RESULTS / "lm-copy-task.json"
+    if copy.exists():
+        c = json.loads(copy.read_text())
+        out += ["### Copy task: accuracy against lag", "",
+                "Command: `attnlab viz gradients --task copy --lag " + " ".join(map(str, c["lags"]))
+                + " --steps 300 -o bench/results/lm-copy-task.png` (" + c["setup"] + "; chance 12.5 %).", "",
+                "| model | " + " | ".join(f"lag {v}" for v in c["lags"]) + " |",
+                "| --- |" + " ---: |" * len(c["lags"])]
+        out += [f"| {k} | " + " | ".join(f"{100 * a:.1f} %" for a in v) + " |" for k, v in c["accuracy"].items()]
+        out += ["", "![copy task](bench/results/lm-copy-task.png)", ""]
+    if (RESULTS / "lm-gradients.png").exists():
+        out += ["### Gradient norm against distance from the loss", "",
+                "Small runs on the first 250,000 characters of Tiny Shakespeare (`head -c 250000 input.txt > ts250k.txt`), "
+                "then the pictures:", "", "```",
+                "for m in rnn gru lstm transformer; do",
+                "  attnlab train lm --text ts250k.txt --model $m --hidden-dim 256 --num-layers 2 --d-model 128 --window 64 \\",
+                "    --epochs 1 --batch-size 32 --steps-per-epoch 120 --lr 3e-3 --run-dir runs/$m",
+                "done",
+                "attnlab viz gradients runs/rnn runs/gru runs/lstm runs/transformer --length 64 --windows 32 "
+                "-o bench/results/lm-gradients.png",
+                "attnlab viz gradients runs/rnn runs/gru runs/lstm runs/transformer --length 64 --windows 32 --wrt hidden "
+                "-o bench/results/lm-gradients-hidden.png", "```", "",
+                "(one epoch of 110 windows for the recurrent models, 120 steps for the Transformer.)", "",
+                "![gradients w.r.t. the embeddings](bench/results/lm-gradients.png)", ""]
+        if (RESULTS / "lm-gradients-hidden.png").exists():
+            out += ["![gradients w.r.t. the hidden states](bench/results/lm-gradients-hidden.png)", ""]
     text = "\n".join(out)
     write_section("lm", text)
     return text

@@ -228,7 +228,8 @@ def add_gradients(sub) -> None:
                     "position of a window with respect to the input embedding (or the recurrent hidden state, "
                     "--wrt hidden) at each earlier position, averaged over windows of the validation text: "
                     "vanishing and exploding gradients as a plot. With --task copy: train small RNN/GRU/LSTM/"
-                    "Transformer models on the copy task at each --lag and plot accuracy against lag.",
+                    "Transformer models on the copy task at each --lag and plot accuracy against lag (the numbers go to "
+                    "a .json file beside the PNG).",
     )
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="language-model run directories (same text)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the PNG file to write")
@@ -253,7 +254,10 @@ def run_gradients(args) -> int:
         res = copy_task_accuracy(args.models, lags, log=print, steps=args.steps, seed=args.seed)
         sub = f"{args.steps} training steps per point, batch 32, 8 symbols, 1-layer recurrent / 2-layer Transformer, width 64"
         path = save_png(plot_copy_accuracy(res, lags, subtitle=sub), args.output, dpi=args.dpi)
-        print(f"wrote {path}")
+        from attnlab.io import atomic_write_json
+
+        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed})
+        print(f"wrote {path} and {path.with_suffix('.json')} (the numbers)")
         return 0
     if not args.run_dirs:
         raise ConfigError("give one or more language-model run directories (or --task copy)")
