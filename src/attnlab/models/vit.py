@@ -245,9 +245,11 @@ class VisionTransformer(nn.Module):
         )
         # timm's layout: "token" pooling normalises all tokens (norm); "avg" pooling normalises
         # the average (fc_norm).
-        self.norm: nn.Module = nn.Identity()
-        self.fc_norm: nn.Module = nn.Identity()
-        setattr(self, "norm" if cfg.global_pool == "token" else "fc_norm", nn.LayerNorm(c, eps=cfg.norm_eps))
+        final_norm = nn.LayerNorm(c, eps=cfg.norm_eps)
+        if cfg.global_pool == "token":
+            self.norm, self.fc_norm = final_norm, nn.Identity()
+        else:
+            self.norm, self.fc_norm = nn.Identity(), final_norm
         self.pre_logits = PreLogits(c) if cfg.pre_logits else nn.Identity()
         self.head = nn.Linear(c, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights(cfg.weight_init)
@@ -255,9 +257,9 @@ class VisionTransformer(nn.Module):
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def init_weights(self, mode: str = "trunc_normal") -> None:
-        """"trunc_normal" (timm): linear weights ~ N(0, .02) truncated, biases 0, position
+        """Initialise the weights. ``"trunc_normal"`` (timm): linear weights ~ N(0, .02) truncated, biases 0, position
         embedding ~ N(0, .02) truncated, class token ~ N(0, 1e-6), patch conv at PyTorch's default.
-        "jax" (the JAX reference): xavier-uniform linears (q, k, v each as its own C x C matrix),
+        ``"jax"`` (the JAX reference): xavier-uniform linears (q, k, v each as its own C x C matrix),
         MLP biases ~ N(0, 1e-6), other biases 0, LeCun-normal patch projection and pre-logits,
         position embedding ~ N(0, .02), class token 0, zero head."""
         if mode not in WEIGHT_INITS:
