@@ -24,6 +24,7 @@ then are directories no record points to removed. Killing the process at any mom
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -84,6 +85,10 @@ def collect_garbage(run_dir: str | Path) -> None:
     for d in root.iterdir():
         if d.is_dir() and d.name.startswith("step-") and d.name not in keep:
             shutil.rmtree(d, ignore_errors=True)
+    # temporary files of a process killed in the middle of a write (one writer per run)
+    for tmp in [*run_dir.glob(".*.tmp"), *root.glob("step-*/.*.tmp")]:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def has_record(run_dir: str | Path, tag: str = "last") -> bool:
