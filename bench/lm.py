@@ -209,7 +209,7 @@ def shakespeare(args) -> dict:
         rec = opts["model"] != "transformer"
         window = args.window if not rec else args.bptt
         dc = LMDataConfig(text=str(text), tokenizer="char", window=window, steps_per_epoch=10**6)
-        mc = LMModelConfig(**opts, dropout=0.0, tie_weights=not rec)
+        mc = LMModelConfig(**opts, dropout=0.0, tie_weights=not rec, **({} if rec else {"position": args.position}))
         lr = args.lr if not rec else args.rnn_lr
         cfg = TrainConfig(epochs=1 if not rec else 1000, batch_size=args.batch if not rec else args.rnn_batch, lr=lr,
                           min_lr=lr / 10, warmup_steps=50, weight_decay=0.1 if not rec else 0.0, clip_grad=1.0,
@@ -218,6 +218,9 @@ def shakespeare(args) -> dict:
         r = budget_run(dc, mc, cfg, args.budget, log=lambda s: None)
         print(f"{name}: {r['params']:,} params, {r['steps']} steps, {r['tokens_seen']:,} tokens in {r['train_seconds']} s: "
               f"val loss {r['val_loss']:.4f} nats/char ({r['val_bpc']:.3f} bpc)", flush=True)
+        r["command"] = "python bench/lm.py " + " ".join(sys.argv[1:])
+        if not rec:
+            r["config"]["position"] = args.position
         results[name] = r
         save_result("shakespeare", {"runs": results})
     return results
@@ -311,7 +314,10 @@ def report(args=None) -> str:
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in sh["runs"].values():
             cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "model")
-            out.append(f"| {r['model']} | {cfg}, window {r['window']}, batch {r['batch_size']}, lr {r['lr']} | "
+            cfg += f", window {r['window']}, batch {r['batch_size']}, lr {r['lr']}"
+            if r.get("command") and r["command"] != sh["command"]:
+                cfg += f" (`{r['command']}`)"
+            out.append(f"| {r['model']} | {cfg} | "
                        f"{r['params']:,} | {r['steps']:,} | {r['tokens_seen']:,} | {r['train_seconds']} | "
                        f"{r['val_loss']:.3f} | {r['val_bpc']:.3f} |")
         out.append("")
@@ -334,7 +340,8 @@ def report(args=None) -> str:
         c = json.loads(copy.read_text())
         out += ["### Copy task: accuracy against lag", "",
                 "Command: `attnlab viz gradients --task copy --lag " + " ".join(map(str, c["lags"]))
-                + " --steps 300 -o bench/results/lm-copy-task.png` (" + c["setup"] + "; chance 12.5 %).", "",
+                + f" --steps {c.get('steps', 300)} -o bench/results/lm-copy-task.png` (" + c["setup"]
+                + "; chance 12.5 %; each point a fresh model).", "",
                 "| model | " + " | ".join(f"lag {v}" for v in c["lags"]) + " |",
                 "| --- |" + " ---: |" * len(c["lags"])]
         out += [f"| {k} | " + " | ".join(f"{100 * a:.1f} %" for a in v) + " |" for k, v in c["accuracy"].items()]
@@ -378,6 +385,7 @@ def main(argv=None) -> int:
     s.add_argument("--window", type=int, default=64, help="Transformer context")
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--position", default="learned", help="Transformer position encoding")
     s.add_argument("--bptt", type=int, default=64, help="recurrent window")
     s.add_argument("--rnn-batch", type=int, default=32)
     s.add_argument("--rnn-lr", type=float, default=3e-3)

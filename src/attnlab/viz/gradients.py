@@ -256,7 +256,8 @@ def run_gradients(args) -> int:
         path = save_png(plot_copy_accuracy(res, lags, subtitle=sub), args.output, dpi=args.dpi)
         from attnlab.io import atomic_write_json
 
-        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed})
+        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed,
+                                                   "steps": args.steps, "models": list(args.models)})
         print(f"wrote {path} and {path.with_suffix('.json')} (the numbers)")
         return 0
     if not args.run_dirs:
