@@ -62,7 +62,7 @@ def run(args) -> int:
     import torch
 
     from attnlab.tasks.image import ImageTaskConfig, prepare
-    from attnlab.train import Trainer, TrainConfig
+    from attnlab.train import TrainConfig, Trainer
     from attnlab.train import checkpoint as ckpt
 
     t_start = time.perf_counter()
@@ -140,11 +140,11 @@ def build_report(run_dir: Path, trainer, task, meta: dict, cfg, train_seconds: f
         plot_attention(model, x[i0].float() / 255.0, mean=mean, std=std, class_names=labels,
                        title=f"One test digit, head by head (true class {labels[int(y[i0])]})"),
         run_dir / "attention_heads.png")
-    wrong = (pred != y).nonzero().flatten()[:20]
+    wrong = (pred != y).nonzero().flatten()
     if len(wrong):
-        figs["mistakes"] = save_figure(report.plot_predictions(x[wrong], y[wrong], probs[wrong], labels,
-                                                               title=f"The {len(wrong)} misclassified test digits"
-                                                               if (pred != y).sum() <= 20 else "Misclassified test digits (first 20)"),
+        what = f"The {len(wrong)} misclassified test digits" if len(wrong) <= 20 else "Misclassified test digits (first 20)"
+        wrong = wrong[:20]
+        figs["mistakes"] = save_figure(report.plot_predictions(x[wrong], y[wrong], probs[wrong], labels, title=what),
                                        run_dir / "mistakes.png")
     pc = per_class_accuracy(cm.numpy())
     worst = sorted(range(len(labels)), key=lambda i: pc[i])[:2]

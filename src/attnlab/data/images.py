@@ -90,8 +90,9 @@ def data_root() -> Path:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("ATTNLAB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "attnlab")
-    return Path(base)
+    if os.environ.get("ATTNLAB_CACHE"):
+        return Path(os.environ["ATTNLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "attnlab"
 
 
 DATASETS = ("digits", "mnist", "cifar10", "folder")
@@ -184,7 +185,8 @@ def load_digits() -> ImageSplits:
         try:
             from sklearn.datasets import load_digits as skl
         except ImportError as e:
-            raise DataError("the digits dataset comes with scikit-learn, which is not installed (pip install scikit-learn)") from e
+            raise DataError("the digits dataset comes with scikit-learn, which is not installed "
+                            "(pip install scikit-learn)") from e
         d = skl()
         arr = np.concatenate([d.data, d.target[:, None]], axis=1).astype(np.float32)
     images = torch.from_numpy(np.round(arr[:, :64] * (255.0 / 16.0))).to(torch.uint8).view(-1, 1, 8, 8)
@@ -502,7 +504,7 @@ def load_folder(path: Path, image_size=None, channels: int | None = None) -> Ima
     if image_size is None:
         raise DataError("a folder dataset needs an image size (the model's)")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    all_files = [p for fs in train_files.values() for p in fs] + ([p for fs in test_files.values() for p in fs] if test_files else [])
+    all_files = [p for files in (train_files, test_files or {}) for fs in files.values() for p in fs]
     opened = {}
     for p in all_files:
         opened[p] = open_image(p)

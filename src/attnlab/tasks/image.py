@@ -445,7 +445,8 @@ def evaluate_run(run_dir: str | Path, args) -> dict:
     cm = sums["confusion"].long()
     pc = per_class_accuracy(cm.numpy())
     present = cm.sum(1) > 0
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[0] + ("-" + Path(spec.split(":", 1)[1]).name if ":" in spec else "")) + "-test"
+    name, _, where = spec.partition(":")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name + ("-" + Path(where).name if where else "")) + "-test"
     out_dir = Path(getattr(args, "out", None) or Path(run_dir) / "eval" / slug)
     results = {
         "run_dir": str(run_dir), "checkpoint": rec["path"], "dataset": spec, "split": "test", "images": int(sums["count"]),

@@ -94,7 +94,8 @@ class TrainConfig:
     lr: float = opt(1e-3, "peak learning rate, reached at the end of the warm-up", positive_float, metavar="X")
     min_lr: float = opt(1e-5, "learning rate at the end of the cosine or linear decay", nonneg_float, metavar="X")
     schedule: str = opt("cosine", "learning-rate schedule after the linear warm-up: cosine (ViT), linear, constant, "
-                                  "or inverse-sqrt (the Transformer paper's)", choices=("cosine", "linear", "constant", "inverse-sqrt"))
+                                  "or inverse-sqrt (the Transformer paper's)",
+                        choices=("cosine", "linear", "constant", "inverse-sqrt"))
     warmup_epochs: float = opt(1.0, "linear warm-up length in epochs", nonneg_float, metavar="X")
     warmup_steps: int | None = opt(None, "linear warm-up length in optimizer steps (overrides --warmup-epochs)",
                                    nonneg_int, metavar="N")

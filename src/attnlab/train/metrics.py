@@ -90,7 +90,8 @@ def plot_curves(history: History, metric: str = "acc", metric_label: str = "accu
     if ep:
         xe = [r["epoch"] for r in ep]
         if any("val_loss" in r for r in ep):
-            ax_loss.plot(xe, [r.get("val_loss", math.nan) for r in ep], "o-", color=COLORS["val"], ms=3.5, lw=1.6, label="validation")
+            ax_loss.plot(xe, [r.get("val_loss", math.nan) for r in ep], "o-", color=COLORS["val"], ms=3.5, lw=1.6,
+                         label="validation")
         scale = 100.0 if percent else 1.0
         for split in ("train", "val"):
             k = f"{split}_{metric}"
@@ -162,7 +163,8 @@ def plot_confusion(cm, labels: list[str], title: str = "confusion matrix", norma
                 if cm[i, j]:
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=fs,
                             color="white" if frac[i, j] > thresh else "#333333")
-        ax.set_xticks(range(n), labels, rotation=45 if max(map(len, labels)) > 2 else 0, ha="right" if max(map(len, labels)) > 2 else "center")
+        long = max(map(len, labels)) > 2
+        ax.set_xticks(range(n), labels, rotation=45 if long else 0, ha="right" if long else "center")
         ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
