@@ -251,8 +251,8 @@ def test_resume_retraces_the_uninterrupted_run_with_the_carried_state(tmp_path, 
 
 
 def test_window_longer_than_the_split_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="window of 500 tokens"):
-        _train(tmp_path, "transformer", 1, window=500)
+    with pytest.raises(DataError, match="window of 3000 tokens is longer than the training split"):
+        _train(tmp_path, "transformer", 1, window=3000)
 
 
 def test_real_text_smoke(shared_data, tmp_path):
