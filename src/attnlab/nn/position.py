@@ -193,7 +193,8 @@ def make_position(kind: str, *, dim: int, num_heads: int, max_len: int = 1024) -
 
 def resample_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 0) -> Tensor:
     """Resample learned position embeddings (1, prefix + Gh*Gw, C) to a new patch grid with
-    bicubic interpolation; prefix tokens (class token) are kept as they are."""
+    bicubic interpolation; prefix tokens (class token) are kept as they are. Antialiased, as
+    timm does, so shrinking the grid gives the same numbers as timm too."""
     if tuple(old_grid) == tuple(new_grid):
         return pos
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
@@ -201,7 +202,7 @@ def resample_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, i
     if grid.shape[1] != old_grid[0] * old_grid[1]:
         raise ShapeError(f"position embedding has {grid.shape[1]} grid positions, expected {old_grid[0]}x{old_grid[1]}")
     grid = grid.reshape(1, *old_grid, c).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=False)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, c).to(pos.dtype)
     return torch.cat([prefix, grid], dim=1)
 
