@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     for name, mod in task_modules().items():
         if not hasattr(mod, "add_train_arguments"):
             continue
-        tp = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=(mod.__doc__ or "").split("\n\n")[0],
+        tp = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "DESCRIPTION", getattr(mod, "HELP", "")),
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_train_arguments(tp)
         add_run_arguments(tp)

@@ -42,6 +42,9 @@ from attnlab.train.metrics import confusion_matrix, per_class_accuracy, plot_con
 
 TASK = "image"
 HELP = "image classification (ViT) on digits, MNIST, CIFAR-10 or a folder of images"
+DESCRIPTION = """Train an image classifier (a Vision Transformer from the model registry) on a dataset read from
+local files. Options below map one to one onto the fields of ImageTaskConfig (data and model) and TrainConfig
+(training); the run directory receives checkpoints, metrics.csv/json and curves.png."""
 
 AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")
 #: What ``--augment auto`` means per dataset: (augment, crop padding).
