@@ -111,6 +111,7 @@ def calibrate(model, task, cfg, steps: int = 12) -> float:
 
 
 def run(args) -> dict:
+    args.dataset = args.what
     rec = RECIPES[args.dataset]
     results = {"dataset": args.dataset, "recipe": rec, "minutes": args.minutes, "runs": {}}
     epochs = args.epochs

@@ -283,3 +283,21 @@ def test_rng_state_roundtrip_weights_only(tmp_path):
     b = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
     assert not math.isnan(a[1])
+
+
+def test_bf16_autocast_trains():
+    tr = make(precision="bf16", epochs=2)
+    s = tr.fit()
+    assert math.isfinite(s["metrics"]["val_loss"]) and tr.history.steps[-1]["loss"] < tr.history.steps[0]["loss"]
+
+
+def test_device_names():
+    from attnlab.train.distributed import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="not a device name"):
+        resolve_device("tpu")

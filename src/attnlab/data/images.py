@@ -112,11 +112,13 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     return name, Path(arg).expanduser() if arg else data_root() / name
 
 
-def load(spec: str, image_size: int | tuple[int, int] | None = None, channels: int | None = None) -> ImageSplits:
+def load(spec: str, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
+         progress: bool = True) -> ImageSplits:
     """Load the dataset named by ``spec`` (see the module docstring).
 
     ``image_size`` resizes every image (required to build a folder dataset of mixed sizes);
-    ``channels`` picks greyscale (1) or RGB (3) for folder datasets.
+    ``channels`` picks greyscale (1) or RGB (3) for folder datasets; ``progress`` shows a bar
+    while decoding many images (on a terminal only).
     """
     name, path = parse_spec(spec)
     if path is not None:
@@ -126,7 +128,7 @@ def load(spec: str, image_size: int | tuple[int, int] | None = None, channels: i
     elif name == "mnist":
         splits = load_mnist(path)
     elif name == "cifar10":
-        splits = load_cifar10(path)
+        splits = load_cifar10(path, progress)
     else:
         splits = load_folder(path, image_size=image_size, channels=channels)
     splits.spec = spec
@@ -329,7 +331,7 @@ def _load_cifar_batches(files: dict[str, bytes], where: str) -> ImageSplits:
                        notes={"source": f"{where} (python batches)"})
 
 
-def load_cifar10(path: Path) -> ImageSplits:
+def load_cifar10(path: Path, progress: bool = False) -> ImageSplits:
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     for d in (path, path / "cifar-10-batches-py"):
         if (d / "data_batch_1").is_file():
@@ -352,13 +354,13 @@ def load_cifar10(path: Path) -> ImageSplits:
     if not train or not test:
         raise DataError(f"{path} holds neither the CIFAR-10 JPEG archives (*train*.tar.gz and *test*.tar.gz) "
                         "nor the python batches (data_batch_1..5, test_batch)")
-    tr = _cached_jpeg_archive(train[0])
-    te = _cached_jpeg_archive(test[0], classes=tr.classes)
+    tr = _cached_jpeg_archive(train[0], progress=progress)
+    te = _cached_jpeg_archive(test[0], classes=tr.classes, progress=progress)
     return ImageSplits("cifar10", f"cifar10:{path}", tr, te,
                        notes={"source": f"{train[0].name}, {test[0].name} (JPEG q75 copies: lossy)"})
 
 
-def _cached_jpeg_archive(arch: Path, classes: list[str] | None = None) -> ImageDataset:
+def _cached_jpeg_archive(arch: Path, classes: list[str] | None = None, progress: bool = False) -> ImageDataset:
     st = arch.stat()
     key = hashlib.sha256(f"{arch.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1".encode()).hexdigest()[:16]
     cache = cache_dir() / f"{arch.name.split('.')[0]}-{key}.npz"
@@ -370,7 +372,7 @@ def _cached_jpeg_archive(arch: Path, classes: list[str] | None = None) -> ImageD
                 return ds
         except (OSError, ValueError, KeyError, zlib.error):
             pass  # a bad cache is rebuilt
-    ds = read_image_archive(arch, classes)
+    ds = read_image_archive(arch, classes, progress=progress)
     try:
         from attnlab.io import atomic_write
 
@@ -381,7 +383,7 @@ def _cached_jpeg_archive(arch: Path, classes: list[str] | None = None) -> ImageD
     return ds
 
 
-def read_image_archive(arch: Path, classes: list[str] | None = None) -> ImageDataset:
+def read_image_archive(arch: Path, classes: list[str] | None = None, progress: bool = False) -> ImageDataset:
     """A tar archive of ``<split>/<class>/<image>``; the label is the class folder's name."""
     from PIL import Image
 
@@ -402,6 +404,10 @@ def read_image_archive(arch: Path, classes: list[str] | None = None) -> ImageDat
     classes = classes or sorted({c for c, _ in items})
     index = {c: i for i, c in enumerate(classes)}
     xs, ys = [], []
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc=f"decoding {arch.name} (once; then cached)", unit="img", disable=None, leave=False)
     for c, data in items:
         if c not in index:
             raise DataError(f"{arch}: class folder {c!r} is not one of the training classes")

@@ -257,7 +257,8 @@ def check_channels(data_channels: int, in_chans: int, what: str, model: str) -> 
                         f"this data or pass --model-arg in_chans={data_channels}")
 
 
-def prepare(tcfg: ImageTaskConfig, cfg: TrainConfig, model: nn.Module | None = None, splits: D.ImageSplits | None = None):
+def prepare(tcfg: ImageTaskConfig, cfg: TrainConfig, model: nn.Module | None = None, splits: D.ImageSplits | None = None,
+            progress: bool = True):
     """(model, task, meta) for a run: loads and checks the data, builds the model (or checks
     the one given), computes the normalisation and the augmentation."""
     if model is None and not tcfg.model:
@@ -272,7 +273,8 @@ def prepare(tcfg: ImageTaskConfig, cfg: TrainConfig, model: nn.Module | None = N
         in_chans = getattr(mcfg, "in_chans", None) or model.patch_embed.proj.in_channels
         name = tcfg.model or type(model).__name__
     if splits is None:
-        splits = D.load(tcfg.dataset, image_size=img_size, channels=in_chans if tcfg.dataset.startswith("folder") else None)
+        splits = D.load(tcfg.dataset, image_size=img_size, channels=in_chans if tcfg.dataset.startswith("folder") else None,
+                        progress=progress)
     else:
         splits.train, splits.test = D.resize(splits.train, img_size), D.resize(splits.test, img_size)
     check_channels(splits.train.channels, in_chans, f"dataset {tcfg.dataset!r}", name)
@@ -371,7 +373,7 @@ def train_from_args(args, log=print, progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt.seed_everything(cfg.seed)
-    model, task, meta = prepare(tcfg, cfg)
+    model, task, meta = prepare(tcfg, cfg, progress=progress and info.is_main)
     run_dir = Path(resume) if resume else Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(tcfg)
     if not resume:
         ckpt.check_new_run_dir(run_dir, getattr(args, "overwrite", False))

@@ -345,6 +345,10 @@ class Trainer:
         model.eval()
         sums: dict[str, Tensor] = {}
         batches = self.task.eval_batches(self.plan)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="evaluating", leave=False, disable=None, unit="batch", dynamic_ncols=True)
         with torch.no_grad(), self._autocast():
             for batch in batches:
                 _add(sums, self.task.eval_step(model, to_device(batch, self.device), self.cfg))
