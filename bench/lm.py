@@ -221,7 +221,11 @@ def shakespeare(args) -> dict:
         r["command"] = "python bench/lm.py " + " ".join(sys.argv[1:])
         if not rec:
             r["config"]["position"] = args.position
-        results[name] = r
+        key, n = name, 1
+        while key in results and results[key].get("command") != r["command"]:  # keep earlier attempts
+            n += 1
+            key = f"{name}#{n}"
+        results[key] = r
         save_result("shakespeare", {"runs": results})
     return results
 
