@@ -77,6 +77,15 @@ def anchors(ours, name: str, tmp: Path) -> dict:
     return out
 
 
+def compiled(model):
+    """torch.compile with inductor and freezing (weights become constants, linear layers get
+    pre-packed oneDNN weights and fused epilogues): the inference path we recommend on CPU."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)
+
+
 def bench_point(fns: dict, x: torch.Tensor, budget: float, min_rounds: int = 5) -> dict[str, list[float]]:
     times = {k: [] for k in fns}
     with torch.inference_mode():
@@ -98,6 +107,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of timing per (model, batch)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,6 +118,8 @@ def main() -> None:
         ours = create_model(name).eval()
         with tempfile.TemporaryDirectory() as tmp:
             fns = {"attnlab": ours, **anchors(ours, name, Path(tmp))}
+        if args.compile:
+            fns["attnlab_compiled"] = compiled(ours)
         for b in args.batches:
             x = torch.randn(b, 3, *((ours.cfg.img_size,) * 2))
             with torch.inference_mode():
@@ -118,9 +130,11 @@ def main() -> None:
             peak = matmul_peak(b * n, ours.cfg.embed_dim, int(ours.cfg.embed_dim * ours.cfg.mlp_ratio))
             med = {k: statistics.median(v) for k, v in t.items()}
             ratio = {k: statistics.median(a / o for a, o in zip(t[k], t["attnlab"])) for k in t if k != "attnlab"}
+            c = t.get("attnlab_compiled")
+            compiled_vs_timm = statistics.median(a / o for a, o in zip(t["timm"], c)) if c else float("nan")
             gflops = vit_flops(ours.cfg, b) / med["attnlab"] / 1e9
             row = dict(model=name, batch=b, diff=diff, ips={k: b / v for k, v in med.items()}, ratio=ratio,
-                       gflops=gflops, peak=peak, rounds=len(t["attnlab"]))
+                       gflops=gflops, peak=peak, rounds=len(t["attnlab"]), compiled_vs_timm=compiled_vs_timm)
             rows.append(row)
             print(row, flush=True)
 
@@ -132,15 +146,18 @@ def main() -> None:
         "GFLOP/s: matmul FLOPs ÷ attnlab's median time; peak: a (B·N)×C @ C×4C matmul measured in the same run. "
         "max |Δlogit|: largest difference of any anchor's logits from ours.",
         "",
-        "| model | batch | attnlab img/s | timm img/s | torchvision img/s | HF img/s | × timm | × torchvision | × HF | GFLOP/s | % of peak (peak) | max abs Δlogit | rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Compiled: the same model under `torch.compile` (inductor, freezing); its speed-up is against timm (eager).",
+        "",
+        "| model | batch | attnlab img/s | timm img/s | torchvision img/s | HF img/s | × timm | × torchvision | × HF | GFLOP/s | % of peak (peak) | compiled img/s | compiled × timm | max abs Δlogit | rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ips, ra = r["ips"], r["ratio"]
         lines.append(
             f"| {r['model']} | {r['batch']} | {ips['attnlab']:.1f} | {ips['timm']:.1f} | {ips['torchvision']:.1f} | {ips['hf']:.1f} | "
             f"{ra['timm']:.2f} | {ra['torchvision']:.2f} | {ra['hf']:.2f} | {r['gflops']:.0f} | "
-            f"{100 * r['gflops'] / r['peak']:.0f}% ({r['peak']:.0f}) | {r['diff']:.1e} | {r['rounds']} |"
+            f"{100 * r['gflops'] / r['peak']:.0f}% ({r['peak']:.0f}) | {ips.get('attnlab_compiled', float('nan')):.1f} | "
+            f"{r['compiled_vs_timm']:.2f} | {r['diff']:.1e} | {r['rounds']} |"
         )
     print("\n".join(lines))
     if not args.no_write:
