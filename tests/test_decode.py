@@ -10,6 +10,16 @@ from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.seq2seq import GRUAttentionSeq2Seq, GRUAttentionConfig, build_seq2seq
 from attnlab.nn import Transformer, TransformerConfig
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine two threads
+    wait on each other; restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 PAD, BOS, EOS = 0, 1, 2
 V = 14
 

@@ -6,7 +6,8 @@ For each source sentence:
 2. iteration 0: the decoder sees L ``<mask>`` tokens and predicts all L tokens at once;
 3. iteration t = 1 .. T-1: re-mask the n = L·(T−t)/T tokens the model is least sure of and
    predict them again (the others keep their tokens and probabilities);
-4. among the length candidates keep the one with the highest mean log-probability.
+4. among the length candidates keep the one with the highest mean token log-probability plus
+   the length's own log-probability.
 
 Every iteration is one parallel decoder pass over the whole target, so the cost grows with T,
 not with the target length. Works with :class:`attnlab.models.seq2seq.MaskPredictTransformer`
@@ -36,7 +37,8 @@ def mask_predict(model, src: Tensor, *, iterations: int = 10, length_beam: int =
     len_logits = model.predict_length(memory, mem_mask)
     len_logits[:, 0] = float("-inf")  # a translation has at least one token
     k = min(length_beam, len_logits.shape[-1] - 1)
-    lengths = len_logits.topk(k, dim=-1).indices.flatten()  # (B*k,)
+    len_logp, lengths = len_logits.log_softmax(-1).topk(k, dim=-1)
+    len_logp, lengths = len_logp.flatten(), lengths.flatten()  # (B*k,)
     rows = torch.arange(b, device=src.device).repeat_interleave(k)
     memory, mem_mask = memory.index_select(0, rows), mem_mask.index_select(0, rows)
     n_rows, t_max = lengths.shape[0], int(lengths.max())
@@ -60,7 +62,9 @@ def mask_predict(model, src: Tensor, *, iterations: int = 10, length_beam: int =
         ranks = order.argsort(-1)
         masked = (ranks < n[:, None]) & valid
         tokens = tokens.masked_fill(masked, model.mask_id)
-    score = (probs * valid).sum(-1) / lengths.float()
+    # Mean token log-probability, plus the length predictor's log-probability of the length
+    # (the mean alone favours lengths where a short or padded output is easy to be sure of).
+    score = (probs * valid).sum(-1) / lengths.float() + len_logp
     best = score.view(b, k).argmax(-1)
     out = []
     for i in range(b):

@@ -35,12 +35,19 @@ class TransformerStepper:
         self.model = model
         self.memory, self.mask = model.encode(src)  # (B, Ts, C), (B, 1, 1, Ts)
         self.cache = model.decoder.new_cache() if use_cache else None
+        if use_cache and bool(self.mask.all()):
+            self.mask = None  # no padding in the batch: nothing to mask in cross-attention
 
     def step(self, prefix: Tensor) -> Tensor:
-        if self.cache is not None:
-            logits = self.model.decode(prefix[:, -1:], self.memory, self.mask, cache=self.cache)
-        else:
+        if self.cache is None:
             logits = self.model.decode(prefix, self.memory, self.mask)
+        else:
+            # Only the newest token goes through the decoder. Its single query may see every
+            # cached position, so the causal mask is all True and is left out.
+            m = self.model
+            x = m._embed(m.tgt_embed, prefix[:, -1:], len(self.cache[0][0]))
+            x = m.decoder(x, self.memory, None, self.mask, causal=False, pos=m.pos, cache=self.cache)
+            logits = m.out(x)
         return logits[:, -1].float().log_softmax(-1)
 
     def reorder_beams(self, index: Tensor) -> None:
@@ -51,7 +58,8 @@ class TransformerStepper:
                 self_cache.reorder(index)
 
     def select(self, index: Tensor) -> None:
-        self.memory, self.mask = self.memory.index_select(0, index), self.mask.index_select(0, index)
+        self.memory = self.memory.index_select(0, index)
+        self.mask = None if self.mask is None else self.mask.index_select(0, index)
         if self.cache is not None:
             for self_cache, cross_cache in self.cache:
                 self_cache.reorder(index)

@@ -206,7 +206,7 @@ class MaskPredictTransformer(nn.Module):
         tok_loss = F.cross_entropy(logits[masked], target[masked], label_smoothing=label_smoothing)
         len_logits = self.predict_length(memory, mask)
         len_loss = F.cross_entropy(len_logits, lengths.clamp(max=self.cfg.max_target_len))
-        return tok_loss + self.cfg.length_loss_weight * len_loss, {"token_loss": float(tok_loss), "length_loss": float(len_loss)}
+        return tok_loss + self.cfg.length_loss_weight * len_loss, {"token_loss": float(tok_loss.detach()), "length_loss": float(len_loss.detach())}
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -162,6 +162,7 @@ class TranslateTask:
         self._t0 = time.perf_counter()
         self.spent = 0.0  # training seconds before this session (resuming)
         self.stopped = False
+        self._final_eval_done = False
         self._record = dict(record or {})
 
     def out_of_time(self) -> bool:
@@ -207,8 +208,10 @@ class TranslateTask:
         return loss, {"loss": loss.detach() * n, "count": n.detach().float()}
 
     def eval_batches(self, plan, corpus: EncodedCorpus | None = None) -> Iterator:
-        if self.stopped:
-            return
+        if self.stopped:  # out of time: evaluate the cut-short epoch once, then skip the remaining ones
+            if self._final_eval_done:
+                return
+            self._final_eval_done = True
         corpus = corpus or self.valid
         for idx in self.valid_batches[plan.rank::plan.world_size]:
             yield self._tensors(corpus, idx)
