@@ -33,7 +33,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import BENCHMARKS, ROOT, command, machine, write_section  # noqa: E402
-
 from attnlab.decode.search import SearchConfig, greedy_search  # noqa: E402
 from attnlab.nn import Transformer, TransformerConfig  # noqa: E402
 
@@ -84,8 +83,8 @@ def speed(args) -> dict:
     for b in args.batches:
         src = torch.randint(4, V, (b, SRC_LEN), generator=g)
         scfg = dict(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
-        runs[("attnlab_cache", b)] = lambda src=src: greedy_search(ours, src, SearchConfig(use_cache=True, **scfg))
-        runs[("attnlab_no_cache", b)] = lambda src=src: greedy_search(ours, src, SearchConfig(use_cache=False, **scfg))
+        runs[("attnlab_cache", b)] = lambda src=src, c=scfg: greedy_search(ours, src, SearchConfig(use_cache=True, **c))
+        runs[("attnlab_no_cache", b)] = lambda src=src, c=scfg: greedy_search(ours, src, SearchConfig(use_cache=False, **c))
         for cache in (True, False):
             def hf(src=src, cache=cache):
                 with torch.inference_mode():
@@ -114,7 +113,8 @@ def speed(args) -> dict:
             print(f"repeat {r} {k}: {times[k][-1]:.2f} s", flush=True)
     rows = {f"{impl}@{b}": b * NEW_TOKENS / statistics.median(t) for (impl, b), t in times.items()}
     return {"tokens_per_s": rows, "threads": torch.get_num_threads(), "machine": machine(), "command": command(),
-            "repeats": args.repeats, "slow_repeats": args.slow_repeats, "batches": args.batches, "date": time.strftime("%Y-%m-%d")}
+            "repeats": args.repeats, "slow_repeats": args.slow_repeats, "batches": args.batches,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def render_speed(s: dict) -> list[str]:
@@ -123,7 +123,9 @@ def render_speed(s: dict) -> list[str]:
     lines = ["### Decoding speed (greedy, random weights)", "",
              f"`{s['command']}` — {s['machine']}, {s['date']}. d_model {D}, {LAYERS}+{LAYERS} layers, {HEADS} heads, "
              f"FFN {FFN}, vocabulary {V}; source length {SRC_LEN}; exactly {NEW_TOKENS} new tokens per sentence; "
-             f"median of {s['repeats']} interleaved repeats ({s.get('slow_repeats', s['repeats'])} for the uncached runs at batch > 1). Tokens/s = batch × {NEW_TOKENS} / wall time "
+             f"median of {s['repeats']} interleaved repeats "
+             f"({s.get('slow_repeats', s['repeats'])} for the uncached runs at batch > 1). "
+             f"Tokens/s = batch × {NEW_TOKENS} / wall time "
              "(the encoder included). The machine is shared: ratios within a run matter more than absolute values.", "",
              "| batch | " + " | ".join(impls) + " | cache / no cache | attnlab / Marian (both cached) |",
              "|---:|" + "---:|" * (len(impls) + 2)]

@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from attnlab.data.parallel import (collate, encode_corpus, load_parallel, read_parallel, read_tsv, token_batches)
+from attnlab.data.parallel import collate, encode_corpus, load_parallel, read_parallel, read_tsv, token_batches
 from attnlab.data.tokenizers import BPETokenizer
 from attnlab.errors import ConfigError, DataError
 

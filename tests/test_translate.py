@@ -10,6 +10,7 @@ import torch
 from attnlab.cli.main import main
 from attnlab.tasks.translate import score
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models gain nothing from a second thread, and on a busy shared machine two threads

@@ -162,7 +162,8 @@ class MaskPredictTransformer(nn.Module):
         self.vocab_size = t.tgt_vocab_size
         self.mask_id = t.tgt_vocab_size
         src_v = t.src_vocab_size + 1 if t.share_embeddings else t.src_vocab_size
-        self.core = Transformer(TransformerConfig(**{**asdict(t), "src_vocab_size": src_v, "tgt_vocab_size": t.tgt_vocab_size + 1}))
+        core_cfg = {**asdict(t), "src_vocab_size": src_v, "tgt_vocab_size": t.tgt_vocab_size + 1}
+        self.core = Transformer(TransformerConfig(**core_cfg))
         self.length_head = nn.Linear(t.d_model, cfg.max_target_len + 1)
 
     @property
@@ -206,7 +207,8 @@ class MaskPredictTransformer(nn.Module):
         tok_loss = F.cross_entropy(logits[masked], target[masked], label_smoothing=label_smoothing)
         len_logits = self.predict_length(memory, mask)
         len_loss = F.cross_entropy(len_logits, lengths.clamp(max=self.cfg.max_target_len))
-        return tok_loss + self.cfg.length_loss_weight * len_loss, {"token_loss": float(tok_loss.detach()), "length_loss": float(len_loss.detach())}
+        stats = {"token_loss": float(tok_loss.detach()), "length_loss": float(len_loss.detach())}
+        return tok_loss + self.cfg.length_loss_weight * len_loss, stats
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -24,16 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.data.parallel import (EncodedCorpus, collate, encode_corpus, load_parallel, pad_to, token_batches)
+from attnlab.data.parallel import EncodedCorpus, collate, encode_corpus, load_parallel, pad_to, token_batches
 from attnlab.data.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from attnlab.decode.mask_predict import mask_predict
 from attnlab.decode.search import SearchConfig, translate_ids
 from attnlab.errors import CheckpointError, ConfigError, DataError
-from attnlab.models.seq2seq import (GRUAttentionConfig, GRUAttentionSeq2Seq, MaskPredictConfig, MaskPredictTransformer,
-                                    build_seq2seq)
+from attnlab.models.seq2seq import (
+    GRUAttentionConfig,
+    GRUAttentionSeq2Seq,
+    MaskPredictConfig,
+    MaskPredictTransformer,
+    build_seq2seq,
+)
 from attnlab.nn import Transformer, TransformerConfig
-from attnlab.train.config import (TrainConfig, add_arguments, from_args, nonneg_float, nonneg_int, opt, positive_int,
-                                  to_dict, unit_float)
+from attnlab.train.config import (
+    TrainConfig,
+    add_arguments,
+    from_args,
+    nonneg_float,
+    nonneg_int,
+    opt,
+    positive_int,
+    to_dict,
+    unit_float,
+)
 
 TASK = "translate"
 HELP = "translation: transformer / gru-attention / non-autoregressive on a parallel corpus (two files or a TSV)"
@@ -264,10 +278,12 @@ def read_corpora(dc: TranslateDataConfig):
 
     n_valid = max(1, len(train) // 100)
     if len(train) - n_valid < 1:
-        raise DataError(f"{train.src_name} has {len(train)} pair(s): too few to hold out validation pairs; give --valid-src/--valid-tgt")
+        raise DataError(f"{train.src_name} has {len(train)} pair(s): too few to hold out validation pairs; "
+                        "give --valid-src/--valid-tgt")
     cut = len(train) - n_valid
     valid = ParallelCorpus(train.src[cut:], train.tgt[cut:], train.lines[cut:], train.src_name, train.tgt_name)
-    train = ParallelCorpus(train.src[:cut], train.tgt[:cut], train.lines[:cut], train.src_name, train.tgt_name, train.skipped_empty)
+    train = ParallelCorpus(train.src[:cut], train.tgt[:cut], train.lines[:cut], train.src_name, train.tgt_name,
+                           train.skipped_empty)
     return train, valid
 
 
@@ -337,7 +353,8 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
     model = build_seq2seq(kind, src_tok.vocab_size, tgt_tok.vocab_size, **model_fields(mc, joint, src_tok.pad_id))
     title = f"{kind} translation, {Path(dc.src or dc.tsv).name} -> {Path(dc.tgt or dc.tsv).name}"
     data = {**to_dict(dc), **{k: _abs(getattr(dc, k)) for k in ("src", "tgt", "tsv", "valid_src", "valid_tgt", "valid_tsv")}}
-    tok_files = {"src": "tokenizer.json", "tgt": "tokenizer.json"} if joint else {"src": "src_tokenizer.json", "tgt": "tgt_tokenizer.json"}
+    tok_files = ({"src": "tokenizer.json", "tgt": "tokenizer.json"} if joint
+                 else {"src": "src_tokenizer.json", "tgt": "tgt_tokenizer.json"})
     record = {"translate": {"model": model_config_dict(model), "options": to_dict(mc), "data": data,
                             "tokenizers": tok_files, "vocab_size": [src_tok.vocab_size, tgt_tok.vocab_size],
                             "pairs": {"train": len(train), "valid": len(valid), "skipped_long": train.skipped_long},
@@ -359,7 +376,8 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
     if info.is_main:
         tokens = sum(len(t) - 1 for t in train.tgt)
         log(f"{'resuming' if resume else 'training'} {title}: {count_parameters(model):,} parameters, vocabulary "
-            f"{src_tok.vocab_size:,}{'' if joint else ' + ' + format(tgt_tok.vocab_size, ',')} ({'joint' if joint else 'separate'}); "
+            f"{src_tok.vocab_size:,}{'' if joint else ' + ' + format(tgt_tok.vocab_size, ',')} "
+            f"({'joint' if joint else 'separate'}); "
             f"{len(train):,} training pairs ({tokens:,} target tokens), {len(valid):,} validation; "
             f"{cfg.epochs} epochs x {trainer.steps_per_epoch} batches of <= {dc.max_tokens} tokens")
     summary = trainer.fit(resume_from=run_dir if resume else None)
@@ -447,8 +465,10 @@ def add_decode_arguments(parser, *, batch: bool = True) -> None:
     g.add_argument("--max-len-a", type=nonneg_float, default=None, metavar="A",
                    help="at most A x source length + B target tokens (default: A 1.5)")
     g.add_argument("--max-len-b", type=nonneg_int, default=None, metavar="B", help="(default: B 10)")
-    g.add_argument("--iterations", type=positive_int, default=None, metavar="T", help="nat runs: mask-predict iterations (default: 10)")
-    g.add_argument("--length-beam", type=positive_int, default=None, metavar="L", help="nat runs: target lengths tried (default: 3)")
+    g.add_argument("--iterations", type=positive_int, default=None, metavar="T",
+                   help="nat runs: mask-predict iterations (default: 10)")
+    g.add_argument("--length-beam", type=positive_int, default=None, metavar="L",
+                   help="nat runs: target lengths tried (default: 3)")
     del positive_float
 
 
