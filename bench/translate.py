@@ -2,6 +2,7 @@
 
     python bench/translate.py speed                 # greedy decoding: KV cache vs none vs HF Marian
     python bench/translate.py multi30k --pair de-en --model transformer --minutes 40
+    python bench/translate.py notes "one note" "another"   # free-text notes under the tables
 
 ``speed``: tokens/s of greedy decoding of exactly 64 new tokens (no end token) with random
 weights of the paper's base model (d_model 512, 6+6 layers, 8 heads, FFN 2048, vocabulary
@@ -167,6 +168,8 @@ def render(results: dict) -> str:
         lines += render_multi30k(results["multi30k"]) + [""]
     if "nat" in results:
         lines += results["nat"]["lines"] + [""]
+    if results.get("notes"):
+        lines += ["### Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
 
 
@@ -221,12 +224,16 @@ def main() -> None:
     m.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "multi30k"))
     m.add_argument("--out", default=str(ROOT / "runs"))
     m.add_argument("train_args", nargs=argparse.REMAINDER, help="extra options for attnlab train translate (after --)")
+    n = sub.add_parser("notes", help="replace the notes under the tables (one argument per note) and re-render")
+    n.add_argument("notes", nargs="*")
     args = p.parse_args()
     if getattr(args, "train_args", None) and args.train_args[:1] == ["--"]:
         args.train_args = args.train_args[1:]
     results = load_results()
     if args.what == "speed":
         results["speed"] = speed(args)
+    elif args.what == "notes":
+        results["notes"] = args.notes
     else:
         results.setdefault("multi30k", {})[f"{args.pair}/{args.model}"] = multi30k(args)
     save_results(results)
