@@ -180,6 +180,9 @@ def test_folder_dataset(tmp_path):
     assert len(s.train) + len(s.test) == 11 and len(s.test) == 2
     g = D.load(f"folder:{make_folder(tmp_path / 'g', mode='L')}", image_size=8)
     assert g.train.channels == 1
+    assert D.load(f"folder:{tmp_path / 'g'}", image_size=8, channels=3).train.channels == 3
+    with pytest.raises(DataError, match="colour .* image but the model takes greyscale"):
+        D.load(f"folder:{root}", image_size=8, channels=1)
 
 
 def test_folder_with_split_subfolders(tmp_path):

@@ -19,8 +19,9 @@ A dataset is named by a spec string:
 ``folder:DIR``
     one sub-folder per class holding any images Pillow reads; ``DIR/train`` and ``DIR/test``
     (or ``DIR/val``) sub-folders give the split, otherwise 20% of each class is held out with a
-    fixed seed. Images are resized to the model's size; greyscale when every image is, RGB
-    otherwise.
+    fixed seed. Images are resized to the model's size and read as the model's channels:
+    greyscale images are repeated into RGB for colour models, while colour images for a
+    greyscale model are refused.
 
 Images are kept in memory as uint8 tensors (N, C, H, W); labels int64 (N,).
 """
@@ -514,8 +515,12 @@ def load_folder(path: Path, image_size=None, channels: int | None = None) -> Ima
     opened = {}
     for p in all_files:
         opened[p] = open_image(p)
+    colour = next((p for p, im in opened.items() if image_channels(im) == 3), None)
     if channels is None:
-        channels = 1 if all(image_channels(im) == 1 for im in opened.values()) else 3
+        channels = 1 if colour is None else 3
+    elif channels == 1 and colour is not None:
+        raise DataError(f"{colour} is a colour (3-channel) image but the model takes greyscale (1-channel) images; "
+                        "convert the folder to greyscale or choose a model for RGB images")
 
     def build(files: dict[str, list[Path]]) -> ImageDataset:
         xs, ys = [], []
