@@ -154,9 +154,10 @@ class LMTask:
     """The engine's :class:`~attnlab.train.engine.Task` for language models."""
 
     name = TASK
-    main_metric = "acc"
-    metric_label = "next-token accuracy"
-    metric_percent = True
+    main_metric = "ppl"  # the best checkpoint is the one of lowest validation perplexity
+    higher_is_better = False
+    metric_label = "perplexity"
+    metric_percent = False
 
     def __init__(self, ids: dict[str, Tensor], *, recurrent: bool, window: int, char_level: bool = False,
                  eval_split: str = "valid", eval_batch_size: int = 0, steps_per_epoch: int = 0,

@@ -111,7 +111,8 @@ class Task(Protocol):
     """
 
     name: str  # "image", "lm", ...
-    main_metric: str  # key of summarize()'s result that picks the best checkpoint (larger is better)
+    main_metric: str  # key of summarize()'s result that picks the best checkpoint
+    # (larger is better, unless the task sets ``higher_is_better = False``, e.g. perplexity)
 
     def steps_per_epoch(self, plan: Plan) -> int: ...
 
@@ -455,7 +456,8 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items()})
             row["eval_seconds"] = round(time.perf_counter() - t, 3)
             m = val.get(self.task.main_metric)
-            if m is not None and (self.best is None or m > self.best["value"]):
+            higher = getattr(self.task, "higher_is_better", True)
+            if m is not None and (self.best is None or (m > self.best["value"] if higher else m < self.best["value"])):
                 self.best = {"epoch": epoch + 1, "step": self.step, "metric": self.task.main_metric, "value": m}
                 is_best = True
         row["samples_per_s"] = round(samples / max(seconds, 1e-9), 1)
