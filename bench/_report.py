@@ -23,7 +23,9 @@ def machine() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])
+    script = Path(sys.argv[0])
+    script = script.relative_to(ROOT) if script.is_absolute() else script
+    return "python " + " ".join([str(script), *sys.argv[1:]])
 
 
 def write_section(name: str, body: str) -> None:

@@ -24,8 +24,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command, machine, write_section  # noqa: E402
-
-from attnlab.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from attnlab.checkpoints import save_checkpoint  # noqa: E402
 from attnlab.models import create_model  # noqa: E402
 
 
@@ -148,13 +147,15 @@ def main() -> None:
         "",
         "Compiled: the same model under `torch.compile` (inductor, freezing); its speed-up is against timm (eager).",
         "",
-        "| model | batch | attnlab img/s | timm img/s | torchvision img/s | HF img/s | × timm | × torchvision | × HF | GFLOP/s | % of peak (peak) | compiled img/s | compiled × timm | max abs Δlogit | rounds |",
+        "| model | batch | attnlab img/s | timm img/s | torchvision img/s | HF img/s | × timm | × torchvision | × HF "
+        "| GFLOP/s | % of peak (peak) | compiled img/s | compiled × timm | max abs Δlogit | rounds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ips, ra = r["ips"], r["ratio"]
         lines.append(
-            f"| {r['model']} | {r['batch']} | {ips['attnlab']:.1f} | {ips['timm']:.1f} | {ips['torchvision']:.1f} | {ips['hf']:.1f} | "
+            f"| {r['model']} | {r['batch']} | {ips['attnlab']:.1f} | {ips['timm']:.1f} | {ips['torchvision']:.1f} "
+            f"| {ips['hf']:.1f} | "
             f"{ra['timm']:.2f} | {ra['torchvision']:.2f} | {ra['hf']:.2f} | {r['gflops']:.0f} | "
             f"{100 * r['gflops'] / r['peak']:.0f}% ({r['peak']:.0f}) | {ips.get('attnlab_compiled', float('nan')):.1f} | "
             f"{r['compiled_vs_timm']:.2f} | {r['diff']:.1e} | {r['rounds']} |"

@@ -21,7 +21,8 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlab",
-        description="The Transformer story from NLP to CV: attention, Transformers and Vision Transformers you can train, inspect and compare.",
+        description="The Transformer story from NLP to CV: attention, Transformers and Vision Transformers "
+        "you can train, inspect and compare.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
