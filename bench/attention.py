@@ -26,7 +26,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command, machine, write_section  # noqa: E402
-
 from attnlab.convert import from_torch  # noqa: E402
 
 E, H = 512, 8
@@ -137,7 +136,8 @@ def main() -> None:
         "`—`: not run (the (H, T, T) scores alone would need "
         f"{H * 16384 ** 2 * 4 / 2**30:.0f} GB at 16384). Speed-ups are nn.MultiheadAttention's time ÷ ours, same process.",
         "",
-        "| T | attnlab MHA | nn.MHA (default) | nn.MHA need_weights=False | naive softmax(QKᵀ)V | fused kernel only | × vs nn.MHA default | × vs nn.MHA no weights |",
+        "| T | attnlab MHA | nn.MHA (default) | nn.MHA need_weights=False | naive softmax(QKᵀ)V | fused kernel only "
+        "| × vs nn.MHA default | × vs nn.MHA no weights |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in args.lengths:
