@@ -41,6 +41,24 @@ class Renames:
         """The foreign name for one of our keys, or None if the layout has no equivalent."""
         return self._apply(self._ours, key)
 
+    def export(self, state: dict, target: str) -> dict:
+        """All of ``state`` under the foreign names; refuses (UnsupportedError naming the keys)
+        when the foreign layout has no place for some of them."""
+        from attnlab.errors import UnsupportedError
+
+        out, lost = {}, []
+        for k, v in state.items():
+            new = self.from_ours(k)
+            if new is None:
+                lost.append(k)
+            else:
+                out[new] = v
+        if lost:
+            more = f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
+            raise UnsupportedError(f"{target} has no place for {', '.join(lost[:5])}{more}; "
+                                   "export this model with format='attnlab'")
+        return out
+
     def matches_theirs(self, key: str) -> bool:
         return any(p.match(key) for p, _ in self._theirs)
 

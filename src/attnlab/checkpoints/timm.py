@@ -13,7 +13,6 @@ import re
 from torch import Tensor
 
 from attnlab.checkpoints.keys import Renames
-from attnlab.errors import UnsupportedError
 
 NAME = "timm"
 
@@ -52,16 +51,4 @@ def to_ours(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, st
 
 
 def from_ours(state: dict[str, Tensor], cfg=None) -> dict[str, Tensor]:
-    out, lost = {}, []
-    for k, v in state.items():
-        new = RENAMES.from_ours(k)
-        if new is None:
-            lost.append(k)
-        else:
-            out[new] = v
-    if lost:
-        raise UnsupportedError(
-            f"timm's VisionTransformer has no place for {', '.join(lost[:5])}"
-            + (f" (and {len(lost) - 5} more)" if len(lost) > 5 else "")
-            + "; export this model with format='attnlab'")
-    return out
+    return RENAMES.export(state, "timm's VisionTransformer")

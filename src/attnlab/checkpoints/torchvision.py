@@ -61,14 +61,4 @@ def from_ours(state: dict[str, Tensor], cfg=None) -> dict[str, Tensor]:
         if not getattr(cfg, "class_token", True) or getattr(cfg, "global_pool", "token") != "token":
             raise UnsupportedError("torchvision's VisionTransformer always classifies from a class token; "
                                    "this model uses global_pool='avg' or has no class token")
-    out, lost = {}, []
-    for k, v in state.items():
-        new = RENAMES.from_ours(k)
-        if new is None:
-            lost.append(k)
-        else:
-            out[new] = v
-    if lost:
-        raise UnsupportedError(f"torchvision's VisionTransformer has no place for {', '.join(lost[:5])}; "
-                               "export this model with format='attnlab'")
-    return out
+    return RENAMES.export(state, "torchvision's VisionTransformer")
