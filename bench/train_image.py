@@ -39,14 +39,17 @@ REFERENCE = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_di
 RECIPES = {
     "mnist": {
         "dataset": "mnist",
-        "arch": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0),
-        "train": dict(batch_size=128, lr=2e-3, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
+        "arch": dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
+                     global_pool="avg", class_token=False),
+        "train": dict(batch_size=128, lr=3e-3, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
                       clip_grad=1.0),
         "augment": "crop", "crop_padding": 2,
     },
     "cifar10": {
         "dataset": "cifar10",
-        "arch": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0),
+        # "simple ViT" choices (Beyer et al. 2022): fixed 2-D sin-cos positions, average pooling, no class token
+        "arch": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
+                     global_pool="avg", class_token=False, pos_embed="sincos2d"),
         "train": dict(batch_size=128, lr=2e-3, min_lr=1e-5, warmup_epochs=1.0, weight_decay=0.05, label_smoothing=0.1,
                       clip_grad=1.0),
         "augment": "crop+flip", "crop_padding": 4,
@@ -61,7 +64,19 @@ def build(impl: str, arch: dict):
         return create_model("vit_cifar", **arch)
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(global_pool="token", class_token=True, qkv_bias=True, **arch)
+    arch = {"global_pool": "token", "class_token": True, **arch}
+    sincos = arch.pop("pos_embed", "learn") == "sincos2d"
+    model = VisionTransformer(qkv_bias=True, **arch)
+    if sincos:  # timm has no 2-D sin-cos option: give it the same fixed table as ours, frozen
+        from attnlab.nn.position import SinCos2DPositionalEncoding
+
+        g = arch["img_size"] // arch["patch_size"]
+        prefix = 1 if arch["class_token"] else 0
+        table = SinCos2DPositionalEncoding((g, g), arch["embed_dim"], prefix).table
+        with torch.no_grad():
+            model.pos_embed.copy_(table.reshape(model.pos_embed.shape))
+        model.pos_embed.requires_grad_(False)
+    return model
 
 
 def train_steps_per_s(model, x, y, steps: int, warmup: int = 2) -> list[float]:
