@@ -256,7 +256,8 @@ def ptb(args) -> dict:
                           eval_batch_size=10)
         mc = LMModelConfig(**opts, dropout=args.dropout, tie_weights=args.tie)
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 20, warmup_steps=100,
-                          weight_decay=args.weight_decay, clip_grad=args.clip, seed=0, log_every=100)
+                          weight_decay=args.weight_decay, clip_grad=args.clip, seed=0, log_every=100,
+                          optimizer=args.optimizer, threads=args.threads)
         run_dir = ROOT / "runs" / f"bench-ptb-{name}"
         print(f"--- {name}: {opts} dropout {args.dropout} tie {args.tie}", flush=True)
         t = time.perf_counter()
@@ -271,7 +272,7 @@ def ptb(args) -> dict:
                          "command": "python bench/lm.py " + " ".join(sys.argv[1:]),
                          "config": {**opts, "dropout": args.dropout, "tie_weights": args.tie,
                                     ("bptt" if rec else "window"): dc.window,
-                                    "batch": args.batch, "lr": args.lr, "optimizer": "AdamW, warm-up + cosine",
+                                    "batch": args.batch, "lr": args.lr, "optimizer": f"{'AdamW' if args.optimizer == 'adamw' else 'SGD'}, warm-up + cosine",
                                     "weight_decay": args.weight_decay, "clip": args.clip}}
         print(f"{name}: test perplexity {results[name]['test_ppl']:.1f} (valid {results[name]['valid_ppl']:.1f}) "
               f"after {seconds:.0f} s", flush=True)
@@ -433,6 +434,7 @@ def main(argv=None) -> int:
     q.add_argument("--tie", action=argparse.BooleanOptionalAction, default=True)
     q.add_argument("--weight-decay", type=float, default=0.0)
     q.add_argument("--clip", type=float, default=0.5)
+    q.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     sub.add_parser("report")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -301,3 +301,34 @@ def test_device_names():
             resolve_device("cuda:0")
     with pytest.raises(ConfigError, match="not a device name"):
         resolve_device("tpu")
+
+
+def test_max_minutes_cuts_the_epoch_short_then_evaluates_and_saves(tmp_path, monkeypatch):
+    tr = make(tmp_path, epochs=5, max_minutes=1.0)
+    clock = {"now": 0.0}
+    # Each training step "takes" 20 s of wall clock: the 3rd step of the first epoch crosses 60 s.
+    monkeypatch.setattr(tr, "elapsed_now", lambda: clock["now"])
+    step = tr._optimizer_step
+
+    def slow_step(micro):
+        clock["now"] += 20.0 + 1e-3
+        return step(micro)
+
+    monkeypatch.setattr(tr, "_optimizer_step", slow_step)
+    s = tr.fit()
+    assert s["stopped_by_time"] and s["steps"] == 3  # 96 / 16 = 6 steps per epoch; cut after 3
+    assert len(tr.history.epochs) == 1 and "val_acc" in tr.history.epochs[0]
+    assert ckpt.read_record(tmp_path, "last")["step"] == 3
+
+
+def test_no_time_limit_by_default():
+    s = make(epochs=2).fit()
+    assert not s["stopped_by_time"] and s["steps"] == 12
+
+
+def test_sgd_optimizer():
+    tr = make(epochs=4, optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0)
+    assert isinstance(tr.optimizer, torch.optim.SGD) and tr.optimizer.defaults["momentum"] == 0.9
+    assert tr.fit()["metrics"]["val_acc"] > 0.6
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        make(optimizer="adagrad")

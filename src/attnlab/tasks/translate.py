@@ -77,8 +77,6 @@ class TranslateDataConfig:
                        choices=("skip", "error"))
     max_tokens: int = opt(4096, "tokens per batch (padded, source or target side, whichever is longer); "
                                 "replaces --batch-size", positive_int, metavar="N")
-    max_minutes: float = opt(0.0, "stop training after this many minutes (0 = no limit; the last epoch is cut short)",
-                             nonneg_float, metavar="M")
 
 
 @dataclass
@@ -168,21 +166,11 @@ class TranslateTask:
     metric_label = "next-token accuracy"
 
     def __init__(self, train: EncodedCorpus, valid: EncodedCorpus, *, pad_id: int, max_tokens: int, nat: bool,
-                 seed: int = 0, max_minutes: float = 0.0, record: dict | None = None) -> None:
+                 seed: int = 0, record: dict | None = None) -> None:
         self.train, self.valid, self.pad, self.nat = train, valid, pad_id, nat
         self.batches = token_batches([len(s) for s in train.src], [len(t) for t in train.tgt], max_tokens, seed=seed)
         self.valid_batches = token_batches([len(s) for s in valid.src], [len(t) for t in valid.tgt], max_tokens, seed=None)
-        self.max_seconds = max_minutes * 60
-        self._t0 = time.perf_counter()
-        self.spent = 0.0  # training seconds before this session (resuming)
-        self.stopped = False
-        self._final_eval_done = False
         self._record = dict(record or {})
-
-    def out_of_time(self) -> bool:
-        if self.max_seconds and self.spent + time.perf_counter() - self._t0 > self.max_seconds:
-            self.stopped = True
-        return self.stopped
 
     def steps_per_epoch(self, plan) -> int:
         return len(self.batches)
@@ -194,8 +182,6 @@ class TranslateTask:
         g = torch.Generator().manual_seed(plan.seed * 7_919 + plan.epoch)
         order = torch.randperm(len(self.batches), generator=g).tolist()
         for s in range(plan.start_step, len(order)):
-            if self.out_of_time():
-                return
             idx = self.batches[order[s]]
             micro = [idx[j::plan.accum_steps] for j in range(min(plan.accum_steps, len(idx)))]
             yield [self._tensors(self.train, m[plan.rank::plan.world_size] or m[:1]) for m in micro]
@@ -222,10 +208,6 @@ class TranslateTask:
         return loss, {"loss": loss.detach() * n, "count": n.detach().float()}
 
     def eval_batches(self, plan, corpus: EncodedCorpus | None = None) -> Iterator:
-        if self.stopped:  # out of time: evaluate the cut-short epoch once, then skip the remaining ones
-            if self._final_eval_done:
-                return
-            self._final_eval_done = True
         corpus = corpus or self.valid
         for idx in self.valid_batches[plan.rank::plan.world_size]:
             yield self._tensors(corpus, idx)
@@ -258,13 +240,6 @@ class TranslateTask:
 
     def record(self) -> dict:
         return dict(self._record)
-
-    def state_dict(self) -> dict:
-        return {"spent": self.spent + time.perf_counter() - self._t0}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.spent = float(state.get("spent", 0.0))
-        self._t0 = time.perf_counter()
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -370,7 +345,7 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
                                                      "command": command, "torch": torch.__version__})
         dist.barrier()
     task = TranslateTask(train, valid, pad_id=src_tok.pad_id, max_tokens=dc.max_tokens, nat=kind == "nat", seed=cfg.seed,
-                         max_minutes=dc.max_minutes, record=record)
+                         record=record)
     trainer = Trainer(model, task, cfg, run_dir, meta={"model": kind, "title": title}, log=log if info.is_main else None,
                       progress=progress)
     if info.is_main:
@@ -383,11 +358,9 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
     summary = trainer.fit(resume_from=run_dir if resume else None)
     if info.is_main and run_dir is not None:
         epochs_done = sum(1 for r in trainer.history.epochs if "val_loss" in r)
-        atomic_write_json(run_dir / "translate.json", {"epochs_done": epochs_done, "stopped_by_time": task.stopped,
+        atomic_write_json(run_dir / "translate.json", {"epochs_done": epochs_done, "stopped_by_time": summary["stopped_by_time"],
                                                        "train_seconds": trainer.train_time,
                                                        "elapsed_seconds": summary["elapsed"]})
-        if task.stopped:
-            log(f"stopped by --max-minutes {dc.max_minutes} after {epochs_done} evaluated epoch(s)")
     summary.update(params=count_parameters(model), title=title, model=model)
     return summary
 

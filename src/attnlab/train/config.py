@@ -99,6 +99,9 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear warm-up length in epochs", nonneg_float, metavar="X")
     warmup_steps: int | None = opt(None, "linear warm-up length in optimizer steps (overrides --warmup-epochs)",
                                    nonneg_int, metavar="N")
+    optimizer: str = opt("adamw", "adamw, or sgd (plain SGD with optional --momentum: the classic recipe of "
+                                  "recurrent language models, with a large --lr such as 20)", choices=("adamw", "sgd"))
+    momentum: float = opt(0.0, "SGD momentum", unit_float, metavar="X")
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay, applied to weight matrices only "
                                     "(not to biases, norms or position/class embeddings)", nonneg_float, metavar="X")
     betas: tuple[float, float] = opt((0.9, 0.999), "AdamW's beta1 and beta2", unit_float, metavar="B", nargs=2)
@@ -108,6 +111,9 @@ class TrainConfig:
     ema_decay: float = opt(0.0, "keep an exponential moving average of the weights with this decay and evaluate it "
                                 "(e.g. 0.999; 0 = off)", unit_float, metavar="X")
     precision: str = opt("fp32", "fp32, or bf16 autocast (slow on most CPUs; for GPUs)", choices=("fp32", "bf16"))
+    max_minutes: float = opt(0.0, "stop after this many minutes of wall-clock time (0 = no limit): the current epoch is "
+                                  "cut short, evaluated and saved. The schedule is still planned for --epochs",
+                             nonneg_float, metavar="X")
     eval_every: int = opt(1, "evaluate every N epochs (and always after the last)", positive_int, metavar="N")
     save_every: int = opt(0, "also save the last checkpoint every N optimizer steps within an epoch (0 = at epoch ends only)",
                           nonneg_int, metavar="N")

@@ -203,7 +203,7 @@ class Trainer:
 
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DDP(self.model, device_ids=ids)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.optimizer, cfg.momentum)
         self.plan = Plan(batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, rank=self.info.rank,
                          world_size=self.info.world_size, seed=cfg.seed)
         self.steps_per_epoch = task.steps_per_epoch(self.plan)
@@ -222,6 +222,7 @@ class Trainer:
         self.epoch_sums: dict[str, Tensor] = {}
         self.best: dict | None = None
         self.elapsed = 0.0  # wall-clock seconds of training and evaluation, over all sessions
+        self.stopped_by_time = False  # --max-minutes ran out
         self.train_time = 0.0
         self.samples = 0
         self._t0 = time.perf_counter()
@@ -427,15 +428,31 @@ class Trainer:
                     bar.set_postfix_str(f"loss {float(sums['loss'] / sums['count']):.4f}  lr {self.scheduler.lr:.2e}")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                     self.save()
+                if self._out_of_time():
+                    break
             if hasattr(bar, "close"):
                 bar.close()
+            done = self.step_in_epoch
             self._end_epoch(epoch, time.perf_counter() - t_epoch, self.samples - n_before)
+            if self.stopped_by_time:
+                self.log(f"stopped by --max-minutes {cfg.max_minutes:g} after {done} of the {self.steps_per_epoch} "
+                         f"batches of epoch {epoch + 1} (step {self.step})")
+                break
         dist.barrier()
         self.plot()
         self.write_metrics()
         return {"best": self.best, "metrics": self.history.epochs[-1] if self.history.epochs else {},
                 "elapsed": self.elapsed_now(), "train_time": self.train_time, "steps": self.step,
+                "stopped_by_time": self.stopped_by_time,
                 "run_dir": str(self.run_dir) if self.run_dir else None}
+
+    def _out_of_time(self) -> bool:
+        """--max-minutes has run out (rank 0's clock decides, so every process stops at the same step)."""
+        if not self.cfg.max_minutes:
+            return False
+        late = self.elapsed_now() > self.cfg.max_minutes * 60
+        self.stopped_by_time = bool(dist.broadcast_object(late)) if self.info.distributed else late
+        return self.stopped_by_time
 
     def _log_step(self) -> None:
         s = self._log_sums
@@ -448,7 +465,7 @@ class Trainer:
         cfg = self.cfg
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.scheduler.lr}
         row.update({f"train_{k}": v for k, v in self.task.summarize(self.epoch_sums).items()})
-        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or self.stopped_by_time
         is_best = False
         if evaluated:
             t = time.perf_counter()
@@ -467,7 +484,7 @@ class Trainer:
         row["time"] = round(self.elapsed_now(), 2)
         self.history.epochs.append(row)
         self.save(best=is_best)
-        if seconds > 15 or self.epoch == cfg.epochs:
+        if seconds > 15 or self.epoch == cfg.epochs or self.stopped_by_time:
             self.plot()
         self.log(self.format_row(row))
 

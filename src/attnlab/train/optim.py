@@ -62,9 +62,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                    name: str = "adamw", momentum: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over :func:`param_groups`.
+
+    SGD is the classic recipe of recurrent language models (Zaremba et al. 2014: plain SGD, a
+    large rate, gradient clipping); its weight decay is the coupled L2 kind.
+    """
+    groups = param_groups(model, weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 # --- schedules ---------------------------------------------------------------------------------
