@@ -272,7 +272,8 @@ def ptb(args) -> dict:
                          "command": "python bench/lm.py " + " ".join(sys.argv[1:]),
                          "config": {**opts, "dropout": args.dropout, "tie_weights": args.tie,
                                     ("bptt" if rec else "window"): dc.window,
-                                    "batch": args.batch, "lr": args.lr, "optimizer": f"{'AdamW' if args.optimizer == 'adamw' else 'SGD'}, warm-up + cosine",
+                                    "batch": args.batch, "lr": args.lr,
+                                    "optimizer": f"{dict(adamw='AdamW', sgd='SGD')[args.optimizer]}, warm-up + cosine",
                                     "weight_decay": args.weight_decay, "clip": args.clip}}
         print(f"{name}: test perplexity {results[name]['test_ppl']:.1f} (valid {results[name]['valid_ppl']:.1f}) "
               f"after {seconds:.0f} s", flush=True)

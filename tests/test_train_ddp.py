@@ -12,7 +12,8 @@ import pytest
 import torch.distributed as dist
 
 ARGS = ["train", "image", "--model", "vit_digits", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
-        "--model-arg", "num_heads=2", "--model-arg", "drop_rate=0.0", "--batch-size", "64", "--accum-steps", "2", "--lr", "3e-3", "--epochs", "2",
+        "--model-arg", "num_heads=2", "--model-arg", "drop_rate=0.0", "--batch-size", "64", "--accum-steps", "2",
+        "--lr", "3e-3", "--epochs", "2",
         "--log-every", "1", "--threads", "1", "--quiet", "--seed", "3"]
 
 

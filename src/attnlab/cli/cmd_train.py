@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     for name, mod in task_modules().items():
         if not hasattr(mod, "add_train_arguments"):
             continue
-        tp = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "DESCRIPTION", getattr(mod, "HELP", "")),
+        helptext = getattr(mod, "HELP", "")
+        tp = sub.add_parser(name, help=helptext, description=getattr(mod, "DESCRIPTION", helptext),
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_train_arguments(tp)
         add_run_arguments(tp)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.registry import register_model
 from attnlab.nn.attention import KVCache
 from attnlab.nn.layers import EncoderLayer
 from attnlab.nn.position import POSITION_KINDS, make_position
@@ -93,7 +94,7 @@ class RecurrentLM(nn.Module):
 
     def __init__(self, config: RecurrentLMConfig) -> None:
         super().__init__()
-        self.config = c = config
+        self.cfg = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.drop = nn.Dropout(c.dropout)
         kw = dict(num_layers=c.num_layers, batch_first=True, dropout=c.dropout if c.num_layers > 1 else 0.0)
@@ -114,7 +115,7 @@ class RecurrentLM(nn.Module):
 
     def init_hidden(self, batch_size: int, device=None):
         """The zero state: h (L, B, H), or (h, c) for the LSTM."""
-        c = self.config
+        c = self.cfg
         h = torch.zeros(c.num_layers, batch_size, c.hidden_dim, device=device)
         return (h, h.clone()) if c.cell == "lstm" else h
 
@@ -166,7 +167,7 @@ class TransformerLM(nn.Module):
 
     def __init__(self, config: TransformerLMConfig) -> None:
         super().__init__()
-        self.config = c = config
+        self.cfg = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len)
         self.drop = nn.Dropout(c.dropout)
@@ -227,7 +228,7 @@ class TransformerLM(nn.Module):
         call runs only the new tokens against the key/value cache; without it each call reruns the
         whole visible context. Both see exactly the same context, so greedy decoding agrees.
         """
-        max_len = self.config.max_len
+        max_len = self.cfg.max_len
         state: dict = {"tokens": None, "cache": None, "start": 0}
 
         @torch.no_grad()
@@ -284,3 +285,49 @@ def lm_config_from_dict(d: dict) -> LMConfig:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, a tied matrix counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --- named configurations (create_model / list_models) ---------------------------------------------
+# Zaremba et al. (2014) on Penn Treebank (10,000 words, 35-step BPTT): "small" 2x200 without
+# dropout, "medium" 2x650 with 0.5, "large" 2x1500 with 0.65. Ours add optional weight tying.
+
+_PTB = dict(vocab_size=10_000, num_layers=2)
+
+
+@register_model("lstm_lm_small")
+def lstm_lm_small(**overrides) -> RecurrentLM:
+    """2 LSTM layers of 200 units, 10,000-word vocabulary (4.65M parameters untied)."""
+    return build_lm(lm_config("lstm", **{**_PTB, "embed_dim": 200, "hidden_dim": 200, **overrides}))
+
+
+@register_model("lstm_lm_medium")
+def lstm_lm_medium(**overrides) -> RecurrentLM:
+    """2 LSTM layers of 650 units, dropout 0.5 (19.8M parameters untied)."""
+    return build_lm(lm_config("lstm", **{**_PTB, "embed_dim": 650, "hidden_dim": 650, "dropout": 0.5, **overrides}))
+
+
+@register_model("lstm_lm_large")
+def lstm_lm_large(**overrides) -> RecurrentLM:
+    """2 LSTM layers of 1500 units, dropout 0.65 (66M parameters untied)."""
+    return build_lm(lm_config("lstm", **{**_PTB, "embed_dim": 1500, "hidden_dim": 1500, "dropout": 0.65, **overrides}))
+
+
+@register_model("gru_lm_small")
+def gru_lm_small(**overrides) -> RecurrentLM:
+    """The small configuration with GRU cells."""
+    return build_lm(lm_config("gru", **{**_PTB, "embed_dim": 200, "hidden_dim": 200, **overrides}))
+
+
+@register_model("rnn_lm_small")
+def rnn_lm_small(**overrides) -> RecurrentLM:
+    """The small configuration with plain tanh RNN cells (Elman)."""
+    return build_lm(lm_config("rnn", **{**_PTB, "embed_dim": 200, "hidden_dim": 200, **overrides}))
+
+
+@register_model("transformer_lm_char")
+def transformer_lm_char(**overrides) -> TransformerLM:
+    """A causal Transformer for characters (Tiny Shakespeare, 65 symbols): 4 pre-LN layers of 128,
+    4 heads, rotary positions, context 64, tied embeddings (0.80M parameters; the 3-minute CPU
+    configuration of BENCHMARKS.md)."""
+    return build_lm(lm_config("transformer", **{"vocab_size": 65, "d_model": 128, "num_layers": 4, "num_heads": 4,
+                                                "position": "rotary", "max_len": 64, **overrides}))

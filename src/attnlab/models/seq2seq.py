@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnlab.errors import ConfigError
+from attnlab.models.registry import config_from, register_model
 from attnlab.nn import AdditiveAttention, Transformer, TransformerConfig
 from attnlab.nn.masks import padding_mask
 
@@ -225,3 +226,54 @@ def build_seq2seq(kind: str, src_vocab_size: int, tgt_vocab_size: int, **fields)
         nat = {k: fields.pop(k) for k in list(fields) if k in nat_keys}
         return MaskPredictTransformer(MaskPredictConfig(TransformerConfig(src_vocab_size, tgt_vocab_size, **fields), **nat))
     raise ConfigError(f"unknown translation model {kind!r}; choose one of {', '.join(MODEL_TYPES)}")
+
+
+# --- named configurations (create_model / list_models) ---------------------------------------------
+# The paper's Table 3 (WMT14 En-De, one shared BPE vocabulary of about 37,000 tokens, embeddings
+# shared by the encoder, the decoder and the output layer), and the sizes of our Multi30k runs.
+
+
+def _transformer(base: dict, overrides: dict) -> Transformer:
+    return Transformer(config_from(TransformerConfig, base, overrides, "Transformer"))
+
+
+@register_model("transformer_base")
+def transformer_base(**overrides) -> Transformer:
+    """The base model: d_model 512, 6+6 layers, 8 heads, FFN 2048, dropout 0.1, post-LN (63M
+    parameters with the 37,000-token shared vocabulary; the paper's table says 65M)."""
+    return _transformer(dict(src_vocab_size=37_000, tgt_vocab_size=37_000, share_embeddings=True), overrides)
+
+
+@register_model("transformer_big")
+def transformer_big(**overrides) -> Transformer:
+    """The big model: d_model 1024, 16 heads, FFN 4096, dropout 0.3."""
+    return _transformer(dict(src_vocab_size=37_000, tgt_vocab_size=37_000, share_embeddings=True, d_model=1024,
+                             num_heads=16, d_ff=4096, dropout=0.3), overrides)
+
+
+_MULTI30K = dict(src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
+
+
+@register_model("transformer_multi30k")
+def transformer_multi30k(**overrides) -> Transformer:
+    """What ``attnlab train translate`` builds by default: d_model 256, 3+3 layers, 8 heads,
+    FFN 512, joint 8,000-token vocabulary."""
+    return _transformer(dict(**_MULTI30K, d_model=256, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
+                             d_ff=512), overrides)
+
+
+@register_model("gru_attention_multi30k")
+def gru_attention_multi30k(**overrides) -> GRUAttentionSeq2Seq:
+    """Bahdanau et al.'s model at the size ``attnlab train translate --model gru-attention`` uses:
+    embeddings 256, bidirectional GRU encoder and GRU decoder of 256, additive attention."""
+    base = dict(**_MULTI30K, embed_dim=256, hidden_dim=256, attn_dim=256, dropout=0.1)
+    return GRUAttentionSeq2Seq(config_from(GRUAttentionConfig, base, overrides, "gru_attention_multi30k"))
+
+
+@register_model("mask_predict_multi30k")
+def mask_predict_multi30k(**overrides) -> MaskPredictTransformer:
+    """The non-autoregressive mask-predict model (Ghazvininejad et al. 2019) on the Multi30k stacks."""
+    nat = {k: overrides.pop(k) for k in ("max_target_len", "length_loss_weight") if k in overrides}
+    base = dict(**_MULTI30K, d_model=256, num_heads=8, num_encoder_layers=3, num_decoder_layers=3, d_ff=512)
+    return MaskPredictTransformer(MaskPredictConfig(config_from(TransformerConfig, base, overrides, "mask_predict_multi30k"),
+                                                    **nat))

@@ -39,6 +39,7 @@ from attnlab.train.config import (
 )
 from attnlab.train.engine import Plan, Trainer, eval_shard, sharded_batches, steps_in_epoch
 from attnlab.train.metrics import confusion_matrix, per_class_accuracy, plot_confusion, save_figure, topk_correct
+from attnlab.train.run import open_run_dir, start
 
 TASK = "image"
 HELP = "image classification (ViT) on digits, MNIST, CIFAR-10 or a folder of images"
@@ -239,10 +240,12 @@ def model_config(name: str, overrides: dict):
             probe = create_model(name, **overrides)
     except (RuntimeError, NotImplementedError):
         probe = create_model(name, **overrides)
-    cfg = getattr(probe, "cfg", None)
-    if cfg is None:
-        raise ConfigError(f"model {name!r} has no config (.cfg); it cannot be trained by 'attnlab train image'")
-    return cfg
+    from attnlab.models import VisionTransformer
+
+    if not isinstance(probe, VisionTransformer):
+        raise ConfigError(f"model {name!r} is a {type(probe).__name__}, not an image classifier; "
+                          "'attnlab train image' trains the vit_* models (attnlab.list_models('vit_*'))")
+    return probe.cfg
 
 
 def _size(img_size) -> tuple[int, int]:
@@ -368,22 +371,13 @@ def train_from_args(args, log=print, progress: bool = True) -> dict:
         if changed:
             raise ConfigError(f"--resume continues {resume} with its own settings; these options differ from the run's: "
                               + ", ".join("--" + k.replace("_", "-") for k in changed))
-    cfg.validate()
-    info = dist.init(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    info = start(cfg)
     ckpt.seed_everything(cfg.seed)
     model, task, meta = prepare(tcfg, cfg, progress=progress and info.is_main)
     run_dir = Path(resume) if resume else Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(tcfg)
     if not resume:
-        ckpt.check_new_run_dir(run_dir, getattr(args, "overwrite", False))
-        dist.barrier()
-        if info.is_main:
-            ckpt.create_run_dir(run_dir, getattr(args, "overwrite", False))
-            atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, "task": TASK, **meta,
-                                                     "train_config": to_dict(cfg), "world_size": info.world_size,
-                                                     "command": getattr(args, "argv", None), "torch": torch.__version__})
-        dist.barrier()
+        open_run_dir(run_dir, overwrite=getattr(args, "overwrite", False), task=TASK, cfg=cfg, info=info, record=meta,
+                     command=getattr(args, "argv", None))
     trainer = Trainer(model, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
     if info.is_main and log is not None:
         n = meta["model"]["parameters"]

@@ -303,16 +303,12 @@ def train_lm(dc: LMDataConfig, mc: LMModelConfig, cfg: TrainConfig, run_dir: str
              command: list[str] | None = None) -> dict:
     """Train a language model into ``run_dir`` (None: nothing written); returns the engine's
     summary plus ``params``, ``title`` and ``model``."""
-    from attnlab.io import atomic_write_json
     from attnlab.train import checkpoint as ckpt
-    from attnlab.train import distributed as dist
     from attnlab.train.engine import Trainer
+    from attnlab.train.run import open_run_dir, start
 
     log = log or (lambda s: None)
-    cfg.validate()
-    info = dist.init(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    info = start(cfg)
     run_dir = None if run_dir is None else Path(run_dir)
     if resume:
         if run_dir is None:
@@ -335,16 +331,9 @@ def train_lm(dc: LMDataConfig, mc: LMModelConfig, cfg: TrainConfig, run_dir: str
                "params": count_parameters(model)},
     }
     if run_dir is not None and not resume:
-        ckpt.check_new_run_dir(run_dir, overwrite)
-        dist.barrier()
-        if info.is_main:
-            ckpt.create_run_dir(run_dir, overwrite)
-            tok.save(run_dir / TOKENIZER_FILE)
-            atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, "task": TASK, "model": mc.model,
-                                                     "title": title, **record, "train_config": to_dict(cfg),
-                                                     "world_size": info.world_size, "command": command,
-                                                     "torch": torch.__version__})
-        dist.barrier()
+        open_run_dir(run_dir, overwrite=overwrite, task=TASK, cfg=cfg, info=info, command=command,
+                     record={"model": mc.model, "title": title, **record},
+                     write_files=lambda d: tok.save(d / TOKENIZER_FILE))
     task = LMTask({k: v for k, v in ids.items() if k != "test"}, recurrent=mc.model in RECURRENT_CELLS,
                   window=dc.window, char_level=tok.kind == "char", eval_batch_size=dc.eval_batch_size,
                   steps_per_epoch=dc.steps_per_epoch, record=record)

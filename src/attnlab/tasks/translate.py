@@ -302,14 +302,11 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
     summary plus ``params``, ``title`` and ``model``."""
     from attnlab.io import atomic_write_json
     from attnlab.train import checkpoint as ckpt
-    from attnlab.train import distributed as dist
     from attnlab.train.engine import Trainer
+    from attnlab.train.run import open_run_dir, start
 
     log = log or (lambda s: None)
-    cfg.validate()
-    info = dist.init(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    info = start(cfg)
     run_dir = None if run_dir is None else Path(run_dir)
     train_c, valid_c = read_corpora(dc)
     if resume:
@@ -335,15 +332,9 @@ def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: Trai
                             "pairs": {"train": len(train), "valid": len(valid), "skipped_long": train.skipped_long},
                             "params": count_parameters(model)}}
     if run_dir is not None and not resume:
-        ckpt.check_new_run_dir(run_dir, overwrite)
-        dist.barrier()
-        if info.is_main:
-            ckpt.create_run_dir(run_dir, overwrite)
-            save_tokenizers(run_dir, src_tok, tgt_tok)
-            atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, "task": TASK, "model": kind, "title": title,
-                                                     **record, "train_config": to_dict(cfg), "world_size": info.world_size,
-                                                     "command": command, "torch": torch.__version__})
-        dist.barrier()
+        open_run_dir(run_dir, overwrite=overwrite, task=TASK, cfg=cfg, info=info, command=command,
+                     record={"model": kind, "title": title, **record},
+                     write_files=lambda d: save_tokenizers(d, src_tok, tgt_tok))
     task = TranslateTask(train, valid, pad_id=src_tok.pad_id, max_tokens=dc.max_tokens, nat=kind == "nat", seed=cfg.seed,
                          record=record)
     trainer = Trainer(model, task, cfg, run_dir, meta={"model": kind, "title": title}, log=log if info.is_main else None,

@@ -143,7 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls, title: str | None 
         m = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         opt_name = "--" + f.name.replace("_", "-")
-        dflt = "" if default is None or default == () else f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        dflt = "" if default is None or default == () else f" (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": m["help"] + dflt}
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction

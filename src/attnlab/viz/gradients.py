@@ -273,7 +273,7 @@ def run_gradients(args) -> int:
                              valid_fraction=d.get("valid_fraction", 0.1))
         ids = torch.tensor(tok.encode(corpus.valid), dtype=torch.long)
         kind = model_kind(model)
-        length = args.length if kind != "transformer" else min(args.length, model.config.max_len)
+        length = args.length if kind != "transformer" else min(args.length, model.cfg.max_len)
         wins = text_windows(ids, length, args.windows, args.seed)
         norms = gradient_norms(model, wins, "hidden" if (args.wrt == "hidden" and kind != "transformer") else "embedding")
         what = "hidden state" if (args.wrt == "hidden" and kind != "transformer") else "embedding"
