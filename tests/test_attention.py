@@ -11,7 +11,7 @@ from torch import nn
 
 from attnlab.convert import from_torch
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.nn import AdditiveAttention, MultiHeadAttention, scaled_dot_product_attention
+from attnlab.nn import AdditiveAttention, KVCache, MultiHeadAttention, scaled_dot_product_attention
 from attnlab.nn.masks import causal_mask, from_torch_mask, padding_mask, window_mask
 
 ATOL = 1e-5
@@ -190,3 +190,26 @@ def test_mha_and_layers_compile_without_graph_breaks():
         torch._dynamo.reset()
         compiled = torch.compile(mod, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x, **kw), mod(x, **kw), atol=ATOL, rtol=0)
+
+
+def test_kv_cache_buffer_equals_concatenation_across_growth_and_reorder():
+    torch.manual_seed(0)
+    chunks = [torch.randn(3, 2, t, 4) for t in (5, 1, 1, 20, 1, 7)]  # crosses the first capacities
+    cache = KVCache()
+    with torch.no_grad():
+        for i in range(len(chunks)):
+            k, v = cache.append(chunks[i], -chunks[i])
+            full = torch.cat(chunks[: i + 1], dim=-2)
+            assert torch.equal(k, full) and torch.equal(v, -full) and len(cache) == full.shape[-2]
+            if i == 3:
+                idx = torch.tensor([2, 0, 0])
+                cache.reorder(idx)
+                chunks = [c[idx] for c in chunks]
+                assert torch.equal(cache.k, torch.cat(chunks[: i + 1], dim=-2))
+    # with gradients flowing, appends concatenate (no in-place writes under autograd)
+    x = torch.randn(1, 1, 2, 4, requires_grad=True)
+    grad_cache = KVCache()
+    grad_cache.append(x, x)
+    k, _ = grad_cache.append(x * 2, x)
+    k.sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))

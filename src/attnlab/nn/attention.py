@@ -105,28 +105,54 @@ class KVCache:
 
     Self-attention appends each step's keys/values; cross-attention stores the encoder
     memory's keys/values once (``set``) and reuses them. ``reorder`` follows beam search.
+
+    Appends write into a buffer that doubles when full, so a step copies only its own new
+    keys/values (concatenating would copy the whole past at every step: quadratic in the
+    length). ``k``/``v`` are views of the filled part. When gradients flow through the cache,
+    it concatenates instead (writing in place would break autograd).
     """
 
     def __init__(self) -> None:
         self.k: Tensor | None = None  # (B, H, T, D)
         self.v: Tensor | None = None
+        self._kbuf: Tensor | None = None  # (B, H, capacity, D)
+        self._vbuf: Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat([self.k, k], dim=-2)
-            self.v = torch.cat([self.v, v], dim=-2)
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            self._kbuf = self._vbuf = None
+            self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
+            self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+            return self.k, self.v
+        n, t = len(self), k.shape[-2]
+        if self._kbuf is None or n + t > self._kbuf.shape[-2]:
+            cap = max(2 * (n + t), 16)
+            kb = k.new_empty(*k.shape[:-2], cap, k.shape[-1])
+            vb = v.new_empty(*v.shape[:-2], cap, v.shape[-1])
+            if n:
+                kb[..., :n, :].copy_(self.k)
+                vb[..., :n, :].copy_(self.v)
+            self._kbuf, self._vbuf = kb, vb
+        self._kbuf[..., n:n + t, :].copy_(k)
+        self._vbuf[..., n:n + t, :].copy_(v)
+        self.k, self.v = self._kbuf[..., :n + t, :], self._vbuf[..., :n + t, :]
         return self.k, self.v
 
     def set(self, k: Tensor, v: Tensor) -> None:
         self.k, self.v = k, v
+        self._kbuf = self._vbuf = None
 
     def reorder(self, index: Tensor) -> None:
-        if self.k is not None:
+        if self.k is None:
+            return
+        if self._kbuf is not None:
+            n = len(self)
+            self._kbuf, self._vbuf = self._kbuf.index_select(0, index), self._vbuf.index_select(0, index)
+            self.k, self.v = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+        else:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
