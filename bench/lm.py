@@ -260,7 +260,7 @@ def ptb(args) -> dict:
                           optimizer=args.optimizer, threads=args.threads)
         run_dir = ROOT / "runs" / f"bench-ptb-{name}"
         print(f"--- {name}: {opts} dropout {args.dropout} tie {args.tie}", flush=True)
-        load_at_start = round(os.getloadavg()[0], 1)
+        load_at_start, started = round(os.getloadavg()[0], 1), time.strftime("%Y-%m-%d %H:%M")
         t = time.perf_counter()
         s = train_lm(dc, mc, cfg, run_dir, log=lambda m: print(m, flush=True), progress=False, overwrite=True)
         seconds = time.perf_counter() - t
@@ -268,7 +268,7 @@ def ptb(args) -> dict:
         last, best = (json.loads((run_dir / f"{t}.json").read_text())["path"] for t in ("last", "best"))
         ev["best"] = ev["last"] if best == last else evaluate_run(run_dir, argparse.Namespace(which="best"))
         results[name] = {"model": name, "params": s["params"], "epochs": args.epochs, "train_seconds": round(s["train_time"], 1),
-                         "date": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads(),
+                         "date": started, "threads": torch.get_num_threads(),
                          "load_avg_at_start": load_at_start,
                          "wall_seconds": round(seconds, 1), "valid_ppl": ev["last"]["valid"]["ppl"],
                          "test_ppl": ev["last"]["test"]["ppl"], "best_acc_test_ppl": ev["best"]["test"]["ppl"],
@@ -362,7 +362,8 @@ def report(args=None) -> str:
                 "Each row's command is given with its configuration, and when it ran. Vocabulary 10,000 from the "
                 "training file; perplexity of the last checkpoint on the whole validation and test files (recurrent "
                 "state carried across windows). Rows of a single epoch were cut short for lack of time in session 1 "
-                "(under a load average of 8–10): they show where training stood, not what the model reaches. "
+                "(under a load average of 8–10): they show where training stood, not what the model reaches. The 8-epoch "
+                "LSTM run (session 2) shared the machine with a Multi30k training job, one thread each. "
                 "Target: LSTM ≤ 115.", "",
                 "| model | config | parameters | epochs | train time | valid ppl | test ppl |",
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]

@@ -99,7 +99,7 @@ def speed(args) -> dict:
     """Training images/s of both implementations on one architecture, measured in alternation
     (A B A B ...) so that a change in the machine's load hits both."""
     torch.manual_seed(0)
-    arch = REFERENCE
+    arch = REFERENCE if args.arch == "reference" else RECIPES[args.arch]["arch"]
     models = {impl: build(impl, arch) for impl in ("ours", "timm")}
     x = torch.randn(args.batch_size, arch["in_chans"], arch["img_size"], arch["img_size"])
     y = torch.randint(0, 10, (args.batch_size,))
@@ -198,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--impl", nargs="+", default=["ours"], choices=("ours", "timm"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--arch", default="reference", choices=("reference", *RECIPES),
+                   help="(speed) the issue's reference architecture or a recipe's")
     p.add_argument("--batch-size", type=int, default=128, help="(speed) batch size")
     p.add_argument("--steps", type=int, default=5, help="(speed) timed steps per round")
     p.add_argument("--rounds", type=int, default=4, help="(speed) alternations")
@@ -210,7 +212,8 @@ def main(argv=None) -> int:
     if args.what == "speed":
         res = speed(args)
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "bench-speed.json").write_text(json.dumps(res, indent=2))
+        name = "bench-speed.json" if args.arch == "reference" else f"bench-speed-{args.arch}.json"
+        (Path(args.out) / name).write_text(json.dumps(res, indent=2))
     else:
         run(args)
     return 0
