@@ -253,13 +253,16 @@ def main() -> None:
     args = p.parse_args()
     if getattr(args, "train_args", None) and args.train_args[:1] == ["--"]:
         args.train_args = args.train_args[1:]
-    results = load_results()
     if args.what == "speed":
-        results["speed"] = speed(args)
+        part = {"speed": speed(args)}
     elif args.what == "notes":
-        results["notes"] = args.notes
+        part = {"notes": args.notes}
     else:
-        results.setdefault("multi30k", {})[f"{args.pair}/{args.model}"] = multi30k(args)
+        part = {"multi30k": {f"{args.pair}/{args.model}": multi30k(args)}}
+    # Read the stored results only now: other runs of this script may have saved theirs meanwhile.
+    results = load_results()
+    for k, v in part.items():
+        results[k] = {**results.get(k, {}), **v} if k == "multi30k" else v
     save_results(results)
     print(render(results))
 

@@ -28,16 +28,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from attnlab.tasks import get_task
-    from attnlab.train import checkpoint as ckpt
+    from attnlab.tasks import task_of_run
 
-    tag = args.which if ckpt.has_record(args.run_dir, args.which) else "last"
-    rec = ckpt.read_record(args.run_dir, tag)
-    mod = get_task(rec.get("task", "?"))
-    if not hasattr(mod, "evaluate_run"):
-        from attnlab.errors import UnsupportedError
-
-        raise UnsupportedError(f"'attnlab eval' does not support {rec['task']!r} runs yet")
+    mod = task_of_run(args.run_dir, args.which, "evaluate_run", "eval")
     results = mod.evaluate_run(args.run_dir, args)
     print(json.dumps(results, indent=2) if args.json else mod.format_eval(results))
     return 0

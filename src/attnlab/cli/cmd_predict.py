@@ -24,15 +24,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from attnlab.errors import UnsupportedError
-    from attnlab.tasks import get_task
-    from attnlab.train import checkpoint as ckpt
+    from attnlab.tasks import task_of_run
 
-    tag = args.which if ckpt.has_record(args.run_dir, args.which) else "last"
-    rec = ckpt.read_record(args.run_dir, tag)
-    mod = get_task(rec.get("task", "?"))
-    if not hasattr(mod, "predict_run"):
-        raise UnsupportedError(f"'attnlab predict' does not support {rec['task']!r} runs")
+    mod = task_of_run(args.run_dir, args.which, "predict_run", "predict")
     preds = mod.predict_run(args.run_dir, args.inputs, args)
     print(json.dumps(preds, indent=2) if args.json else mod.format_predictions(preds))
     return 0

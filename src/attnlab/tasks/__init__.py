@@ -40,3 +40,15 @@ def get_task(name: str) -> ModuleType:
     if name not in mods:
         raise UnsupportedError(f"this attnlab has no task {name!r} (it knows {', '.join(sorted(mods))})")
     return mods[name]
+
+
+def task_of_run(run_dir, which: str, hook: str, command: str) -> ModuleType:
+    """The task module that made ``run_dir`` (its ``which`` record, else "last"), checked to
+    provide ``hook`` (e.g. ``evaluate_run`` for ``attnlab eval``)."""
+    from attnlab.train import checkpoint as ckpt
+
+    rec = ckpt.read_record(run_dir, which if ckpt.has_record(run_dir, which) else "last")
+    mod = get_task(rec.get("task", "?"))
+    if not hasattr(mod, hook):
+        raise UnsupportedError(f"'attnlab {command}' does not support {rec['task']!r} runs")
+    return mod

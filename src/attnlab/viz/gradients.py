@@ -34,7 +34,7 @@ COLORS = {"rnn": "#d62728", "gru": "#ff7f0e", "lstm": "#2ca02c", "transformer": 
 
 
 def model_kind(model: nn.Module) -> str:
-    cfg = getattr(model, "config", None)
+    cfg = getattr(model, "cfg", None)
     return getattr(cfg, "cell", None) or "transformer"
 
 
