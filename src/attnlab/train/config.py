@@ -103,7 +103,8 @@ class TrainConfig:
                                   "recurrent language models, with a large --lr such as 20)", choices=("adamw", "sgd"))
     momentum: float = opt(0.0, "SGD momentum", unit_float, metavar="X")
     weight_decay: float = opt(0.05, "AdamW decoupled weight decay, applied to weight matrices only "
-                                    "(not to biases, norms or position/class embeddings)", nonneg_float, metavar="X")
+                                    "(not to biases, norms or position/class embeddings); with --optimizer sgd it is "
+                                    "an L2 penalty: pass 0 or a much smaller value", nonneg_float, metavar="X")
     betas: tuple[float, float] = opt((0.9, 0.999), "AdamW's beta1 and beta2", unit_float, metavar="B", nargs=2)
     eps: float = opt(1e-8, "AdamW's epsilon", positive_float, metavar="X")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy target (0 = off)", unit_float, metavar="X")
