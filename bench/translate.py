@@ -174,7 +174,7 @@ def render_multi30k(rows: dict) -> list[str]:
                              f"{ar['greedy_seconds']:.1f} | 1.0 |")
             for key, name in (("nat_1", "mask-predict, 1 pass, 1 length"), ("nat_10", "mask-predict, 10 iterations, 3 lengths")):
                 e = r[key]
-                speed = f"{ar['greedy_seconds'] / e['seconds']:.1f}" if ar and "greedy_seconds" in ar else "–"
+                speed = f"{ar['greedy_seconds'] / e['seconds']:.2f}" if ar and "greedy_seconds" in ar else "–"
                 lines.append(f"| {r['pair']} | {name} | {r['train_minutes']:.0f} min | {r['epochs']} | {e['bleu']:.2f} | "
                              f"{e['bleu_tok_lc']:.2f} | {e['seconds']:.1f} | {speed} |")
             lines.append(f"\nCommand: `{r['command']}`")
