@@ -8,7 +8,7 @@ ATTNLAB_DATA ?= ../shared/data
 export ATTNLAB_DATA
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test bench lint clean
+.PHONY: demo test install install-test install-browser bench lint clean
 
 $(DEMO_VENV)/.installed: pyproject.toml constraints/demo.txt constraints/common.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -28,7 +28,16 @@ install-test: $(TEST_VENV)/.installed
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/attnlab demo
 
-test: $(TEST_VENV)/.installed
+# Headless Chromium for the explorer page's browser tests (Debian's package; never fails the
+# build: without it those tests skip with the reason).
+install-browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null 2>&1 \
+			|| echo "install-browser: apt-get could not install chromium; the browser tests will skip"; \
+	else echo "install-browser: no /usr/bin/chromium and no root apt-get; the browser tests will skip"; fi
+
+test: $(TEST_VENV)/.installed install-browser
 	$(TEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_VENV)/.installed
