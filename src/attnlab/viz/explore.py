@@ -1,0 +1,449 @@
+"""The attention explorer: one self-contained, offline HTML page to look at a model's attention.
+
+:func:`explore_vit`, :func:`explore_lm` and :func:`explore_translation` run a model once on one
+input and collect what the page shows, as a JSON-able dict ("page data"); :func:`write_page`
+inlines that data with the page's own JS and CSS (``explore_page/``) into one HTML file that
+makes no request to any server (images are data URIs, there is no CDN).
+
+What is collected:
+
+- attention weights softmax(QKᵀ/√d_k + bias) of every layer and head, (L, H, Tq, Tk), stored
+  as 8 bits per weight relative to the maximum of its row (:func:`pack_attention`);
+- the tokens, or for a ViT the input image and its patch grid, the attention rollout (Abnar &
+  Zuidema 2020) after each block and the position-embedding similarity grid (ViT Fig. 7);
+- a *worked head*: for one layer and head the real Q, K, V (float32) from which the page
+  recomputes Q·Kᵀ → ÷√d_k → softmax → ·V for any query, and at other temperatures. The
+  recomputation is checked here against the model's own weights (``check`` in the data).
+
+Text models (no ``get_attention_maps`` of their own) are observed through forward hooks on
+their :class:`~attnlab.nn.MultiHeadAttention` modules (:func:`record_attention`), which ask
+each call for its weights and give the caller what it asked for.
+
+Extension point: a new model family (DETR) adds an ``explore_<kind>`` collector returning
+``{"kind": "<kind>", ...}`` and a renderer ``RENDER.<kind>`` in ``explore_page/page.js``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, DataError, UnsupportedError
+from attnlab.io import atomic_write_bytes
+from attnlab.nn.attention import AdditiveAttention, MultiHeadAttention
+from attnlab.nn.masks import causal_mask, window_mask
+
+PAGE_DIR = Path(__file__).with_name("explore_page")
+BUDGET_BYTES = 3_000_000  # the whole page, for ViT-Ti/16 at 224 with all 12 layers
+MAX_TEXT_TOKENS = 128  # longer inputs are cut (the head view draws Tq x Tk lines per head)
+
+
+# ---------------------------------------------------------------------- packing numbers
+def b64(arr: np.ndarray) -> str:
+    """Little-endian bytes of an array, base64 (what the page decodes)."""
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not np.little_endian):
+        a = a.byteswap().view(a.dtype.newbyteorder("<"))
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
+def f32(t: Tensor | np.ndarray) -> str:
+    return b64(np.asarray(t.detach().cpu() if isinstance(t, Tensor) else t, dtype=np.float32))
+
+
+def pack_attention(weights: Tensor) -> dict:
+    """(L, H, Tq, Tk) weights -> {"shape", "rowmax" (float32 (L, H, Tq)), "q" (uint8)}: each
+    weight as round(255 · w / max of its row), so every row keeps 8 bits of its own range."""
+    w = weights.detach().float().cpu()
+    if w.dim() != 4:
+        raise ConfigError(f"pack_attention expects (L, H, Tq, Tk) weights, got shape {tuple(w.shape)}")
+    rowmax = w.amax(dim=-1)  # (L, H, Tq)
+    q = torch.round(w / rowmax.clamp_min(1e-30)[..., None] * 255).clamp(0, 255).to(torch.uint8)
+    return {"shape": list(w.shape), "rowmax": f32(rowmax), "q": b64(q.numpy())}
+
+
+def unpack_attention(packed: dict) -> Tensor:
+    """The inverse of :func:`pack_attention` (to within half a step of each row's 8 bits)."""
+    shape = packed["shape"]
+    q = np.frombuffer(base64.b64decode(packed["q"]), dtype=np.uint8).reshape(shape)
+    rowmax = np.frombuffer(base64.b64decode(packed["rowmax"]), dtype="<f4").reshape(shape[:-1])
+    return torch.from_numpy(q.astype(np.float32) / 255 * rowmax[..., None])
+
+
+def packed_bytes(shape: Sequence[int]) -> int:
+    """Bytes :func:`pack_attention` of ``shape`` takes in the page (base64)."""
+    n = math.prod(shape)
+    return 4 * (-(-n // 3)) + 4 * (-(-4 * (n // shape[-1]) // 3))
+
+
+# ---------------------------------------------------------------------- observing attention
+@dataclass
+class Call:
+    """One call of an attention module: its weights (B, H, Tq, Tk) and its inputs."""
+
+    weights: Tensor
+    x: Tensor
+    context: Tensor | None
+    kwargs: dict
+
+
+@contextlib.contextmanager
+def record_attention(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[Call]]]:
+    """While active, every call of the given :class:`MultiHeadAttention` modules (by name) is
+    recorded with its weights; callers get exactly what they asked for (the output alone, or
+    (output, weights) if they passed ``need_weights=True``)."""
+    calls: dict[str, list[Call]] = {name: [] for name in modules}
+    wanted: list[bool] = []
+    handles = []
+
+    def pre(module, args, kwargs):
+        wanted.append(bool(kwargs.get("need_weights", False)))
+        return args, {**kwargs, "need_weights": True}
+
+    def post(name):
+        def hook(module, args, kwargs, output):
+            out, w = output
+            context = args[1] if len(args) > 1 else kwargs.get("context")
+            calls[name].append(Call(w.detach(), args[0].detach(), None if context is None else context.detach(), kwargs))
+            return output if wanted.pop() else out
+        return hook
+
+    try:
+        for name, m in modules.items():
+            if not isinstance(m, MultiHeadAttention):
+                raise UnsupportedError(f"{name} is a {type(m).__name__}, not a MultiHeadAttention")
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post(name), with_kwargs=True))
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _one_call(calls: dict[str, list[Call]], name: str) -> Call:
+    got = calls[name]
+    if len(got) != 1:
+        raise UnsupportedError(f"{name} ran {len(got)} times in one forward pass; the explorer expects once")
+    return got[0]
+
+
+def _stack(calls: dict[str, list[Call]], names: Sequence[str]) -> Tensor:
+    """(L, H, Tq, Tk) of the first batch row, one layer per name."""
+    return torch.stack([_one_call(calls, n).weights[0].float() for n in names])
+
+
+# ---------------------------------------------------------------------- the worked head
+def worked_head(mha: MultiHeadAttention, call: Call, head: int) -> dict:
+    """Q, K, V of one head of one recorded call (first batch row), recomputed from the call's
+    inputs with the module's own projections, plus what else enters its softmax: the score
+    bias (relative positions), which keys each query may see, the scale 1/√d_k. ``check`` is
+    the largest difference between softmax(QKᵀ·scale + bias) over the visible keys and the
+    model's own weights."""
+    if not 0 <= head < mha.num_heads:
+        raise ConfigError(f"head {head} out of range: this layer has heads 0..{mha.num_heads - 1}")
+    if mha.topk is not None:
+        raise UnsupportedError("the worked head does not show top-k sparse attention")
+    x, context, kw = call.x[:1], call.context, call.kwargs
+    b, tq, c = x.shape
+    d = mha.head_dim
+    w, bias = mha.qkv.weight, mha.qkv.bias
+    sl = lambda i: slice(i * c + head * d, i * c + (head + 1) * d)  # noqa: E731  rows of head `head` in W_q, W_k, W_v
+    lin = lambda inp, i: F.linear(inp, w[sl(i)], None if bias is None else bias[sl(i)])  # noqa: E731  (1, T, D)
+    src = x if context is None else context[:1]
+    q, k, v = lin(x, 0), lin(src, 1), lin(src, 2)
+    pos = kw.get("pos")
+    score_bias = None
+    if context is None and pos is not None:
+        qr, kr = pos.rotate(q[:, None], k[:, None], 0)  # rotary acts per head: (1, 1, T, D)
+        q, k = qr[:, 0], kr[:, 0]
+        full = pos.bias(tq, k.shape[1])
+        score_bias = None if full is None else full[head].float()
+    tk = k.shape[1]
+    visible = torch.ones(tq, tk, dtype=torch.bool)
+    if (mha.causal if kw.get("causal") is None else kw["causal"]):
+        visible &= causal_mask(tq, tk)
+    if mha.window is not None:
+        visible &= window_mask(tq, tk, mha.window)
+    mask = kw.get("mask")
+    if mask is not None:
+        visible &= mask.expand(mask.shape[0], mask.shape[1], tq, tk)[0, min(head, mask.shape[1] - 1)].cpu()
+    scale = 1.0 / math.sqrt(d)
+    q, k, v = q[0].float(), k[0].float(), v[0].float()  # (T, D)
+    scores = q @ k.T * scale + (0 if score_bias is None else score_bias)
+    again = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    model_w = call.weights[0, head].float()
+    return {
+        "d_k": d, "scale": scale, "q": f32(q), "k": f32(k), "v": f32(v),
+        "bias": None if score_bias is None else f32(score_bias),
+        "visible": b64(visible.to(torch.uint8).numpy()), "tq": tq, "tk": tk,
+        "weights": f32(model_w),
+        "check": float((again - model_w).abs().max()),
+    }
+
+
+def _parse_layer(index: int, depth: int, what: str = "layer") -> int:
+    if not -depth <= index < depth:
+        raise ConfigError(f"{what} {index} out of range for {depth} layers (valid: {-depth}..{depth - 1})")
+    return index % depth
+
+
+# ---------------------------------------------------------------------- text
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """What each token id reads as, with spaces and newlines made visible."""
+    out = []
+    for i in ids:
+        t = tokenizer.decode([i])
+        if not t or "\ufffd" in t:  # a special token, or a byte of a longer UTF-8 character
+            t = tokenizer.id_to_token(i)
+        out.append(t.replace("\n", "⏎").replace(" ", "␣") if t.strip() == "" or t != t.strip() else t)
+    return out
+
+
+def _encode(tokenizer, text: str, what: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise DataError(f"the {what} {text!r} has no tokens; give some text")
+    return ids
+
+
+def _meta(model: nn.Module, label: str, random_init: bool) -> dict:
+    return {"model": label, "family": type(model).__name__, "random_init": random_init,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_init: bool = False,
+               worked: tuple[int, int] = (-1, 0), max_tokens: int = MAX_TEXT_TOKENS) -> dict:
+    """Page data of a causal Transformer language model (:class:`attnlab.models.lm.TransformerLM`)
+    reading ``text``: each block's self-attention, the next token it predicts at each position,
+    and the worked head ``worked`` = (layer, head)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(isinstance(getattr(b, "self_attn", None), MultiHeadAttention) for b in blocks):
+        raise UnsupportedError(f"{type(model).__name__} has no attention to explore (a recurrent model?); "
+                               "the explorer shows Transformer language models")
+    notes = []
+    ids = _encode(tokenizer, text, "prompt")
+    limit = min(max_tokens, getattr(model.cfg, "max_len", max_tokens))
+    if len(ids) > limit:
+        notes.append(f"The prompt has {len(ids)} tokens; the first {limit} are shown.")
+        ids = ids[:limit]
+    names = [f"blocks.{i}.self_attn" for i in range(len(blocks))]
+    model.eval()
+    with record_attention({n: model.get_submodule(n) for n in names}) as calls:
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device))
+    layer = _parse_layer(worked[0], len(blocks))
+    probs = logits[0].float().softmax(-1)
+    p, nxt = probs.max(-1)
+    return {
+        "kind": "lm", "meta": _meta(model, label, random_init), "notes": notes,
+        "text": {"tokens": token_texts(tokenizer, ids),
+                 "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(token_texts(tokenizer, nxt.tolist()), p)]},
+        "sets": [{"id": "self", "title": "self-attention (causal)", "queries": "tokens", "keys": "tokens",
+                  "attention": pack_attention(_stack(calls, names))}],
+        "worked": {"set": "self", "layer": layer, "head": worked[1],
+                   **worked_head(model.get_submodule(names[layer]), _one_call(calls, names[layer]), worked[1])},
+    }
+
+
+@torch.no_grad()
+def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: str, target: str | None = None, *,
+                        label: str, random_init: bool = False, worked: tuple[int, int] = (-1, 0),
+                        max_tokens: int = MAX_TEXT_TOKENS) -> dict:
+    """Page data of a translation model on one sentence: the target is ``target`` (teacher
+    forcing) or the model's greedy translation. For the Transformer: encoder self-attention,
+    decoder self-attention and cross-attention of every layer, and the worked head on the
+    cross-attention of ``worked`` = (decoder layer, head); for the GRU with additive attention,
+    its one alignment. Decoder row t is decoding step t (the model reads the target prefix up
+    to t and predicts the next token), exactly as in step-by-step decoding."""
+    from attnlab.decode.search import greedy_search
+
+    bos, eos = tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
+    pad = src_tokenizer.pad_id if src_tokenizer.pad_id is not None else 0
+    src_ids = _encode(src_tokenizer, source, "source sentence")[: max_tokens - 1] + [src_tokenizer.eos_id]
+    src = torch.tensor([src_ids], device=next(model.parameters()).device)
+    notes = []
+    model.eval()
+    if target is None:
+        hyp = greedy_search(model, src, bos=bos, eos=eos, pad=pad)[0]
+        notes.append("The target is the model's own greedy translation.")
+    else:
+        hyp = _encode(tgt_tokenizer, target, "target sentence")
+    hyp = hyp[: max_tokens - 1]
+    tgt_in = torch.tensor([[bos] + hyp], device=src.device)
+    out_ids = hyp + [eos]
+    src_t, tgt_t = token_texts(src_tokenizer, src_ids), token_texts(tgt_tokenizer, [bos] + hyp)
+    data = {"kind": "translation", "meta": _meta(model, label, random_init), "notes": notes,
+            "text": {"source": src_t, "target": tgt_t, "output": token_texts(tgt_tokenizer, out_ids)}}
+
+    if isinstance(getattr(model, "attention", None), AdditiveAttention):  # Bahdanau et al.: one alignment
+        rows = []
+        handle = model.attention.register_forward_hook(lambda m, a, out: rows.append(out[1][:1].detach()))
+        try:
+            model(src, tgt_in)
+        finally:
+            handle.remove()
+        align = torch.stack([r.reshape(-1) for r in rows])[None, None]  # (1, 1, Tt, Ts)
+        data["sets"] = [{"id": "cross", "title": "additive attention (alignment)", "queries": "target", "keys": "source",
+                         "attention": pack_attention(align)}]
+        data["notes"].append("Additive attention (Bahdanau et al. 2015): score = vᵀ tanh(W s + U h), "
+                             "so there is no Q·Kᵀ head to work through.")
+        data["worked"] = None
+        return data
+
+    enc = getattr(getattr(model, "encoder", None), "layers", None)
+    dec = getattr(getattr(model, "decoder", None), "layers", None)
+    if enc is None or dec is None or not hasattr(model, "encode") or getattr(model, "mask_id", None) is not None:
+        raise UnsupportedError(f"{type(model).__name__}: the explorer shows the Transformer and the GRU with attention "
+                               "(not the non-autoregressive mask-predict model)")
+    names = {"enc": [f"encoder.layers.{i}.self_attn" for i in range(len(enc))],
+             "dec": [f"decoder.layers.{i}.self_attn" for i in range(len(dec))],
+             "cross": [f"decoder.layers.{i}.cross_attn" for i in range(len(dec))]}
+    every = [n for group in names.values() for n in group]
+    with record_attention({n: model.get_submodule(n) for n in every}) as calls:
+        model(src, tgt_in)
+    layer = _parse_layer(worked[0], len(dec))
+    data["sets"] = [
+        {"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source",
+         "attention": pack_attention(_stack(calls, names["enc"]))},
+        {"id": "dec", "title": "decoder self-attention (causal)", "queries": "target", "keys": "target",
+         "attention": pack_attention(_stack(calls, names["dec"]))},
+        {"id": "cross", "title": "cross-attention (target → source)", "queries": "target", "keys": "source",
+         "attention": pack_attention(_stack(calls, names["cross"]))},
+    ]
+    cross = names["cross"][layer]
+    data["worked"] = {"set": "cross", "layer": layer, "head": worked[1],
+                      **worked_head(model.get_submodule(cross), _one_call(calls, cross), worked[1])}
+    return data
+
+
+# ---------------------------------------------------------------------- images
+def image_data_uri(image: Tensor) -> str:
+    """(C, H, W) in [0, 1] (1 or 3 channels) -> a PNG data URI."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    im = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _keep_layers(depth: int, per_layer: int, room: int) -> list[int]:
+    """All layers if they fit in ``room`` bytes, else as many as fit, evenly spaced, the last kept."""
+    n = max(1, min(depth, room // max(1, per_layer)))
+    if n == depth:
+        return list(range(depth))
+    return sorted({round(depth - 1 - i * (depth - 1) / max(1, n - 1)) for i in range(n)} if n > 1 else {depth - 1})
+
+
+@torch.no_grad()
+def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: bool = False,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                worked: tuple[int, int] = (-1, 0), class_names: Sequence[str] | None = None,
+                budget: int = BUDGET_BYTES) -> dict:
+    """Page data of a Vision Transformer on one image (C, H, W) in [0, 1] at the model's size:
+    every block's attention (:meth:`~attnlab.models.vit.VisionTransformer.get_attention_maps`),
+    the rollout after each block, the position-embedding similarity, the top-5 predictions and
+    the worked head ``worked`` = (block, head). When all blocks do not fit in ``budget`` bytes,
+    evenly spaced blocks (the last among them) are kept and the page says so."""
+    from attnlab.viz.vit import default_normalization, normalize_image, posembed_similarity
+
+    if image.dim() != 3:
+        raise ConfigError(f"explore one image (C, H, W), got shape {tuple(image.shape)}")
+    if mean is None and std is None:
+        mean, std = default_normalization(model)
+    x = normalize_image(image.float(), mean, std)[None].to(next(model.parameters()).device)
+    depth = len(model.blocks)
+    layer = _parse_layer(worked[0], depth, "block")
+    model.eval()
+    name = f"blocks.{layer}.self_attn"
+    with record_attention({name: model.get_submodule(name)}) as calls:
+        logits, maps = model.get_attention_maps(x, return_logits=True)
+    attn = torch.stack([m[0].float() for m in maps])  # (L, H, N, N)
+    k, (gh, gw) = model.num_prefix_tokens, model.token_grid(attn.shape[-1])
+    rollout = torch.stack([model.attention_rollout(maps[: i + 1])[0] for i in range(depth)])  # (L, Gh, Gw)
+
+    notes = []
+    try:
+        sim = posembed_similarity(model).reshape(gh * gw, gh * gw)
+        posembed = {"kind": model.cfg.pos_embed, "q": b64(torch.round((sim.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).numpy())}
+    except ConfigError as e:
+        posembed = None
+        notes.append(f"No position-embedding grid: {e}")
+    data = {
+        "kind": "vit", "meta": _meta(model, label, random_init), "notes": notes,
+        "image": {"src": image_data_uri(image), "height": int(image.shape[-2]), "width": int(image.shape[-1])},
+        "grid": [gh, gw], "prefix": k, "class_token": model.cls_token is not None,
+        "rollout": {"shape": [depth, gh, gw], "values": f32(rollout)},
+        "posembed": posembed,
+        "predictions": _top5(logits[0], class_names) if logits.shape[-1] > 1 else [],
+        "worked": {"set": "vit", "layer": layer, "head": worked[1],
+                   **worked_head(model.get_submodule(name), _one_call(calls, name), worked[1])},
+    }
+    fixed = len(_page_shell()) + len(json.dumps(data)) + 4096
+    keep = _keep_layers(depth, packed_bytes(attn.shape[1:]), budget - fixed)
+    if len(keep) < depth:
+        notes.append(f"To keep the page under {budget / 1e6:.1f} MB, {len(keep)} of the {depth} blocks' attention "
+                     f"maps are stored (blocks {', '.join(map(str, keep))}); the rollout uses all blocks.")
+    data["sets"] = [{"id": "vit", "title": "self-attention", "queries": "patches", "keys": "patches", "layers": keep,
+                     "attention": pack_attention(attn[keep])}]
+    return data
+
+
+def _top5(logits: Tensor, class_names: Sequence[str] | None) -> list[dict]:
+    p, idx = logits.float().softmax(-1).topk(min(5, logits.shape[-1]))
+    name = (lambda i: class_names[i]) if class_names is not None else (lambda i: f"class {i}")
+    return [{"label": name(int(i)), "p": round(float(pp), 4)} for pp, i in zip(p, idx)]
+
+
+# ---------------------------------------------------------------------- the page
+def _page_shell() -> str:
+    return (PAGE_DIR / "template.html").read_text(encoding="utf-8")
+
+
+def render_page(data: dict) -> str:
+    """The HTML text: the template with the page's CSS, JS and ``data`` inlined (one pass over
+    the template, so nothing inlined is read as a slot)."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+    title = f"attention of {data['meta']['model']}".replace("&", "&amp;").replace("<", "&lt;")
+    slots = {"/*__CSS__*/": (PAGE_DIR / "page.css").read_text(encoding="utf-8"),
+             "/*__JS__*/": (PAGE_DIR / "page.js").read_text(encoding="utf-8"),
+             "__DATA__": payload, "__TITLE__": title}
+    html = _page_shell()
+    missing = [s for s in slots if s not in html]
+    if missing:
+        raise ConfigError(f"the explorer's template lacks its {', '.join(missing)} slot(s) (a broken install?)")
+    return re.sub("|".join(map(re.escape, slots)), lambda m: slots[m.group(0)], html)
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse to write the page over a directory or over an existing file that is not HTML."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"-o {str(path)!r} is a directory; give the HTML file to write, e.g. {str(path / 'explore.html')!r}")
+    if path.exists():
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+        if not head.startswith((b"<!doctype html", b"<html")):
+            raise ConfigError(f"-o {str(path)!r} exists and is not an HTML page; refusing to overwrite it (choose another name)")
+    return path
+
+
+def write_page(data: dict, path: str | os.PathLike) -> Path:
+    """Write the page atomically (after :func:`check_output`); returns the path."""
+    path = check_output(path)
+    atomic_write_bytes(path, render_page(data).encode("utf-8"))
+    return path
