@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="picture", metavar="PICTURE")
     for add in SUBCOMMANDS:
         add(sub)
+    from attnlab.cli.viz_explore import add_parser as add_explore  # issue 14: `viz explore`, owned by cli/viz_explore.py
+
+    add_explore(sub)
     p.set_defaults(func=lambda args: _usage(p))
 
 

@@ -1,0 +1,182 @@
+"""``attnlab viz explore MODEL INPUT -o page.html``: the offline attention explorer
+(:mod:`attnlab.viz.explore`). ``cmd_viz`` calls :func:`add_parser`; :func:`run` is its ``func``."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from attnlab.errors import ConfigError
+
+DESCRIPTION = """\
+Write one self-contained HTML page (inline JS and CSS, the image as a data URI, no request to
+any server) to explore a model's attention on one input:
+  a ViT (a registered name, a checkpoint or a run) on an IMAGE: where each patch attends, per
+    block and head, over the image; the attention rollout; the position-embedding similarity;
+  a Transformer language model on a prompt: head view, model view (layers x heads);
+  a translation model on a source sentence: encoder, decoder and cross-attention, one decoding
+    step at a time (the target is the model's greedy translation, or --target);
+and in each, a worked head: Q·Kᵀ, ÷√d_k, softmax and ·V with the model's real numbers.
+A registered name builds a random-init model (the page says so); text models named by the
+registry or read from a checkpoint file need their tokenizer (--tokenizer, or --src-tokenizer
+and --tgt-tokenizer). The page stays under --max-mb: larger ViTs keep evenly spaced blocks."""
+
+EPILOG = """examples:
+  attnlab viz explore vit_tiny_patch16_224 cat.jpg -o cat.html             (random init)
+  attnlab viz explore runs/vit_digits digit.png -o digit.html --layer 5 --head 2
+  attnlab viz explore runs/shakespeare "ROMEO: But soft" -o romeo.html
+  attnlab viz explore runs/multi30k "Ein Hund läuft." -o mt.html --target "A dog runs."
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explore", help="one offline HTML page to explore a model's attention (ViT, LM, translation)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="a registered model name (random init), a checkpoint file or a run directory")
+    p.add_argument("input", metavar="INPUT", help="an image file (ViT), a prompt (language model) or a source sentence "
+                                                  "(translation)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the HTML file to write (an existing file must be HTML)")
+    p.add_argument("--target", help="translation: the target sentence to force (default: the model's greedy translation)")
+    p.add_argument("--tokenizer", type=Path, help="the tokenizer JSON of a language model (or the joint one of a translation "
+                                                  "model) when MODEL is not a run")
+    p.add_argument("--src-tokenizer", type=Path, help="translation: the source tokenizer JSON when MODEL is not a run")
+    p.add_argument("--tgt-tokenizer", type=Path, help="translation: the target tokenizer JSON when MODEL is not a run")
+    p.add_argument("--layer", type=int, default=-1, help="the worked head's layer (ViT block, LM block, decoder layer "
+                                                          "for translation), negative counts from the end (default: -1)")
+    p.add_argument("--head", type=int, default=0, help="the worked head's head (default: 0)")
+    p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
+                                                         "(default: ImageNet's for RGB models, none for grey)")
+    p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std to normalise the image with")
+    p.add_argument("--max-mb", type=float, default=3.0, help="ViT: size budget of the page in MB (default: 3.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init when MODEL is a registered name (default: 0)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from attnlab.viz import explore
+
+    explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
+    if args.max_mb <= 0:
+        raise ConfigError(f"--max-mb must be > 0, got {args.max_mb}")
+    model, tokenizers, random_init = load(args)
+    kind = family(model)
+    if args.target is not None and kind != "translation":
+        raise ConfigError("--target is for translation models only")
+    worked = (args.layer, args.head)
+    label = args.model
+    if kind == "vit":
+        from attnlab.viz.vit import load_image
+
+        image = load_image(args.input, model.cfg.img_size, model.cfg.in_chans)
+        data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=args.mean, std=args.std,
+                                   worked=worked, budget=int(args.max_mb * 1e6))
+    elif kind == "lm":
+        data = explore.explore_lm(model, tokenizers, args.input, label=label, random_init=random_init,
+                                  worked=worked)
+    else:
+        src_tok, tgt_tok = tokenizers
+        data = explore.explore_translation(model, src_tok, tgt_tok, args.input, args.target, label=label,
+                                           random_init=random_init, worked=worked)
+    path = explore.write_page(data, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def family(model) -> str:
+    """"vit", "lm" or "translation"; one line for a model the explorer cannot show."""
+    from attnlab.models.lm import RecurrentLM, TransformerLM
+    from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
+    from attnlab.models.vit import VisionTransformer
+    from attnlab.nn import Transformer
+
+    if isinstance(model, VisionTransformer):
+        return "vit"
+    if isinstance(model, TransformerLM):
+        return "lm"
+    if isinstance(model, (Transformer, GRUAttentionSeq2Seq)):
+        return "translation"
+    if isinstance(model, RecurrentLM):
+        raise ConfigError(f"{getattr(model, 'name', 'this model')} is a recurrent language model: it has no attention to explore")
+    if isinstance(model, MaskPredictTransformer):
+        raise ConfigError("the explorer does not show the non-autoregressive mask-predict model; use a Transformer run")
+    raise ConfigError(f"the explorer cannot show a {type(model).__name__}; it shows ViTs, Transformer LMs and translation models")
+
+
+def load(args):
+    """(model in eval mode, tokenizers, random_init) from a registered name, a checkpoint file
+    or a run directory; text models get their tokenizer(s) from the run or the options."""
+    import torch
+
+    from attnlab.models import create_model, is_model, list_models
+
+    spec = args.model
+    if is_model(spec):
+        with torch.device("meta"):  # the family (and so which tokenizers) before allocating weights
+            kind = family(create_model(spec))
+        tokenizers = _tokenizers(args, kind)
+        torch.manual_seed(args.seed)
+        return create_model(spec, **_vocab_overrides(kind, tokenizers)).eval(), tokenizers, True
+    path = Path(spec)
+    if not path.exists():
+        close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; attnlab.list_models() lists the names"
+        raise ConfigError(f"{spec!r} is neither a model name nor an existing checkpoint file or run directory{hint}")
+    if path.is_dir() and _is_run(path):
+        return _load_run(path, args)
+    from attnlab.checkpoints import load_model
+
+    model = load_model(path).eval()
+    return model, _tokenizers(args, family(model)), False
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "run.json").is_file() or (path / "checkpoints").is_dir()
+
+
+def _load_run(path: Path, args):
+    """A run directory through the run layer (:func:`attnlab.train.runs.load`): model and tokenizers."""
+    from attnlab.train import runs
+
+    loaded = runs.load(path)
+    model, extras = loaded.model.eval(), loaded.extras
+    kind = family(model)
+    if kind == "lm":
+        toks = extras.get("tokenizer")
+    elif kind == "translation":
+        toks = (extras.get("src_tokenizer"), extras.get("tgt_tokenizer"))
+        toks = None if None in toks else toks
+    else:
+        toks = None
+    if kind != "vit" and toks is None:
+        toks = _tokenizers(args, kind)
+    return model, toks, False
+
+
+def _tokenizers(args, kind: str):
+    """The tokenizer(s) a text model needs, from --tokenizer / --src-tokenizer / --tgt-tokenizer."""
+    from attnlab.data.tokenizers import load_tokenizer
+
+    if kind == "vit":
+        return None
+    if kind == "lm":
+        if args.tokenizer is None:
+            raise ConfigError(f"{args.model!r} is a language model: give its tokenizer with --tokenizer FILE, "
+                              "or pass a run directory")
+        return load_tokenizer(args.tokenizer)
+    src, tgt = args.src_tokenizer or args.tokenizer, args.tgt_tokenizer or args.tokenizer
+    if src is None or tgt is None:
+        raise ConfigError(f"{args.model!r} is a translation model: give --tokenizer FILE (joint) or --src-tokenizer and "
+                          "--tgt-tokenizer, or pass a run directory")
+    s = load_tokenizer(src)
+    return s, (s if tgt == src else load_tokenizer(tgt))
+
+
+def _vocab_overrides(kind: str, tokenizers) -> dict:
+    if kind == "lm":
+        return {"vocab_size": tokenizers.vocab_size}
+    if kind == "translation":
+        s, t = tokenizers
+        return {"src_vocab_size": s.vocab_size, "tgt_vocab_size": t.vocab_size, "share_embeddings": s is t,
+                "pad_id": s.pad_id if s.pad_id is not None else 0}
+    return {}
