@@ -195,6 +195,42 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: int | tuple[int, int], num_p
     return out[0] if squeeze else out
 
 
+# The two functions below look at concrete image shapes. torch.fx.wrap makes each one node of a
+# torch.fx.symbolic_trace graph (called with real tensors when the graph runs) instead of
+# Python control flow on traced values, which symbolic tracing cannot follow.
+@torch.fx.wrap
+def _checked_images(x: Tensor, name: str, in_chans: int, img_size: tuple[int, int], patch: int, dynamic: bool) -> Tensor:
+    """``x`` itself once it is a valid image batch (B, in_chans, H, W) for the model; ShapeError otherwise."""
+    h, w = img_size
+    expected = f"(B, {in_chans}, {h}, {w})"
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ShapeError(f"{name} expects images {expected}, got {tuple(x.shape)}")
+    if dynamic:
+        if x.shape[2] % patch or x.shape[3] % patch:
+            raise ShapeError(f"{name}: image size {x.shape[2]}x{x.shape[3]} is not a multiple of the patch size {patch}")
+    elif (x.shape[2], x.shape[3]) != (h, w):
+        raise ShapeError(f"{name} expects images {expected}, got {tuple(x.shape)}; "
+                         f"build it with dynamic_img_size=True to accept other sizes")
+    return x
+
+
+@torch.fx.wrap
+def _add_pos_for_images(z: Tensor, x: Tensor, table: Tensor | None, kind: str, grid: tuple[int, int], patch: int,
+                        num_prefix: int) -> Tensor:
+    """z + E_pos for the patch grid of the images x (dynamic_img_size): the model's own ``table``
+    (1, N, C) on its own ``grid``; on another grid the learned table resampled bicubically, or a
+    sin-cos table of that grid's size."""
+    new = (x.shape[2] // patch, x.shape[3] // patch)
+    if table is None:
+        return z
+    if new == tuple(grid):
+        return z + table.to(z.dtype)
+    if kind == "learn":
+        return z + resample_grid(table, grid, new, num_prefix).to(z.dtype)
+    sincos = torch.cat([z.new_zeros(num_prefix, z.shape[-1]), sincos_2d_table(*new, z.shape[-1]).to(z)])
+    return z + sincos[None]
+
+
 def drop_path_schedule(rate: float, depth: int) -> list[float]:
     """Stochastic depth rates rising linearly from 0 (first block) to ``rate`` (last block)."""
     return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
@@ -226,7 +262,7 @@ class VisionTransformer(nn.Module):
         n = self.num_prefix_tokens + gh * gw
         # Absolute encodings are added to the tokens (pos_embed); a relative bias acts inside
         # every block's attention (rel_pos, shared by the blocks). The unused one is the no-op
-        # PositionEncoding(), so forward calls both unconditionally.
+        # PositionEncoding(), so the blocks always get a rel_pos.
         self.pos_embed: PositionEncoding = PositionEncoding()
         self.rel_pos: PositionEncoding = PositionEncoding()
         if cfg.pos_embed == "learn":
@@ -300,42 +336,27 @@ class VisionTransformer(nn.Module):
         return {n for n, _ in self.named_parameters() if n in ("cls_token", "pos_embed.weight", "rel_pos.table")}
 
     # ------------------------------------------------------------------ the model
-    def _check_input(self, x: Tensor) -> tuple[int, int]:
-        """Validate an image batch and return its patch grid (Gh, Gw)."""
-        cfg = self.cfg
-        h, w = _pair(cfg.img_size)
-        expected = f"(B, {cfg.in_chans}, {h}, {w})"
-        if x.dim() != 4 or x.shape[1] != cfg.in_chans:
-            raise ShapeError(f"{self.name} expects images {expected}, got {tuple(x.shape)}")
-        p = self.patch_size
-        if cfg.dynamic_img_size:
-            if x.shape[2] % p or x.shape[3] % p:
-                raise ShapeError(f"{self.name}: image size {x.shape[2]}x{x.shape[3]} is not a multiple of the patch size {p}")
-        elif (x.shape[2], x.shape[3]) != (h, w):
-            raise ShapeError(f"{self.name} expects images {expected}, got {tuple(x.shape)}; "
-                             f"build it with dynamic_img_size=True to accept other sizes")
-        return x.shape[2] // p, x.shape[3] // p
-
-    def _add_pos(self, z: Tensor, grid: tuple[int, int]) -> Tensor:
-        """z + E_pos for a patch grid; a grid other than the model's (dynamic_img_size) gets
-        the learned embedding resampled bicubically, or a sin-cos table of its own size."""
-        if grid == self.grid_size:
-            return self.pos_embed.add(z)
-        kind, k = self.cfg.pos_embed, self.num_prefix_tokens
-        if kind == "learn":
-            return z + resample_grid(self.pos_embed.weight, self.grid_size, grid, k)
-        if kind == "sincos2d":
-            table = torch.cat([z.new_zeros(k, z.shape[-1]), sincos_2d_table(*grid, z.shape[-1]).to(z)])
-            return z + table[None]
-        return z
+    def _pos_table(self) -> Tensor | None:
+        """The absolute position table added to the tokens (1, N, C), or None ("relative", "none")."""
+        if isinstance(self.pos_embed, LearnedPositionalEmbedding):
+            return self.pos_embed.weight
+        if isinstance(self.pos_embed, SinCos2DPositionalEncoding):
+            return self.pos_embed.table
+        return None
 
     def embed(self, x: Tensor) -> Tensor:
         """Eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos.  (B, C_in, H, W) -> (B, N, C)"""
-        grid = self._check_input(x)
+        cfg = self.cfg
+        x = _checked_images(x, self.name, cfg.in_chans, _pair(cfg.img_size), self.patch_size, cfg.dynamic_img_size)
         z = self.patch_embed(x)  # (B, Gh*Gw, C)
         if self.cls_token is not None:
             z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)  # (B, 1 + Gh*Gw, C)
-        return self.pos_drop(self._add_pos(z, grid))
+        table = self._pos_table()
+        if cfg.dynamic_img_size:
+            z = _add_pos_for_images(z, x, table, cfg.pos_embed, self.grid_size, self.patch_size, self.num_prefix_tokens)
+        elif table is not None:
+            z = z + table.to(z.dtype)  # the input check fixed the grid, so N equals the table's length
+        return self.pos_drop(z)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Eq. 1-4 without the head: (B, C_in, H, W) -> tokens (B, N, C) after the final

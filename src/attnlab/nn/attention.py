@@ -46,10 +46,7 @@ def scaled_dot_product_attention(
     (``need_weights`` or ``topk``) computes the same formula step by step and also returns the
     weights (B, H, Tq, Tk).
     """
-    if q.shape[-1] != k.shape[-1]:
-        raise ShapeError(f"query and key head dimensions differ: {q.shape[-1]} vs {k.shape[-1]}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ShapeError(f"keys and values have different lengths: {k.shape[-2]} vs {v.shape[-2]}")
+    _check_heads(q, k, v)
     tq, tk = q.shape[-2], k.shape[-2]
     if mask is not None:
         check_mask(mask, *_bh(q), tq, tk)
@@ -156,6 +153,25 @@ class KVCache:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
+# torch.fx.wrap makes each check below one node of a torch.fx.symbolic_trace graph (run on real
+# tensors) instead of Python control flow on traced shapes, which symbolic tracing cannot follow.
+@torch.fx.wrap
+def _check_heads(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """ShapeError unless q (.., Tq, D), k (.., Tk, D), v (.., Tk, Dv) fit together."""
+    if q.shape[-1] != k.shape[-1]:
+        raise ShapeError(f"query and key head dimensions differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ShapeError(f"keys and values have different lengths: {k.shape[-2]} vs {v.shape[-2]}")
+
+
+@torch.fx.wrap
+def _checked_tokens(x: Tensor, embed_dim: int) -> Tensor:
+    """``x`` itself once it is (B, T, embed_dim); ShapeError otherwise."""
+    if x.dim() != 3 or x.shape[-1] != embed_dim:
+        raise ShapeError(f"expected input (B, T, {embed_dim}), got {tuple(x.shape)}")
+    return x
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, head_i = Attention(Q W_Qi, K W_Ki, V W_Vi).
 
@@ -214,8 +230,7 @@ class MultiHeadAttention(nn.Module):
         (rotary, relative bias); ``cache`` a :class:`KVCache` for incremental decoding.
         Returns (B, Tq, C), and the weights (B, H, Tq, Tk) when ``need_weights``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            raise ShapeError(f"expected input (B, T, {self.embed_dim}), got {tuple(x.shape)}")
+        x = _checked_tokens(x, self.embed_dim)
         b, tq, c = x.shape
         causal = self.causal if causal is None else causal
         w, bqkv = self.qkv.weight, self.qkv.bias

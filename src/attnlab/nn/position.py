@@ -144,9 +144,15 @@ class RelativePositionBias2D(PositionEncoding):
         self.register_buffer("index", idx, persistent=False)
 
     def bias(self, tq: int, tk: int) -> Tensor:
-        if tq != self.index.shape[0] or tk != self.index.shape[1]:
-            raise ShapeError(f"relative position bias built for {self.index.shape[0]} tokens, got {tq}x{tk}")
-        return self.table[self.index].permute(2, 0, 1)  # (H, N, N)
+        return _grid_bias(self.table, self.index, tq, tk)  # (H, N, N)
+
+
+@torch.fx.wrap  # one node of a torch.fx.symbolic_trace graph: the check needs concrete sizes
+def _grid_bias(table: Tensor, index: Tensor, tq: int, tk: int) -> Tensor:
+    """The (H, N, N) bias table[index] of :class:`RelativePositionBias2D`, for tq = tk = N only."""
+    if tq != index.shape[0] or tk != index.shape[1]:
+        raise ShapeError(f"relative position bias built for {index.shape[0]} tokens, got {tq}x{tk}")
+    return table[index].permute(2, 0, 1)
 
 
 class RotaryEmbedding(PositionEncoding):
