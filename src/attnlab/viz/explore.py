@@ -146,6 +146,7 @@ def _stack(calls: dict[str, list[Call]], names: Sequence[str]) -> Tensor:
 
 
 # ---------------------------------------------------------------------- the worked head
+@torch.no_grad()
 def worked_head(mha: MultiHeadAttention, call: Call, head: int) -> dict:
     """Q, K, V of one head of one recorded call (first batch row), recomputed from the call's
     inputs with the module's own projections, plus what else enters its softmax: the score
@@ -393,7 +394,7 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
         "worked": {"set": "vit", "layer": layer, "head": worked[1],
                    **worked_head(model.get_submodule(name), _one_call(calls, name), worked[1])},
     }
-    fixed = len(_page_shell()) + len(json.dumps(data)) + 4096
+    fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512  # + the set's own keys
     keep = _keep_layers(depth, packed_bytes(attn.shape[1:]), budget - fixed)
     if len(keep) < depth:
         notes.append(f"To keep the page under {budget / 1e6:.1f} MB, {len(keep)} of the {depth} blocks' attention "

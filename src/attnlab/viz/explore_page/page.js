@@ -76,9 +76,11 @@
     opts = opts || {};
     canvas.width = cols; canvas.height = rows;
     const ctx = canvas.getContext("2d"), img = ctx.createImageData(cols, rows);
-    const lo = opts.vmin != null ? opts.vmin : 0, hi = opts.vmax != null ? opts.vmax : (maxOf(values) || 1);
+    const lo = opts.vmin != null ? opts.vmin : 0, hiAll = opts.vmax != null ? opts.vmax : (maxOf(values) || 1);
+    const rowMax = opts.rowNorm ? [...Array(rows).keys()].map((i) => maxOf(values.subarray(i * cols, (i + 1) * cols)) || 1) : null;
     for (let p = 0; p < rows * cols; p++) {
       const blank = opts.blankRowsFrom != null && Math.floor(p / cols) >= opts.blankRowsFrom;
+      const hi = rowMax ? rowMax[Math.floor(p / cols)] : hiAll;
       const [r, g, b] = blank ? [240, 240, 240] : colour((values[p] - lo) / ((hi - lo) || 1), opts.cmap);
       img.data.set([r, g, b, 255], 4 * p);
     }
@@ -99,6 +101,16 @@
     const notes = document.getElementById("notes");
     if (m.random_init) notes.append(el("li", { text: "Random init: the weights are untrained, so the patterns below show the mechanics, not what a trained model learned." }));
     for (const n of DATA.notes || []) notes.append(el("li", { text: n }));
+  }
+
+  // A heat map with the query tokens down its left and the key tokens along its top.
+  function labelledHeatmap(canvas, values, qTok, kTok, opts) {
+    const px = Math.max(6, Math.min(22, Math.floor(420 / Math.max(qTok.length, kTok.length))));
+    heatmap(canvas, values, qTok.length, kTok.length, opts);
+    canvas.style.width = `${kTok.length * px}px`; canvas.style.height = `${qTok.length * px}px`;
+    const kl = el("div", { class: "klabels", style: `width:${kTok.length * px}px` }, ...kTok.slice().reverse().map((t) => el("span", { style: `width:${px}px;line-height:${px}px`, text: t })));
+    const ql = el("div", { class: "qlabels" }, ...qTok.map((t) => el("span", { style: `height:${px}px;line-height:${px}px`, text: t })));
+    return el("div", { class: "zoom-wrap" }, el("span"), kl, ql, canvas);
   }
 
   // ------------------------------------------------------------------ head view (text)
@@ -185,21 +197,16 @@
       grid.append(el("span", { class: "lab", text: `layer ${l}` }));
       for (let h = 0; h < A.H; h++) {
         const c = el("canvas", { class: "mv-cell", "data-layer": l, "data-head": h, title: `layer ${l}, head ${h}: click to enlarge` });
-        heatmap(c, A.matrix(l, h), A.Tq, A.Tk);
+        heatmap(c, A.matrix(l, h), A.Tq, A.Tk, { rowNorm: true });
         c.addEventListener("click", () => pick(l, h));
         cells.push(c); grid.append(c);
       }
     }
     function pick(l, h) {
       cells.forEach((c) => c.classList.toggle("active", +c.dataset.layer === l && +c.dataset.head === h));
-      const big = el("canvas", { class: "big" }), px = Math.max(6, Math.min(22, Math.floor(420 / Math.max(A.Tq, A.Tk))));
-      heatmap(big, A.matrix(l, h), A.Tq, A.Tk);
-      big.style.width = `${A.Tk * px}px`; big.style.height = `${A.Tq * px}px`;
-      const kl = el("div", { class: "klabels", style: `width:${A.Tk * px}px` }, ...kTok.slice().reverse().map((t) => el("span", { style: `width:${px}px;height:auto;line-height:${px}px`, text: t })));
-      const ql = el("div", { class: "qlabels" }, ...qTok.map((t) => el("span", { style: `height:${px}px;line-height:${px}px`, text: t })));
       zoom.replaceChildren(el("h3", { text: `layer ${l} · head ${h}` }),
-        el("div", { class: "zoom-wrap" }, el("span"), kl, ql, big),
-        legend("inferno", "0", "max", "weight (rows: queries, columns: keys)"),
+        labelledHeatmap(el("canvas", { class: "big" }), A.matrix(l, h), qTok, kTok, { rowNorm: true }),
+        legend("inferno", "0", "row max", "weight (rows: queries, columns: keys)"),
         el("button", { text: "close", onclick: () => { zoom.hidden = true; cells.forEach((c) => c.classList.remove("active")); } }));
       zoom.hidden = false;
       zoom.dataset.layer = l; zoom.dataset.head = h;
@@ -360,19 +367,20 @@
     const label = el("span", { class: "mono", id: "step-label" });
     const src = el("div", { class: "chips" }, ...T.source.map((t) => el("span", { text: t })));
     const tgt = el("div", { class: "chips", id: "target" });
-    const alignCanvas = el("canvas", { class: "big", id: "alignment" });
+    const alignCanvas = el("canvas", { class: "big", id: "alignment" }), alignWrap = el("div");
     const layerSel = el("select", { "aria-label": "alignment layer" });
     const cross = DATA.sets.find((s) => s.id === "cross"), C = Attention(cross.attention);
     for (let l = 0; l < C.L; l++) layerSel.append(el("option", { value: l, text: `layer ${l}, mean of heads` }));
     layerSel.value = C.L - 1;
     sec.append(el("div", { class: "controls" }, el("label", { text: "step" }), step, label), el("h3", { text: "source" }), src,
       el("h3", { text: "target" }), tgt, el("h3", { text: "cross-attention alignment (rows: target steps, columns: source tokens)" }),
-      el("div", { class: "controls" }, layerSel), alignCanvas);
+      el("div", { class: "controls" }, layerSel), alignWrap);
     let ui = null;
     const withStep = {
       apply() {
         const t = +step.value;
         if (ui) for (const id of ["dec", "cross"]) if (ui.views[id]) ui.views[id].focus(t);
+        if (worked) worked.view.setQuery(t);
       },
     };
     function update() {
@@ -381,9 +389,7 @@
       tgt.replaceChildren(...T.target.map((x, i) => el("span", { class: i < t ? "done" : i === t ? "now" : "", text: x })), el("span", { class: "next", text: T.output[t] }));
       const l = +layerSel.value, m = new Float32Array(C.Tq * C.Tk);
       for (let h = 0; h < C.H; h++) { const a = C.matrix(l, h); for (let p = 0; p < a.length; p++) m[p] += a[p] / C.H; }
-      const px = Math.max(8, Math.min(26, Math.floor(420 / Math.max(C.Tq, C.Tk))));
-      heatmap(alignCanvas, m, C.Tq, C.Tk, { blankRowsFrom: t + 1, vmin: 0, vmax: 1 });
-      alignCanvas.style.width = `${C.Tk * px}px`; alignCanvas.style.height = `${C.Tq * px}px`;
+      alignWrap.replaceChildren(labelledHeatmap(alignCanvas, m, T.target, T.source, { blankRowsFrom: t + 1, vmin: 0, vmax: 1 }));
       alignCanvas.dataset.step = t;
       withStep.apply();
     }
@@ -448,7 +454,7 @@
       layerSel.value = st.li;
       headBtns.forEach((b) => b.setAttribute("aria-pressed", +b.dataset.head === st.head ? "true" : "false"));
       const r = row(st.li, st.head, st.query);
-      paint(over.getContext("2d"), r.subarray(k), S, hS, [0.15, 0.75], st.query >= k ? st.query - k : null);
+      paint(over.getContext("2d"), r.subarray(k), S, hS, [0.05, 0.6], st.query >= k ? st.query - k : null);
       stage.dataset.query = st.query; stage.dataset.layer = layers[st.li]; stage.dataset.head = st.head;
       info.textContent = `query: ${qName(st.query)}${st.pinned ? " (pinned)" : ""} · block ${layers[st.li]}, ${st.head < 0 ? "mean of heads" : `head ${st.head}`}` +
         (k ? ` · weight on [CLS]: ${fmt(r[0], 3)}` : "");
@@ -486,7 +492,7 @@
     function drawRollout() {
       const d = +rs.value;
       rl.textContent = `blocks 0..${d - 1}`;
-      paint(rover.getContext("2d"), R.subarray((d - 1) * N, d * N), S, hS, [0.1, 0.8], null);
+      paint(rover.getContext("2d"), R.subarray((d - 1) * N, d * N), S, hS, [0.05, 0.6], null);
     }
     rs.addEventListener("input", drawRollout);
     drawRollout();
@@ -495,7 +501,7 @@
     if (DATA.posembed) {
       const P = bytes(DATA.posembed.q), psec = section("Position-embedding similarity (ViT paper, Fig. 7)",
         `Tile (r, c) shows the cosine similarity of patch (r, c)'s ${DATA.posembed.kind === "learn" ? "learned" : "2-D sin-cos"} position embedding with every patch's. Hover a tile to enlarge it.`);
-      const tile = 3, gap = 1, pw = gw * (gw * tile + gap), ph = gh * (gh * tile + gap);
+      const tile = Math.max(1, Math.floor(300 / (gw * gw))), gap = 1, pw = gw * (gw * tile + gap), ph = gh * (gh * tile + gap);
       const pc = el("canvas", { class: "posgrid", width: pw, height: ph, id: "posgrid" });
       const ctx = pc.getContext("2d"), imgd = ctx.createImageData(pw, ph);
       for (let p = 0; p < N; p++) {
@@ -509,13 +515,17 @@
       pc.style.width = `${Math.min(520, pw * 2)}px`;
       const zoomC = el("canvas", { class: "big", width: gw, height: gh, style: `width:${Math.min(240, gw * 24)}px` });
       const zl = el("div", { class: "mono" });
-      pc.addEventListener("mousemove", (ev) => {
-        const b = pc.getBoundingClientRect(), c = Math.min(gw - 1, Math.floor((ev.clientX - b.left) / b.width * gw)), r = Math.min(gh - 1, Math.floor((ev.clientY - b.top) / b.height * gh));
+      const showTile = (r, c) => {
         const p = r * gw + c, v = new Float32Array(N);
         for (let j = 0; j < N; j++) v[j] = P[p * N + j] / 127.5 - 1;
         heatmap(zoomC, v, gh, gw, { cmap: "viridis", vmin: -1, vmax: 1 });
         zl.textContent = `patch (${r}, ${c})`;
+      };
+      pc.addEventListener("mousemove", (ev) => {
+        const b = pc.getBoundingClientRect();
+        showTile(Math.min(gh - 1, Math.floor((ev.clientY - b.top) / b.height * gh)), Math.min(gw - 1, Math.floor((ev.clientX - b.left) / b.width * gw)));
       });
+      showTile(Math.floor(gh / 2), Math.floor(gw / 2));
       psec.append(el("div", { class: "posgrid-wrap" }, pc, el("div", {}, zl, zoomC)), legend("viridis", "−1", "1", "cosine similarity"));
     }
     if (DATA.worked) {

@@ -1,0 +1,321 @@
+"""The attention explorer's data (attnlab.viz.explore) and ``attnlab viz explore``; the page in a
+real browser is tested in test_explore_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.cli.main import main
+from attnlab.data.tokenizers import BPETokenizer, train_tokenizer
+from attnlab.decode.search import TransformerStepper, greedy_search
+from attnlab.errors import ConfigError, UnsupportedError
+from attnlab.models import VisionTransformer, ViTConfig, create_model
+from attnlab.models.lm import build_lm, lm_config
+from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq
+from attnlab.nn import Transformer, TransformerConfig
+from attnlab.viz import explore as E
+from attnlab.viz.vit import normalize_image, posembed_similarity
+
+CORPUS = ["a dog runs .", "ein hund läuft .", "the cat sleeps .", "die katze schläft .", "a man reads a book .",
+          "ein mann liest ein buch ."] * 4
+
+
+def floats(s: str, *shape) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype="<f4").copy()).reshape(*shape)
+
+
+def tiny_vit(**kw) -> VisionTransformer:
+    torch.manual_seed(0)
+    base = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=4)
+    return VisionTransformer(ViTConfig(**{**base, **kw}), name="tiny").eval()
+
+
+def picture(size: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.stack([xx / (size - 1), yy / (size - 1), ((xx - size / 2) ** 2 + (yy - size / 2) ** 2 < size).float()])
+
+
+def tiny_lm(tok, position="rotary"):
+    torch.manual_seed(0)
+    return build_lm(lm_config("transformer", vocab_size=tok.vocab_size, d_model=32, num_layers=2, num_heads=4,
+                              position=position, max_len=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(CORPUS, vocab_size=300, min_frequency=1)
+
+
+def tiny_mt(tok):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(tok.vocab_size, tok.vocab_size, d_model=32, num_heads=4, num_encoder_layers=2,
+                            num_decoder_layers=2, d_ff=64, dropout=0.0, share_embeddings=True, pad_id=tok.pad_id)
+    return Transformer(cfg).eval()
+
+
+def worked_softmax(w: dict) -> torch.Tensor:
+    """softmax(Q Kᵀ · scale + bias) over the visible keys, from the page's stored numbers."""
+    q, k = floats(w["q"], w["tq"], w["d_k"]), floats(w["k"], w["tk"], w["d_k"])
+    s = q @ k.T * w["scale"]
+    if w["bias"] is not None:
+        s = s + floats(w["bias"], w["tq"], w["tk"])
+    vis = torch.from_numpy(np.frombuffer(base64.b64decode(w["visible"]), dtype=np.uint8).copy()).reshape(w["tq"], w["tk"])
+    return s.masked_fill(vis == 0, float("-inf")).softmax(-1)
+
+
+# ---------------------------------------------------------------------- packing
+def test_pack_attention_keeps_8_bits_of_each_row():
+    w = torch.rand(2, 3, 5, 7).softmax(-1) ** 3
+    w = w / w.sum(-1, keepdim=True)
+    back = E.unpack_attention(E.pack_attention(w))
+    step = w.amax(-1, keepdim=True) / 255
+    assert back.shape == w.shape
+    assert bool(((back - w).abs() <= step / 2 + 1e-7).all())
+    assert E.packed_bytes(w.shape) == len(E.pack_attention(w)["q"]) + len(E.pack_attention(w)["rowmax"])
+
+
+# ---------------------------------------------------------------------- ViT
+def test_vit_data_are_the_models_numbers():
+    vit, img = tiny_vit(), picture()
+    d = E.explore_vit(vit, img, label="tiny", random_init=True, worked=(0, 2))
+    x = normalize_image(img, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))[None]
+    with torch.no_grad():
+        maps = vit.get_attention_maps(x)
+    attn = E.unpack_attention(d["sets"][0]["attention"])
+    ref = torch.stack([m[0] for m in maps])
+    assert attn.shape == (2, 4, 17, 17) and d["sets"][0]["layers"] == [0, 1]
+    assert float((attn - ref).abs().max()) <= float(ref.max()) / 510 + 1e-7
+    rollout = floats(d["rollout"]["values"], 2, 4, 4)
+    torch.testing.assert_close(rollout[-1], vit.attention_rollout(maps)[0])
+    torch.testing.assert_close(rollout[0], vit.attention_rollout(maps[:1])[0])
+    sim = torch.from_numpy(np.frombuffer(base64.b64decode(d["posembed"]["q"]), dtype=np.uint8).copy()).float() / 127.5 - 1
+    assert float((sim.reshape(16, 16) - posembed_similarity(vit).reshape(16, 16)).abs().max()) <= 1 / 127.5
+    w = d["worked"]
+    assert (w["layer"], w["head"], w["d_k"], w["tq"], w["tk"]) == (0, 2, 8, 17, 17)
+    torch.testing.assert_close(worked_softmax(w), maps[0][0, 2], atol=1e-6, rtol=1e-5)  # Q, K recomputed = model's weights
+    assert w["check"] < 1e-6
+    assert d["meta"]["random_init"] is True and d["grid"] == [4, 4] and d["prefix"] == 1
+    assert len(d["predictions"]) == 5 and d["image"]["src"].startswith("data:image/png;base64,")
+
+
+def test_worked_head_check_catches_a_wrong_head():
+    vit, img = tiny_vit(), picture()
+    name = "blocks.1.self_attn"
+    with E.record_attention({name: vit.get_submodule(name)}) as calls:
+        vit.get_attention_maps(normalize_image(img, None, None)[None])
+    call = calls[name][0]
+    assert E.worked_head(vit.get_submodule(name), call, 1)["check"] < 1e-6
+    wrong = E.Call(call.weights[:, [0, 0, 0, 0]], call.x, call.context, call.kwargs)  # head 0's weights everywhere
+    assert E.worked_head(vit.get_submodule(name), wrong, 1)["check"] > 1e-3
+
+
+def test_vit_relative_position_bias_enters_the_worked_head():
+    vit = tiny_vit(pos_embed="relative")
+    d = E.explore_vit(vit, picture(), label="rel", worked=(-1, 1))
+    assert d["worked"]["bias"] is not None and d["worked"]["check"] < 1e-6
+    assert d["posembed"] is None and any("position-embedding" in n for n in d["notes"])
+
+
+def test_vit_over_budget_keeps_evenly_spaced_blocks_and_says_so():
+    vit = tiny_vit(depth=6)
+    full = E.explore_vit(vit, picture(), label="t")
+    per_layer = E.packed_bytes([4, 17, 17])
+    size = len(E.render_page(full).encode("utf-8"))
+    d = E.explore_vit(vit, picture(), label="t", budget=size - 3 * per_layer)
+    keep = d["sets"][0]["layers"]
+    assert 1 <= len(keep) < 6 and keep[-1] == 5 and keep == sorted(keep)
+    assert len(E.render_page(d).encode("utf-8")) <= size - 3 * per_layer
+    assert any("of the 6 blocks" in n for n in d["notes"])
+    assert E.unpack_attention(d["sets"][0]["attention"]).shape[0] == len(keep)
+
+
+def test_size_budget_vit_tiny_224_all_12_blocks(tmp_path):
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny_patch16_224").eval()
+    img = torch.rand(3, 224, 224)
+    path = E.write_page(E.explore_vit(vit, img, label="vit_tiny_patch16_224", random_init=True), tmp_path / "tiny.html")
+    data = _page_data(path.read_text(encoding="utf-8"))
+    assert data["sets"][0]["layers"] == list(range(12))
+    assert data["sets"][0]["attention"]["shape"] == [12, 3, 197, 197]
+    assert path.stat().st_size <= 3_000_000, f"{path.stat().st_size / 1e6:.2f} MB > 3 MB"
+
+
+# ---------------------------------------------------------------------- text
+@pytest.mark.parametrize("position", ["rotary", "learned", "relative"])
+def test_lm_attention_is_the_models(position):
+    tok = train_tokenizer("char", " ".join(CORPUS))
+    lm = tiny_lm(tok, position)
+    text = "a dog reads a book"
+    d = E.explore_lm(lm, tok, text, label="lm", worked=(1, 3))
+    ids = torch.tensor([tok.encode(text)])
+    x, ref = lm.pos.add(lm.embed(ids)), []  # the reference: the blocks' own need_weights path
+    with torch.no_grad():
+        for block in lm.blocks:
+            x, w = block(x, causal=True, pos=lm.pos, need_weights=True)
+            ref.append(w[0])
+    attn = E.unpack_attention(d["sets"][0]["attention"])
+    assert attn.shape == (2, 4, len(text), len(text))
+    assert float((attn - torch.stack(ref)).abs().max()) <= 1 / 510 + 1e-7
+    assert float(attn.triu(1).abs().max()) == 0.0  # causal
+    torch.testing.assert_close(worked_softmax(d["worked"]), ref[1][3], atol=1e-6, rtol=1e-5)
+    assert d["text"]["tokens"][1] == "␣" and len(d["text"]["next"]) == len(text)
+
+
+def test_recording_leaves_outputs_and_callers_alone():
+    tok = train_tokenizer("char", " ".join(CORPUS))
+    lm = tiny_lm(tok)
+    ids = torch.tensor([tok.encode("a dog runs")])
+    plain = lm(ids)
+    mods = {f"blocks.{i}.self_attn": b.self_attn for i, b in enumerate(lm.blocks)}
+    with E.record_attention(mods) as calls:
+        torch.testing.assert_close(lm(ids), plain, atol=1e-6, rtol=1e-5)
+        out = lm.blocks[0](lm.embed(ids), causal=True, pos=lm.pos, need_weights=True)  # a caller that wants weights
+    assert isinstance(out, tuple) and out[1].shape == (1, 4, 10, 10)
+    assert [len(c) for c in calls.values()] == [2, 1]
+    assert lm.blocks[0].self_attn._forward_hooks == {} and lm.blocks[0].self_attn._forward_pre_hooks == {}
+
+
+def test_translation_rows_are_the_decoding_steps(bpe):
+    mt = tiny_mt(bpe)
+    d = E.explore_translation(mt, bpe, bpe, "ein hund läuft .", "a dog runs .", label="mt", worked=(0, 1))
+    src = bpe.encode("ein hund läuft .") + [bpe.eos_id]
+    tgt = [bpe.bos_id] + bpe.encode("a dog runs .")
+    ts, tt = len(src), len(tgt)
+    sets = {s["id"]: E.unpack_attention(s["attention"]) for s in d["sets"]}
+    assert sets["enc"].shape == (2, 4, ts, ts) and sets["dec"].shape == (2, 4, tt, tt) and sets["cross"].shape == (2, 4, tt, ts)
+    assert float(sets["dec"].triu(1).abs().max()) == 0.0
+    assert d["text"]["output"][-1] == "</s>" and len(d["text"]["target"]) == tt
+    # step t of cached, incremental decoding attends exactly as row t of the teacher-forced pass
+    names = [f"decoder.layers.{i}.cross_attn" for i in range(2)]
+    stepper = TransformerStepper(mt, torch.tensor([src]))
+    with E.record_attention({n: mt.get_submodule(n) for n in names}) as calls:
+        for t in range(1, tt + 1):
+            stepper.step(torch.tensor([tgt[:t]]))
+    steps = torch.stack([torch.cat([c.weights[0] for c in calls[n]], dim=1) for n in names])  # (L, H, Tt, Ts)
+    assert float((sets["cross"] - steps).abs().max()) <= 1 / 510 + 1e-6
+    torch.testing.assert_close(worked_softmax(d["worked"]), steps[0, 1], atol=1e-6, rtol=1e-5)
+
+
+def test_translation_without_target_uses_the_greedy_translation(bpe):
+    mt = tiny_mt(bpe)
+    d = E.explore_translation(mt, bpe, bpe, "a dog runs .", label="mt")
+    src = torch.tensor([bpe.encode("a dog runs .") + [bpe.eos_id]])
+    hyp = greedy_search(mt, src, bos=bpe.bos_id, eos=bpe.eos_id, pad=bpe.pad_id)[0]
+    assert d["text"]["target"] == E.token_texts(bpe, [bpe.bos_id] + hyp)
+    assert any("greedy" in n for n in d["notes"])
+
+
+def test_gru_attention_gives_its_alignment(bpe):
+    torch.manual_seed(0)
+    gru = GRUAttentionSeq2Seq(GRUAttentionConfig(bpe.vocab_size, bpe.vocab_size, embed_dim=16, hidden_dim=16, attn_dim=16,
+                                                 dropout=0.0, pad_id=bpe.pad_id)).eval()
+    d = E.explore_translation(gru, bpe, bpe, "ein hund läuft .", "a dog runs .", label="gru")
+    a = E.unpack_attention(d["sets"][0]["attention"])
+    assert a.shape[:2] == (1, 1) and a.shape[2] == len(d["text"]["target"]) and a.shape[3] == len(d["text"]["source"])
+    torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:3]), atol=a.shape[-1] / 255, rtol=0)
+    assert d["worked"] is None
+
+
+def test_recurrent_lm_is_refused_in_one_line():
+    tok = train_tokenizer("char", "abc")
+    lstm = build_lm(lm_config("lstm", vocab_size=tok.vocab_size, embed_dim=8, hidden_dim=8, num_layers=1))
+    with pytest.raises(UnsupportedError, match="no attention"):
+        E.explore_lm(lstm, tok, "abc", label="lstm")
+
+
+# ---------------------------------------------------------------------- the page file
+def _page_data(html: str) -> dict:
+    m = re.search(r'<script id="attnlab-data" type="application/json">(.*?)</script>', html, re.S)
+    return json.loads(m.group(1))
+
+
+def test_page_is_self_contained_and_survives_hostile_text(tmp_path):
+    tok = train_tokenizer("word", "</script><script>alert(1)</script> __DATA__ /*__JS__*/ <!-- x")
+    lm = build_lm(lm_config("transformer", vocab_size=tok.vocab_size, d_model=16, num_layers=1, num_heads=2, max_len=16))
+    d = E.explore_lm(lm.eval(), tok, "</script><script>alert(1)</script> __DATA__ /*__JS__*/ <!-- x", label="<b>x</b>")
+    html = E.render_page(d)
+    assert html.count("</script>") == 2 and "<!-- x" not in html  # the data cannot close its script tag
+    assert _page_data(html)["text"]["tokens"] == d["text"]["tokens"]
+    assert "<title>attention of &lt;b>x&lt;/b></title>" in html
+    no_requests = (r"\bsrc=\"http", r"\bhref=\"http", r"https?://(?!www\.w3\.org/2000/svg)", r"\bfetch\(", r"XMLHttpRequest",
+                   r"@import")
+    for pattern in no_requests:
+        assert not re.search(pattern, html), pattern
+
+
+def test_write_page_refuses_directories_and_non_html_files(tmp_path):
+    d = E.explore_vit(tiny_vit(), picture(), label="t")
+    with pytest.raises(ConfigError, match="is a directory"):
+        E.write_page(d, tmp_path)
+    good = tmp_path / "weights.safetensors"
+    good.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(ConfigError, match="not an HTML page"):
+        E.write_page(d, good)
+    assert good.read_bytes().startswith(b"\x08")
+    page = E.write_page(d, tmp_path / "p.html")
+    E.write_page(d, page)  # an existing page is replaced
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+# ---------------------------------------------------------------------- the command
+@pytest.fixture
+def image_file(tmp_path):
+    arr = np.zeros((40, 50, 3), np.uint8)
+    arr[10:30, 15:35] = (220, 40, 30)
+    path = tmp_path / "square.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_cli_vit_by_name_is_labelled_random_init(tmp_path, image_file, capsys):
+    out = tmp_path / "vit.html"
+    assert main(["viz", "explore", "vit_tiny_patch16_224", str(image_file), "-o", str(out), "--layer", "3", "--head", "1"]) == 0
+    data = _page_data(out.read_text(encoding="utf-8"))
+    assert data["kind"] == "vit" and data["meta"]["random_init"] is True and data["meta"]["model"] == "vit_tiny_patch16_224"
+    assert (data["worked"]["layer"], data["worked"]["head"]) == (3, 1)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_text_models_with_tokenizer_files(tmp_path, bpe):
+    char = train_tokenizer("char", " ".join(CORPUS))
+    char.save(tmp_path / "char.json")
+    bpe.save(tmp_path / "bpe.json")
+    lm_out, mt_out = tmp_path / "lm.html", tmp_path / "mt.html"
+    assert main(["viz", "explore", "transformer_lm_char", "a dog runs", "-o", str(lm_out),
+                 "--tokenizer", str(tmp_path / "char.json")]) == 0
+    assert _page_data(lm_out.read_text(encoding="utf-8"))["text"]["tokens"][:3] == ["a", "␣", "d"]
+    assert main(["viz", "explore", "transformer_multi30k", "ein hund läuft .", "-o", str(mt_out), "--tokenizer",
+                 str(tmp_path / "bpe.json"), "--target", "a dog runs ."]) == 0
+    data = _page_data(mt_out.read_text(encoding="utf-8"))
+    assert [s["id"] for s in data["sets"]] == ["enc", "dec", "cross"] and data["worked"]["check"] < 1e-5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lstm_lm_small", "hello"], "no attention"),
+    (["transformer_lm_char", "hello"], "--tokenizer"),
+    (["transformer_multi30k", "hello"], "--src-tokenizer"),
+    (["vit_tiny_patch16_224", "hello", "--target", "x"], "translation models only"),
+    (["no_such_model_xyz", "hello"], "neither a model name"),
+])
+def test_cli_refuses_in_one_line(tmp_path, capsys, argv, message, image_file):
+    argv = [str(image_file) if a == "hello" and argv[0].startswith("vit") else a for a in argv]
+    assert main(["viz", "explore", *argv, "-o", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_cli_refuses_a_directory_and_a_non_html_output(tmp_path, capsys, image_file):
+    assert main(["viz", "explore", "vit_tiny_patch16_224", str(image_file), "-o", str(tmp_path)]) == 2
+    assert main(["viz", "explore", "vit_tiny_patch16_224", str(image_file), "-o", str(image_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "directory" in err[0] and "not an HTML page" in err[1]
+    assert Image.open(image_file).size == (50, 40)
+
