@@ -11,6 +11,6 @@ from attnlab.models import create_model, list_models  # noqa: E402
 
 __all__ += ["create_model", "list_models"]
 
-from attnlab.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from attnlab.checkpoints import load_checkpoint, load_model, save_checkpoint  # noqa: E402
 
-__all__ += ["load_checkpoint", "save_checkpoint"]
+__all__ += ["load_checkpoint", "load_model", "save_checkpoint"]

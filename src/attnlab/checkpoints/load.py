@@ -227,14 +227,17 @@ def _resample(model: nn.Module, t: Tensor, want: Tensor, old_grid) -> tuple[Tens
 
 # --------------------------------------------------------------------------- loading
 def as_raw(source) -> RawCheckpoint:
-    """A path (file or directory), a state dict, or an already read RawCheckpoint."""
+    """A path (file, directory, a run directory or ``RUN_DIR:best|last``), a state dict, or an
+    already read RawCheckpoint."""
     if isinstance(source, RawCheckpoint):
         return source
     if isinstance(source, Mapping):
         tensors, notes = unwrap(source, "<state dict>")
         return RawCheckpoint(tensors=tensors, source="<state dict>", file_format="state dict", notes=notes)
     if isinstance(source, (str, os.PathLike)):
-        return read_checkpoint(source)
+        from attnlab.train.checkpoint import run_weights
+
+        return read_checkpoint(run_weights(source) or source)
     raise CheckpointError(f"cannot load a checkpoint from a {type(source).__name__}; pass a path or a state dict")
 
 
@@ -334,11 +337,11 @@ def _model_name(model: nn.Module) -> str:
 
 
 def load_model(source, *, strict: bool = True, return_report: bool = False, **overrides):
-    """Build the Vision Transformer a checkpoint describes and load it.
+    """Build the model a checkpoint describes and load it.
 
     Works for checkpoints that carry their config: ours (safetensors metadata or a JSON of the
-    same stem) and Hugging Face directories (``config.json``, whose ``layer_norm_eps`` becomes
-    our ``norm_eps``). ``overrides`` change config fields, e.g. ``img_size=384`` to resample
+    same stem; a run directory of ``attnlab train`` is one, for every model family) and Hugging
+    Face ViT directories (``config.json``, whose ``layer_norm_eps`` becomes our ``norm_eps``). ``overrides`` change config fields, e.g. ``img_size=384`` to resample
     the position embedding to a larger grid. A model name saved in our metadata that is
     registered (:func:`attnlab.models.create_model`) is built through the registry, so other
     model families saved with :func:`save_checkpoint` come back too. Returns the model in

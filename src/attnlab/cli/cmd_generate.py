@@ -23,7 +23,8 @@ def _top_p(s: str) -> float:
 
 
 def register(subparsers) -> None:
-    from attnlab.train.config import nonneg_float, nonneg_int, one_line_errors, positive_int
+    from attnlab.cli.common import one_line_errors
+    from attnlab.train.config import nonneg_float, nonneg_int, positive_int
 
     p = subparsers.add_parser("generate", help="continue a prompt with a trained language model (attnlab train lm)",
                               description="Sample a continuation of --prompt from a language-model run directory. "
@@ -49,22 +50,22 @@ def run(args) -> int:
     import torch
 
     from attnlab.decode.sampling import generate, validate_sampling
-    from attnlab.errors import DataError
-    from attnlab.tasks.lm import load_run
-    from attnlab.train import checkpoint as ckpt
+    from attnlab.errors import ConfigError, DataError
+    from attnlab.train import runs
 
     validate_sampling(args.temperature, args.top_k, args.top_p)
-    tag = args.which if ckpt.has_record(args.run_dir, args.which) else "last"
-    model, tok, _ = load_run(args.run_dir, tag)
-    prompt = args.prompt
-    if prompt is None:
-        prompt = "\n"
+    if runs.task_of(args.run_dir).name != "lm":
+        raise ConfigError(f"{args.run_dir} is not a language-model run ('attnlab train lm'); 'attnlab generate' "
+                          "continues text with one")
+    run_ = runs.load(args.run_dir, args.which)
+    tok = run_.extras["tokenizer"]
+    prompt = "\n" if args.prompt is None else args.prompt
     ids = tok.encode(prompt)
     if not ids:
         raise DataError(f"the prompt {prompt!r} gives no tokens; give some text with --prompt")
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    out = generate(model.stepper(cached=not args.no_cache), torch.tensor([ids]), args.max_new_tokens,
+    out = generate(run_.model.stepper(cached=not args.no_cache), torch.tensor([ids]), args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=g)
     text = tok.decode(out[0].tolist())
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -1,16 +1,18 @@
-"""``attnlab predict RUN_DIR INPUT...``: the top classes of each input, as text or JSON."""
+"""``attnlab predict RUN_DIR INPUT...``: the task's predictions for each input, as text or JSON."""
 
 from __future__ import annotations
 
 import json
 
+from attnlab.cli.common import one_line_errors
+
 
 def register(subparsers) -> None:
-    from attnlab.train.config import one_line_errors, positive_int
+    from attnlab.train.config import positive_int
 
     p = subparsers.add_parser("predict", help="classify images with a trained run: top-5 classes and probabilities",
-                              description="Classify image files with a run directory's model and print the most likely "
-                                          "classes with their probabilities.")
+                              description="Run a run directory's model on input files (images) and print its "
+                                          "predictions: the most likely classes with their probabilities.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="how many classes to show (default: 5)")
@@ -24,9 +26,25 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from attnlab.tasks import task_of_run
+    from attnlab.errors import ConfigError
+    from attnlab.train import distributed as dist
+    from attnlab.train import runs
 
-    mod = task_of_run(args.run_dir, args.which, "predict_run", "predict")
-    preds = mod.predict_run(args.run_dir, args.inputs, args)
-    print(json.dumps(preds, indent=2) if args.json else mod.format_predictions(preds))
+    spec = runs.task_of(args.run_dir)
+    if spec.predict is None:
+        raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
+    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device))
+    preds = spec.predict(run_, args.inputs, top_k=args.top_k, convert=args.convert)
+    print(json.dumps(preds, indent=2) if args.json else format_predictions(preds))
     return 0
+
+
+def format_predictions(preds: list[dict]) -> str:
+    lines = []
+    for p in preds:
+        lines.append(p["image"])
+        w = max(len(t["label"]) for t in p["top"])
+        for t in p["top"]:
+            bar = "█" * max(0, round(24 * t["probability"]))
+            lines.append(f"  {t['label']:<{w}}  {100 * t['probability']:6.2f}%  {bar}")
+    return "\n".join(lines)

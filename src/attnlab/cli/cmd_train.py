@@ -1,78 +1,121 @@
-"""``attnlab train TASK ...``: one sub-command per task module of :mod:`attnlab.tasks` (a new
-task only needs its module there: see that package's docstring)."""
+"""``attnlab train TASK ...``: one sub-command per task of :mod:`attnlab.tasks`, each built from
+the task's data config, the model options and :class:`~attnlab.train.config.TrainConfig` (with
+the task's own defaults), and run by :func:`attnlab.train.runs.train`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import time
 from functools import partial
+from pathlib import Path
+
+from attnlab.cli.common import add_model_arguments, log_line, one_line_errors, parse_model_args
 
 EPILOG = """examples:
   attnlab train image --model vit_digits --epochs 30
   attnlab train image --model vit_mnist --dataset mnist --epochs 5 --batch-size 128 --lr 1e-3
-  attnlab train image --model vit_cifar --dataset cifar10:../shared/data/cifar10 --ema-decay 0.999
-  attnlab train image --resume runs/vit_digits-digits-20250101-120000
+  attnlab train lm --model transformer_lm_char --text ../shared/data/tinyshakespeare/input.txt --window 64
+  attnlab train translate --src train.de --tgt train.en --valid-src val.de --valid-tgt val.en
+  attnlab train image --resume runs/image-vit_digits-20250101-120000
   torchrun --nproc_per_node=2 -m attnlab train image --model vit_digits   (data-parallel)
 
 Outputs go to the run directory: checkpoints (last.json, best.json, checkpoints/), metrics.csv,
-metrics.json and curves.png. Evaluate with 'attnlab eval RUN_DIR', classify images with
-'attnlab predict RUN_DIR IMAGE...'.
+metrics.json and curves.png. Every command that reads a model reads the run directory:
+'attnlab eval RUN_DIR', 'attnlab predict', 'attnlab generate', 'attnlab translate', 'attnlab viz'.
 """
+
+PATTERNS = {"image": "'vit_*'", "lm": "'*_lm*'", "translate": "'*multi30k' 'transformer_*'"}
 
 
 def register(subparsers) -> None:
-    from attnlab.tasks import task_modules
-    from attnlab.train.config import one_line_errors
+    from attnlab.tasks import task_specs
+    from attnlab.train.config import TrainConfig, add_arguments
 
-    p = subparsers.add_parser("train", help="train a model: 'attnlab train image --help'",
+    p = subparsers.add_parser("train", help="train a model: 'attnlab train TASK --help'",
                               description="Train a model. Each task has its own options: attnlab train TASK --help.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="task", metavar="TASK")
-    for name, mod in task_modules().items():
-        if not hasattr(mod, "add_train_arguments"):
-            continue
-        helptext = getattr(mod, "HELP", "")
-        tp = sub.add_parser(name, help=helptext, description=getattr(mod, "DESCRIPTION", helptext),
+    for name, spec in task_specs().items():
+        tp = sub.add_parser(name, help=spec.help, description=f"Train: {spec.help}. Options map one to one onto the "
+                            f"fields of {spec.data_config.__name__} and TrainConfig.",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        mod.add_train_arguments(tp)
+        add_arguments(tp, spec.data_config, "data")
+        add_model_arguments(tp, spec.default_model, PATTERNS.get(name, "'*'"))
+        add_arguments(tp, TrainConfig, "training", defaults=spec.train_defaults)
         add_run_arguments(tp)
         one_line_errors(tp)
-        tp.set_defaults(func=partial(run, mod))
+        tp.set_defaults(func=partial(run, spec))
     one_line_errors(p)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
 
 def add_run_arguments(parser) -> None:
     g = parser.add_argument_group("run directory and output")
-    g.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<model>-<dataset>-<date>-<time>)")
+    g.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<task>-<model>-<date>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory (otherwise it is refused)")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, exactly as if it had "
                                                    "not stopped (its saved options are used)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines, only the final summary")
 
 
-def log_line(s: str) -> None:
-    from tqdm.auto import tqdm
+def options_from_args(spec, args):
+    """(data config, train config, model name, model overrides) from the parsed options; a
+    resumed run takes its own, and an option given that would change what it computes is refused."""
+    from attnlab.errors import ConfigError
+    from attnlab.train.config import TrainConfig, from_args
+    from attnlab.train.runs import changed_options, resume_base
 
-    tqdm.write(s, file=sys.stdout)
-    sys.stdout.flush()
+    base = resume_base(spec, args.resume) if args.resume else None
+    dc, given_d = from_args(spec.data_config, args, base["data"] if base else None)
+    train_base = {**spec.train_defaults, **(base["train"] if base else {})}
+    if args.warmup_epochs is not None and args.warmup_steps is None:
+        train_base.pop("warmup_steps", None)  # the warm-up asked for in epochs replaces the default in steps
+    cfg, given_t = from_args(TrainConfig, args, train_base)
+    if spec.finalize_train_config is not None:
+        cfg = spec.finalize_train_config(cfg)
+    model, model_args = args.model, parse_model_args(args.model_arg)
+    if base:
+        changed = changed_options({k: getattr(dc, k) for k in given_d}, base["data"])
+        changed += changed_options({k: getattr(cfg, k) for k in given_t}, base["train"])
+        if model is not None and model != base["model"]:
+            changed.append("model")
+        if any(base["model_args"].get(k, object()) != v for k, v in model_args.items()):
+            changed.append("model_arg")
+        if changed:
+            raise ConfigError(f"--resume continues {args.resume} with its own settings; these options differ from the "
+                              "run's: " + ", ".join("--" + k.replace("_", "-") for k in changed))
+        model, model_args = base["model"], base["model_args"]
+    return dc, cfg, model, model_args
 
 
-def run(mod, args) -> int:
+def run(spec, args) -> int:
     from attnlab.train import distributed as dist
+    from attnlab.train.runs import argv, train
 
-    args.argv = ["attnlab"] + sys.argv[1:]
+    dc, cfg, model, model_args = options_from_args(spec, args)
+    name = model or spec.default_model
+    run_dir = Path(args.resume or args.run_dir or f"runs/{spec.name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        summary = mod.train_from_args(args, log=None if args.quiet else log_line, progress=not args.quiet)
+        summary = train(spec, dc, cfg, run_dir, model=model, model_args=model_args, resume=bool(args.resume),
+                        overwrite=args.overwrite, log=None if args.quiet else log_line, progress=not args.quiet,
+                        command=argv())
     finally:
         dist.shutdown()
-    if not dist.is_main():
-        return 0
+    if dist.is_main():
+        print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The last lines of ``attnlab train``: time, final and best validation metric, the run."""
+    lines = [f"done in {summary['elapsed']:.0f} s ({summary['steps']} steps): {summary.get('title', '')}"]
     best, m = summary.get("best"), summary.get("metrics") or {}
-    print(f"done in {summary['elapsed']:.0f} s ({summary['steps']} steps): {summary.get('title', '')}")
     metric = best["metric"] if best else None
     if metric and f"val_{metric}" in m:
-        pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-        print(f"  final validation {metric} {pct(m[f'val_{metric}'])}; best {pct(best['value'])} at epoch {best['epoch']}")
-    print(f"  run directory: {summary['run_dir']}")
-    return 0
+        fmt = (lambda v: f"{100 * v:.2f}%") if summary.get("metric_percent", True) else (lambda v: f"{v:.2f}")
+        lines.append(f"  final validation {metric} {fmt(m[f'val_{metric}'])}; best {fmt(best['value'])} at epoch "
+                     f"{best['epoch']}")
+    if summary.get("stopped_by_time"):
+        lines.append("  stopped by --max-minutes; --resume continues where it stopped")
+    lines.append(f"  run directory: {summary['run_dir']}")
+    return "\n".join(lines)

@@ -3,29 +3,45 @@ line with a trained translation run (greedy, beam search or mask-predict)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+from attnlab.cli.common import one_line_errors
+
 
 def register(subparsers) -> None:
-    from attnlab.train.config import one_line_errors, positive_int
+    from attnlab.tasks.translate import DecodeOptions
+    from attnlab.train.config import add_arguments
 
     p = subparsers.add_parser(
         "translate", help="translate standard input line by line with a trained translation run",
-        description="Translate standard input, one sentence per line, to standard output (one line per input line; "
-                    "an empty line gives an empty line). Lines are decoded in batches when input comes from a "
-                    "file or pipe, one by one at a terminal.",
-        epilog="example:\n  attnlab translate runs/translate-transformer-train --beam 5 < test.de > hyp.en",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        description="Translate standard input (UTF-8), one sentence per line, to standard output (one line per input "
+                    "line; an empty line gives an empty line). Lines are decoded in batches when input comes from a "
+                    "file or pipe (with a progress bar on a terminal), one by one at a terminal.",
+        epilog="example:\n  attnlab translate runs/translate-transformer_multi30k-... --beam 5 < test.de > hyp.en",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train translate'")
     p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                   help="sentences decoded together when reading a file or pipe (default: 32)")
-    from attnlab.tasks.translate import add_decode_arguments
-
-    add_decode_arguments(p)
+    add_arguments(p, DecodeOptions, "decoding")
     one_line_errors(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from attnlab.tasks.translate import run_translate_stream
+def run(args, stdin=None, stdout=None) -> int:
+    from attnlab.errors import ConfigError
+    from attnlab.tasks.translate import DecodeOptions, iter_translations, read_utf8_lines
+    from attnlab.train import runs
+    from attnlab.train.config import from_args
 
-    return run_translate_stream(args.run_dir, args)
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout
+    if runs.task_of(args.run_dir).name != "translate":
+        raise ConfigError(f"{args.run_dir} is not a translation run ('attnlab train translate')")
+    opts = from_args(DecodeOptions, args)[0]
+    run_ = runs.load(args.run_dir, args.which)
+    interactive = stdin.isatty()
+    for hyp in iter_translations(run_, read_utf8_lines(stdin), opts, 1 if interactive else opts.batch_size,
+                                 progress=not interactive):
+        stdout.write(hyp + "\n")
+        stdout.flush()
+    return 0

@@ -1,7 +1,8 @@
 """``attnlab viz``: pictures of models.
 
 Each picture is a subcommand added by one ``add_<name>(subparsers)`` function listed in
-:data:`SUBCOMMANDS`; to add a picture, write such a function (parser + ``func``) and list it.
+:data:`SUBCOMMANDS`. Every picture that reads a model takes a registered name (random init), a
+checkpoint file or a run directory (``RUN_DIR``, ``RUN_DIR:last``).
 """
 
 from __future__ import annotations
@@ -10,18 +11,26 @@ import argparse
 import difflib
 from pathlib import Path
 
-from attnlab.errors import CheckpointError, ConfigError
+from attnlab.cli.common import add_output_arguments, one_line_errors
+from attnlab.errors import ConfigError
+from attnlab.train.config import positive_int
 
 EPILOG = """examples:
   attnlab viz posembed vit_base_patch16_224 -o posembed.png        (random init: a smoke test)
-  attnlab viz posembed runs/vit_digits -o posembed.png               (a trained run or checkpoint file)
-  attnlab viz attention runs/vit_cifar cat.jpg -o attention.png --block 5
+  attnlab viz posembed runs/image-vit_digits-... -o posembed.png      (a trained run or checkpoint file)
+  attnlab viz attention runs/image-vit_cifar-... cat.jpg -o attention.png --block 5
+  attnlab viz attention runs/lm-transformer_lm_char-... "ROMEO: But soft" -o attention.png
+  attnlab viz attention runs/translate-... "Ein Hund rennt." -o alignment.png
+  attnlab viz gradients runs/rnn runs/lstm runs/transformer -o gradients.png
 """
+
+_MODEL_HELP = ("a model name (random init, e.g. vit_tiny_patch16_224; see 'attnlab models'), a checkpoint file that "
+               "carries its config, or a run directory (RUN_DIR, RUN_DIR:last)")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "viz", help="pictures: position-embedding similarity, attention maps and rollout",
+        "viz", help="pictures: position-embedding similarity, attention maps and rollout, gradient norms",
         description="Draw pictures of a model as PNG files.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -31,6 +40,9 @@ def register(subparsers) -> None:
     from attnlab.cli.viz_explore import add_parser as add_explore  # issue 14: `viz explore`, owned by cli/viz_explore.py
 
     add_explore(sub)
+    for sp in sub.choices.values():
+        one_line_errors(sp)
+    one_line_errors(p)
     p.set_defaults(func=lambda args: _usage(p))
 
 
@@ -39,41 +51,37 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, type=Path, help="the PNG file to write")
-    p.add_argument("--dpi", type=int, default=120, help="resolution of the PNG (default: 120)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random init when CHECKPOINT is a model name (default: 0)")
-
-
-_CHECKPOINT_HELP = ("a model name (random init, e.g. vit_tiny_patch16_224; see the registry) or a checkpoint file / "
-                    "run directory that carries its config")
-
-
-def load_vit(spec: str, seed: int = 0):
-    """A Vision Transformer from a registered model name (random init, seeded) or from a
-    checkpoint file or run directory (via :func:`attnlab.checkpoints.load_model`)."""
+def load_any(spec: str, seed: int = 0):
+    """(model in eval mode, the run it comes from or None): a registered name (random init,
+    seeded), a run directory, or a checkpoint file that carries its config."""
     import torch
 
-    from attnlab.models import VisionTransformer, create_model, is_model, list_models
+    from attnlab.checkpoints import load_model
+    from attnlab.models import create_model, is_model, list_models
+    from attnlab.train import checkpoint as ckpt
+    from attnlab.train import runs
 
     if is_model(spec):
         torch.manual_seed(seed)
-        model = create_model(spec)
-    elif Path(spec).exists():
-        try:
-            from attnlab.checkpoints import load_model
-        except ImportError as e:
-            raise CheckpointError(f"cannot load {spec!r}: attnlab.checkpoints.load_model is missing ({e})") from None
-        model = load_model(spec)
-        if isinstance(model, tuple):  # (model, report)
-            model = model[0]
-    else:
-        close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; attnlab.list_models() lists the names"
-        raise ConfigError(f"{spec!r} is neither a model name nor an existing checkpoint file or run directory{hint}")
+        return create_model(spec).eval(), None
+    base, _, tag = spec.rpartition(":")
+    if ckpt.is_run_dir(spec) or (tag in ckpt.RECORDS and ckpt.is_run_dir(base)):
+        run = runs.load(base if tag in ckpt.RECORDS and base else spec, tag if tag in ckpt.RECORDS else "best")
+        return run.model, run
+    if Path(spec).exists():
+        return load_model(spec), None
+    close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; 'attnlab models' lists the names"
+    raise ConfigError(f"{spec!r} is neither a model name nor an existing checkpoint file or run directory{hint}")
+
+
+def load_vit(spec: str, seed: int = 0, what: str = "these pictures"):
+    from attnlab.models import VisionTransformer
+
+    model, run = load_any(spec, seed)
     if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"{spec!r} is a {type(model).__name__}; these pictures need a Vision Transformer")
-    return model.eval()
+        raise ConfigError(f"{spec!r} is a {type(model).__name__}; {what} need a Vision Transformer")
+    return model, run
 
 
 # ---------------------------------------------------------------------- posembed
@@ -83,59 +91,210 @@ def add_posembed(sub) -> None:
         description="For every patch, the cosine similarity of its position embedding with those of all "
                     "patches, as a grid of small maps (the ViT paper's Fig. 7).",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
-    _common(p)
+    p.add_argument("checkpoint", metavar="MODEL", help=_MODEL_HELP)
+    add_output_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init when MODEL is a model name (default: 0)")
     p.set_defaults(func=run_posembed)
 
 
 def run_posembed(args) -> int:
-    from attnlab.viz.vit import plot_posembed_similarity, save_figure
+    from attnlab.viz.common import check_dpi, check_picture_path, save_figure
+    from attnlab.viz.vit import plot_posembed_similarity
 
-    model = load_vit(args.checkpoint, args.seed)
-    path = save_figure(plot_posembed_similarity(model), args.output, dpi=args.dpi)
-    print(f"wrote {path}")
+    check_picture_path(args.output)
+    check_dpi(args.dpi)
+    model, run = load_vit(args.checkpoint, args.seed, "position-embedding pictures")
+    fig = plot_posembed_similarity(model)
+    if run is None and not Path(args.checkpoint).exists():
+        fig.suptitle(f"{args.checkpoint} (random init, seed {args.seed})", fontsize=10)
+    print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")
     return 0
 
 
 # ---------------------------------------------------------------------- attention
 def add_attention(sub) -> None:
     p = sub.add_parser(
-        "attention", help="attention rollout over an image and the per-head maps of one block",
-        description="The image with its attention rollout (Abnar & Zuidema 2020) laid over it, and each head's "
-                    "attention from the class token to the patches in one block. The image is resized to the "
-                    "model's input size; RGB models get ImageNet mean/std normalisation unless --mean/--std say "
-                    "otherwise, 1-channel models get pixels in [0, 1].",
+        "attention", help="attention of a model on one input: ViT rollout + heads, LM heads x layers, translation "
+                          "alignment",
+        description="A ViT on an IMAGE: the image with its attention rollout (Abnar & Zuidema 2020) laid over it, and "
+                    "each head's attention from the class token to the patches in one block (the image is resized to "
+                    "the model's input size; a run's own normalisation is used, else ImageNet's mean/std for RGB "
+                    "models and [0, 1] pixels for 1-channel models, unless --mean/--std say otherwise). A language-"
+                    "model run on a TEXT: the self-attention of every layer and head over its tokens. A translation "
+                    "run on a source SENTENCE: the cross-attention between the source and its translation (greedy, "
+                    "or --target), target tokens x source tokens (Bahdanau et al. 2015, Fig. 3).",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
-    p.add_argument("image", metavar="IMAGE", type=Path, help="an image file Pillow can read (PNG, JPEG, ...)")
-    _common(p)
-    p.add_argument("--block", type=int, default=-1, help="the block whose heads to draw, 0-based; negative counts "
+    p.add_argument("checkpoint", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument("input", metavar="INPUT", help="an image file (ViT), a text (language model) or a source sentence "
+                                                  "(translation)")
+    add_output_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init when MODEL is a model name (default: 0)")
+    p.add_argument("--block", type=int, default=-1, help="ViT: the block whose heads to draw, 0-based; negative counts "
                                                           "from the end (default: -1, the last)")
+    p.add_argument("--layer", type=int, default=-1, help="translation: the decoder layer whose cross-attention to draw "
+                                                          "(default: -1, the last)")
+    p.add_argument("--target", help="translation: the target sentence (default: the model's greedy translation)")
     p.add_argument("--discard-ratio", type=float, default=0.0,
-                   help="rollout: drop this fraction of each row's smallest weights (default: 0)")
+                   help="ViT rollout: drop this fraction of each row's smallest weights, in [0, 1) (default: 0)")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
-                   help="rollout: how to combine the heads of a block (default: mean)")
-    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean to normalise the image with")
-    p.add_argument("--std", type=float, nargs="+", help="per-channel std to normalise the image with")
+                   help="ViT rollout: how to combine the heads of a block (default: mean)")
+    p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with")
+    p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std (> 0) to normalise the image with")
     p.set_defaults(func=run_attention)
 
 
 def run_attention(args) -> int:
-    from attnlab.viz.vit import load_image, plot_attention, save_figure
+    from attnlab.viz.common import check_dpi, check_picture_path, save_figure
 
-    model = load_vit(args.checkpoint, args.seed)
-    image = load_image(args.image, model.cfg.img_size, model.cfg.in_chans)
-    fig = plot_attention(model, image, block=args.block, mean=args.mean, std=args.std,
-                         discard_ratio=args.discard_ratio, head_fusion=args.head_fusion)
-    path = save_figure(fig, args.output, dpi=args.dpi)
-    print(f"wrote {path}")
+    check_picture_path(args.output)
+    check_dpi(args.dpi)
+    if args.std is not None and min(args.std) <= 0:
+        raise ConfigError(f"--std {' '.join(map(str, args.std))}: every standard deviation must be positive")
+    if not 0.0 <= args.discard_ratio < 1.0:
+        raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
+    model, run = load_any(args.checkpoint, args.seed)
+    task = run.spec.name if run is not None else None
+    if task == "lm":
+        fig = _lm_attention(run, args.input)
+    elif task == "translate":
+        fig = _alignment(run, args.input, args.target, args.layer)
+    else:
+        fig = _vit_attention(model, run, args)
+    print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")
     return 0
 
 
-def add_gradients(sub) -> None:  # language models: the picture lives with its logic in attnlab.viz.gradients
-    from attnlab.viz.gradients import add_gradients as add
+def _vit_attention(model, run, args):
+    from attnlab.models import VisionTransformer
+    from attnlab.viz.vit import load_image, plot_attention
 
-    add(sub)
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"{args.checkpoint!r} is a {type(model).__name__}; attention pictures are drawn for Vision "
+                          "Transformers, language-model runs and translation runs")
+    image = load_image(args.input, model.cfg.img_size, model.cfg.in_chans)
+    mean, std = args.mean, args.std
+    if run is not None and mean is None and std is None and "normalize" in run.extras:
+        mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
+    return plot_attention(model, image, block=args.block, mean=mean, std=std,
+                          discard_ratio=args.discard_ratio, head_fusion=args.head_fusion)
+
+
+def _lm_attention(run, text: str):
+    import torch
+
+    from attnlab.errors import DataError
+    from attnlab.viz.text import MAX_TOKENS, lm_attention, plot_lm_attention, token_labels
+
+    tok = run.extras["tokenizer"]
+    ids = tok.encode(text)[:MAX_TOKENS]
+    if not ids:
+        raise DataError(f"the text {text!r} gives no tokens")
+    maps = lm_attention(run.model, torch.tensor([ids]))
+    return plot_lm_attention(maps, token_labels(tok, ids), f"{run.name}: self-attention, layers x heads "
+                             f"({len(ids)} tokens{', cut' if len(ids) == MAX_TOKENS else ''})")
+
+
+def _alignment(run, source: str, target: str | None, layer: int):
+    import torch
+
+    from attnlab.errors import DataError
+    from attnlab.tasks.translate import DecodeOptions, translate_lines
+    from attnlab.viz.text import MAX_TOKENS, plot_alignment, token_labels, translation_attention
+
+    src_tok, tgt_tok = run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]
+    src_ids = src_tok.encode(source.strip())[:MAX_TOKENS] + [src_tok.eos_id]
+    if len(src_ids) < 2:
+        raise DataError(f"the sentence {source!r} gives no tokens")
+    if target is None:
+        target = translate_lines(run.model, src_tok, tgt_tok, [source], DecodeOptions(beam=1))[0]
+    tgt_ids = tgt_tok.encode(target.strip())[:MAX_TOKENS] + [tgt_tok.eos_id]
+    w = translation_attention(run.model, torch.tensor([src_ids]), torch.tensor([[tgt_tok.bos_id] + tgt_ids[:-1]]), layer)
+    title = f"{run.name}: cross-attention (decoder layer {layer}, heads averaged)\n{source.strip()} -> {target.strip()}"
+    return plot_alignment(w, token_labels(src_tok, src_ids), token_labels(tgt_tok, tgt_ids), title)
+
+
+# ---------------------------------------------------------------------- gradients
+def add_gradients(sub) -> None:
+    p = sub.add_parser(
+        "gradients", help="gradient norm vs distance back from the loss (RNN/GRU/LSTM/Transformer); the copy task",
+        description="For language-model runs (attnlab train lm) trained on the same text: the norm of the gradient of "
+                    "the loss at the last position of a window with respect to the input embedding (or the recurrent "
+                    "hidden state, --wrt hidden) at each earlier position, averaged over windows of the validation "
+                    "text: vanishing and exploding gradients as a plot. With --task copy: train small RNN/GRU/LSTM/"
+                    "Transformer models on the copy task at each --lag and plot accuracy against lag (the numbers go "
+                    "to a .json file beside the PNG).",
+    )
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="language-model run directories (same text)")
+    add_output_arguments(p)
+    p.add_argument("--task", choices=("text", "copy"), default="text", help="text (default): gradients of the runs; "
+                                                                          "copy: the copy task")
+    p.add_argument("--length", type=positive_int, default=100, metavar="T",
+                   help="window length (capped by a Transformer's context) (default: 100)")
+    p.add_argument("--windows", type=positive_int, default=16, metavar="N", help="windows to average over (default: 16)")
+    p.add_argument("--wrt", choices=("embedding", "hidden"), default="embedding",
+                   help="gradient w.r.t. the input embedding (default) or the recurrent hidden state")
+    p.add_argument("--lag", type=positive_int, nargs="+", default=[1, 2, 5, 10, 20, 50], help="copy task: the lags")
+    p.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"],
+                   choices=["rnn", "gru", "lstm", "transformer"], help="copy task: the models")
+    p.add_argument("--steps", type=positive_int, default=300, help="copy task: training steps per model and lag")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_gradients)
+
+
+def run_gradients(args) -> int:
+    from attnlab.io import atomic_write_json
+    from attnlab.viz.common import check_dpi, check_picture_path, save_figure
+    from attnlab.viz.gradients import copy_task_accuracy, plot_copy_accuracy
+
+    out = check_picture_path(args.output)
+    check_dpi(args.dpi)
+    if args.task == "copy":
+        lags = sorted(set(args.lag))
+        res = copy_task_accuracy(args.models, lags, log=print, steps=args.steps, seed=args.seed)
+        sub = f"{args.steps} training steps per point, batch 32, 8 symbols, 1-layer recurrent / 2-layer Transformer, width 64"
+        path = save_figure(plot_copy_accuracy(res, lags, subtitle=sub), out, dpi=args.dpi)
+        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed,
+                                                     "steps": args.steps, "models": list(args.models)})
+        print(f"wrote {path} and {path.with_suffix('.json')} (the numbers)")
+        return 0
+    if not args.run_dirs:
+        raise ConfigError("give one or more language-model run directories (or --task copy)")
+    curves = gradient_curves(args.run_dirs, args.length, args.windows, args.wrt, args.seed)
+    from attnlab.viz.gradients import plot_gradient_norms
+
+    fig = plot_gradient_norms(curves, subtitle=f"loss at the last of T tokens, mean over {args.windows} validation windows")
+    print(f"wrote {save_figure(fig, out, dpi=args.dpi)}")
+    return 0
+
+
+def gradient_curves(run_dirs: list[str], length: int, windows: int, wrt: str, seed: int) -> dict:
+    """Gradient norm against distance for each language-model run; the runs must share one text."""
+    import torch
+
+    from attnlab.tasks.lm import LMDataConfig, read_corpus
+    from attnlab.train import runs
+    from attnlab.viz.gradients import gradient_norms, model_kind, text_windows
+
+    curves, texts = {}, {}
+    for rd in run_dirs:
+        run = runs.load(rd, "last")
+        if run.spec.name != "lm":
+            raise ConfigError(f"{rd} is a {run.spec.name!r} run; 'viz gradients' reads language-model runs")
+        d = run.record["data_config"]
+        texts[rd] = (d.get("text"), d.get("train"), d.get("valid"), d.get("valid_fraction"))
+        if len(set(texts.values())) > 1:
+            first = run_dirs[0]
+            raise ConfigError(f"{rd} was trained on other text than {first}; the curves compare models on one text")
+        dc = LMDataConfig(**{k: v for k, v in d.items() if k in LMDataConfig.__dataclass_fields__})
+        ids = torch.tensor(run.extras["tokenizer"].encode(read_corpus(dc).valid), dtype=torch.long)
+        kind = model_kind(run.model)
+        n = length if kind != "transformer" else min(length, run.model.cfg.max_len)
+        on_hidden = wrt == "hidden" and kind != "transformer"
+        norms = gradient_norms(run.model, text_windows(ids, n, windows, seed), "hidden" if on_hidden else "embedding")
+        curves[f"{kind} (w.r.t. {'hidden state' if on_hidden else 'embedding'}, "
+               f"{run.record['model']['parameters']:,} params)"] = norms
+        print(f"{rd}: {kind}, gradient norm at distance 0: {float(norms[0]):.3g}, at {n - 1}: {float(norms[-1]):.3g}")
+    return curves
 
 
 SUBCOMMANDS = [add_posembed, add_attention, add_gradients]

@@ -543,3 +543,22 @@ def load_folder(path: Path, image_size=None, channels: int | None = None) -> Ima
     if len(test) == 0:
         raise DataError(f"folder dataset {path}: no test images (add more images per class or a test/ folder)")
     return ImageSplits("folder", f"folder:{path}", train, test, notes=notes)
+
+
+def read_images(paths: list[str], size: tuple[int, int], in_chans: int, convert: bool = False) -> torch.Tensor:
+    """uint8 (N, C, H, W) from image files. A colour image for a greyscale model is refused
+    unless ``convert`` (greyscale images are repeated into RGB for colour models)."""
+    xs = []
+    for p in paths:
+        im = open_image(p)
+        ch = image_channels(im)
+        if ch == 3 and in_chans == 1 and not convert:
+            rgb = im.convert("RGB")
+            a = np.asarray(rgb)
+            if not ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
+                raise DataError(f"{p} is a colour (3-channel) image but the model takes greyscale (1-channel) images; "
+                                "pass --convert to convert it to greyscale")
+        if in_chans not in (1, 3):
+            raise DataError(f"the model takes {in_chans}-channel images; only 1 and 3 are supported from image files")
+        xs.append(image_to_tensor(im, size, in_chans))
+    return torch.stack(xs)

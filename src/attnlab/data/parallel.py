@@ -49,7 +49,7 @@ class ParallelCorpus:
         return f"{self.src_name} / {self.tgt_name} line {self.lines[i]}"
 
 
-def _lines(path: str | Path) -> list[str]:
+def read_lines(path: str | Path) -> list[str]:
     text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -78,7 +78,7 @@ def _pairs(src: list[str], tgt: list[str], src_name: str, tgt_name: str) -> Para
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> ParallelCorpus:
     """Two aligned text files (gzip or plain UTF-8), one sentence per line."""
-    src, tgt = _lines(src_path), _lines(tgt_path)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
         shorter, longer = (src_path, tgt_path) if len(src) < len(tgt) else (tgt_path, src_path)
         n = min(len(src), len(tgt))
@@ -92,7 +92,7 @@ def read_tsv(path: str | Path, columns: tuple[int, int] = (0, 1)) -> ParallelCor
     unless ``columns`` names them)."""
     src, tgt = [], []
     width = max(columns) + 1
-    for i, line in enumerate(_lines(path), start=1):
+    for i, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             src.append("")
             tgt.append("")

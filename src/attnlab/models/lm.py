@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.models.registry import register_model
+from attnlab.models.registry import count_parameters, register_model  # noqa: F401 (count_parameters: re-exported)
 from attnlab.nn.attention import KVCache
 from attnlab.nn.layers import EncoderLayer
 from attnlab.nn.position import POSITION_KINDS, make_position
@@ -280,11 +280,6 @@ def lm_config_from_dict(d: dict) -> LMConfig:
     d = dict(d)
     model = d.pop("model", None) or d.get("cell", "transformer")
     return lm_config(model, **d)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, a tied matrix counted once."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- named configurations (create_model / list_models) ---------------------------------------------

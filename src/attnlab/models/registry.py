@@ -76,7 +76,34 @@ def create_model(name: str, **overrides: Any) -> Any:
         close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see list_models() for the names"
         raise ConfigError(f"unknown model {name!r}{hint}")
-    return _REGISTRY[name](**overrides)
+    model = _REGISTRY[name](**overrides)
+    if getattr(model, "name", None) is None:
+        model.name = name  # what a checkpoint records so that load_model can rebuild it
+    return model
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The config ``create_model(name, **overrides)`` would have, without allocating weights."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return create_model(name, **overrides).cfg
+    except (RuntimeError, NotImplementedError):  # a builder that cannot run on "meta"
+        return create_model(name, **overrides).cfg
+
+
+def config_dict(model: Any) -> dict[str, Any]:
+    """``model.cfg`` as the keyword overrides that rebuild it: ``create_model(model.name, **config_dict(model))``."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"{type(model).__name__} has no config dataclass (.cfg); it cannot be rebuilt by name")
+    return dataclasses.asdict(cfg)
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters, a shared (tied) matrix counted once (``parameters()`` yields it once)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def config_from(cls: type, base: dict[str, Any], overrides: dict[str, Any], model: str = "") -> Any:

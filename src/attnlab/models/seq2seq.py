@@ -15,7 +15,7 @@ All take ``(src, tgt_in)`` token ids (B, Ts), (B, Tt) padded with ``pad_id`` and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,10 +109,6 @@ class GRUAttentionSeq2Seq(nn.Module):
     def stepper(self, src: Tensor, use_cache: bool = True) -> _GRUStepper:
         return _GRUStepper(self, src)
 
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
-
-
 class _GRUStepper:
     """Decoding state of :class:`GRUAttentionSeq2Seq` (a recurrent state is its own cache)."""
 
@@ -145,7 +141,13 @@ class MaskPredictConfig:
     transformer: TransformerConfig
     max_target_len: int = 128
     length_loss_weight: float = 0.1
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transformer, dict):  # read back from a checkpoint's record
+            self.transformer = TransformerConfig(**self.transformer)
+        if self.transformer.max_len < self.max_target_len + 2:
+            raise ConfigError(f"max_target_len {self.max_target_len} needs position encodings for "
+                              f"{self.max_target_len + 2} tokens; the Transformer's max_len is {self.transformer.max_len}")
 
 
 class MaskPredictTransformer(nn.Module):
@@ -211,9 +213,6 @@ class MaskPredictTransformer(nn.Module):
         stats = {"token_loss": float(tok_loss.detach()), "length_loss": float(len_loss.detach())}
         return tok_loss + self.cfg.length_loss_weight * len_loss, stats
 
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
-
 
 def build_seq2seq(kind: str, src_vocab_size: int, tgt_vocab_size: int, **fields) -> nn.Module:
     """Build a translation model by kind (:data:`MODEL_TYPES`); ``fields`` are config fields."""
@@ -272,8 +271,12 @@ def gru_attention_multi30k(**overrides) -> GRUAttentionSeq2Seq:
 
 @register_model("mask_predict_multi30k")
 def mask_predict_multi30k(**overrides) -> MaskPredictTransformer:
-    """The non-autoregressive mask-predict model (Ghazvininejad et al. 2019) on the Multi30k stacks."""
+    """The non-autoregressive mask-predict model (Ghazvininejad et al. 2019) on the Multi30k stacks.
+    Overrides are fields of :class:`MaskPredictConfig` or of its Transformer (flat), or a whole
+    ``transformer`` config (as a checkpoint records it)."""
     nat = {k: overrides.pop(k) for k in ("max_target_len", "length_loss_weight") if k in overrides}
     base = dict(**_MULTI30K, d_model=256, num_heads=8, num_encoder_layers=3, num_decoder_layers=3, d_ff=512)
-    return MaskPredictTransformer(MaskPredictConfig(config_from(TransformerConfig, base, overrides, "mask_predict_multi30k"),
-                                                    **nat))
+    if "transformer" in overrides:
+        base = {**base, **dict(overrides.pop("transformer"))}
+    core = config_from(TransformerConfig, base, overrides, "mask_predict_multi30k")
+    return MaskPredictTransformer(MaskPredictConfig(core, **nat))

@@ -1,54 +1,35 @@
-"""Tasks: what is learned and from which data, on top of the shared engine
-(:mod:`attnlab.train`).
+"""Tasks: what is learned and from which data, on top of the shared run layer
+(:mod:`attnlab.train.runs`) and engine (:mod:`attnlab.train.engine`).
 
-Each module here is one task and is found by the CLI automatically. A task module defines:
-
-- ``TASK`` (the name stored in run directories, e.g. ``"image"``) and ``HELP`` (one line);
-- ``add_train_arguments(parser)`` and ``train_from_args(args, log) -> summary`` for
-  ``attnlab train TASK``;
-- optionally ``evaluate_run(run_dir, args) -> results`` and ``format_eval(results) -> str`` for
-  ``attnlab eval RUN_DIR`` (dispatched by the ``task`` recorded in the run directory), and
-  ``predict_run(run_dir, inputs, args) -> list`` and ``format_predictions(preds) -> str`` for
-  ``attnlab predict RUN_DIR``.
+Each module here is one task and is found automatically: it defines ``SPEC``, a
+:class:`~attnlab.train.runs.TaskSpec` (its data options, how to load its data, the engine's
+``Task``, what it can do with a trained run). A new task needs one module here and, if it has
+a command of its own, one ``cli/cmd_*.py``.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from types import ModuleType
 
 from attnlab.errors import UnsupportedError
 
 
-def task_modules() -> dict[str, ModuleType]:
-    """Every task module of this package, by task name."""
+def task_specs() -> dict:
+    """Every task of this package, by name: ``{"image": TaskSpec, ...}``."""
     import attnlab.tasks as pkg
 
     out = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        mod = importlib.import_module(f"attnlab.tasks.{info.name}")
-        if hasattr(mod, "TASK"):
-            out[mod.TASK] = mod
+        if not info.name.startswith("_"):
+            spec = getattr(importlib.import_module(f"attnlab.tasks.{info.name}"), "SPEC", None)
+            if spec is not None:
+                out[spec.name] = spec
     return out
 
 
-def get_task(name: str) -> ModuleType:
-    mods = task_modules()
-    if name not in mods:
-        raise UnsupportedError(f"this attnlab has no task {name!r} (it knows {', '.join(sorted(mods))})")
-    return mods[name]
-
-
-def task_of_run(run_dir, which: str, hook: str, command: str) -> ModuleType:
-    """The task module that made ``run_dir`` (its ``which`` record, else "last"), checked to
-    provide ``hook`` (e.g. ``evaluate_run`` for ``attnlab eval``)."""
-    from attnlab.train import checkpoint as ckpt
-
-    rec = ckpt.read_record(run_dir, which if ckpt.has_record(run_dir, which) else "last")
-    mod = get_task(rec.get("task", "?"))
-    if not hasattr(mod, hook):
-        raise UnsupportedError(f"'attnlab {command}' does not support {rec['task']!r} runs")
-    return mod
+def get_spec(name: str):
+    specs = task_specs()
+    if name not in specs:
+        raise UnsupportedError(f"this attnlab has no task {name!r} (it knows {', '.join(sorted(specs))})")
+    return specs[name]

@@ -4,7 +4,10 @@ mask-predict model on a local parallel corpus (two aligned files or a TSV; e.g. 
 Training is teacher forcing on shifted targets with label-smoothed cross-entropy, the paper's
 warm-up schedule (``--schedule inverse-sqrt``, the default here) or warm-up + cosine, and
 batches built by token count with length bucketing (``--max-tokens``). Tokens: byte-level BPE
-trained locally, one joint vocabulary (with shared embeddings) or one per language.
+trained locally, one joint vocabulary (with shared embeddings) or one per language. Models come
+from the registry (``transformer_multi30k``, ``gru_attention_multi30k``, ``mask_predict_multi30k``,
+``transformer_base``...); the vocabulary sizes, the padding id and whether embeddings are shared
+are set by the data.
 
 Evaluation (``attnlab eval RUN_DIR --src F --ref F``) decodes with greedy or beam search (or
 mask-predict) and scores with sacrebleu (BLEU and chrF, with their signatures);
@@ -14,44 +17,26 @@ mask-predict) and scores with sacrebleu (BLEU and chrF, with their signatures);
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.data.parallel import EncodedCorpus, collate, encode_corpus, load_parallel, pad_to, token_batches
+from attnlab.data.parallel import EncodedCorpus, ParallelCorpus, collate, encode_corpus, load_parallel, pad_to, token_batches
 from attnlab.data.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from attnlab.decode.mask_predict import mask_predict
 from attnlab.decode.search import SearchConfig, translate_ids
-from attnlab.errors import CheckpointError, ConfigError, DataError
-from attnlab.models.seq2seq import (
-    GRUAttentionConfig,
-    GRUAttentionSeq2Seq,
-    MaskPredictConfig,
-    MaskPredictTransformer,
-    build_seq2seq,
-)
-from attnlab.nn import Transformer, TransformerConfig
-from attnlab.train.config import (
-    TrainConfig,
-    add_arguments,
-    from_args,
-    nonneg_float,
-    nonneg_int,
-    opt,
-    positive_int,
-    to_dict,
-    unit_float,
-)
+from attnlab.errors import ConfigError, DataError
+from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
+from attnlab.nn import Transformer
+from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_int
+from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "translate"
-HELP = "translation: transformer / gru-attention / non-autoregressive on a parallel corpus (two files or a TSV)"
-MODELS = ("transformer", "gru-attention")
 
 #: The engine defaults that differ for translation (command-line options still win).
 TRAIN_DEFAULTS = {"epochs": 20, "lr": 1e-3, "schedule": "inverse-sqrt", "warmup_steps": 1000, "min_lr": 0.0,
@@ -72,84 +57,40 @@ class TranslateDataConfig:
     vocab: str = opt("joint", "one BPE vocabulary for both languages (and shared embeddings) or one per language",
                      choices=("joint", "separate"))
     bpe_vocab_size: int = opt(8000, "BPE vocabulary size (each, when separate)", positive_int, metavar="N")
-    max_len: int = opt(128, "longest sentence in tokens (special tokens included)", positive_int, metavar="N")
+    max_len: int = opt(128, "longest sentence in tokens (special tokens included); also the longest target the "
+                            "mask-predict model can choose", positive_int, metavar="N")
     on_long: str = opt("skip", "over-long training pairs: skip them (counted, first ones named) or stop with an error",
                        choices=("skip", "error"))
     max_tokens: int = opt(4096, "tokens per batch (padded, source or target side, whichever is longer); "
                                 "replaces --batch-size", positive_int, metavar="N")
 
-
-@dataclass
-class TranslateModelConfig:
-    """The model; options that do not apply to the chosen model are ignored."""
-
-    model: str = opt("transformer", "the model", choices=MODELS)
-    decoder: str = opt("autoregressive", "transformer: autoregressive (left to right) or nat (non-autoregressive "
-                                         "mask-predict: target length first, then all tokens refined in parallel)",
-                       choices=("autoregressive", "nat"))
-    d_model: int = opt(256, "transformer: model width", positive_int, metavar="N")
-    num_heads: int = opt(8, "transformer: attention heads", positive_int, metavar="N")
-    num_layers: int = opt(3, "transformer: encoder and decoder layers (each)", positive_int, metavar="N")
-    d_ff: int = opt(512, "transformer: feed-forward width", positive_int, metavar="N")
-    norm_first: bool = opt(False, "transformer: pre-LN instead of the paper's post-LN")
-    dropout: float = opt(0.1, "dropout", unit_float, metavar="P")
-    embed_dim: int = opt(256, "gru-attention: embedding size", positive_int, metavar="N")
-    hidden_dim: int = opt(256, "gru-attention: GRU state size (per direction in the encoder)", positive_int, metavar="N")
-    nat_max_len: int = opt(128, "nat: longest target length the length predictor can choose", positive_int, metavar="N")
+    def validate(self) -> TranslateDataConfig:
+        if self.tsv is None and (self.src is None or self.tgt is None):
+            raise ConfigError("give the parallel corpus: --src FILE --tgt FILE (aligned, one sentence per line) or --tsv FILE")
+        return self
 
 
 @dataclass
 class DecodeOptions:
-    beam: int = 5
-    length_penalty: float = 1.0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    iterations: int = 10  # mask-predict
-    length_beam: int = 3  # mask-predict
-    batch_size: int = 64
+    """How to decode a translation run (``attnlab translate``, ``attnlab eval``)."""
+
+    beam: int = opt(5, "beam size; 1 = greedy", positive_int, metavar="N")
+    length_penalty: float = opt(1.0, "beam search ranks finished hypotheses by log P / length^A", nonneg_float, metavar="A")
+    max_len_a: float = opt(1.5, "at most A x source length + B target tokens", nonneg_float, metavar="A")
+    max_len_b: int = opt(10, "(see --max-len-a)", nonneg_int, metavar="B")
+    iterations: int = opt(10, "mask-predict runs: refinement iterations", positive_int, metavar="T")
+    length_beam: int = opt(3, "mask-predict runs: target lengths tried", positive_int, metavar="L")
+    batch_size: int = opt(64, "sentences decoded together", positive_int, metavar="N")
+    max_source_len: int | None = opt(None, "refuse a source line longer than this many tokens (default: 4 x the "
+                                           "run's --max-len)", positive_int, metavar="N")
 
 
-# --- models ------------------------------------------------------------------------------------------
+@dataclass
+class TranslateEvalConfig(DecodeOptions):
+    """Options of ``attnlab eval`` for translation runs."""
 
-def kind_of(mc: TranslateModelConfig) -> str:
-    return "nat" if mc.model == "transformer" and mc.decoder == "nat" else mc.model
-
-
-def model_fields(mc: TranslateModelConfig, joint: bool, pad_id: int) -> dict:
-    kind = kind_of(mc)
-    if kind == "gru-attention":
-        return dict(embed_dim=mc.embed_dim, hidden_dim=mc.hidden_dim, attn_dim=mc.hidden_dim, dropout=mc.dropout,
-                    share_embeddings=joint, pad_id=pad_id)
-    f = dict(d_model=mc.d_model, num_heads=mc.num_heads, num_encoder_layers=mc.num_layers, num_decoder_layers=mc.num_layers,
-             d_ff=mc.d_ff, dropout=mc.dropout, norm_first=mc.norm_first, share_embeddings=joint, tie_output=True,
-             pad_id=pad_id, max_len=max(512, mc.nat_max_len + 2))
-    if kind == "nat":
-        f["max_target_len"] = mc.nat_max_len
-    return f
-
-
-def model_config_dict(model: nn.Module) -> dict:
-    if isinstance(model, MaskPredictTransformer):
-        return {"kind": "nat", "config": {**asdict(model.cfg), "transformer": asdict(model.cfg.transformer)}}
-    if isinstance(model, GRUAttentionSeq2Seq):
-        return {"kind": "gru-attention", "config": asdict(model.cfg)}
-    return {"kind": "transformer", "config": asdict(model.cfg)}
-
-
-def model_from_dict(d: dict) -> nn.Module:
-    kind, c = d["kind"], dict(d["config"])
-    if kind == "nat":
-        t = TransformerConfig(**c.pop("transformer"))
-        return MaskPredictTransformer(MaskPredictConfig(transformer=t, **c))
-    if kind == "gru-attention":
-        return GRUAttentionSeq2Seq(GRUAttentionConfig(**c))
-    if kind == "transformer":
-        return Transformer(TransformerConfig(**c))
-    raise CheckpointError(f"unknown translation model kind {kind!r} in the run record")
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    src: str | None = opt(None, "source sentences to translate (default: the run's validation source)", metavar="FILE")
+    ref: str | None = opt(None, "reference translations, aligned with --src", metavar="FILE")
 
 
 # --- the task ----------------------------------------------------------------------------------------
@@ -249,8 +190,6 @@ def read_corpora(dc: TranslateDataConfig):
     train = load_parallel(dc.src, dc.tgt, dc.tsv)
     if dc.valid_src or dc.valid_tgt or dc.valid_tsv:
         return train, load_parallel(dc.valid_src, dc.valid_tgt, dc.valid_tsv)
-    from attnlab.data.parallel import ParallelCorpus
-
     n_valid = max(1, len(train) // 100)
     if len(train) - n_valid < 1:
         raise DataError(f"{train.src_name} has {len(train)} pair(s): too few to hold out validation pairs; "
@@ -270,173 +209,213 @@ def build_tokenizers(dc: TranslateDataConfig, train) -> tuple[Tokenizer, Tokeniz
             BPETokenizer.train(train.tgt, vocab_size=dc.bpe_vocab_size))
 
 
-def save_tokenizers(run_dir: Path, src_tok: Tokenizer, tgt_tok: Tokenizer) -> dict:
-    if src_tok is tgt_tok:
-        src_tok.save(run_dir / "tokenizer.json")
-        return {"src": "tokenizer.json", "tgt": "tokenizer.json"}
-    src_tok.save(run_dir / "src_tokenizer.json")
-    tgt_tok.save(run_dir / "tgt_tokenizer.json")
-    return {"src": "src_tokenizer.json", "tgt": "tgt_tokenizer.json"}
+def tokenizer_files(joint: bool) -> dict:
+    return {"src": "tokenizer.json", "tgt": "tokenizer.json"} if joint else {"src": "src_tokenizer.json",
+                                                                           "tgt": "tgt_tokenizer.json"}
 
 
-def load_tokenizers(run_dir: Path, files: dict) -> tuple[Tokenizer, Tokenizer]:
-    src = load_tokenizer(run_dir / files["src"])
-    return src, (src if files["tgt"] == files["src"] else load_tokenizer(run_dir / files["tgt"]))
+def save_tokenizers(run_dir: Path, src_tok: Tokenizer, tgt_tok: Tokenizer) -> None:
+    files = tokenizer_files(src_tok is tgt_tok)
+    src_tok.save(run_dir / files["src"])
+    if src_tok is not tgt_tok:
+        tgt_tok.save(run_dir / files["tgt"])
+
+
+def load_tokenizers(run_dir: Path) -> tuple[Tokenizer, Tokenizer]:
+    files = tokenizer_files((Path(run_dir) / "tokenizer.json").is_file())
+    src = load_tokenizer(Path(run_dir) / files["src"])
+    return src, (src if files["tgt"] == files["src"] else load_tokenizer(Path(run_dir) / files["tgt"]))
 
 
 def _abs(p: str | None) -> str | None:
     return None if p is None else str(Path(p).resolve())
 
 
-def default_run_dir(dc: TranslateDataConfig, mc: TranslateModelConfig) -> Path:
-    name = Path(dc.src or dc.tsv or "corpus").name.split(".")[0]
-    return Path("runs") / f"translate-{kind_of(mc)}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+@dataclass
+class TranslateData:
+    """An encoded parallel corpus, as the run layer sees it (:class:`attnlab.train.runs.TaskData`)."""
+
+    config: TranslateDataConfig
+    train: EncodedCorpus
+    valid: EncodedCorpus
+    src_tok: Tokenizer
+    tgt_tok: Tokenizer
+    title: str
+    model_fields: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        joint = self.src_tok is self.tgt_tok
+        tokens = sum(len(t) - 1 for t in self.train.tgt)
+        vocab = f"{self.src_tok.vocab_size:,}" + ("" if joint else f" + {self.tgt_tok.vocab_size:,}")
+        skipped = f" ({self.train.skipped_long} over-long pairs skipped)" if self.train.skipped_long else ""
+        return (f"vocabulary {vocab} ({'joint' if joint else 'separate'}); {len(self.train):,} training pairs "
+                f"({tokens:,} target tokens){skipped}, {len(self.valid):,} validation; batches of <= "
+                f"{self.config.max_tokens} tokens")
+
+    def write_files(self, run_dir: Path) -> None:
+        save_tokenizers(run_dir, self.src_tok, self.tgt_tok)
 
 
-# --- training ----------------------------------------------------------------------------------------
-
-def train_translate(dc: TranslateDataConfig, mc: TranslateModelConfig, cfg: TrainConfig, run_dir: str | Path | None, *,
-                    log=print, progress: bool = True, resume: bool = False, overwrite: bool = False,
-                    command: list[str] | None = None) -> dict:
-    """Train a translation model into ``run_dir`` (None: nothing written); returns the engine's
-    summary plus ``params``, ``title`` and ``model``."""
-    from attnlab.io import atomic_write_json
-    from attnlab.train import checkpoint as ckpt
-    from attnlab.train.engine import Trainer
-    from attnlab.train.run import open_run_dir, start
-
-    log = log or (lambda s: None)
-    info = start(cfg)
-    run_dir = None if run_dir is None else Path(run_dir)
+def load_data(dc: TranslateDataConfig, mcfg=None, run_dir: Path | None = None, progress: bool = True) -> TranslateData:
+    """Read and encode the corpus (tokenizers trained here, or those of the run being resumed)."""
+    dc.validate()
+    for k in ("src", "tgt", "tsv", "valid_src", "valid_tgt", "valid_tsv"):  # the run records absolute paths
+        setattr(dc, k, _abs(getattr(dc, k)))
     train_c, valid_c = read_corpora(dc)
-    if resume:
-        rec = ckpt.read_record(run_dir, "last")
-        src_tok, tgt_tok = load_tokenizers(run_dir, rec["translate"]["tokenizers"])
+    if run_dir is not None:
+        src_tok, tgt_tok = load_tokenizers(run_dir)
     else:
         src_tok, tgt_tok = build_tokenizers(dc, train_c)
     train = encode_corpus(train_c, src_tok, tgt_tok, max_len=dc.max_len, on_long=dc.on_long)
     valid = encode_corpus(valid_c, src_tok, tgt_tok, max_len=dc.max_len, on_long="skip")
-    if info.is_main and train.skipped_long:
-        log(f"skipped {train.skipped_long} over-long training pair(s) (more than {dc.max_len} tokens), e.g. "
-            + "; ".join(train.long_examples))
-    ckpt.seed_everything(cfg.seed)
-    kind = kind_of(mc)
+    if len(train) == 0 or len(valid) == 0:
+        raise DataError(f"no training or validation pairs of at most {dc.max_len} tokens; raise --max-len")
     joint = src_tok is tgt_tok
-    model = build_seq2seq(kind, src_tok.vocab_size, tgt_tok.vocab_size, **model_fields(mc, joint, src_tok.pad_id))
-    title = f"{kind} translation, {Path(dc.src or dc.tsv).name} -> {Path(dc.tgt or dc.tsv).name}"
-    data = {**to_dict(dc), **{k: _abs(getattr(dc, k)) for k in ("src", "tgt", "tsv", "valid_src", "valid_tgt", "valid_tsv")}}
-    tok_files = ({"src": "tokenizer.json", "tgt": "tokenizer.json"} if joint
-                 else {"src": "src_tokenizer.json", "tgt": "tgt_tokenizer.json"})
-    record = {"translate": {"model": model_config_dict(model), "options": to_dict(mc), "data": data,
-                            "tokenizers": tok_files, "vocab_size": [src_tok.vocab_size, tgt_tok.vocab_size],
-                            "pairs": {"train": len(train), "valid": len(valid), "skipped_long": train.skipped_long},
-                            "params": count_parameters(model)}}
-    if run_dir is not None and not resume:
-        open_run_dir(run_dir, overwrite=overwrite, task=TASK, cfg=cfg, info=info, command=command,
-                     record={"model": kind, "title": title, **record},
-                     write_files=lambda d: save_tokenizers(d, src_tok, tgt_tok))
-    task = TranslateTask(train, valid, pad_id=src_tok.pad_id, max_tokens=dc.max_tokens, nat=kind == "nat", seed=cfg.seed,
-                         record=record)
-    trainer = Trainer(model, task, cfg, run_dir, meta={"model": kind, "title": title}, log=log if info.is_main else None,
-                      progress=progress)
-    if info.is_main:
-        tokens = sum(len(t) - 1 for t in train.tgt)
-        log(f"{'resuming' if resume else 'training'} {title}: {count_parameters(model):,} parameters, vocabulary "
-            f"{src_tok.vocab_size:,}{'' if joint else ' + ' + format(tgt_tok.vocab_size, ',')} "
-            f"({'joint' if joint else 'separate'}); "
-            f"{len(train):,} training pairs ({tokens:,} target tokens), {len(valid):,} validation; "
-            f"{cfg.epochs} epochs x {trainer.steps_per_epoch} batches of <= {dc.max_tokens} tokens")
-    summary = trainer.fit(resume_from=run_dir if resume else None)
-    if info.is_main and run_dir is not None:
-        epochs_done = sum(1 for r in trainer.history.epochs if "val_loss" in r)
-        atomic_write_json(run_dir / "translate.json", {"epochs_done": epochs_done, "stopped_by_time": summary["stopped_by_time"],
-                                                       "train_seconds": trainer.train_time,
-                                                       "elapsed_seconds": summary["elapsed"]})
-    summary.update(params=count_parameters(model), title=title, model=model)
-    return summary
+    fields_ = {"src_vocab_size": src_tok.vocab_size, "tgt_vocab_size": tgt_tok.vocab_size, "share_embeddings": joint,
+               "pad_id": src_tok.pad_id, "max_target_len": dc.max_len}
+    title = f"translation, {Path(dc.src or dc.tsv).name} -> {Path(dc.tgt or dc.tsv).name}"
+    return TranslateData(dc, train, valid, src_tok, tgt_tok, title, fields_)
 
 
-# --- loading and decoding ----------------------------------------------------------------------------
+def make_task(data: TranslateData, model: nn.Module, cfg: TrainConfig) -> TranslateTask:
+    data.title = f"{model.name} {data.title}"
+    record = {"tokenizers": tokenizer_files(data.src_tok is data.tgt_tok),
+              "vocab_size": [data.src_tok.vocab_size, data.tgt_tok.vocab_size],
+              "pairs": {"train": len(data.train), "valid": len(data.valid), "skipped_long": data.train.skipped_long}}
+    return TranslateTask(data.train, data.valid, pad_id=data.src_tok.pad_id, max_tokens=data.config.max_tokens,
+                         nat=isinstance(model, MaskPredictTransformer), seed=cfg.seed, record=record)
 
-def load_run(run_dir: str | Path, tag: str = "best"):
-    """(model in eval mode, source tokenizer, target tokenizer, record) of a translation run."""
-    from attnlab.train import checkpoint as ckpt
 
-    run_dir = Path(run_dir)
-    if not ckpt.has_record(run_dir, tag):
-        tag = "last"
-    rec = ckpt.read_record(run_dir, tag)
-    if rec.get("task") != TASK or "translate" not in rec:
-        raise CheckpointError(f"{run_dir} is a {rec.get('task')!r} run, not a translation run")
-    src_tok, tgt_tok = load_tokenizers(run_dir, rec["translate"]["tokenizers"])
-    model = model_from_dict(rec["translate"]["model"])
-    ckpt.load_into(model, ckpt.load_weights(run_dir, rec), f"{run_dir}/{rec['path']}")
-    return model.eval(), src_tok, tgt_tok, rec
+def finalize_train_config(cfg: TrainConfig) -> TrainConfig:
+    """Batches are by token count: the engine's sample batch size only has to divide evenly."""
+    from dataclasses import replace
+
+    return replace(cfg, batch_size=cfg.accum_steps * max(1, cfg.batch_size // cfg.accum_steps))
+
+
+# --- using a trained run -----------------------------------------------------------------------------
+
+def load_extras(run_dir: Path, rec: dict) -> dict:
+    src, tgt = load_tokenizers(run_dir)
+    return {"src_tokenizer": src, "tgt_tokenizer": tgt, "max_len": rec["data_config"]["max_len"]}
+
+
+def _progress(total: int, enabled: bool, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="sentence", leave=False, disable=None if enabled else True,
+                dynamic_ncols=True)
 
 
 def translate_lines(model: nn.Module, src_tok: Tokenizer, tgt_tok: Tokenizer, lines: list[str],
-                    opts: DecodeOptions | None = None) -> list[str]:
+                    opts: DecodeOptions | None = None, *, max_source_len: int | None = None, first_line: int = 1,
+                    progress: bool = False) -> list[str]:
     """Translate sentences (batched, sorted by length, returned in input order). Empty lines
-    give empty translations."""
+    give empty translations; a line of more than ``max_source_len`` tokens is refused (a
+    20,000-word line would otherwise decode for hours). ``first_line`` numbers lines in errors."""
     opts = opts or DecodeOptions()
     out = [""] * len(lines)
-    todo = [(i, src_tok.encode(s.strip()) + [src_tok.eos_id]) for i, s in enumerate(lines) if s.strip()]
+    todo = []
+    for i, s in enumerate(lines):
+        if s.strip():
+            ids = src_tok.encode(s.strip()) + [src_tok.eos_id]
+            if max_source_len is not None and len(ids) > max_source_len:
+                raise DataError(f"line {first_line + i} has {len(ids):,} tokens; this model translates at most "
+                                f"{max_source_len} (its training sentences had at most a quarter of that): split the "
+                                "line into sentences, or pass --max-source-len")
+            todo.append((i, ids))
     todo.sort(key=lambda x: len(x[1]))
     nat = isinstance(model, MaskPredictTransformer)
     scfg = SearchConfig(bos=tgt_tok.bos_id, eos=tgt_tok.eos_id, pad=src_tok.pad_id, max_len_a=opts.max_len_a,
                         max_len_b=opts.max_len_b, beam=opts.beam, length_penalty=opts.length_penalty)
-    for b in range(0, len(todo), opts.batch_size):
-        chunk = todo[b:b + opts.batch_size]
-        src = pad_to([ids for _, ids in chunk], src_tok.pad_id)
-        if nat:
-            hyps = mask_predict(model, src, iterations=opts.iterations, length_beam=opts.length_beam,
-                                forbidden=tuple({tgt_tok.pad_id, tgt_tok.bos_id, tgt_tok.eos_id}))
-        else:
-            hyps = translate_ids(model, src, scfg)
-        for (i, _), h in zip(chunk, hyps):
-            out[i] = tgt_tok.decode(h).strip()
+    device = next(model.parameters()).device
+    with _progress(len(todo), progress, "translating") as bar:
+        for b in range(0, len(todo), opts.batch_size):
+            chunk = todo[b:b + opts.batch_size]
+            src = pad_to([ids for _, ids in chunk], src_tok.pad_id).to(device)
+            if nat:
+                hyps = mask_predict(model, src, iterations=opts.iterations, length_beam=opts.length_beam,
+                                    forbidden=tuple({tgt_tok.pad_id, tgt_tok.bos_id, tgt_tok.eos_id}))
+            else:
+                hyps = translate_ids(model, src, scfg)
+            for (i, _), h in zip(chunk, hyps):
+                out[i] = tgt_tok.decode(h).strip()
+            bar.update(len(chunk))
     return out
 
 
-def iter_translations(model, src_tok, tgt_tok, lines: Iterable[str], opts: DecodeOptions, chunk: int) -> Iterator[str]:
+def read_utf8_lines(stream) -> Iterator[str]:
+    """Lines of a binary stream decoded as UTF-8; the first undecodable line stops with its number."""
+    for n, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"input line {n} is not UTF-8 text ({e.reason} at byte {e.start}); convert it with "
+                            "iconv -t UTF-8") from None
+
+
+def iter_translations(run: LoadedRun, lines: Iterable[str], opts: DecodeOptions, chunk: int,
+                      progress: bool = False) -> Iterator[str]:
     """Translate a stream: ``chunk`` lines at a time (1 = each line as soon as it is read)."""
+    model, src_tok, tgt_tok = run.model, run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]
+    limit = opts.max_source_len or 4 * run.extras["max_len"]
     buf: list[str] = []
-    for line in lines:
-        buf.append(line.rstrip("\n"))
+    done = 0
+    it = iter(lines)
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            break
+        except DataError:  # unreadable input: what was read before it is still translated
+            yield from translate_lines(model, src_tok, tgt_tok, buf, opts, max_source_len=limit, first_line=done + 1)
+            raise
+        buf.append(line)
         if len(buf) >= chunk:
-            yield from translate_lines(model, src_tok, tgt_tok, buf, opts)
+            yield from translate_lines(model, src_tok, tgt_tok, buf, opts, max_source_len=limit, first_line=done + 1,
+                                       progress=progress)
+            done += len(buf)
             buf = []
     if buf:
-        yield from translate_lines(model, src_tok, tgt_tok, buf, opts)
+        yield from translate_lines(model, src_tok, tgt_tok, buf, opts, max_source_len=limit, first_line=done + 1,
+                                   progress=progress)
 
 
-def decode_options(args) -> DecodeOptions:
-    d = DecodeOptions()
-    for k in asdict(d):
-        v = getattr(args, k, None)
-        if v is not None:
-            setattr(d, k, v)
-    return d
+def _read_lines(path: str | Path) -> list[str]:
+    from attnlab.data.parallel import read_lines
+
+    return read_lines(path)
 
 
-def add_decode_arguments(parser, *, batch: bool = True) -> None:
-    from attnlab.train.config import positive_float
+def evaluate(run: LoadedRun, ec: TranslateEvalConfig, progress: bool = True) -> tuple[dict, dict]:
+    """Translate ``ec.src`` (default: the run's validation source) and score against ``ec.ref``."""
+    rec = run.record
+    src_path, ref_path = ec.src, ec.ref
+    if (src_path is None) != (ref_path is None):
+        raise ConfigError("give both --src and --ref (or neither, for the run's validation set)")
+    if src_path is None:
+        d = rec["data_config"]
+        if d.get("valid_src") is None:
+            raise ConfigError(f"{run.run_dir} was validated on held-out training pairs; give --src FILE --ref FILE")
+        src_path, ref_path = d["valid_src"], d["valid_tgt"]
+    srcs, refs = _read_lines(src_path), _read_lines(ref_path)
+    if len(srcs) != len(refs):
+        raise DataError(f"{src_path} has {len(srcs)} lines but {ref_path} has {len(refs)}")
+    opts = DecodeOptions(**{f.name: getattr(ec, f.name) for f in fields(DecodeOptions)})
+    t0 = time.perf_counter()
+    hyps = list(iter_translations(run, srcs, opts, chunk=max(1, len(srcs)), progress=progress))
+    seconds = time.perf_counter() - t0
+    tgt_tok = run.extras["tgt_tokenizer"]
+    nat = isinstance(run.model, MaskPredictTransformer)
+    res = {"slug": Path(src_path).name.split(".")[0] + ("-mask-predict" if nat else f"-beam{opts.beam}"),
+           "run_dir": str(run.run_dir), "checkpoint": run.which, "step": rec.get("step"), "model": run.name,
+           "parameters": rec["model"].get("parameters"), "src": str(src_path), "ref": str(ref_path),
+           "sentences": len(srcs), "decoder": "mask-predict" if nat else "greedy" if opts.beam == 1 else "beam",
+           "decode": asdict(opts), "batch_size": opts.batch_size, "seconds": round(seconds, 2),
+           "tokens_per_s": round(sum(len(tgt_tok.encode(h)) for h in hyps) / max(seconds, 1e-9), 1),
+           **score(hyps, refs), "hypotheses": hyps}
+    return res, {}
 
-    g = parser.add_argument_group("decoding (translation runs)")
-    g.add_argument("--beam", type=positive_int, default=None, metavar="N", help="beam size; 1 = greedy (default: 5)")
-    g.add_argument("--length-penalty", type=nonneg_float, default=None, metavar="A",
-                   help="beam search ranks finished hypotheses by log P / length^A (default: 1.0)")
-    g.add_argument("--max-len-a", type=nonneg_float, default=None, metavar="A",
-                   help="at most A x source length + B target tokens (default: A 1.5)")
-    g.add_argument("--max-len-b", type=nonneg_int, default=None, metavar="B", help="(default: B 10)")
-    g.add_argument("--iterations", type=positive_int, default=None, metavar="T",
-                   help="nat runs: mask-predict iterations (default: 10)")
-    g.add_argument("--length-beam", type=positive_int, default=None, metavar="L",
-                   help="nat runs: target lengths tried (default: 3)")
-    del positive_float
-
-
-# --- scoring -----------------------------------------------------------------------------------------
 
 def score(hyps: list[str], refs: list[str]) -> dict:
     """sacrebleu BLEU and chrF (default signatures), plus BLEU on lowercased text with the 13a
@@ -454,133 +433,17 @@ def score(hyps: list[str], refs: list[str]) -> dict:
             "bleu_tok_lc_signature": str(lc.get_signature()), "bleu_detail": str(b)}
 
 
-# --- the command line (discovered by `attnlab train` / `attnlab eval`) ------------------------------------
-
-def add_train_arguments(parser) -> None:
-    add_arguments(parser, TranslateDataConfig, "data")
-    add_arguments(parser, TranslateModelConfig, "model")
-    add_arguments(parser, TrainConfig, "training (translation defaults: "
-                  + ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-                              for k, v in TRAIN_DEFAULTS.items()) + "; --batch-size is replaced by --max-tokens)")
-
-
-def add_eval_arguments(parser) -> None:
-    """Options of ``attnlab eval`` for translation runs."""
-    g = parser.add_argument_group("translation runs")
-    g.add_argument("--src", metavar="FILE", help="source sentences to translate (default: the run's validation source)")
-    g.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
-    add_decode_arguments(parser)
-
-
-def configs_from_args(args, base: dict | None = None):
-    dc, _ = from_args(TranslateDataConfig, args, (base or {}).get("data"))
-    mc, _ = from_args(TranslateModelConfig, args, (base or {}).get("model"))
-    train_base = {**TRAIN_DEFAULTS, **((base or {}).get("train") or {})}
-    if getattr(args, "warmup_epochs", None) is not None and getattr(args, "warmup_steps", None) is None:
-        train_base.pop("warmup_steps", None)
-    cfg, _ = from_args(TrainConfig, args, train_base)
-    return dc, mc, replace_batch(cfg)
-
-
-def replace_batch(cfg: TrainConfig) -> TrainConfig:
-    """Batches are by token count: the engine's sample batch size only has to divide evenly."""
-    from dataclasses import replace
-
-    return replace(cfg, batch_size=cfg.accum_steps * max(1, cfg.batch_size // cfg.accum_steps))
-
-
-def train_from_args(args, log=print, progress: bool = True) -> dict:
-    """``attnlab train translate``."""
-    from attnlab.train import checkpoint as ckpt
-
-    resume = getattr(args, "resume", None)
-    base = None
-    if resume:
-        rec = ckpt.read_record(resume, "last")
-        if rec.get("task") != TASK or "translate" not in rec:
-            raise CheckpointError(f"{resume} is a {rec.get('task')!r} run, not a translation run")
-        base = {"data": rec["translate"]["data"], "model": rec["translate"]["options"], "train": rec["train_config"]}
-    dc, mc, cfg = configs_from_args(args, base)
-    if not resume and dc.tsv is None and (dc.src is None or dc.tgt is None):
-        raise ConfigError("give the parallel corpus: --src FILE --tgt FILE (aligned, one sentence per line) or --tsv FILE")
-    run_dir = Path(resume) if resume else Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(dc, mc)
-    summary = train_translate(dc, mc, cfg, run_dir, log=log, progress=progress, resume=bool(resume),
-                              overwrite=getattr(args, "overwrite", False), command=getattr(args, "argv", None))
-    return summary
-
-
-def _read_lines(path: str | Path) -> list[str]:
-    from attnlab.data.parallel import _lines
-
-    return _lines(path)
-
-
-def evaluate_run(run_dir: str | Path, args=None) -> dict:
-    """Translate ``args.src`` (default: the run's validation source) and score against
-    ``args.ref``; writes the hypotheses to ``--out`` when given."""
-    tag = getattr(args, "which", None) or "best"
-    model, src_tok, tgt_tok, rec = load_run(run_dir, tag)
-    dev = getattr(args, "device", "cpu") or "cpu"
-    model.to("cpu" if dev == "auto" and not torch.cuda.is_available() else ("cuda" if dev == "auto" else dev))
-    src_path, ref_path = getattr(args, "src", None), getattr(args, "ref", None)
-    if (src_path is None) != (ref_path is None):
-        raise ConfigError("give both --src and --ref (or neither, for the run's validation set)")
-    if src_path is None:
-        d = rec["translate"]["data"]
-        if d.get("valid_src") is None:
-            raise ConfigError(f"{run_dir} was validated on held-out training pairs; give --src FILE --ref FILE")
-        src_path, ref_path = d["valid_src"], d["valid_tgt"]
-    srcs, refs = _read_lines(src_path), _read_lines(ref_path)
-    if len(srcs) != len(refs):
-        raise DataError(f"{src_path} has {len(srcs)} lines but {ref_path} has {len(refs)}")
-    opts = decode_options(args)
-    if getattr(args, "batch_size", None) and args.batch_size != 500:  # 500: eval's default for images
-        opts.batch_size = args.batch_size
-    t0 = time.perf_counter()
-    hyps = translate_lines(model, src_tok, tgt_tok, srcs, opts)
-    seconds = time.perf_counter() - t0
-    res = {"run_dir": str(run_dir), "checkpoint": tag, "step": rec.get("step"), "model": rec["translate"]["model"]["kind"],
-           "params": rec["translate"].get("params"), "src": str(src_path), "ref": str(ref_path), "sentences": len(srcs),
-           "decoder": ("mask-predict" if rec["translate"]["model"]["kind"] == "nat" else "greedy" if opts.beam == 1 else "beam"),
-           "decode": asdict(opts), "seconds": round(seconds, 2),
-           "tokens_per_s": round(sum(len(tgt_tok.encode(h)) for h in hyps) / max(seconds, 1e-9), 1),
-           **score(hyps, refs)}
-    out = getattr(args, "out", None)
-    if out:
-        from attnlab.io import atomic_write, atomic_write_json
-
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(out) / "hypotheses.txt", "w") as f:
-            f.write("".join(h + "\n" for h in hyps))
-        atomic_write_json(Path(out) / "results.json", res)
-    return res
-
-
-def format_eval(res: dict) -> str:
-    dec = res["decode"]
-    how = (f"mask-predict, {dec['iterations']} iterations, {dec['length_beam']} lengths" if res["decoder"] == "mask-predict"
-           else "greedy" if dec["beam"] == 1 else f"beam {dec['beam']}, length penalty {dec['length_penalty']}")
-    return "\n".join([
-        f"{res['run_dir']} ({res['checkpoint']} checkpoint, step {res['step']}): {res['model']}, "
-        f"{res.get('params') or 0:,} parameters; {res['sentences']} sentences, {how}, {res['seconds']:.1f} s "
-        f"({res['tokens_per_s']:.0f} tokens/s)",
-        f"BLEU = {res['bleu']:.2f}  {res['bleu_signature']}",
-        f"chrF = {res['chrf']:.2f}  {res['chrf_signature']}",
-        f"BLEU (lowercased, 13a-tokenized) = {res['bleu_tok_lc']:.2f}  {res['bleu_tok_lc_signature']}",
-    ])
-
-
-def run_translate_stream(run_dir, args, stdin=None, stdout=None) -> int:
-    """``attnlab translate RUN_DIR``: standard input to standard output, one line per line."""
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    model, src_tok, tgt_tok, _ = load_run(run_dir, getattr(args, "which", "best") or "best")
-    opts = decode_options(args)
-    chunk = 1 if stdin.isatty() else (getattr(args, "batch_size", None) or 32)
-    try:
-        for hyp in iter_translations(model, src_tok, tgt_tok, stdin, opts, chunk):
-            stdout.write(hyp + "\n")
-            stdout.flush()
-    except UnicodeDecodeError as e:
-        raise DataError(f"standard input is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return 0
+SPEC = TaskSpec(
+    name=TASK,
+    help="translation: Transformer / GRU + attention / non-autoregressive mask-predict on a parallel corpus",
+    data_config=TranslateDataConfig,
+    load_data=load_data,
+    make_task=make_task,
+    model_kinds=(Transformer, GRUAttentionSeq2Seq, MaskPredictTransformer),
+    default_model="transformer_multi30k",
+    train_defaults=TRAIN_DEFAULTS,
+    finalize_train_config=finalize_train_config,
+    load_extras=load_extras,
+    eval_config=TranslateEvalConfig,
+    evaluate=evaluate,
+)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -47,16 +48,19 @@ def step_dir_name(step: int) -> str:
 
 
 def save(run_dir: str | Path, *, step: int, record: dict, weights: dict, state: dict | None = None,
-         train_weights: dict | None = None, tags: tuple[str, ...] = ("last",)) -> Path:
-    """Write one checkpoint and point the records in ``tags`` ("last", "best") at it."""
+         train_weights: dict | None = None, tags: tuple[str, ...] = ("last",), metadata: dict | None = None) -> Path:
+    """Write one checkpoint and point the records in ``tags`` ("last", "best") at it. ``metadata``
+    goes into the weights' safetensors header (the model's name and config: see
+    :func:`attnlab.checkpoints.ours.metadata_for`), so the weights file alone rebuilds the model."""
     run_dir = Path(run_dir)
     rel = f"checkpoints/{step_dir_name(step)}"
     d = run_dir / rel
     d.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, **record, "step": step, "path": rel, "weights": "model.safetensors"}
-    save_safetensors_atomic(weights, d / "model.safetensors", metadata={"format": FORMAT})
+    meta = {**(metadata or {}), "format": FORMAT}
+    save_safetensors_atomic(weights, d / "model.safetensors", metadata=meta)
     if train_weights is not None:
-        save_safetensors_atomic(train_weights, d / "train_model.safetensors", metadata={"format": FORMAT})
+        save_safetensors_atomic(train_weights, d / "train_model.safetensors", metadata=meta)
         record["train_weights"] = "train_model.safetensors"
     if state is not None:
         buf = io.BytesIO()
@@ -200,6 +204,23 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / "run.json").is_file() or any(has_record(path, t) for t in RECORDS)
 
 
+def run_weights(path: str | os.PathLike) -> Path | None:
+    """The weights file a run directory stands for, or None if ``path`` is not a run.
+
+    ``RUN_DIR`` means its best checkpoint (its last if it has no best yet); ``RUN_DIR:last`` and
+    ``RUN_DIR:best`` choose."""
+    text = str(path)
+    which = None
+    for tag in RECORDS:
+        if text.endswith(":" + tag) and is_run_dir(text[: -len(tag) - 1]):
+            text, which = text[: -len(tag) - 1], tag
+    if not is_run_dir(text):
+        return None
+    which = which or ("best" if has_record(text, "best") else "last")
+    rec = read_record(text, which)
+    return Path(text) / rec["path"] / rec["weights"]
+
+
 def check_new_run_dir(path: str | Path, overwrite: bool) -> None:
     """Refuse an existing directory unless ``overwrite`` (and then only a run directory or an
     empty one: never an arbitrary folder). Nothing is changed here."""
@@ -215,11 +236,38 @@ def check_new_run_dir(path: str | Path, overwrite: bool) -> None:
         raise CheckpointError(f"{path} exists and is not an attnlab run directory; refusing to overwrite it")
 
 
-def create_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create the run directory (after :func:`check_new_run_dir`), emptying an old run first."""
-    path = Path(path)
-    check_new_run_dir(path, overwrite)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
+def empty_run_dir(path: str | Path) -> None:
+    """Remove what an old run left in ``path`` (checked by :func:`check_new_run_dir`); the
+    directory itself stays, so the :class:`RunLock` held on it stays valid."""
+    for child in Path(path).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of one training (``flock`` on the
+    directory itself: nothing to clean up, and the system releases it if the process dies)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir)
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise CheckpointError(f"{self.path} is in use by another attnlab training; wait for it to end "
+                                  "or choose another --run-dir") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None

@@ -134,15 +134,18 @@ class TrainConfig:
 # --- argparse bridge ----------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser | Any, cls, title: str | None = None, skip: tuple[str, ...] = ()) -> None:
+def add_arguments(parser: argparse.ArgumentParser | Any, cls, title: str | None = None, skip: tuple[str, ...] = (),
+                  defaults: dict | None = None) -> None:
     """Add ``--field-name`` for each field of the dataclass ``cls``. Defaults are left as None
-    so :func:`from_args` can tell the options given on the command line from the others."""
+    so :func:`from_args` can tell the options given on the command line from the others; the
+    help shows the dataclass default, or ``defaults[name]`` where a task uses another one."""
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
         if f.name in skip or "help" not in f.metadata:
             continue
         m = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (defaults or {}).get(f.name, default)
         opt_name = "--" + f.name.replace("_", "-")
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         dflt = "" if default is None or default == () else f" (default: {shown})"
@@ -179,15 +182,3 @@ def from_args(cls, args: argparse.Namespace, base: dict | None = None):
 
 def to_dict(cfg) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make ``parser`` report a bad option in one line (no usage block) and exit with 2."""
-    import sys
-
-    def error(message: str):
-        sys.stderr.write(f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser

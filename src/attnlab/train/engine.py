@@ -26,12 +26,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from attnlab.checkpoints.ours import metadata_for
 from attnlab.errors import AttnlabError, CheckpointError, ConfigError
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as dist
 from attnlab.train.config import TrainConfig, to_dict
 from attnlab.train.ema import ModelEma
-from attnlab.train.metrics import History, plot_curves, save_figure
+from attnlab.train.metrics import History
 from attnlab.train.optim import Scheduler, build_optimizer, make_schedule
 
 
@@ -166,6 +167,24 @@ def reduce_sums(sums: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     return out
 
 
+def evaluation_sums(task: Task, model: nn.Module, batches, device: torch.device, cfg: TrainConfig | None = None,
+                    progress: bool = False, total: int | None = None) -> dict[str, Tensor]:
+    """The evaluation loop, for training and for ``attnlab eval``: the task's statistics summed
+    over ``batches`` (this process's share), the model in eval mode, without gradients."""
+    was = model.training
+    model.eval()
+    sums: dict[str, Tensor] = {}
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=total, desc="evaluating", leave=False, disable=None, unit="batch", dynamic_ncols=True)
+    with torch.no_grad():
+        for batch in batches:
+            _add(sums, task.eval_step(model, to_device(batch, device), cfg))
+    model.train(was)
+    return sums
+
+
 def _progress(iterable, total: int, desc: str, enabled: bool, leave: bool = False):
     if not enabled:
         return iterable
@@ -215,6 +234,7 @@ class Trainer:
         factor = make_schedule(cfg.schedule, self.total_steps, self.warmup_steps, cfg.min_lr / cfg.lr)
         self.scheduler = Scheduler(self.optimizer, factor)
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.weights_metadata = metadata_for(model)  # the weights carry the model's name and config
         self.history = History()
         self.step = 0  # optimizer steps done
         self.epoch = 0  # the current epoch (0-based); == epochs when finished
@@ -285,6 +305,7 @@ class Trainer:
         }
         ckpt.save(
             self.run_dir, step=self.step, record=self.record(), weights=self.eval_model.state_dict(), state=state,
+            metadata=self.weights_metadata,
             train_weights=self.model.state_dict() if self.ema is not None else None,
             tags=("last", "best") if best else ("last",),
         )
@@ -333,28 +354,21 @@ class Trainer:
     def plot(self) -> None:
         if not self.info.is_main or self.run_dir is None or not self.history.epochs:
             return
+        from attnlab.viz.common import save_figure
+        from attnlab.viz.curves import plot_curves
+
         m = self.task.main_metric
         label = getattr(self.task, "metric_label", m)
         fig = plot_curves(self.history, metric=m, metric_label=label, percent=getattr(self.task, "metric_percent", True),
-                          title=self.meta.get("title"))
-        save_figure(fig, self.run_dir / "curves.png")
+                          title=self.meta.get("title"), higher_is_better=getattr(self.task, "higher_is_better", True))
+        save_figure(fig, self.run_dir / "curves.png", dpi=130)
 
     # --- the loop -------------------------------------------------------------------------------
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
-        model = model or self.eval_model
-        was = model.training
-        model.eval()
-        sums: dict[str, Tensor] = {}
-        batches = self.task.eval_batches(self.plan)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="evaluating", leave=False, disable=None, unit="batch", dynamic_ncols=True)
-        with torch.no_grad(), self._autocast():
-            for batch in batches:
-                _add(sums, self.task.eval_step(model, to_device(batch, self.device), self.cfg))
-        model.train(was)
+        with self._autocast():
+            sums = evaluation_sums(self.task, model or self.eval_model, self.task.eval_batches(self.plan), self.device,
+                                   self.cfg, self.progress)
         return self.task.summarize(reduce_sums(sums, self.device))
 
     def _optimizer_step(self, micro: list[Any]) -> dict[str, Tensor]:
@@ -433,24 +447,28 @@ class Trainer:
             if hasattr(bar, "close"):
                 bar.close()
             done = self.step_in_epoch
-            self._end_epoch(epoch, time.perf_counter() - t_epoch, self.samples - n_before)
+            if self.stopped_by_time and done < self.steps_per_epoch:
+                self._cut_epoch(epoch, time.perf_counter() - t_epoch, self.samples - n_before)
+            else:
+                self._end_epoch(epoch, time.perf_counter() - t_epoch, self.samples - n_before)
             if self.stopped_by_time:
                 self.log(f"stopped by --max-minutes {cfg.max_minutes:g} after {done} of the {self.steps_per_epoch} "
-                         f"batches of epoch {epoch + 1} (step {self.step})")
+                         f"batches of epoch {epoch + 1} (step {self.step}); --resume continues from there")
                 break
         dist.barrier()
         self.plot()
         self.write_metrics()
         return {"best": self.best, "metrics": self.history.epochs[-1] if self.history.epochs else {},
                 "elapsed": self.elapsed_now(), "train_time": self.train_time, "steps": self.step,
-                "stopped_by_time": self.stopped_by_time,
+                "stopped_by_time": self.stopped_by_time, "metric_percent": getattr(self.task, "metric_percent", True),
                 "run_dir": str(self.run_dir) if self.run_dir else None}
 
     def _out_of_time(self) -> bool:
-        """--max-minutes has run out (rank 0's clock decides, so every process stops at the same step)."""
+        """--max-minutes of this session have run out (rank 0's clock decides, so every process
+        stops at the same step). A resumed run gets its own --max-minutes."""
         if not self.cfg.max_minutes:
             return False
-        late = self.elapsed_now() > self.cfg.max_minutes * 60
+        late = time.perf_counter() - self._t0 > self.cfg.max_minutes * 60
         self.stopped_by_time = bool(dist.broadcast_object(late)) if self.info.distributed else late
         return self.stopped_by_time
 
@@ -461,22 +479,25 @@ class Trainer:
         self.history.steps.append(row)
         self._log_sums, self._log_n = {}, 0
 
+    def _validate(self, row: dict[str, Any], epoch: float) -> bool:
+        """Evaluate into ``row``; True if this is the best checkpoint so far."""
+        t = time.perf_counter()
+        val = self.evaluate()
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["eval_seconds"] = round(time.perf_counter() - t, 3)
+        m = val.get(self.task.main_metric)
+        higher = getattr(self.task, "higher_is_better", True)
+        if m is not None and (self.best is None or (m > self.best["value"] if higher else m < self.best["value"])):
+            self.best = {"epoch": epoch, "step": self.step, "metric": self.task.main_metric, "value": m}
+            return True
+        return False
+
     def _end_epoch(self, epoch: int, seconds: float, samples: int) -> None:
         cfg = self.cfg
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.scheduler.lr}
         row.update({f"train_{k}": v for k, v in self.task.summarize(self.epoch_sums).items()})
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or self.stopped_by_time
-        is_best = False
-        if evaluated:
-            t = time.perf_counter()
-            val = self.evaluate()
-            row.update({f"val_{k}": v for k, v in val.items()})
-            row["eval_seconds"] = round(time.perf_counter() - t, 3)
-            m = val.get(self.task.main_metric)
-            higher = getattr(self.task, "higher_is_better", True)
-            if m is not None and (self.best is None or (m > self.best["value"] if higher else m < self.best["value"])):
-                self.best = {"epoch": epoch + 1, "step": self.step, "metric": self.task.main_metric, "value": m}
-                is_best = True
+        is_best = self._validate(row, epoch + 1) if evaluated else False
         row["samples_per_s"] = round(samples / max(seconds, 1e-9), 1)
         self.epoch += 1
         self.step_in_epoch = 0
@@ -488,11 +509,26 @@ class Trainer:
             self.plot()
         self.log(self.format_row(row))
 
+    def _cut_epoch(self, epoch: int, seconds: float, samples: int) -> None:
+        """--max-minutes stopped the run inside an epoch: evaluate and save *without* finishing
+        the epoch (its progress and partial sums are kept), so --resume continues mid-epoch
+        exactly as if it had not stopped. The row is marked ``"cut": 1``."""
+        at = round(epoch + self.step_in_epoch / self.steps_per_epoch, 4)
+        row: dict[str, Any] = {"epoch": at, "step": self.step, "lr": self.scheduler.lr, "cut": 1}
+        row.update({f"train_{k}": v for k, v in self.task.summarize(self.epoch_sums).items()})
+        is_best = self._validate(row, at)
+        row["samples_per_s"] = round(samples / max(seconds, 1e-9), 1)
+        row["time"] = round(self.elapsed_now(), 2)
+        self.history.epochs.append(row)
+        self.save(best=is_best)
+        self.plot()
+        self.log(self.format_row(row))
+
     def format_row(self, row: dict) -> str:
         m = self.task.main_metric
         pct = getattr(self.task, "metric_percent", True)
         f = (lambda v: f"{100 * v:6.2f}%") if pct else (lambda v: f"{v:.4g}")
-        parts = [f"epoch {row['epoch']:>3}/{self.cfg.epochs}", f"train loss {row.get('train_loss', math.nan):.4f}"]
+        parts = [f"epoch {row['epoch']:>3g}/{self.cfg.epochs}", f"train loss {row.get('train_loss', math.nan):.4f}"]
         if f"train_{m}" in row:
             parts.append(f"{m} {f(row[f'train_{m}'])}")
         if "val_loss" in row:

@@ -13,7 +13,7 @@
   measures its accuracy; :func:`plot_copy_accuracy` draws accuracy against lag.
 
 Figures are :class:`matplotlib.figure.Figure` objects (no pyplot); save them with
-:func:`attnlab.viz.vit.save_figure` or :func:`save_png`.
+:func:`attnlab.viz.common.save_figure`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, DataError
-
-COLORS = {"rnn": "#d62728", "gru": "#ff7f0e", "lstm": "#2ca02c", "transformer": "#1f77b4"}
+from attnlab.viz.common import COLORS
 
 
 def model_kind(model: nn.Module) -> str:
@@ -210,76 +208,3 @@ def plot_copy_accuracy(results: dict[str, list[float]], lags: Sequence[int], sym
     ax.legend(frameon=False, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
-    from attnlab.train.metrics import save_figure
-
-    return save_figure(fig, path, dpi=dpi)
-
-
-# --- the `attnlab viz gradients` subcommand ---------------------------------------------------------
-
-def add_gradients(sub) -> None:
-    """Register ``attnlab viz gradients`` (called by :mod:`attnlab.cli.cmd_viz`)."""
-    p = sub.add_parser(
-        "gradients", help="gradient norm vs distance back from the loss (RNN/GRU/LSTM/Transformer); the copy task",
-        description="For language-model runs (attnlab train lm): the norm of the gradient of the loss at the last "
-                    "position of a window with respect to the input embedding (or the recurrent hidden state, "
-                    "--wrt hidden) at each earlier position, averaged over windows of the validation text: "
-                    "vanishing and exploding gradients as a plot. With --task copy: train small RNN/GRU/LSTM/"
-                    "Transformer models on the copy task at each --lag and plot accuracy against lag (the numbers go to "
-                    "a .json file beside the PNG).",
-    )
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="language-model run directories (same text)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="the PNG file to write")
-    p.add_argument("--task", choices=("text", "copy"), default="text", help="text (default): gradients of the runs; "
-                                                                          "copy: the copy task")
-    p.add_argument("--length", type=int, default=100, help="window length T (capped by a Transformer's context)")
-    p.add_argument("--windows", type=int, default=16, help="windows to average over (default: 16)")
-    p.add_argument("--wrt", choices=("embedding", "hidden"), default="embedding",
-                   help="gradient w.r.t. the input embedding (default) or the recurrent hidden state")
-    p.add_argument("--lag", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50], help="copy task: the lags")
-    p.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"],
-                   choices=["rnn", "gru", "lstm", "transformer"], help="copy task: the models")
-    p.add_argument("--steps", type=int, default=300, help="copy task: training steps per model and lag")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dpi", type=int, default=120)
-    p.set_defaults(func=run_gradients)
-
-
-def run_gradients(args) -> int:
-    if args.task == "copy":
-        lags = sorted(set(args.lag))
-        res = copy_task_accuracy(args.models, lags, log=print, steps=args.steps, seed=args.seed)
-        sub = f"{args.steps} training steps per point, batch 32, 8 symbols, 1-layer recurrent / 2-layer Transformer, width 64"
-        path = save_png(plot_copy_accuracy(res, lags, subtitle=sub), args.output, dpi=args.dpi)
-        from attnlab.io import atomic_write_json
-
-        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed,
-                                                   "steps": args.steps, "models": list(args.models)})
-        print(f"wrote {path} and {path.with_suffix('.json')} (the numbers)")
-        return 0
-    if not args.run_dirs:
-        raise ConfigError("give one or more language-model run directories (or --task copy)")
-    from attnlab.data.text import load_corpus
-    from attnlab.tasks.lm import load_run
-
-    curves = {}
-    for rd in args.run_dirs:
-        model, tok, rec = load_run(rd)
-        d = rec["lm"]["data"]
-        corpus = load_corpus(d.get("text"), train=d.get("train"), valid=d.get("valid"),
-                             valid_fraction=d.get("valid_fraction", 0.1))
-        ids = torch.tensor(tok.encode(corpus.valid), dtype=torch.long)
-        kind = model_kind(model)
-        length = args.length if kind != "transformer" else min(args.length, model.cfg.max_len)
-        wins = text_windows(ids, length, args.windows, args.seed)
-        norms = gradient_norms(model, wins, "hidden" if (args.wrt == "hidden" and kind != "transformer") else "embedding")
-        what = "hidden state" if (args.wrt == "hidden" and kind != "transformer") else "embedding"
-        curves[f"{kind} (w.r.t. {what}, {rec['lm'].get('params', 0):,} params)"] = norms
-        print(f"{rd}: {kind}, gradient norm at distance 0: {float(norms[0]):.3g}, at {length - 1}: {float(norms[-1]):.3g}")
-    path = save_png(plot_gradient_norms(curves, subtitle=f"loss at the last of T tokens, mean over {args.windows} "
-                                                        "validation windows"), args.output, dpi=args.dpi)
-    print(f"wrote {path}")
-    return 0

@@ -8,10 +8,8 @@ global state, no display needed); :func:`save_figure` writes it as a PNG atomica
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,27 +17,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from attnlab.errors import ConfigError, DataError, ShapeError
-from attnlab.io import atomic_write_bytes
 from attnlab.models.vit import VisionTransformer
 from attnlab.nn.position import LearnedPositionalEmbedding, SinCos2DPositionalEncoding
+from attnlab.viz.common import HEATMAP
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HEATMAP = "inferno"
-
-
-# ---------------------------------------------------------------------- saving
-def figure_to_png(fig: Figure, dpi: int = 120) -> bytes:
-    """Render a figure to PNG bytes (Agg)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    return buf.getvalue()
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` as a PNG, atomically; returns the path."""
-    atomic_write_bytes(path, figure_to_png(fig, dpi))
-    return Path(path)
 
 
 # ---------------------------------------------------------------------- position embeddings

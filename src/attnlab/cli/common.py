@@ -1,0 +1,65 @@
+"""What the command-line modules share: one-line option errors, the log line, model options."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from attnlab.errors import ConfigError
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a bad option in one line (no usage block) and exit with 2."""
+
+    def error(message: str):
+        sys.stderr.write(f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def log_line(s: str) -> None:
+    """Print a line above any progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(s, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def add_model_arguments(parser, default: str | None, pattern: str) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME", default=None,
+                   help=f"registered model name ('attnlab models {pattern}' lists them)"
+                        + (f" (default: {default})" if default else " (required)"))
+    g.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a field of the model's config, e.g. --model-arg depth=4 (repeatable)")
+
+
+def parse_model_args(items) -> dict:
+    """``["depth=4", "qkv_bias=false", "img_size=32"]`` -> ``{"depth": 4, ...}``."""
+    out = {}
+    for item in items or ():
+        key, eq, val = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise ConfigError(f"--model-arg {item!r} is not KEY=VALUE")
+        low = val.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        elif low in ("none", "null"):
+            out[key] = None
+        else:
+            try:
+                out[key] = ast.literal_eval(val.strip())
+            except (ValueError, SyntaxError):
+                out[key] = val.strip()
+    return out
+
+
+def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
+    from attnlab.train.config import positive_int
+
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help=what)
+    parser.add_argument("--dpi", type=positive_int, default=120, metavar="N", help="resolution of the picture (default: 120)")
