@@ -341,8 +341,9 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
 
     Works for checkpoints that carry their config: ours (safetensors metadata or a JSON of the
     same stem; a run directory of ``attnlab train`` is one, for every model family) and Hugging
-    Face ViT directories (``config.json``, whose ``layer_norm_eps`` becomes our ``norm_eps``). ``overrides`` change config fields, e.g. ``img_size=384`` to resample
-    the position embedding to a larger grid. A model name saved in our metadata that is
+    Face ViT directories (``config.json``, whose ``layer_norm_eps`` becomes our ``norm_eps``).
+    ``overrides`` change config fields, e.g. ``img_size=384`` to resample the position embedding
+    to a larger grid. A model name saved in our metadata that is
     registered (:func:`attnlab.models.create_model`) is built through the registry, so other
     model families saved with :func:`save_checkpoint` come back too. Returns the model in
     eval mode (and the report when ``return_report``).
