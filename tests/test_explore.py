@@ -297,6 +297,24 @@ def test_cli_text_models_with_tokenizer_files(tmp_path, bpe):
     assert [s["id"] for s in data["sets"]] == ["enc", "dec", "cross"] and data["worked"]["check"] < 1e-5
 
 
+@pytest.mark.parametrize("fmt", ["timm", "attnlab"])
+def test_cli_vit_weights_from_a_file(tmp_path, image_file, fmt):
+    from attnlab.checkpoints import save_checkpoint
+
+    torch.manual_seed(1)
+    vit = create_model("vit_mnist").eval()
+    path = save_checkpoint(vit, tmp_path / f"{fmt}.safetensors", format=fmt)
+    out = tmp_path / "p.html"
+    argv = ["vit_mnist", str(image_file), "--weights", str(path)] if fmt == "timm" else [str(path), str(image_file)]
+    assert main(["viz", "explore", *argv, "-o", str(out)]) == 0
+    data = _page_data(out.read_text(encoding="utf-8"))
+    assert data["meta"]["random_init"] is False
+    from attnlab.viz.vit import load_image
+
+    ref = E.explore_vit(vit, load_image(image_file, 28, 1), label="x")
+    assert data["sets"][0]["attention"]["q"] == ref["sets"][0]["attention"]["q"]  # the loaded weights, not a fresh init
+
+
 @pytest.mark.parametrize("argv, message", [
     (["lstm_lm_small", "hello"], "no attention"),
     (["transformer_lm_char", "hello"], "--tokenizer"),

@@ -18,12 +18,14 @@ any server) to explore a model's attention on one input:
   a translation model on a source sentence: encoder, decoder and cross-attention, one decoding
     step at a time (the target is the model's greedy translation, or --target);
 and in each, a worked head: Q·Kᵀ, ÷√d_k, softmax and ·V with the model's real numbers.
-A registered name builds a random-init model (the page says so); text models named by the
+A registered name builds a random-init model (the page says so) unless --weights fills it
+(timm, torchvision, Hugging Face, JAX or attnlab files); text models named by the
 registry or read from a checkpoint file need their tokenizer (--tokenizer, or --src-tokenizer
 and --tgt-tokenizer). The page stays under --max-mb: larger ViTs keep evenly spaced blocks."""
 
 EPILOG = """examples:
   attnlab viz explore vit_tiny_patch16_224 cat.jpg -o cat.html             (random init)
+  attnlab viz explore vit_base_patch16_224 cat.jpg -o cat.html --weights vit_base.pth   (timm weights)
   attnlab viz explore runs/vit_digits digit.png -o digit.html --layer 5 --head 2
   attnlab viz explore runs/shakespeare "ROMEO: But soft" -o romeo.html
   attnlab viz explore runs/multi30k "Ein Hund läuft." -o mt.html --target "A dog runs."
@@ -37,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="an image file (ViT), a prompt (language model) or a source sentence "
                                                   "(translation)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the HTML file to write (an existing file must be HTML)")
+    p.add_argument("--weights", type=Path, help="weights to load into the registered MODEL: a timm, torchvision, Hugging Face, "
+                                                "JAX .npz or attnlab checkpoint (default: none, random init)")
     p.add_argument("--target", help="translation: the target sentence to force (default: the model's greedy translation)")
     p.add_argument("--tokenizer", type=Path, help="the tokenizer JSON of a language model (or the joint one of a translation "
                                                   "model) when MODEL is not a run")
@@ -116,7 +120,14 @@ def load(args):
             kind = family(create_model(spec))
         tokenizers = _tokenizers(args, kind)
         torch.manual_seed(args.seed)
-        return create_model(spec, **_vocab_overrides(kind, tokenizers)).eval(), tokenizers, True
+        model = create_model(spec, **_vocab_overrides(kind, tokenizers))
+        if args.weights is not None:
+            from attnlab.checkpoints import load_checkpoint
+
+            load_checkpoint(model, args.weights)
+        return model.eval(), tokenizers, args.weights is None
+    if args.weights is not None:
+        raise ConfigError("--weights goes with a registered model name (MODEL builds the model, --weights fills it)")
     path = Path(spec)
     if not path.exists():
         close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
