@@ -4,6 +4,7 @@ real browser is tested in test_explore_browser.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 
@@ -60,6 +61,21 @@ def tiny_mt(tok):
     return Transformer(cfg).eval()
 
 
+@contextlib.contextmanager
+def cached_weights(modules):
+    """The weights of every call of these attention modules, also on cached decoding steps
+    (which the AttentionRecorder refuses): each call is asked for them, the caller gets its output."""
+    calls, handles = [[] for _ in modules], []
+    for m, got in zip(modules, calls):
+        handles.append(m.register_forward_pre_hook(lambda m, a, kw: (a, {**kw, "need_weights": True}), with_kwargs=True))
+        handles.append(m.register_forward_hook(lambda m, a, out, got=got: got.append(out[1]) or out[0]))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def worked_softmax(w: dict) -> torch.Tensor:
     """softmax(Q Kᵀ · scale + bias) over the visible keys, from the page's stored numbers."""
     q, k = floats(w["q"], w["tq"], w["d_k"]), floats(w["k"], w["tk"], w["d_k"])
@@ -107,13 +123,12 @@ def test_vit_data_are_the_models_numbers():
 
 def test_worked_head_check_catches_a_wrong_head():
     vit, img = tiny_vit(), picture()
-    name = "blocks.1.self_attn"
-    with E.record_attention({name: vit.get_submodule(name)}) as calls:
-        vit.get_attention_maps(normalize_image(img, None, None)[None])
-    call = calls[name][0]
-    assert E.worked_head(vit.get_submodule(name), call, 1)["check"] < 1e-6
-    wrong = E.Call(call.weights[:, [0, 0, 0, 0]], call.x, call.context, call.kwargs)  # head 0's weights everywhere
-    assert E.worked_head(vit.get_submodule(name), wrong, 1)["check"] > 1e-3
+    mha = vit.blocks[1].self_attn
+    with E.keep_inputs(mha) as inputs, torch.no_grad():
+        maps = vit.get_attention_maps(normalize_image(img, None, None)[None])
+    assert len(inputs) == 1
+    assert E.worked_head(mha, inputs[0], maps[1], 1)["check"] < 1e-6
+    assert E.worked_head(mha, inputs[0], maps[1][:, [0, 0, 0, 0]], 1)["check"] > 1e-3  # head 0's weights: caught
 
 
 def test_vit_relative_position_bias_enters_the_worked_head():
@@ -165,21 +180,7 @@ def test_lm_attention_is_the_models(position):
     assert float((attn - torch.stack(ref)).abs().max()) <= 1 / 510 + 1e-7
     assert float(attn.triu(1).abs().max()) == 0.0  # causal
     torch.testing.assert_close(worked_softmax(d["worked"]), ref[1][3], atol=1e-6, rtol=1e-5)
-    assert d["text"]["tokens"][1] == "␣" and len(d["text"]["next"]) == len(text)
-
-
-def test_recording_leaves_outputs_and_callers_alone():
-    tok = train_tokenizer("char", " ".join(CORPUS))
-    lm = tiny_lm(tok)
-    ids = torch.tensor([tok.encode("a dog runs")])
-    plain = lm(ids)
-    mods = {f"blocks.{i}.self_attn": b.self_attn for i, b in enumerate(lm.blocks)}
-    with E.record_attention(mods) as calls:
-        torch.testing.assert_close(lm(ids), plain, atol=1e-6, rtol=1e-5)
-        out = lm.blocks[0](lm.embed(ids), causal=True, pos=lm.pos, need_weights=True)  # a caller that wants weights
-    assert isinstance(out, tuple) and out[1].shape == (1, 4, 10, 10)
-    assert [len(c) for c in calls.values()] == [2, 1]
-    assert lm.blocks[0].self_attn._forward_hooks == {} and lm.blocks[0].self_attn._forward_pre_hooks == {}
+    assert d["text"]["tokens"][1] == "·" and len(d["text"]["next"]) == len(text)
 
 
 def test_translation_rows_are_the_decoding_steps(bpe):
@@ -193,12 +194,11 @@ def test_translation_rows_are_the_decoding_steps(bpe):
     assert float(sets["dec"].triu(1).abs().max()) == 0.0
     assert d["text"]["output"][-1] == "</s>" and len(d["text"]["target"]) == tt
     # step t of cached, incremental decoding attends exactly as row t of the teacher-forced pass
-    names = [f"decoder.layers.{i}.cross_attn" for i in range(2)]
-    stepper = TransformerStepper(mt, torch.tensor([src]))
-    with E.record_attention({n: mt.get_submodule(n) for n in names}) as calls:
+    stepper = TransformerStepper(mt, torch.tensor([src]))  # with its key/value cache
+    with torch.no_grad(), cached_weights([layer.cross_attn for layer in mt.decoder.layers]) as calls:
         for t in range(1, tt + 1):
             stepper.step(torch.tensor([tgt[:t]]))
-    steps = torch.stack([torch.cat([c.weights[0] for c in calls[n]], dim=1) for n in names])  # (L, H, Tt, Ts)
+    steps = torch.stack([torch.cat([w[0] for w in c], dim=1) for c in calls])  # (L, H, Tt, Ts)
     assert float((sets["cross"] - steps).abs().max()) <= 1 / 510 + 1e-6
     torch.testing.assert_close(worked_softmax(d["worked"]), steps[0, 1], atol=1e-6, rtol=1e-5)
 
@@ -208,7 +208,7 @@ def test_translation_without_target_uses_the_greedy_translation(bpe):
     d = E.explore_translation(mt, bpe, bpe, "a dog runs .", label="mt")
     src = torch.tensor([bpe.encode("a dog runs .") + [bpe.eos_id]])
     hyp = greedy_search(mt, src, bos=bpe.bos_id, eos=bpe.eos_id, pad=bpe.pad_id)[0]
-    assert d["text"]["target"] == E.token_texts(bpe, [bpe.bos_id] + hyp)
+    assert d["text"]["target"] == E._labels(bpe, [bpe.bos_id] + hyp)
     assert any("greedy" in n for n in d["notes"])
 
 
@@ -290,7 +290,7 @@ def test_cli_text_models_with_tokenizer_files(tmp_path, bpe):
     lm_out, mt_out = tmp_path / "lm.html", tmp_path / "mt.html"
     assert main(["viz", "explore", "transformer_lm_char", "a dog runs", "-o", str(lm_out),
                  "--tokenizer", str(tmp_path / "char.json")]) == 0
-    assert _page_data(lm_out.read_text(encoding="utf-8"))["text"]["tokens"][:3] == ["a", "␣", "d"]
+    assert _page_data(lm_out.read_text(encoding="utf-8"))["text"]["tokens"][:3] == ["a", "·", "d"]
     assert main(["viz", "explore", "transformer_multi30k", "ein hund läuft .", "-o", str(mt_out), "--tokenizer",
                  str(tmp_path / "bpe.json"), "--target", "a dog runs ."]) == 0
     data = _page_data(mt_out.read_text(encoding="utf-8"))
@@ -337,3 +337,48 @@ def test_cli_refuses_a_directory_and_a_non_html_output(tmp_path, capsys, image_f
     assert len(err) == 2 and "directory" in err[0] and "not an HTML page" in err[1]
     assert Image.open(image_file).size == (50, 40)
 
+
+
+# ---------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three tiny trained runs (image, language model, translation), made through the CLI."""
+    tmp = tmp_path_factory.mktemp("explore_runs")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    (tmp / "t.txt").write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
+    for name, lines in (("train", CORPUS[:20]), ("valid", CORPUS[20:])):
+        (tmp / f"{name}.src").write_text("\n".join(lines[0::2]) + "\n", encoding="utf-8")
+        (tmp / f"{name}.tgt").write_text("\n".join(lines[1::2]) + "\n", encoding="utf-8")
+    common = ["--epochs", "1", "--threads", "1", "--quiet"]
+    assert main(["train", "image", "--model", "vit_digits", "--model-arg", "embed_dim=16", "--model-arg", "depth=2",
+                 "--model-arg", "num_heads=2", "--batch-size", "256", "--run-dir", str(tmp / "img"), *common]) == 0
+    assert main(["train", "lm", "--text", str(tmp / "t.txt"), "--model-arg", "d_model=32", "--model-arg", "num_layers=2",
+                 "--model-arg", "num_heads=2", "--window", "16", "--batch-size", "8", "--steps-per-epoch", "5",
+                 "--run-dir", str(tmp / "lm"), *common]) == 0
+    assert main(["train", "translate", "--src", str(tmp / "train.src"), "--tgt", str(tmp / "train.tgt"), "--valid-src",
+                 str(tmp / "valid.src"), "--valid-tgt", str(tmp / "valid.tgt"), "--bpe-vocab-size", "300", "--model-arg",
+                 "d_model=32", "--model-arg", "num_heads=2", "--model-arg", "num_encoder_layers=1", "--model-arg",
+                 "num_decoder_layers=2", "--model-arg", "d_ff=64", "--max-tokens", "400", "--warmup-steps", "2",
+                 "--run-dir", str(tmp / "mt"), *common]) == 0
+    torch.set_num_threads(n)
+    return tmp
+
+
+def test_cli_explores_runs(runs, tmp_path, image_file):
+    from attnlab.train import runs as run_layer
+
+    out = tmp_path / "img.html"
+    assert main(["viz", "explore", str(runs / "img"), str(image_file), "-o", str(out)]) == 0
+    img = _page_data(out.read_text(encoding="utf-8"))
+    loaded = run_layer.load(runs / "img")
+    assert img["meta"]["random_init"] is False and img["grid"] == list(loaded.model.grid_size)
+    assert {p["label"] for p in img["predictions"]} <= {str(x) for x in loaded.extras["labels"]}
+    assert main(["viz", "explore", str(runs / "lm"), "to be or", "-o", str(tmp_path / "lm.html")]) == 0
+    lm = _page_data((tmp_path / "lm.html").read_text(encoding="utf-8"))
+    assert lm["kind"] == "lm" and lm["text"]["tokens"] == ["t", "o", "·", "b", "e", "·", "o", "r"]
+    assert main(["viz", "explore", f"{runs / 'mt'}:last", "ein hund läuft .", "-o", str(tmp_path / "mt.html"),
+                 "--target", "a dog runs ."]) == 0
+    mt = _page_data((tmp_path / "mt.html").read_text(encoding="utf-8"))
+    assert mt["text"]["target"][0] == "<s>" and mt["sets"][2]["attention"]["shape"][:2] == [2, 2]
+    assert mt["worked"]["check"] < 1e-5

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
 from attnlab.errors import ConfigError
@@ -35,7 +34,8 @@ EPILOG = """examples:
 def add_parser(sub) -> None:
     p = sub.add_parser("explore", help="one offline HTML page to explore a model's attention (ViT, LM, translation)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="a registered model name (random init), a checkpoint file or a run directory")
+    p.add_argument("model", metavar="MODEL", help="a registered model name (random init), a checkpoint file that carries "
+                                                  "its config, or a run directory (RUN_DIR, RUN_DIR:last)")
     p.add_argument("input", metavar="INPUT", help="an image file (ViT), a prompt (language model) or a source sentence "
                                                   "(translation)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the HTML file to write (an existing file must be HTML)")
@@ -63,7 +63,7 @@ def run(args) -> int:
     explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
     if args.max_mb <= 0:
         raise ConfigError(f"--max-mb must be > 0, got {args.max_mb}")
-    model, tokenizers, random_init = load(args)
+    model, tokenizers, random_init, run = load(args)
     kind = family(model)
     if args.target is not None and kind != "translation":
         raise ConfigError("--target is for translation models only")
@@ -73,8 +73,13 @@ def run(args) -> int:
         from attnlab.viz.vit import load_image
 
         image = load_image(args.input, model.cfg.img_size, model.cfg.in_chans)
-        data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=args.mean, std=args.std,
-                                   worked=worked, budget=int(args.max_mb * 1e6))
+        mean, std, names = args.mean, args.std, None
+        if run is not None:  # the run's own normalisation and class names
+            names = run.extras.get("labels")
+            if mean is None and std is None and "normalize" in run.extras:
+                mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
+        data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=mean, std=std,
+                                   worked=worked, class_names=names, budget=int(args.max_mb * 1e6))
     elif kind == "lm":
         data = explore.explore_lm(model, tokenizers, args.input, label=label, random_init=random_init,
                                   worked=worked)
@@ -108,11 +113,14 @@ def family(model) -> str:
 
 
 def load(args):
-    """(model in eval mode, tokenizers, random_init) from a registered name, a checkpoint file
-    or a run directory; text models get their tokenizer(s) from the run or the options."""
+    """(model in eval mode, tokenizers, random_init, run or None) from a registered name (with
+    its tokenizers' vocabulary sizes for a text model, and --weights if given), a run directory
+    (RUN_DIR, RUN_DIR:last) or a checkpoint file; text models get their tokenizer(s) from the run
+    or the options."""
     import torch
 
-    from attnlab.models import create_model, is_model, list_models
+    from attnlab.cli.cmd_viz import load_any
+    from attnlab.models import create_model, is_model
 
     spec = args.model
     if is_model(spec):
@@ -125,43 +133,17 @@ def load(args):
             from attnlab.checkpoints import load_checkpoint
 
             load_checkpoint(model, args.weights)
-        return model.eval(), tokenizers, args.weights is None
+        return model.eval(), tokenizers, args.weights is None, None
     if args.weights is not None:
         raise ConfigError("--weights goes with a registered model name (MODEL builds the model, --weights fills it)")
-    path = Path(spec)
-    if not path.exists():
-        close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; attnlab.list_models() lists the names"
-        raise ConfigError(f"{spec!r} is neither a model name nor an existing checkpoint file or run directory{hint}")
-    if path.is_dir() and _is_run(path):
-        return _load_run(path, args)
-    from attnlab.checkpoints import load_model
-
-    model = load_model(path).eval()
-    return model, _tokenizers(args, family(model)), False
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "run.json").is_file() or (path / "checkpoints").is_dir()
-
-
-def _load_run(path: Path, args):
-    """A run directory through the run layer (:func:`attnlab.train.runs.load`): model and tokenizers."""
-    from attnlab.train import runs
-
-    loaded = runs.load(path)
-    model, extras = loaded.model.eval(), loaded.extras
+    model, run = load_any(spec, args.seed)
     kind = family(model)
-    if kind == "lm":
-        toks = extras.get("tokenizer")
-    elif kind == "translation":
-        toks = (extras.get("src_tokenizer"), extras.get("tgt_tokenizer"))
-        toks = None if None in toks else toks
-    else:
-        toks = None
-    if kind != "vit" and toks is None:
-        toks = _tokenizers(args, kind)
-    return model, toks, False
+    extras = run.extras if run is not None else {}
+    if kind == "lm" and "tokenizer" in extras:
+        return model, extras["tokenizer"], False, run
+    if kind == "translation" and "src_tokenizer" in extras:
+        return model, (extras["src_tokenizer"], extras["tgt_tokenizer"]), False, run
+    return model, _tokenizers(args, kind), False, run
 
 
 def _tokenizers(args, kind: str):

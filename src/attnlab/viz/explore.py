@@ -15,9 +15,9 @@ What is collected:
   recomputes Q·Kᵀ → ÷√d_k → softmax → ·V for any query, and at other temperatures. The
   recomputation is checked here against the model's own weights (``check`` in the data).
 
-Text models (no ``get_attention_maps`` of their own) are observed through forward hooks on
-their :class:`~attnlab.nn.MultiHeadAttention` modules (:func:`record_attention`), which ask
-each call for its weights and give the caller what it asked for.
+Text models (no ``get_attention_maps`` of their own) are observed with
+:class:`attnlab.viz.record.AttentionRecorder`; the worked head's layer also has its inputs
+kept (:func:`keep_inputs`) to recompute its Q, K and V.
 
 Extension point: a new model family (DETR) adds an ``explore_<kind>`` collector returning
 ``{"kind": "<kind>", ...}`` and a renderer ``RENDER.<kind>`` in ``explore_page/page.js``.
@@ -45,6 +45,8 @@ from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.io import atomic_write_bytes
 from attnlab.nn.attention import AdditiveAttention, MultiHeadAttention
 from attnlab.nn.masks import causal_mask, window_mask
+from attnlab.viz.record import AttentionRecorder
+from attnlab.viz.text import token_labels
 
 PAGE_DIR = Path(__file__).with_name("explore_page")
 BUDGET_BYTES = 3_000_000  # the whole page, for ViT-Ti/16 at 224 with all 12 layers
@@ -91,73 +93,55 @@ def packed_bytes(shape: Sequence[int]) -> int:
 
 # ---------------------------------------------------------------------- observing attention
 @dataclass
-class Call:
-    """One call of an attention module: its weights (B, H, Tq, Tk) and its inputs."""
+class Inputs:
+    """What one call of an attention module was given: x (B, Tq, C), the context (B, Tk, C)
+    of cross-attention or None, and the keyword arguments (mask, causal, pos, ...)."""
 
-    weights: Tensor
     x: Tensor
     context: Tensor | None
     kwargs: dict
 
 
 @contextlib.contextmanager
-def record_attention(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[Call]]]:
-    """While active, every call of the given :class:`MultiHeadAttention` modules (by name) is
-    recorded with its weights; callers get exactly what they asked for (the output alone, or
-    (output, weights) if they passed ``need_weights=True``)."""
-    calls: dict[str, list[Call]] = {name: [] for name in modules}
-    wanted: list[bool] = []
-    handles = []
+def keep_inputs(module: nn.Module) -> Iterator[list[Inputs]]:
+    """While active, the inputs of every call of ``module`` (a forward pre-hook; nothing changes)."""
+    got: list[Inputs] = []
 
-    def pre(module, args, kwargs):
-        wanted.append(bool(kwargs.get("need_weights", False)))
-        return args, {**kwargs, "need_weights": True}
+    def hook(m, args, kwargs):
+        context = args[1] if len(args) > 1 else kwargs.get("context")
+        got.append(Inputs(args[0].detach(), None if context is None else context.detach(), dict(kwargs)))
 
-    def post(name):
-        def hook(module, args, kwargs, output):
-            out, w = output
-            context = args[1] if len(args) > 1 else kwargs.get("context")
-            calls[name].append(Call(w.detach(), args[0].detach(), None if context is None else context.detach(), kwargs))
-            return output if wanted.pop() else out
-        return hook
-
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for name, m in modules.items():
-            if not isinstance(m, MultiHeadAttention):
-                raise UnsupportedError(f"{name} is a {type(m).__name__}, not a MultiHeadAttention")
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post(name), with_kwargs=True))
-        yield calls
+        yield got
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
 
 
-def _one_call(calls: dict[str, list[Call]], name: str) -> Call:
-    got = calls[name]
-    if len(got) != 1:
-        raise UnsupportedError(f"{name} ran {len(got)} times in one forward pass; the explorer expects once")
-    return got[0]
+def _only(calls: list, name: str):
+    if len(calls) != 1:
+        raise UnsupportedError(f"{name} ran {len(calls)} times in one forward pass; the explorer expects once")
+    return calls[0]
 
 
-def _stack(calls: dict[str, list[Call]], names: Sequence[str]) -> Tensor:
-    """(L, H, Tq, Tk) of the first batch row, one layer per name."""
-    return torch.stack([_one_call(calls, n).weights[0].float() for n in names])
+def _stack(rec: AttentionRecorder, names: Sequence[str]) -> Tensor:
+    """(L, H, Tq, Tk) of the first batch row, one layer per module name."""
+    return torch.stack([_only(rec.maps[n], n)[0].float() for n in names])
 
 
 # ---------------------------------------------------------------------- the worked head
 @torch.no_grad()
-def worked_head(mha: MultiHeadAttention, call: Call, head: int) -> dict:
-    """Q, K, V of one head of one recorded call (first batch row), recomputed from the call's
-    inputs with the module's own projections, plus what else enters its softmax: the score
-    bias (relative positions), which keys each query may see, the scale 1/√d_k. ``check`` is
-    the largest difference between softmax(QKᵀ·scale + bias) over the visible keys and the
-    model's own weights."""
+def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: int) -> dict:
+    """Q, K, V of one head of one call (first batch row), recomputed from the call's ``inputs``
+    with the module's own projections, plus what else enters its softmax: the score bias
+    (relative positions), which keys each query may see, the scale 1/√d_k. ``check`` is the
+    largest difference between softmax(QKᵀ·scale + bias) over the visible keys and the model's
+    own ``weights`` (B, H, Tq, Tk) of that call."""
     if not 0 <= head < mha.num_heads:
         raise ConfigError(f"head {head} out of range: this layer has heads 0..{mha.num_heads - 1}")
     if mha.topk is not None:
         raise UnsupportedError("the worked head does not show top-k sparse attention")
-    x, context, kw = call.x[:1], call.context, call.kwargs
+    x, context, kw = inputs.x[:1], inputs.context, inputs.kwargs
     b, tq, c = x.shape
     d = mha.head_dim
     w, bias = mha.qkv.weight, mha.qkv.bias
@@ -185,7 +169,7 @@ def worked_head(mha: MultiHeadAttention, call: Call, head: int) -> dict:
     q, k, v = q[0].float(), k[0].float(), v[0].float()  # (T, D)
     scores = q @ k.T * scale + (0 if score_bias is None else score_bias)
     again = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-    model_w = call.weights[0, head].float()
+    model_w = weights[0, head].float()
     return {
         "d_k": d, "scale": scale, "q": f32(q), "k": f32(k), "v": f32(v),
         "bias": None if score_bias is None else f32(score_bias),
@@ -202,15 +186,10 @@ def _parse_layer(index: int, depth: int, what: str = "layer") -> int:
 
 
 # ---------------------------------------------------------------------- text
-def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
-    """What each token id reads as, with spaces and newlines made visible."""
-    out = []
-    for i in ids:
-        t = tokenizer.decode([i])
-        if not t or "\ufffd" in t:  # a special token, or a byte of a longer UTF-8 character
-            t = tokenizer.id_to_token(i)
-        out.append(t.replace("\n", "⏎").replace(" ", "␣") if t.strip() == "" or t != t.strip() else t)
-    return out
+def _labels(tokenizer, ids: Sequence[int]) -> list[str]:
+    """:func:`~attnlab.viz.text.token_labels`, with special tokens (<s>, </s>, ...) by name."""
+    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id} - {None}
+    return [tokenizer.id_to_token(i) if i in specials else t for i, t in zip(ids, token_labels(tokenizer, ids))]
 
 
 def _encode(tokenizer, text: str, what: str) -> list[int]:
@@ -242,20 +221,21 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
         notes.append(f"The prompt has {len(ids)} tokens; the first {limit} are shown.")
         ids = ids[:limit]
     names = [f"blocks.{i}.self_attn" for i in range(len(blocks))]
-    model.eval()
-    with record_attention({n: model.get_submodule(n) for n in names}) as calls:
-        logits = model(torch.tensor([ids], device=next(model.parameters()).device))
     layer = _parse_layer(worked[0], len(blocks))
+    model.eval()
+    with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(names[layer])) as inputs:
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device))
     probs = logits[0].float().softmax(-1)
     p, nxt = probs.max(-1)
     return {
         "kind": "lm", "meta": _meta(model, label, random_init), "notes": notes,
-        "text": {"tokens": token_texts(tokenizer, ids),
-                 "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(token_texts(tokenizer, nxt.tolist()), p)]},
+        "text": {"tokens": _labels(tokenizer, ids),
+                 "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(_labels(tokenizer, nxt.tolist()), p)]},
         "sets": [{"id": "self", "title": "self-attention (causal)", "queries": "tokens", "keys": "tokens",
-                  "attention": pack_attention(_stack(calls, names))}],
+                  "attention": pack_attention(_stack(rec, names))}],
         "worked": {"set": "self", "layer": layer, "head": worked[1],
-                   **worked_head(model.get_submodule(names[layer]), _one_call(calls, names[layer]), worked[1])},
+                   **worked_head(model.get_submodule(names[layer]), _only(inputs, names[layer]), rec.maps[names[layer]][0],
+                                 worked[1])},
     }
 
 
@@ -285,18 +265,14 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     hyp = hyp[: max_tokens - 1]
     tgt_in = torch.tensor([[bos] + hyp], device=src.device)
     out_ids = hyp + [eos]
-    src_t, tgt_t = token_texts(src_tokenizer, src_ids), token_texts(tgt_tokenizer, [bos] + hyp)
+    src_t, tgt_t = _labels(src_tokenizer, src_ids), _labels(tgt_tokenizer, [bos] + hyp)
     data = {"kind": "translation", "meta": _meta(model, label, random_init), "notes": notes,
-            "text": {"source": src_t, "target": tgt_t, "output": token_texts(tgt_tokenizer, out_ids)}}
+            "text": {"source": src_t, "target": tgt_t, "output": _labels(tgt_tokenizer, out_ids)}}
 
     if isinstance(getattr(model, "attention", None), AdditiveAttention):  # Bahdanau et al.: one alignment
-        rows = []
-        handle = model.attention.register_forward_hook(lambda m, a, out: rows.append(out[1][:1].detach()))
-        try:
+        with AttentionRecorder(model) as rec:
             model(src, tgt_in)
-        finally:
-            handle.remove()
-        align = torch.stack([r.reshape(-1) for r in rows])[None, None]  # (1, 1, Tt, Ts)
+        align = torch.cat(rec.maps["attention"], dim=-2)[:1].float()  # one row per decoding step: (1, 1, Tt, Ts)
         data["sets"] = [{"id": "cross", "title": "additive attention (alignment)", "queries": "target", "keys": "source",
                          "attention": pack_attention(align)}]
         data["notes"].append("Additive attention (Bahdanau et al. 2015): score = vᵀ tanh(W s + U h), "
@@ -312,21 +288,20 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     names = {"enc": [f"encoder.layers.{i}.self_attn" for i in range(len(enc))],
              "dec": [f"decoder.layers.{i}.self_attn" for i in range(len(dec))],
              "cross": [f"decoder.layers.{i}.cross_attn" for i in range(len(dec))]}
-    every = [n for group in names.values() for n in group]
-    with record_attention({n: model.get_submodule(n) for n in every}) as calls:
-        model(src, tgt_in)
     layer = _parse_layer(worked[0], len(dec))
+    cross = names["cross"][layer]
+    with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(cross)) as inputs:
+        model(src, tgt_in)
     data["sets"] = [
         {"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source",
-         "attention": pack_attention(_stack(calls, names["enc"]))},
+         "attention": pack_attention(_stack(rec, names["enc"]))},
         {"id": "dec", "title": "decoder self-attention (causal)", "queries": "target", "keys": "target",
-         "attention": pack_attention(_stack(calls, names["dec"]))},
+         "attention": pack_attention(_stack(rec, names["dec"]))},
         {"id": "cross", "title": "cross-attention (target → source)", "queries": "target", "keys": "source",
-         "attention": pack_attention(_stack(calls, names["cross"]))},
+         "attention": pack_attention(_stack(rec, names["cross"]))},
     ]
-    cross = names["cross"][layer]
     data["worked"] = {"set": "cross", "layer": layer, "head": worked[1],
-                      **worked_head(model.get_submodule(cross), _one_call(calls, cross), worked[1])}
+                      **worked_head(model.get_submodule(cross), _only(inputs, cross), rec.maps[cross][0], worked[1])}
     return data
 
 
@@ -371,7 +346,7 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
     layer = _parse_layer(worked[0], depth, "block")
     model.eval()
     name = f"blocks.{layer}.self_attn"
-    with record_attention({name: model.get_submodule(name)}) as calls:
+    with keep_inputs(model.get_submodule(name)) as inputs:
         logits, maps = model.get_attention_maps(x, return_logits=True)
     attn = torch.stack([m[0].float() for m in maps])  # (L, H, N, N)
     k, (gh, gw) = model.num_prefix_tokens, model.token_grid(attn.shape[-1])
@@ -392,7 +367,7 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
         "posembed": posembed,
         "predictions": _top5(logits[0], class_names) if logits.shape[-1] > 1 else [],
         "worked": {"set": "vit", "layer": layer, "head": worked[1],
-                   **worked_head(model.get_submodule(name), _one_call(calls, name), worked[1])},
+                   **worked_head(model.get_submodule(name), _only(inputs, name), maps[layer], worked[1])},
     }
     fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512  # + the set's own keys
     keep = _keep_layers(depth, packed_bytes(attn.shape[1:]), budget - fixed)
