@@ -198,18 +198,25 @@ def test_generate_is_reproducible_with_a_seed_and_stops_at_eos():
 
 # --- training through the engine ---------------------------------------------------------------------
 
+MODELS = {"lstm": ("lstm_lm_small", {"hidden_dim": 24, "embed_dim": 24, "num_layers": 1, "tie_weights": True}),
+          "gru": ("gru_lm_small", {"hidden_dim": 24, "embed_dim": 24, "num_layers": 1, "tie_weights": True}),
+          "transformer": ("transformer_lm_char", {"d_model": 32, "num_layers": 1, "num_heads": 2})}
+
+
 def _train(tmp_path, model, epochs, resume=False, name="run", save_every=0, **data):
-    from attnlab.tasks.lm import LMDataConfig, LMModelConfig, train_lm
+    from attnlab.tasks.lm import SPEC, LMDataConfig
     from attnlab.train.config import TrainConfig
+    from attnlab.train.runs import train
 
     text = tmp_path / "t.txt"
     if not text.exists():
         text.write_text("abcdefgh ijklmnop\n" * 150)
-    dc = LMDataConfig(text=str(text), window=data.get("window", 12), steps_per_epoch=data.get("steps", 0))
-    mc = LMModelConfig(model=model, hidden_dim=24, d_model=32, num_layers=1, num_heads=2)
+    dc = LMDataConfig(text=str(text), window=data.get("window", 12), steps_per_epoch=data.get("steps"))
     cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0, log_every=5,
                       save_every=save_every)
-    return train_lm(dc, mc, cfg, tmp_path / name, log=None, progress=False, resume=resume, overwrite=True)
+    name_, args = MODELS[model]
+    return train(SPEC, dc, cfg, tmp_path / name, model=name_, model_args=args, log=None, progress=False, resume=resume,
+                 overwrite=True)
 
 
 @pytest.mark.parametrize("model", ["lstm", "transformer"])
@@ -226,7 +233,7 @@ def test_training_learns_a_repetitive_text(tmp_path, model):
 def test_resume_retraces_the_uninterrupted_run_with_the_carried_state(tmp_path, monkeypatch):
     """Stop mid-epoch (after a mid-epoch save), resume: the weights equal those of the run that did not
     stop, which needs the carried hidden state to be saved and restored."""
-    from attnlab.tasks.lm import load_run
+    from attnlab.train.runs import load
 
     full = _train(tmp_path, "gru", 2, name="full", save_every=4)
     calls = {"n": 0}
@@ -244,8 +251,7 @@ def test_resume_retraces_the_uninterrupted_run_with_the_carried_state(tmp_path, 
     monkeypatch.setattr(LMTask, "train_step", step)
     resumed = _train(tmp_path, "gru", 2, name="part", save_every=4, resume=True)
     assert resumed["steps"] == full["steps"]
-    a, _, _ = load_run(tmp_path / "full")
-    b, _, _ = load_run(tmp_path / "part")
+    a, b = load(tmp_path / "full", "last").model, load(tmp_path / "part", "last").model
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(va, vb, msg=k)
 
@@ -257,13 +263,14 @@ def test_window_longer_than_the_split_is_a_data_error(tmp_path):
 
 def test_real_text_smoke(shared_data, tmp_path):
     """A slice of Tiny Shakespeare: a small Transformer gets well below the unigram entropy."""
-    from attnlab.tasks.lm import LMDataConfig, LMModelConfig, train_lm
+    from attnlab.tasks.lm import SPEC, LMDataConfig
     from attnlab.train.config import TrainConfig
+    from attnlab.train.runs import train
 
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:40000]
     (tmp_path / "ts.txt").write_text(text)
     dc = LMDataConfig(text=str(tmp_path / "ts.txt"), window=32, steps_per_epoch=60)
-    mc = LMModelConfig(model="transformer", d_model=48, num_layers=2, num_heads=4)
     cfg = TrainConfig(epochs=1, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=10, weight_decay=0.0)
-    s = train_lm(dc, mc, cfg, None, log=None, progress=False)
+    s = train(SPEC, dc, cfg, None, model="transformer_lm_char", model_args={"d_model": 48, "num_layers": 2},
+              log=None, progress=False)
     assert s["metrics"]["val_loss"] < 2.9  # uniform over ~60 characters is 4.1, unigram about 3.3

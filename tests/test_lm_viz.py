@@ -54,15 +54,17 @@ def test_recurrent_gradients_vanish_and_attention_reaches_back():
 def test_copy_batch_and_a_short_copy_run():
     x, y = copy_batch(4, 3, 5, 8, torch.Generator().manual_seed(0))
     assert x.shape == (4, 8) and (y[:, :3] == -100).all() and torch.equal(y[:, 3:], x[:, :5])
-    _, acc = train_copy("lstm", 2, steps=3, outputs=8, width=16)
-    assert 0.0 <= acc <= 1.0
+    _, acc = train_copy("gru", 1, steps=80, outputs=8, width=32, lr=1e-2)
+    assert acc > 0.5  # chance is 1/8: a recurrent model learns a lag of one step (0.80 seen)
 
 
 def test_viz_gradients_command(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("a quick brown fox jumps over the lazy dog\n" * 30)
-    for model in ("gru", "transformer"):
-        assert main(["train", "lm", "--text", str(tmp_path / "t.txt"), "--model", model, "--hidden-dim", "16",
-                     "--d-model", "16", "--num-heads", "2", "--num-layers", "1", "--window", "16", "--epochs", "1",
+    models = {"gru": ["gru_lm_small", "hidden_dim=16", "embed_dim=16", "num_layers=1"],
+              "transformer": ["transformer_lm_char", "d_model=16", "num_heads=2", "num_layers=1"]}
+    for model, (name, *args) in models.items():
+        assert main(["train", "lm", "--text", str(tmp_path / "t.txt"), "--model", name,
+                     *[x for a in args for x in ("--model-arg", a)], "--window", "16", "--epochs", "1",
                      "--batch-size", "4", "--steps-per-epoch", "5", "--run-dir", str(tmp_path / model), "--quiet"]) == 0
     out = tmp_path / "g.png"
     assert main(["viz", "gradients", str(tmp_path / "gru"), str(tmp_path / "transformer"), "--length", "24",

@@ -307,7 +307,7 @@ def test_max_minutes_cuts_the_epoch_short_then_evaluates_and_saves(tmp_path, mon
     tr = make(tmp_path, epochs=5, max_minutes=1.0)
     clock = {"now": 0.0}
     # Each training step "takes" 20 s of wall clock: the 3rd step of the first epoch crosses 60 s.
-    monkeypatch.setattr(tr, "elapsed_now", lambda: clock["now"])
+    monkeypatch.setattr(tr, "session_seconds", lambda: clock["now"])
     step = tr._optimizer_step
 
     def slow_step(micro):
@@ -317,8 +317,36 @@ def test_max_minutes_cuts_the_epoch_short_then_evaluates_and_saves(tmp_path, mon
     monkeypatch.setattr(tr, "_optimizer_step", slow_step)
     s = tr.fit()
     assert s["stopped_by_time"] and s["steps"] == 3  # 96 / 16 = 6 steps per epoch; cut after 3
-    assert len(tr.history.epochs) == 1 and "val_acc" in tr.history.epochs[0]
-    assert ckpt.read_record(tmp_path, "last")["step"] == 3
+    assert len(tr.history.epochs) == 1 and "val_acc" in tr.history.epochs[0] and tr.history.epochs[0]["cut"] == 1
+    rec = ckpt.read_record(tmp_path, "last")
+    assert rec["step"] == 3 and rec["epoch"] == 0 and rec["step_in_epoch"] == 3  # the cut epoch is not finished
+
+
+def test_a_run_cut_by_max_minutes_resumes_mid_epoch_like_an_uncut_run(tmp_path, monkeypatch):
+    """Cut by --max-minutes in the middle of epoch 1, then resumed (with a new limit): the weights,
+    the step count and the epoch rows equal those of the run that was never cut (dropout on, so
+    the random state must be carried too)."""
+    uncut = make(tmp_path / "uncut", epochs=2, dropout=0.3)
+    uncut.fit()
+    cut = make(tmp_path / "cut", epochs=2, dropout=0.3, max_minutes=1.0)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(cut, "session_seconds", lambda: clock["now"])
+    step = cut._optimizer_step
+
+    def slow_step(micro):
+        clock["now"] += 25.0
+        return step(micro)
+
+    monkeypatch.setattr(cut, "_optimizer_step", slow_step)
+    assert cut.fit()["steps"] == 3
+    resumed = make(tmp_path / "cut", epochs=2, dropout=0.3, init_seed=99)  # other init: resume must overwrite it
+    s = resumed.fit(resume_from=tmp_path / "cut")
+    assert s["steps"] == 12 and not s["stopped_by_time"]
+    for k, v in weights(uncut.model).items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    full = [r for r in resumed.history.epochs if not r.get("cut")]
+    assert [r["epoch"] for r in full] == [1, 2]
+    assert full[-1]["val_acc"] == uncut.history.epochs[-1]["val_acc"]
 
 
 def test_no_time_limit_by_default():

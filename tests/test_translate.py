@@ -36,8 +36,10 @@ def make_corpus(tmp_path, n=120, seed=0):
     return paths
 
 
-TINY = ["--bpe-vocab-size", "300", "--d-model", "32", "--num-heads", "2", "--num-layers", "1", "--d-ff", "64",
-        "--embed-dim", "16", "--hidden-dim", "16", "--epochs", "1", "--max-tokens", "400", "--warmup-steps", "2",
+TRANSFORMER = ["--model-arg", "d_model=32", "--model-arg", "num_heads=2", "--model-arg", "num_encoder_layers=1",
+               "--model-arg", "num_decoder_layers=1", "--model-arg", "d_ff=64"]
+GRU = ["--model-arg", "embed_dim=16", "--model-arg", "hidden_dim=16", "--model-arg", "attn_dim=16"]
+TINY = ["--bpe-vocab-size", "300", "--epochs", "1", "--max-tokens", "400", "--warmup-steps", "2",
         "--threads", "1", "--quiet"]
 
 
@@ -57,8 +59,9 @@ def test_bleu_of_identical_text_is_100():
     assert s["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
 
 
-@pytest.mark.parametrize("model", [["--model", "transformer"], ["--model", "gru-attention", "--vocab", "separate"],
-                                   ["--decoder", "nat"]])
+@pytest.mark.parametrize("model", [["--model", "transformer_multi30k", *TRANSFORMER],
+                                   ["--model", "gru_attention_multi30k", "--vocab", "separate", *GRU],
+                                   ["--model", "mask_predict_multi30k", *TRANSFORMER]])
 def test_train_eval_translate(tmp_path, capsys, monkeypatch, model):
     paths = make_corpus(tmp_path)
     run = train(tmp_path, paths, "run", *model)
@@ -71,7 +74,7 @@ def test_train_eval_translate(tmp_path, capsys, monkeypatch, model):
     # the run's own validation set by default, text output
     assert main(["eval", str(run), "--beam", "1"]) == 0
     assert "BLEU = " in capsys.readouterr().out
-    monkeypatch.setattr("sys.stdin", io.StringIO("red dog runs\n\nthe cat\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"red dog runs\n\nthe cat\n")))
     assert main(["translate", str(run), "--beam", "1"]) == 0
     assert len(capsys.readouterr().out.split("\n")) == 4  # three lines (one empty), then the final newline
 
@@ -113,6 +116,6 @@ def test_empty_line_on_one_side_is_reported(tmp_path, capsys):
 def test_over_long_refused_when_asked(tmp_path, capsys):
     paths = make_corpus(tmp_path)
     rc = main(["train", "translate", "--src", str(paths["train.src"]), "--tgt", str(paths["train.tgt"]),
-               "--run-dir", str(tmp_path / "r"), "--max-len", "4", "--on-long", "error", *TINY])
+               "--run-dir", str(tmp_path / "r"), "--max-len", "4", "--on-long", "error", *TINY, *TRANSFORMER])
     assert rc == 2
     assert "over-long sentence pair at" in capsys.readouterr().err

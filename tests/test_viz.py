@@ -12,15 +12,15 @@ from PIL import Image
 from attnlab.cli.main import main
 from attnlab.errors import ConfigError, DataError
 from attnlab.models import VisionTransformer, ViTConfig, create_model
+from attnlab.checkpoints import save_checkpoint
+from attnlab.viz.common import figure_to_png, save_figure
 from attnlab.viz.vit import (
     attention_summary,
-    figure_to_png,
     load_image,
     normalize_image,
     plot_attention,
     plot_posembed_similarity,
     posembed_similarity,
-    save_figure,
 )
 
 
@@ -140,7 +140,6 @@ def test_viz_attention_cli(tmp_path, rgb_png):
 
 
 def test_viz_cli_from_a_checkpoint_file(tmp_path, rgb_png):
-    save_checkpoint = pytest.importorskip("attnlab.checkpoints").save_checkpoint
     torch.manual_seed(1)
     model = create_model("vit_digits", depth=2)
     ckpt = save_checkpoint(model, tmp_path / "digits.safetensors")

@@ -23,7 +23,7 @@ from attnlab.errors import CheckpointError, DataError
 from attnlab.models.vit import VisionTransformer
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
-from attnlab.train.engine import Plan, eval_shard, evaluation_sums, sharded_batches, steps_in_epoch
+from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
 from attnlab.train.metrics import confusion_matrix, per_class_accuracy, topk_correct
 from attnlab.train.runs import LoadedRun, TaskSpec
 
@@ -171,12 +171,13 @@ class ImageData:
         pass
 
 
-def load_data(dc: ImageDataConfig, mcfg, run_dir: Path | None = None, progress: bool = True) -> ImageData:
+def load_data(dc: ImageDataConfig, mcfg, run_dir: Path | None = None, progress: bool = True,
+              model_name: str = "the model") -> ImageData:
     """Load and check the dataset for a model of config ``mcfg`` (a ViTConfig), hold out the
     validation split; the number of classes becomes the model's ``num_classes``."""
     size, in_chans = _size(mcfg.img_size), mcfg.in_chans
     splits, native = load_splits(dc.dataset, size, in_chans, progress)
-    check_channels(splits.train.channels, in_chans, f"dataset {dc.dataset!r}", "the model")
+    check_channels(splits.train.channels, in_chans, f"dataset {dc.dataset!r}", model_name)
     train, val = splits.train, splits.test
     val_source = "test split"
     if dc.val_fraction > 0:
@@ -261,7 +262,7 @@ def evaluate(run: LoadedRun, ec: ImageEvalConfig, progress: bool = True) -> tupl
     remap = torch.tensor([labels.index(c) for c in splits.classes])
     test = D.ImageDataset(splits.test.images, remap[splits.test.labels], labels)
     task = ImageClassification(test, test, labels, run.extras["normalize"], eval_batch_size=ec.batch_size)
-    device = next(model.parameters()).device
+    device = model_device(model)
     t0 = time.perf_counter()
     sums = evaluation_sums(task, model, task.eval_batches(Plan()), device, progress=progress, total=task.num_eval_batches())
     seconds = time.perf_counter() - t0
@@ -285,7 +286,7 @@ def predict(run: LoadedRun, inputs: list[str], top_k: int = 5, convert: bool = F
     model, labels = run.model, run.extras["labels"]
     k = min(top_k, len(labels))
     x = D.read_images(inputs, _size(model.cfg.img_size), model.cfg.in_chans, convert)
-    probs = model(run.extras["normalize"](x.to(next(model.parameters()).device))).float().softmax(-1).cpu()
+    probs = model(run.extras["normalize"](x.to(model_device(model)))).float().softmax(-1).cpu()
     top = probs.topk(k, dim=-1)
     return [{"image": str(p), "top": [{"label": labels[int(i)], "index": int(i), "probability": round(float(v), 6)}
                                       for v, i in zip(top.values[n], top.indices[n])]}

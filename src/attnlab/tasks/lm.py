@@ -53,7 +53,7 @@ from attnlab.data.tokenizers import TOKENIZER_KINDS, Tokenizer, load_tokenizer, 
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.lm import RecurrentLM, TransformerLM
 from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
-from attnlab.train.engine import Plan, evaluation_sums
+from attnlab.train.engine import Plan, evaluation_sums, model_device
 from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "lm"
@@ -275,7 +275,8 @@ class LMData:
         self.tokenizer.save(run_dir / TOKENIZER_FILE)
 
 
-def load_data(dc: LMDataConfig, mcfg=None, run_dir: Path | None = None, progress: bool = True) -> LMData:
+def load_data(dc: LMDataConfig, mcfg=None, run_dir: Path | None = None, progress: bool = True,
+              model_name: str = "") -> LMData:
     """Read the corpus, build the tokenizer (or reuse the one of the run being resumed) and
     encode every split. The vocabulary size and the context length become model fields."""
     dc.validate()
@@ -331,7 +332,7 @@ def evaluate_ids(model: nn.Module, ids: Tensor, window: int, char_level: bool, e
     task = LMTask({"train": ids, "eval": ids}, recurrent=recurrent, window=window, char_level=char_level,
                   eval_split="eval", eval_batch_size=eval_batch_size, check_train=False)
     t = time.perf_counter()
-    device = next(model.parameters()).device
+    device = model_device(model)
     sums = evaluation_sums(task, model, task.eval_batches(Plan()), device, progress=progress,
                            total=task.num_eval_batches("eval"))
     out = task.summarize(sums)

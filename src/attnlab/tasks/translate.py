@@ -34,6 +34,7 @@ from attnlab.errors import ConfigError, DataError
 from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
 from attnlab.nn import Transformer
 from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_int
+from attnlab.train.engine import model_device
 from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "translate"
@@ -256,7 +257,8 @@ class TranslateData:
         save_tokenizers(run_dir, self.src_tok, self.tgt_tok)
 
 
-def load_data(dc: TranslateDataConfig, mcfg=None, run_dir: Path | None = None, progress: bool = True) -> TranslateData:
+def load_data(dc: TranslateDataConfig, mcfg=None, run_dir: Path | None = None, progress: bool = True,
+              model_name: str = "") -> TranslateData:
     """Read and encode the corpus (tokenizers trained here, or those of the run being resumed)."""
     dc.validate()
     for k in ("src", "tgt", "tsv", "valid_src", "valid_tgt", "valid_tsv"):  # the run records absolute paths
@@ -328,7 +330,7 @@ def translate_lines(model: nn.Module, src_tok: Tokenizer, tgt_tok: Tokenizer, li
     nat = isinstance(model, MaskPredictTransformer)
     scfg = SearchConfig(bos=tgt_tok.bos_id, eos=tgt_tok.eos_id, pad=src_tok.pad_id, max_len_a=opts.max_len_a,
                         max_len_b=opts.max_len_b, beam=opts.beam, length_penalty=opts.length_penalty)
-    device = next(model.parameters()).device
+    device = model_device(model)
     with _progress(len(todo), progress, "translating") as bar:
         for b in range(0, len(todo), opts.batch_size):
             chunk = todo[b:b + opts.batch_size]
@@ -413,8 +415,8 @@ def evaluate(run: LoadedRun, ec: TranslateEvalConfig, progress: bool = True) -> 
            "sentences": len(srcs), "decoder": "mask-predict" if nat else "greedy" if opts.beam == 1 else "beam",
            "decode": asdict(opts), "batch_size": opts.batch_size, "seconds": round(seconds, 2),
            "tokens_per_s": round(sum(len(tgt_tok.encode(h)) for h in hyps) / max(seconds, 1e-9), 1),
-           **score(hyps, refs), "hypotheses": hyps}
-    return res, {}
+           **score(hyps, refs)}
+    return res, {"hypotheses.txt": "".join(h + "\n" for h in hyps)}
 
 
 def score(hyps: list[str], refs: list[str]) -> dict:

@@ -167,6 +167,11 @@ def reduce_sums(sums: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     return out
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's weights are (CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def evaluation_sums(task: Task, model: nn.Module, batches, device: torch.device, cfg: TrainConfig | None = None,
                     progress: bool = False, total: int | None = None) -> dict[str, Tensor]:
     """The evaluation loop, for training and for ``attnlab eval``: the task's statistics summed
@@ -280,6 +285,10 @@ class Trainer:
             "elapsed": round(self.elapsed_now(), 3),
             "world_size": self.info.world_size,
         }
+
+    def session_seconds(self) -> float:
+        """Seconds since this process started (or resumed) training."""
+        return time.perf_counter() - self._t0
 
     def elapsed_now(self) -> float:
         return self.elapsed + (time.perf_counter() - self._t0)
@@ -468,7 +477,7 @@ class Trainer:
         stops at the same step). A resumed run gets its own --max-minutes."""
         if not self.cfg.max_minutes:
             return False
-        late = time.perf_counter() - self._t0 > self.cfg.max_minutes * 60
+        late = self.session_seconds() > self.cfg.max_minutes * 60
         self.stopped_by_time = bool(dist.broadcast_object(late)) if self.info.distributed else late
         return self.stopped_by_time
 

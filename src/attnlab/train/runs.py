@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import CheckpointError, ConfigError
-from attnlab.io import atomic_write_json
+from attnlab.io import atomic_write, atomic_write_json
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as dist
 from attnlab.train.config import TrainConfig, to_dict
@@ -63,8 +63,8 @@ class TaskData(Protocol):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task, as the run layer sees it. ``load_data(data_config, model_config, run_dir, progress)``
-    reads the data (``run_dir`` is the run being resumed, whose tokenizers must be reused, or
+    """A task, as the run layer sees it. ``load_data(data_config, model_config, run_dir, progress,
+    model_name=...)`` reads the data (``run_dir`` is the run being resumed, whose tokenizers must be reused, or
     None); ``make_task(data, model, train_config)`` makes the engine's Task."""
 
     name: str
@@ -78,7 +78,7 @@ class TaskSpec:
     finalize_train_config: Callable[[TrainConfig], TrainConfig] | None = None
     load_extras: Callable[[Path, dict], dict] | None = None  # tokenizers etc. of a trained run
     eval_config: type | None = None  # options of `attnlab eval` for this task
-    evaluate: Callable[..., tuple[dict, dict]] | None = None  # (run, eval config, progress) -> (results, figures)
+    evaluate: Callable[..., tuple[dict, dict]] | None = None  # (run, eval config, progress) -> (results, files)
     predict: Callable[..., list[dict]] | None = None  # (run, inputs, **options) -> predictions
 
 
@@ -102,8 +102,12 @@ def build_model(spec: TaskSpec, name: str, model_args: dict, data_fields: dict) 
     if clash:
         k, (mine, theirs) = next(iter(clash.items()))
         raise ConfigError(f"--model-arg {k}={mine} but the data gives {k}={theirs}; leave {k} to the data")
-    fields = {k: v for k, v in data_fields.items() if k in model_fields_of(name)}
-    model = create_model(name, **{**fields, **model_args})
+    names = {f.name for f in dataclasses.fields(probe(spec, name, {}))}
+    fields = {k: v for k, v in data_fields.items() if k in names}
+    return check_kind(spec, name, create_model(name, **{**fields, **model_args}))
+
+
+def check_kind(spec: TaskSpec, name: str, model: nn.Module) -> nn.Module:
     if not isinstance(model, spec.model_kinds):
         kinds = " or ".join(k.__name__ for k in spec.model_kinds)
         raise ConfigError(f"model {name!r} is a {type(model).__name__}; 'attnlab train {spec.name}' trains a {kinds} "
@@ -111,11 +115,13 @@ def build_model(spec: TaskSpec, name: str, model_args: dict, data_fields: dict) 
     return model
 
 
-def model_fields_of(name: str) -> set[str]:
-    """The config fields a registered model takes."""
-    from attnlab.models.registry import model_config
+def probe(spec: TaskSpec, name: str, model_args: dict):
+    """The config of the model ``name`` would have (built on the meta device: no weights),
+    checked to be a model the task trains."""
+    from attnlab.models.registry import create_model
 
-    return {f.name for f in dataclasses.fields(model_config(name))}
+    with torch.device("meta"):
+        return check_kind(spec, name, create_model(name, **model_args)).cfg
 
 
 def model_record(model: nn.Module, name: str, model_args: dict) -> dict:
@@ -130,8 +136,6 @@ def train(spec: TaskSpec, data_config: Any, cfg: TrainConfig, run_dir: str | Pat
           log: Callable[[str], None] | None = print, progress: bool = True, command: list[str] | None = None) -> dict:
     """Train a model of task ``spec`` into ``run_dir`` (None: nothing is written). Returns the
     engine's summary plus ``title``, ``parameters`` and ``model``."""
-    from attnlab.models.registry import model_config
-
     name = model or spec.default_model
     if not name:
         raise ConfigError(f"--model is required for 'attnlab train {spec.name}'; 'attnlab models' lists the names")
@@ -144,6 +148,14 @@ def train(spec: TaskSpec, data_config: Any, cfg: TrainConfig, run_dir: str | Pat
         ckpt.check_new_run_dir(run_dir, overwrite)  # every rank checks before anything is created
     if run_dir is not None:
         check_output_dir(run_dir)
+    # Everything that can fail on bad options or data comes before the run directory is touched.
+    data = spec.load_data(data_config, probe(spec, name, model_args), run_dir if resume else None,
+                          progress and info.is_main, model_name=name)
+    ckpt.seed_everything(cfg.seed)
+    net = build_model(spec, name, model_args, data.model_fields)
+    task = spec.make_task(data, net, cfg)
+    meta = {**model_record(net, name, model_args), "data_config": to_dict(data_config), "title": data.title}
+    trainer = Trainer(net, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
     dist.barrier()
     with contextlib.ExitStack() as stack:
         if run_dir is not None and info.is_main:
@@ -152,16 +164,9 @@ def train(spec: TaskSpec, data_config: Any, cfg: TrainConfig, run_dir: str | Pat
             except OSError as e:
                 raise CheckpointError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
             stack.enter_context(ckpt.RunLock(run_dir))  # one training per run directory
-        data = spec.load_data(data_config, model_config(name, **model_args), run_dir if resume else None,
-                              progress and info.is_main)
-        ckpt.seed_everything(cfg.seed)
-        net = build_model(spec, name, model_args, data.model_fields)
-        task = spec.make_task(data, net, cfg)
-        meta = {**model_record(net, name, model_args), "data_config": to_dict(data_config), "title": data.title}
         if run_dir is not None and not resume:
             open_run_dir(run_dir, overwrite=overwrite, task=spec.name, cfg=cfg, info=info, record=meta, command=command,
                          write_files=data.write_files)
-        trainer = Trainer(net, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
         if info.is_main and log is not None:
             log(f"{'resuming' if resume else 'training'} {data.title}: {meta['model']['parameters']:,} parameters; "
                 f"{data.describe()}; {cfg.epochs} epochs x {trainer.steps_per_epoch} steps"
@@ -265,19 +270,30 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
 
 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """The task's evaluation of a run; results.json (and the task's pictures) go to ``out_dir``
-    (default ``RUN_DIR/eval/<what was evaluated>``), whose paths are added to the results."""
+    """The task's evaluation of a run; results.json and the task's files (pictures, texts such as
+    the hypotheses of a translation) go to ``out_dir`` (default ``RUN_DIR/eval/<what was
+    evaluated>``), whose paths are added to the results."""
     from attnlab.viz.common import save_figure
 
     if run.spec.evaluate is None:
         raise ConfigError(f"'attnlab eval' does not support {run.spec.name!r} runs")
-    results, figures = run.spec.evaluate(run, eval_config, progress)
+    results, files = run.spec.evaluate(run, eval_config, progress)
     out = Path(out_dir) if out_dir else run.run_dir / "eval" / results.pop("slug", "default")
     check_output_dir(out)
-    files = {f"{name}_png": str(save_figure(fig, out / f"{name}.png")) for name, fig in figures.items()}
-    results.update(files, results_json=str(out / "results.json"))
+    for name, content in files.items():  # a picture, or the text of a file such as hypotheses.txt
+        if isinstance(content, str):
+            atomic_write_text(out / name, content)
+            results[name.replace(".", "_")] = str(out / name)
+        else:
+            results[f"{name}_png"] = str(save_figure(content, out / f"{name}.png"))
+    results.update(results_json=str(out / "results.json"))
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def check_output_dir(path: Path) -> None:
