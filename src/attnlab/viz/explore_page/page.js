@@ -408,12 +408,12 @@
     const qName = (i) => (i < k ? (i === 0 && DATA.class_token ? "[CLS]" : `prefix ${i}`) : `patch (${Math.floor((i - k) / gw)}, ${(i - k) % gw})`);
     const tokens = [...Array(k + N).keys()].map(qName);
 
-    if (DATA.predictions.length) {
-      const p = section("Prediction");
-      p.append(el("ul", { class: "preds" }, ...DATA.predictions.map((x) => el("li", { class: "mono", text: `${fmt(x.p, 3)}  ${x.label}` }))));
-    }
     const sec = section("Where each patch looks",
       `Hover a patch to see where it attends (its row of the attention matrix, over the ${gh}×${gw} patches), click to pin it. Choose the block and a head, or the mean of the heads. Colours: that row's weight over its largest.`);
+    if (DATA.predictions.length) {
+      sec.append(el("p", { class: "preds mono", id: "predictions" }, el("b", { text: "prediction: " }),
+        DATA.predictions.map((x) => `${x.label} (${fmt(x.p, 3)})`).join(" · ")));
+    }
     const layerSel = el("select", { id: "vit-layer", "aria-label": "block" });
     layers.forEach((l, n) => layerSel.append(el("option", { value: n, text: `block ${l}` })));
     layerSel.value = st.li;
@@ -430,7 +430,7 @@
     stage.append(img, over);
     const info = el("div", { id: "vit-query", class: "mono" });
     const heads = el("div", { class: "heads-grid", id: "vit-heads" });
-    sec.append(el("div", { class: "row" }, el("div", {}, stage, info, legend("inferno", "0", "max", "weight / row max")), el("div", {}, el("h3", { text: "every head of this block, same query" }), heads)));
+    sec.append(el("div", { class: "row" }, el("div", { style: `width:${S}px` }, stage, info, legend("inferno", "0", "max", "weight / row max")), el("div", {}, el("h3", { text: "every head of this block, same query" }), heads)));
     function row(li, h, i) {
       if (h >= 0) return A.row(li, h, i);
       const m = new Float32Array(A.Tk);
