@@ -136,6 +136,7 @@ def test_vit_relative_position_bias_enters_the_worked_head():
     d = E.explore_vit(vit, picture(), label="rel", worked=(-1, 1))
     assert d["worked"]["bias"] is not None and d["worked"]["check"] < 1e-6
     assert d["posembed"] is None and any("position-embedding" in n for n in d["notes"])
+    assert E.explore_vit(tiny_vit(num_classes=0), picture(), label="features")["predictions"] == []
 
 
 def test_vit_over_budget_keeps_evenly_spaced_blocks_and_says_so():
@@ -221,6 +222,16 @@ def test_gru_attention_gives_its_alignment(bpe):
     assert a.shape[:2] == (1, 1) and a.shape[2] == len(d["text"]["target"]) and a.shape[3] == len(d["text"]["source"])
     torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:3]), atol=a.shape[-1] / 255, rtol=0)
     assert d["worked"] is None
+
+
+def test_top_k_attention_has_no_worked_head_and_says_why():
+    tok = train_tokenizer("char", " ".join(CORPUS))
+    lm = tiny_lm(tok)
+    lm.blocks[0].self_attn.topk = 2  # Explicit Sparse Transformer: not a plain softmax over the keys
+    d = E.explore_lm(lm, tok, "a dog runs", label="lm", worked=(0, 1))
+    assert d["worked"] is None and any("top-k" in n for n in d["notes"])
+    attn = E.unpack_attention(d["sets"][0]["attention"])
+    assert int((attn[0, 1, -1] > 0).sum()) == 2  # the recorded weights are the sparse ones
 
 
 def test_recurrent_lm_is_refused_in_one_line():

@@ -179,6 +179,16 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
     }
 
 
+def _worked(set_id: str, layer: int, head: int, mha: MultiHeadAttention, inputs: Inputs, weights: Tensor,
+            notes: list[str]) -> dict | None:
+    """The page's worked head, or None with a note when the head's attention is not plain softmax."""
+    try:
+        return {"set": set_id, "layer": layer, "head": head, **worked_head(mha, inputs, weights, head)}
+    except UnsupportedError as e:
+        notes.append(f"No worked head: {e}.")
+        return None
+
+
 def _parse_layer(index: int, depth: int, what: str = "layer") -> int:
     if not -depth <= index < depth:
         raise ConfigError(f"{what} {index} out of range for {depth} layers (valid: {-depth}..{depth - 1})")
@@ -233,9 +243,8 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
                  "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(_labels(tokenizer, nxt.tolist()), p)]},
         "sets": [{"id": "self", "title": "self-attention (causal)", "queries": "tokens", "keys": "tokens",
                   "attention": pack_attention(_stack(rec, names))}],
-        "worked": {"set": "self", "layer": layer, "head": worked[1],
-                   **worked_head(model.get_submodule(names[layer]), _only(inputs, names[layer]), rec.maps[names[layer]][0],
-                                 worked[1])},
+        "worked": _worked("self", layer, worked[1], model.get_submodule(names[layer]), _only(inputs, names[layer]),
+                          rec.maps[names[layer]][0], notes),
     }
 
 
@@ -300,8 +309,8 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
         {"id": "cross", "title": "cross-attention (target → source)", "queries": "target", "keys": "source",
          "attention": pack_attention(_stack(rec, names["cross"]))},
     ]
-    data["worked"] = {"set": "cross", "layer": layer, "head": worked[1],
-                      **worked_head(model.get_submodule(cross), _only(inputs, cross), rec.maps[cross][0], worked[1])}
+    data["worked"] = _worked("cross", layer, worked[1], model.get_submodule(cross), _only(inputs, cross), rec.maps[cross][0],
+                             notes)
     return data
 
 
@@ -365,9 +374,8 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
         "grid": [gh, gw], "prefix": k, "class_token": model.cls_token is not None,
         "rollout": {"shape": [depth, gh, gw], "values": f32(rollout)},
         "posembed": posembed,
-        "predictions": _top5(logits[0], class_names) if logits.shape[-1] > 1 else [],
-        "worked": {"set": "vit", "layer": layer, "head": worked[1],
-                   **worked_head(model.get_submodule(name), _only(inputs, name), maps[layer], worked[1])},
+        "predictions": _top5(logits[0], class_names) if model.cfg.num_classes > 0 else [],
+        "worked": _worked("vit", layer, worked[1], model.get_submodule(name), _only(inputs, name), maps[layer], notes),
     }
     fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512  # + the set's own keys
     keep = _keep_layers(depth, packed_bytes(attn.shape[1:]), budget - fixed)

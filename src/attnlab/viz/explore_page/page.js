@@ -97,7 +97,7 @@
   function header() {
     const m = DATA.meta, meta = document.getElementById("meta");
     meta.append(el("b", { text: m.model }), ` · ${m.family} · ${(m.parameters / 1e6).toFixed(2)}M parameters`,
-      el("span", m.random_init ? { class: "badge random", id: "random-init", text: "random init" } : { class: "badge trained", text: "trained weights" }));
+      el("span", m.random_init ? { class: "badge random", id: "random-init", text: "random init" } : { class: "badge trained", id: "loaded-weights", text: "loaded weights" }));
     const notes = document.getElementById("notes");
     if (m.random_init) notes.append(el("li", { text: "Random init: the weights are untrained, so the patterns below show the mechanics, not what a trained model learned." }));
     for (const n of DATA.notes || []) notes.append(el("li", { text: n }));
