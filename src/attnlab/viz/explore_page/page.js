@@ -108,7 +108,7 @@
     const px = Math.max(6, Math.min(22, Math.floor(420 / Math.max(qTok.length, kTok.length))));
     heatmap(canvas, values, qTok.length, kTok.length, opts);
     canvas.style.width = `${kTok.length * px}px`; canvas.style.height = `${qTok.length * px}px`;
-    const kl = el("div", { class: "klabels", style: `width:${kTok.length * px}px` }, ...kTok.slice().reverse().map((t) => el("span", { style: `width:${px}px;line-height:${px}px`, text: t })));
+    const kl = el("div", { class: "klabels", style: `width:${kTok.length * px}px` }, ...kTok.map((t) => el("span", { style: `width:${px}px;line-height:${px}px`, text: t })));
     const ql = el("div", { class: "qlabels" }, ...qTok.map((t) => el("span", { style: `height:${px}px;line-height:${px}px`, text: t })));
     return el("div", { class: "zoom-wrap" }, el("span"), kl, ql, canvas);
   }
