@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.decode.mask_predict import mask_predict
-from attnlab.decode.search import SearchConfig, TransformerStepper, beam_search, greedy_search, translate_ids
+from attnlab.decode.search import SearchConfig, beam_search, greedy_search, translate_ids
+from attnlab.decode.stepper import TransformerStepper
 from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq, build_seq2seq
 from attnlab.nn import Transformer, TransformerConfig
@@ -57,10 +58,11 @@ def test_cached_step_logits_equal_teacher_forced(norm_first):
     tgt = torch.randint(4, V, (src.shape[0], 7))
     tgt[:, 0] = BOS
     full = model(src, tgt).log_softmax(-1)
-    st = TransformerStepper(model, src, use_cache=True)
-    with torch.inference_mode():
-        steps = torch.stack([st.step(tgt[:, : t + 1]) for t in range(tgt.shape[1])], 1)
-    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    for cached in (True, False):  # one token per step, with the cache and by re-running the prefix
+        st = TransformerStepper(model, src, cached=cached)
+        with torch.inference_mode():
+            steps = torch.stack([st.step(tgt[:, t : t + 1]).log_softmax(-1) for t in range(tgt.shape[1])], 1)
+        torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("beam", [1, 3])
@@ -180,7 +182,7 @@ def test_gru_attention_teacher_forcing_matches_steps():
     full = model(src, tgt).log_softmax(-1)
     st = model.stepper(src)
     with torch.inference_mode():
-        steps = torch.stack([st.step(tgt[:, : t + 1]) for t in range(tgt.shape[1])], 1)
+        steps = torch.stack([st.step(tgt[:, t : t + 1]).log_softmax(-1) for t in range(tgt.shape[1])], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 

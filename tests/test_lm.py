@@ -17,6 +17,7 @@ from attnlab.models.lm import (
     lm_config_from_dict,
     lm_config_to_dict,
 )
+from attnlab.models import create_model
 from attnlab.tasks.lm import LMTask, evaluate_ids
 from attnlab.train.engine import Plan
 
@@ -274,3 +275,21 @@ def test_real_text_smoke(shared_data, tmp_path):
     s = train(SPEC, dc, cfg, None, model="transformer_lm_char", model_args={"d_model": 48, "num_layers": 2},
               log=None, progress=False)
     assert s["metrics"]["val_loss"] < 2.9  # uniform over ~60 characters is 4.1, unigram about 3.3
+
+
+@pytest.mark.parametrize("name", ["transformer_lm_char", "gru_lm_small"])
+def test_stepper_select_reorders_rows_like_decoding_them_apart(name):
+    """The one step protocol: after ``select`` the rows continue as if decoded one by one."""
+    torch.manual_seed(0)
+    m = create_model(name, vocab_size=11, **({"d_model": 16, "num_heads": 2, "num_layers": 1, "max_len": 8}
+                                             if name.startswith("transformer") else {"hidden_dim": 8, "embed_dim": 8})).eval()
+    prompts = torch.randint(0, 11, (3, 4))
+    st = m.stepper(cached=True)
+    st.step(prompts)
+    st.select(torch.tensor([2, 0]))
+    nxt = torch.tensor([[5], [7]])
+    both = st.step(nxt)
+    for row, p in enumerate((2, 0)):
+        alone = m.stepper(cached=True)
+        alone.step(prompts[p : p + 1])
+        torch.testing.assert_close(both[row : row + 1], alone.step(nxt[row : row + 1]), atol=1e-5, rtol=1e-5)

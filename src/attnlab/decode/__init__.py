@@ -1,10 +1,13 @@
-"""Decoding: turning a model's next-token scores into sequences.
+"""Decoding: turning a model's next-token scores into sequences, through one step protocol
+(:mod:`attnlab.decode.stepper`: ``step(new) -> logits``, ``select(index)``).
 
-:mod:`attnlab.decode.sampling` — greedy decoding and sampling with temperature, top-k and top-p
-(nucleus), generic over a *step function* ``step(new_tokens (B, t)) -> logits (B, V)`` that the
-model provides (language models: ``model.stepper(cached=True)``).
+- :mod:`attnlab.decode.sampling`: greedy decoding and sampling (temperature, top-k, top-p);
+- :mod:`attnlab.decode.search`: batched greedy and beam search for translation models;
+- :mod:`attnlab.decode.mask_predict`: non-autoregressive decoding (mask-predict).
 """
 
 from attnlab.decode.sampling import filter_logits, generate, greedy, sample_next, validate_sampling
+from attnlab.decode.stepper import Stepper, TransformerStepper, make_stepper
 
-__all__ = ["filter_logits", "generate", "greedy", "sample_next", "validate_sampling"]
+__all__ = ["Stepper", "TransformerStepper", "filter_logits", "generate", "greedy", "make_stepper", "sample_next",
+           "validate_sampling"]

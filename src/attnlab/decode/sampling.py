@@ -1,9 +1,8 @@
-"""Greedy decoding and sampling (temperature, top-k, top-p), over any step function.
-
-A *step function* is ``step(new_tokens (B, t)) -> logits (B, V)``: it is first called with the
-whole prompt, then with each chosen token (B, 1), and returns the scores of the next token. It
-keeps whatever state it needs (a hidden state, a key/value cache, an encoder memory), so the same
-loop serves language models and sequence-to-sequence decoders.
+"""Greedy decoding and sampling (temperature, top-k, top-p), over any stepper
+(:mod:`attnlab.decode.stepper`): ``stepper.step(new_tokens (B, t)) -> logits (B, V)`` is first
+called with the whole prompt, then with each chosen token (B, 1). The stepper keeps whatever
+state it needs (a hidden state, a key/value cache, an encoder memory), so the same loop serves
+language models and sequence-to-sequence decoders.
 
 Sampling from softmax(logits / T) after two optional filters (Holtzman et al. 2020 for top-p):
 
@@ -21,9 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from attnlab.decode.stepper import Stepper
 from attnlab.errors import ConfigError, ShapeError
-
-StepFn = Callable[[Tensor], Tensor]
 
 
 def validate_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
@@ -62,7 +60,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 
 
 @torch.no_grad()
-def generate(step: StepFn, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+def generate(stepper: Stepper, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              eos_id: int | None = None, on_token: Callable[[Tensor], None] | None = None) -> Tensor:
     """Extend ``prompt`` (B, T0) by up to ``max_new_tokens`` tokens → (B, T0 + n).
@@ -79,7 +77,7 @@ def generate(step: StepFn, prompt: Tensor, max_new_tokens: int, *, temperature: 
     new = prompt
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for _ in range(max_new_tokens):
-        nxt = sample_next(step(new), temperature, top_k, top_p, generator)
+        nxt = sample_next(stepper.step(new), temperature, top_k, top_p, generator)
         if eos_id is not None:
             nxt = nxt.masked_fill(done, eos_id)
             done |= nxt == eos_id
@@ -92,6 +90,6 @@ def generate(step: StepFn, prompt: Tensor, max_new_tokens: int, *, temperature: 
     return torch.cat(out, dim=1)
 
 
-def greedy(step: StepFn, prompt: Tensor, max_new_tokens: int, *, eos_id: int | None = None) -> Tensor:
+def greedy(stepper: Stepper, prompt: Tensor, max_new_tokens: int, *, eos_id: int | None = None) -> Tensor:
     """Always the most likely next token (``generate`` with temperature 0)."""
-    return generate(step, prompt, max_new_tokens, temperature=0.0, eos_id=eos_id)
+    return generate(stepper, prompt, max_new_tokens, temperature=0.0, eos_id=eos_id)

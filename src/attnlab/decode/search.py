@@ -1,17 +1,7 @@
 """Autoregressive decoding for encoder–decoder models: batched greedy search and beam search.
 
-Both run the encoder once per batch and then the decoder one token at a time through a
-*stepper*: an object holding what the decoder needs between steps.
-
-    stepper.step(prefix)          prefix (N, t) tokens so far -> log-probabilities (N, V) of the next one
-    stepper.select(index)         keep / reorder rows (sentences that finished leave the batch)
-    stepper.reorder_beams(index)  reorder rows among beams of the same sentence (same source)
-
-:class:`TransformerStepper` serves :class:`attnlab.nn.Transformer`: with ``use_cache`` its
-decoder's self-attention keeps a :class:`~attnlab.nn.KVCache` per layer (each step feeds only
-the newest token) and its cross-attention computes the encoder memory's keys/values once; without
-it every step re-runs the decoder on the whole prefix (the baseline the cache is measured
-against). Other models provide ``model.stepper(src, use_cache)``.
+Both run the encoder once per batch and then the decoder one token at a time through the
+model's stepper (:mod:`attnlab.decode.stepper`: ``step(new) -> logits``, ``select(index)``).
 
 Results are lists of token ids without the start and end tokens. Maximum lengths are relative
 to each sentence's own source length (``max_len_a * len(src) + max_len_b``), so a sentence
@@ -25,54 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnlab.decode.stepper import make_stepper
 from attnlab.errors import ConfigError, ShapeError
-
-
-class TransformerStepper:
-    """Incremental decoding state of an :class:`attnlab.nn.Transformer` (``encode``/``decode``)."""
-
-    def __init__(self, model, src: Tensor, use_cache: bool = True) -> None:
-        self.model = model
-        self.memory, self.mask = model.encode(src)  # (B, Ts, C), (B, 1, 1, Ts)
-        self.cache = model.decoder.new_cache() if use_cache else None
-        if use_cache and bool(self.mask.all()):
-            self.mask = None  # no padding in the batch: nothing to mask in cross-attention
-
-    def step(self, prefix: Tensor) -> Tensor:
-        if self.cache is None:
-            logits = self.model.decode(prefix, self.memory, self.mask)
-        else:
-            # Only the newest token goes through the decoder. Its single query may see every
-            # cached position, so the causal mask is all True and is left out.
-            m = self.model
-            x = m._embed(m.tgt_embed, prefix[:, -1:], len(self.cache[0][0]))
-            x = m.decoder(x, self.memory, None, self.mask, causal=False, pos=m.pos, cache=self.cache)
-            logits = m.out(x)
-        return logits[:, -1].float().log_softmax(-1)
-
-    def reorder_beams(self, index: Tensor) -> None:
-        # Beams of one sentence share the memory (and its cached keys/values): only the
-        # self-attention caches follow the beams.
-        if self.cache is not None:
-            for self_cache, _ in self.cache:
-                self_cache.reorder(index)
-
-    def select(self, index: Tensor) -> None:
-        self.memory = self.memory.index_select(0, index)
-        self.mask = None if self.mask is None else self.mask.index_select(0, index)
-        if self.cache is not None:
-            for self_cache, cross_cache in self.cache:
-                self_cache.reorder(index)
-                cross_cache.reorder(index)
-
-
-def make_stepper(model, src: Tensor, use_cache: bool = True):
-    """The stepper of ``model``: its own ``stepper(src, use_cache)`` or a :class:`TransformerStepper`."""
-    if hasattr(model, "stepper"):
-        return model.stepper(src, use_cache)
-    if hasattr(model, "encode") and hasattr(model, "decode") and hasattr(model, "decoder"):
-        return TransformerStepper(model, src, use_cache)
-    raise ConfigError(f"{type(model).__name__} cannot be decoded step by step (no stepper/encode/decode)")
 
 
 @dataclass
@@ -125,7 +69,7 @@ def greedy_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> 
     alive = torch.arange(b, device=src.device)  # original sentence of each row
     out: list[list[int]] = [[] for _ in range(b)]
     for t in range(1, int(limits.max()) + 1):
-        nxt = stepper.step(prefix).argmax(-1)  # (N,)
+        nxt = stepper.step(prefix[:, -1:]).argmax(-1)  # (N,)
         prefix = torch.cat([prefix, nxt[:, None]], dim=1)
         done = limits[alive] <= t
         if cfg.eos is not None:
@@ -167,7 +111,7 @@ def beam_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> li
     alive = list(range(b))  # original sentence of each group of k rows
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     for t in range(1, max(limits) + 1):
-        logp = stepper.step(prefix)  # (N*k, V)
+        logp = stepper.step(prefix[:, -1:]).float().log_softmax(-1)  # (N*k, V)
         v = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(-1, k, v)).view(-1, k * v)  # (N, k*V)
         top_s, top_i = cand.topk(min(2 * k, k * v), dim=-1)
@@ -198,10 +142,7 @@ def beam_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> li
         if not keep_groups:
             break
         index = torch.tensor(rows, device=dev)
-        if len(keep_groups) == len(alive):
-            stepper.reorder_beams(index)
-        else:
-            stepper.select(index)
+        stepper.select(index)
         prefix = torch.cat([prefix.index_select(0, index), torch.tensor(toks, device=dev)[:, None]], dim=1)
         scores = torch.tensor(new_scores, device=dev).view(-1, k)
         alive = keep_groups

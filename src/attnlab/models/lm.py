@@ -12,7 +12,7 @@ Both predict token t+1 from tokens ≤ t: ``model(idx (B, T)) -> logits (B, T, V
   :class:`~attnlab.nn.attention.KVCache` per block.
 
 :func:`build_lm` makes either from a config; :func:`lm_config_from_dict` reads one back.
-Both models expose ``stepper(cached=...)``, the step function of :mod:`attnlab.decode.sampling`.
+Both models expose ``stepper(cached=...)``, their decoding stepper (:mod:`attnlab.decode.stepper`).
 """
 
 from __future__ import annotations
@@ -140,16 +140,27 @@ class RecurrentLM(nn.Module):
             raise ShapeError(f"expected token ids (B, T), got shape {tuple(idx.shape)}")
         return self.forward_embeddings(self.embed(idx), hidden)
 
-    def stepper(self, cached: bool = True):
-        """A step function: ``step(new_tokens (B, t)) -> logits (B, V)`` of the next token; it keeps
-        the hidden state between calls (a recurrent model has nothing to recompute)."""
-        state = {"h": None}
+    def stepper(self, cached: bool = True) -> RecurrentStepper:
+        """The decoding stepper (:mod:`attnlab.decode.stepper`): the hidden state is carried
+        between calls (a recurrent model has nothing to recompute; ``cached`` changes nothing)."""
+        return RecurrentStepper(self)
 
-        @torch.no_grad()
-        def step(tokens: Tensor) -> Tensor:
-            logits, state["h"] = self(tokens, state["h"])
-            return _last_logits(logits)
-        return step
+
+class RecurrentStepper:
+    """``step(new (B, t)) -> logits (B, V)`` of the next token, carrying the hidden state."""
+
+    def __init__(self, model: RecurrentLM) -> None:
+        self.model, self.hidden = model, None
+
+    @torch.no_grad()
+    def step(self, new: Tensor) -> Tensor:
+        logits, self.hidden = self.model(new, self.hidden)
+        return _last_logits(logits)
+
+    def select(self, index: Tensor) -> None:
+        if self.hidden is not None:  # (L, B, H), or a pair of them for the LSTM
+            pick = lambda h: h.index_select(1, index)  # noqa: E731
+            self.hidden = tuple(map(pick, self.hidden)) if isinstance(self.hidden, tuple) else pick(self.hidden)
 
 
 def context_start(total: int, max_len: int) -> int:
@@ -221,28 +232,42 @@ class TransformerLM(nn.Module):
             raise ShapeError(f"expected token ids (B, T), got shape {tuple(idx.shape)}")
         return self.forward_embeddings(self.embed(idx), cache)
 
-    def stepper(self, cached: bool = True):
-        """A step function ``step(new_tokens (B, t)) -> logits (B, V)`` of the next token.
+    def stepper(self, cached: bool = True) -> TransformerLMStepper:
+        """The decoding stepper (:mod:`attnlab.decode.stepper`); see :class:`TransformerLMStepper`."""
+        return TransformerLMStepper(self, cached)
 
-        The context is at most ``max_len`` tokens (:func:`context_start`). With ``cached`` each
-        call runs only the new tokens against the key/value cache; without it each call reruns the
-        whole visible context. Both see exactly the same context, so greedy decoding agrees.
-        """
-        max_len = self.cfg.max_len
-        state: dict = {"tokens": None, "cache": None, "start": 0}
 
-        @torch.no_grad()
-        def step(new: Tensor) -> Tensor:
-            toks = new if state["tokens"] is None else torch.cat([state["tokens"], new], dim=1)
-            state["tokens"] = toks
-            start = context_start(toks.shape[1], max_len)
-            if not cached:
-                return _last_logits(self(toks[:, start:]))
-            if state["cache"] is None or start != state["start"]:  # (re)fill the cache with the visible context
-                state["cache"], state["start"] = self.new_cache(), start
-                return _last_logits(self(toks[:, start:], cache=state["cache"]))
-            return _last_logits(self(new, cache=state["cache"]))
-        return step
+class TransformerLMStepper:
+    """``step(new (B, t)) -> logits (B, V)`` of the next token.
+
+    The context is at most ``max_len`` tokens (:func:`context_start`). With ``cached`` each call
+    runs only the new tokens against the key/value cache; without it each call reruns the whole
+    visible context. Both see exactly the same context, so greedy decoding agrees.
+    """
+
+    def __init__(self, model: TransformerLM, cached: bool = True) -> None:
+        self.model, self.cached = model, cached
+        self.tokens: Tensor | None = None
+        self.cache: list[KVCache] | None = None
+        self.start = 0
+
+    @torch.no_grad()
+    def step(self, new: Tensor) -> Tensor:
+        m = self.model
+        self.tokens = new if self.tokens is None else torch.cat([self.tokens, new], dim=1)
+        start = context_start(self.tokens.shape[1], m.cfg.max_len)
+        if not self.cached:
+            return _last_logits(m(self.tokens[:, start:]))
+        if self.cache is None or start != self.start:  # (re)fill the cache with the visible context
+            self.cache, self.start = m.new_cache(), start
+            return _last_logits(m(self.tokens[:, start:], cache=self.cache))
+        return _last_logits(m(new, cache=self.cache))
+
+    def select(self, index: Tensor) -> None:
+        if self.tokens is not None:
+            self.tokens = self.tokens.index_select(0, index)
+        for c in self.cache or ():
+            c.reorder(index)
 
 
 LMConfig = RecurrentLMConfig | TransformerLMConfig

@@ -106,23 +106,23 @@ class GRUAttentionSeq2Seq(nn.Module):
             logits.append(lg)
         return torch.stack(logits, 1)
 
-    def stepper(self, src: Tensor, use_cache: bool = True) -> _GRUStepper:
+    def stepper(self, src: Tensor, cached: bool = True) -> _GRUStepper:
+        """The decoding stepper (:mod:`attnlab.decode.stepper`); a recurrent state is its own cache."""
         return _GRUStepper(self, src)
 
+
 class _GRUStepper:
-    """Decoding state of :class:`GRUAttentionSeq2Seq` (a recurrent state is its own cache)."""
+    """Decoding state of :class:`GRUAttentionSeq2Seq`: annotations, projected keys, the state."""
 
     def __init__(self, model: GRUAttentionSeq2Seq, src: Tensor) -> None:
         self.model = model
         self.annotations, self.valid, self.state = model.encode(src)
         self.keys_proj = model.attention.project_keys(self.annotations)
 
-    def step(self, prefix: Tensor) -> Tensor:
-        logits, self.state = self.model.step(prefix[:, -1], self.state, self.annotations, self.keys_proj, self.valid)
-        return logits.float().log_softmax(-1)
-
-    def reorder_beams(self, index: Tensor) -> None:
-        self.state = self.state.index_select(0, index)
+    def step(self, new: Tensor) -> Tensor:
+        for i in range(new.shape[1]):
+            logits, self.state = self.model.step(new[:, i], self.state, self.annotations, self.keys_proj, self.valid)
+        return logits.float()
 
     def select(self, index: Tensor) -> None:
         self.state = self.state.index_select(0, index)
