@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from attnlab.decode.sampling import filter_logits, generate, greedy, sample_next, validate_sampling
 from attnlab.errors import ConfigError, DataError, ShapeError
+from attnlab.models import create_model
 from attnlab.models.lm import (
     RecurrentLM,
     TransformerLM,
@@ -17,7 +18,6 @@ from attnlab.models.lm import (
     lm_config_from_dict,
     lm_config_to_dict,
 )
-from attnlab.models import create_model
 from attnlab.tasks.lm import LMTask, evaluate_ids
 from attnlab.train.engine import Plan
 
