@@ -15,7 +15,8 @@ from PIL import Image
 
 from attnlab.cli.main import main
 from attnlab.data.tokenizers import BPETokenizer, train_tokenizer
-from attnlab.decode.search import TransformerStepper, greedy_search
+from attnlab.decode.search import greedy_search
+from attnlab.decode.stepper import make_stepper
 from attnlab.errors import ConfigError, UnsupportedError
 from attnlab.models import VisionTransformer, ViTConfig, create_model
 from attnlab.models.lm import build_lm, lm_config
@@ -195,10 +196,10 @@ def test_translation_rows_are_the_decoding_steps(bpe):
     assert float(sets["dec"].triu(1).abs().max()) == 0.0
     assert d["text"]["output"][-1] == "</s>" and len(d["text"]["target"]) == tt
     # step t of cached, incremental decoding attends exactly as row t of the teacher-forced pass
-    stepper = TransformerStepper(mt, torch.tensor([src]))  # with its key/value cache
+    stepper = make_stepper(mt, torch.tensor([src]), cached=True)  # with its key/value cache
     with torch.no_grad(), cached_weights([layer.cross_attn for layer in mt.decoder.layers]) as calls:
-        for t in range(1, tt + 1):
-            stepper.step(torch.tensor([tgt[:t]]))
+        for t in range(tt):
+            stepper.step(torch.tensor([[tgt[t]]]))  # one new token per step
     steps = torch.stack([torch.cat([w[0] for w in c], dim=1) for c in calls])  # (L, H, Tt, Ts)
     assert float((sets["cross"] - steps).abs().max()) <= 1 / 510 + 1e-6
     torch.testing.assert_close(worked_softmax(d["worked"]), steps[0, 1], atol=1e-6, rtol=1e-5)
@@ -222,6 +223,22 @@ def test_gru_attention_gives_its_alignment(bpe):
     assert a.shape[:2] == (1, 1) and a.shape[2] == len(d["text"]["target"]) and a.shape[3] == len(d["text"]["source"])
     torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:3]), atol=a.shape[-1] / 255, rtol=0)
     assert d["worked"] is None
+
+
+def test_text_pages_keep_the_budget_too():
+    tok = train_tokenizer("char", " ".join(CORPUS))
+    torch.manual_seed(0)
+    lm = build_lm(lm_config("transformer", vocab_size=tok.vocab_size, d_model=32, num_layers=6, num_heads=4,
+                            max_len=64)).eval()
+    text = " ".join(CORPUS)[:60]
+    full = E.explore_lm(lm, tok, text, label="lm")
+    size, per_layer = len(E.render_page(full).encode("utf-8")), E.packed_bytes([4, 60, 60])
+    cut = E.explore_lm(lm, tok, text, label="lm", budget=size - 2 * per_layer)
+    keep = cut["sets"][0]["layers"]
+    assert full["sets"][0]["layers"] == list(range(6)) and len(keep) < 6 and keep[-1] == 5
+    assert len(E.render_page(cut).encode("utf-8")) <= size - 2 * per_layer
+    assert any(f"{len(keep)} of the 6 layers" in n for n in cut["notes"])
+    assert E.evenly_spaced(12, 3) == [0, 6, 11] and E.evenly_spaced(12, 1) == [11] and E.evenly_spaced(4, 9) == [0, 1, 2, 3]
 
 
 def test_top_k_attention_has_no_worked_head_and_says_why():

@@ -20,7 +20,7 @@ and in each, a worked head: Q·Kᵀ, ÷√d_k, softmax and ·V with the model's 
 A registered name builds a random-init model (the page says so) unless --weights fills it
 (timm, torchvision, Hugging Face, JAX or attnlab files); text models named by the
 registry or read from a checkpoint file need their tokenizer (--tokenizer, or --src-tokenizer
-and --tgt-tokenizer). The page stays under --max-mb: larger ViTs keep evenly spaced blocks."""
+and --tgt-tokenizer). The page stays under --max-mb: larger models keep evenly spaced layers."""
 
 EPILOG = """examples:
   attnlab viz explore vit_tiny_patch16_224 cat.jpg -o cat.html             (random init)
@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
                                                          "(default: ImageNet's for RGB models, none for grey)")
     p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std to normalise the image with")
-    p.add_argument("--max-mb", type=float, default=3.0, help="ViT: size budget of the page in MB (default: 3.0)")
+    p.add_argument("--max-mb", type=float, default=3.0, help="size budget of the page in MB; past it, evenly spaced layers "
+                                                             "are kept and the page says so (default: 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init when MODEL is a registered name (default: 0)")
     p.set_defaults(func=run)
 
@@ -67,7 +68,7 @@ def run(args) -> int:
     kind = family(model)
     if args.target is not None and kind != "translation":
         raise ConfigError("--target is for translation models only")
-    worked = (args.layer, args.head)
+    worked, budget = (args.layer, args.head), int(args.max_mb * 1e6)
     label = args.model
     if kind == "vit":
         from attnlab.viz.vit import load_image
@@ -79,14 +80,14 @@ def run(args) -> int:
             if mean is None and std is None and "normalize" in run.extras:
                 mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
         data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=mean, std=std,
-                                   worked=worked, class_names=names, budget=int(args.max_mb * 1e6))
+                                   worked=worked, class_names=names, budget=budget)
     elif kind == "lm":
         data = explore.explore_lm(model, tokenizers, args.input, label=label, random_init=random_init,
-                                  worked=worked)
+                                  worked=worked, budget=budget)
     else:
         src_tok, tgt_tok = tokenizers
         data = explore.explore_translation(model, src_tok, tgt_tok, args.input, args.target, label=label,
-                                           random_init=random_init, worked=worked)
+                                           random_init=random_init, worked=worked, budget=budget)
     path = explore.write_page(data, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

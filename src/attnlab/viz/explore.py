@@ -195,6 +195,34 @@ def _parse_layer(index: int, depth: int, what: str = "layer") -> int:
     return index % depth
 
 
+# ---------------------------------------------------------------------- the size budget
+def evenly_spaced(depth: int, n: int) -> list[int]:
+    """``n`` of ``depth`` layer indices, evenly spaced, the last always among them."""
+    n = max(1, min(depth, n))
+    if n == 1:
+        return [depth - 1]
+    return sorted({round(depth - 1 - i * (depth - 1) / (n - 1)) for i in range(n)})
+
+
+def _attach_sets(data: dict, sets: list[tuple[dict, Tensor]], budget: int, unit: str = "layers") -> dict:
+    """``data["sets"]`` from (description, weights (L, H, Tq, Tk)) pairs: every layer if the page
+    fits in ``budget`` bytes, else at most n evenly spaced layers per set (n as large as fits),
+    with a note saying which were kept."""
+    fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512 * len(sets)  # + each set's own keys
+    depths, per_layer = [w.shape[0] for _, w in sets], [packed_bytes(w.shape[1:]) for _, w in sets]
+    n = max(depths)
+    while n > 1 and sum(min(d, n) * b for d, b in zip(depths, per_layer)) > budget - fixed:
+        n -= 1
+    data["sets"] = []
+    for (desc, w), depth in zip(sets, depths):
+        keep = evenly_spaced(depth, n)
+        if len(keep) < depth:
+            data["notes"].append(f"To keep the page under {budget / 1e6:.1f} MB, {len(keep)} of the {depth} {unit} of "
+                                 f"the {desc['title']} are stored ({unit} {', '.join(map(str, keep))}).")
+        data["sets"].append({**desc, "layers": keep, "attention": pack_attention(w[keep])})
+    return data
+
+
 # ---------------------------------------------------------------------- text
 def _labels(tokenizer, ids: Sequence[int]) -> list[str]:
     """:func:`~attnlab.viz.text.token_labels`, with special tokens (<s>, </s>, ...) by name."""
@@ -216,10 +244,10 @@ def _meta(model: nn.Module, label: str, random_init: bool) -> dict:
 
 @torch.no_grad()
 def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_init: bool = False,
-               worked: tuple[int, int] = (-1, 0), max_tokens: int = MAX_TEXT_TOKENS) -> dict:
+               worked: tuple[int, int] = (-1, 0), max_tokens: int = MAX_TEXT_TOKENS, budget: int = BUDGET_BYTES) -> dict:
     """Page data of a causal Transformer language model (:class:`attnlab.models.lm.TransformerLM`)
     reading ``text``: each block's self-attention, the next token it predicts at each position,
-    and the worked head ``worked`` = (layer, head)."""
+    and the worked head ``worked`` = (layer, head); within ``budget`` bytes (:func:`_attach_sets`)."""
     blocks = getattr(model, "blocks", None)
     if blocks is None or not all(isinstance(getattr(b, "self_attn", None), MultiHeadAttention) for b in blocks):
         raise UnsupportedError(f"{type(model).__name__} has no attention to explore (a recurrent model?); "
@@ -237,27 +265,28 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
         logits = model(torch.tensor([ids], device=next(model.parameters()).device))
     probs = logits[0].float().softmax(-1)
     p, nxt = probs.max(-1)
-    return {
+    data = {
         "kind": "lm", "meta": _meta(model, label, random_init), "notes": notes,
         "text": {"tokens": _labels(tokenizer, ids),
                  "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(_labels(tokenizer, nxt.tolist()), p)]},
-        "sets": [{"id": "self", "title": "self-attention (causal)", "queries": "tokens", "keys": "tokens",
-                  "attention": pack_attention(_stack(rec, names))}],
         "worked": _worked("self", layer, worked[1], model.get_submodule(names[layer]), _only(inputs, names[layer]),
                           rec.maps[names[layer]][0], notes),
     }
+    desc = {"id": "self", "title": "self-attention (causal)", "queries": "tokens", "keys": "tokens"}
+    return _attach_sets(data, [(desc, _stack(rec, names))], budget)
 
 
 @torch.no_grad()
 def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: str, target: str | None = None, *,
                         label: str, random_init: bool = False, worked: tuple[int, int] = (-1, 0),
-                        max_tokens: int = MAX_TEXT_TOKENS) -> dict:
+                        max_tokens: int = MAX_TEXT_TOKENS, budget: int = BUDGET_BYTES) -> dict:
     """Page data of a translation model on one sentence: the target is ``target`` (teacher
     forcing) or the model's greedy translation. For the Transformer: encoder self-attention,
     decoder self-attention and cross-attention of every layer, and the worked head on the
     cross-attention of ``worked`` = (decoder layer, head); for the GRU with additive attention,
     its one alignment. Decoder row t is decoding step t (the model reads the target prefix up
-    to t and predicts the next token), exactly as in step-by-step decoding."""
+    to t and predicts the next token), exactly as in step-by-step decoding. Within ``budget``
+    bytes (:func:`_attach_sets`)."""
     from attnlab.decode.search import greedy_search
 
     bos, eos = tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
@@ -282,12 +311,11 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
         with AttentionRecorder(model) as rec:
             model(src, tgt_in)
         align = torch.cat(rec.maps["attention"], dim=-2)[:1].float()  # one row per decoding step: (1, 1, Tt, Ts)
-        data["sets"] = [{"id": "cross", "title": "additive attention (alignment)", "queries": "target", "keys": "source",
-                         "attention": pack_attention(align)}]
         data["notes"].append("Additive attention (Bahdanau et al. 2015): score = vᵀ tanh(W s + U h), "
                              "so there is no Q·Kᵀ head to work through.")
         data["worked"] = None
-        return data
+        desc = {"id": "cross", "title": "additive attention (alignment)", "queries": "target", "keys": "source"}
+        return _attach_sets(data, [(desc, align)], budget)
 
     enc = getattr(getattr(model, "encoder", None), "layers", None)
     dec = getattr(getattr(model, "decoder", None), "layers", None)
@@ -301,17 +329,14 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     cross = names["cross"][layer]
     with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(cross)) as inputs:
         model(src, tgt_in)
-    data["sets"] = [
-        {"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source",
-         "attention": pack_attention(_stack(rec, names["enc"]))},
-        {"id": "dec", "title": "decoder self-attention (causal)", "queries": "target", "keys": "target",
-         "attention": pack_attention(_stack(rec, names["dec"]))},
-        {"id": "cross", "title": "cross-attention (target → source)", "queries": "target", "keys": "source",
-         "attention": pack_attention(_stack(rec, names["cross"]))},
-    ]
     data["worked"] = _worked("cross", layer, worked[1], model.get_submodule(cross), _only(inputs, cross), rec.maps[cross][0],
                              notes)
-    return data
+    sets = [({"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source"}, _stack(rec, names["enc"])),
+            ({"id": "dec", "title": "decoder self-attention (causal)", "queries": "target", "keys": "target"},
+             _stack(rec, names["dec"])),
+            ({"id": "cross", "title": "cross-attention (target → source)", "queries": "target", "keys": "source"},
+             _stack(rec, names["cross"]))]
+    return _attach_sets(data, sets, budget)
 
 
 # ---------------------------------------------------------------------- images
@@ -324,14 +349,6 @@ def image_data_uri(image: Tensor) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _keep_layers(depth: int, per_layer: int, room: int) -> list[int]:
-    """All layers if they fit in ``room`` bytes, else as many as fit, evenly spaced, the last kept."""
-    n = max(1, min(depth, room // max(1, per_layer)))
-    if n == depth:
-        return list(range(depth))
-    return sorted({round(depth - 1 - i * (depth - 1) / max(1, n - 1)) for i in range(n)} if n > 1 else {depth - 1})
 
 
 @torch.no_grad()
@@ -377,13 +394,10 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
         "predictions": _top5(logits[0], class_names) if model.cfg.num_classes > 0 else [],
         "worked": _worked("vit", layer, worked[1], model.get_submodule(name), _only(inputs, name), maps[layer], notes),
     }
-    fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512  # + the set's own keys
-    keep = _keep_layers(depth, packed_bytes(attn.shape[1:]), budget - fixed)
-    if len(keep) < depth:
-        notes.append(f"To keep the page under {budget / 1e6:.1f} MB, {len(keep)} of the {depth} blocks' attention "
-                     f"maps are stored (blocks {', '.join(map(str, keep))}); the rollout uses all blocks.")
-    data["sets"] = [{"id": "vit", "title": "self-attention", "queries": "patches", "keys": "patches", "layers": keep,
-                     "attention": pack_attention(attn[keep])}]
+    desc = {"id": "vit", "title": "self-attention", "queries": "patches", "keys": "patches"}
+    _attach_sets(data, [(desc, attn)], budget, unit="blocks")
+    if len(data["sets"][0]["layers"]) < depth:
+        notes.append("The rollout uses all blocks.")
     return data
 
 

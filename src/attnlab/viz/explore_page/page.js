@@ -118,7 +118,7 @@
   function headView(root, set, qTok, kTok, hooks) {
     const A = set.attn, st = { layer: A.L - 1, heads: new Set([...Array(A.H).keys()]), hover: null, pinned: null, focus: null };
     const layerSel = el("select", { class: "layer", "aria-label": "layer" });
-    for (let l = 0; l < A.L; l++) layerSel.append(el("option", { value: l, text: `layer ${l}` }));
+    for (let l = 0; l < A.L; l++) layerSel.append(el("option", { value: l, text: `layer ${set.layers[l]}` }));
     layerSel.value = st.layer;
     layerSel.addEventListener("change", () => { st.layer = +layerSel.value; draw(); });
     const toggles = [...Array(A.H).keys()].map((h) => el("button", {
@@ -174,7 +174,7 @@
       }
       L.forEach((t, i) => { t.bg.setAttribute("opacity", k != null ? (0.6 * qw[i]).toFixed(3) : 0); t.tx.classList.toggle("pinned", st.pinned === i || (st.pinned == null && st.focus === i)); });
       R.forEach((t, j) => t.bg.setAttribute("opacity", q != null ? (0.6 * kw[j]).toFixed(3) : 0));
-      box.setAttribute("data-layer", st.layer);
+      box.setAttribute("data-layer", set.layers[st.layer]);
       box.setAttribute("data-lines", lines.childElementCount);
     }
     draw();
@@ -194,9 +194,9 @@
     const zoom = el("div", { id: `mv-zoom-${set.id}`, class: "mv-zoom", hidden: "" });
     const cells = [];
     for (let l = 0; l < A.L; l++) {
-      grid.append(el("span", { class: "lab", text: `layer ${l}` }));
+      grid.append(el("span", { class: "lab", text: `layer ${set.layers[l]}` }));
       for (let h = 0; h < A.H; h++) {
-        const c = el("canvas", { class: "mv-cell", "data-layer": l, "data-head": h, title: `layer ${l}, head ${h}: click to enlarge` });
+        const c = el("canvas", { class: "mv-cell", "data-layer": l, "data-head": h, title: `layer ${set.layers[l]}, head ${h}: click to enlarge` });
         heatmap(c, A.matrix(l, h), A.Tq, A.Tk, { rowNorm: true });
         c.addEventListener("click", () => pick(l, h));
         cells.push(c); grid.append(c);
@@ -204,7 +204,7 @@
     }
     function pick(l, h) {
       cells.forEach((c) => c.classList.toggle("active", +c.dataset.layer === l && +c.dataset.head === h));
-      zoom.replaceChildren(el("h3", { text: `layer ${l} · head ${h}` }),
+      zoom.replaceChildren(el("h3", { text: `layer ${set.layers[l]} · head ${h}` }),
         labelledHeatmap(el("canvas", { class: "big" }), A.matrix(l, h), qTok, kTok, { rowNorm: true }),
         legend("inferno", "0", "row max", "weight (rows: queries, columns: keys)"),
         el("button", { text: "close", onclick: () => { zoom.hidden = true; cells.forEach((c) => c.classList.remove("active")); } }));
@@ -370,7 +370,7 @@
     const alignCanvas = el("canvas", { class: "big", id: "alignment" }), alignWrap = el("div");
     const layerSel = el("select", { "aria-label": "alignment layer" });
     const cross = DATA.sets.find((s) => s.id === "cross"), C = Attention(cross.attention);
-    for (let l = 0; l < C.L; l++) layerSel.append(el("option", { value: l, text: `layer ${l}, mean of heads` }));
+    for (let l = 0; l < C.L; l++) layerSel.append(el("option", { value: l, text: `layer ${cross.layers[l]}, mean of heads` }));
     layerSel.value = C.L - 1;
     sec.append(el("div", { class: "controls" }, el("label", { text: "step" }), step, label), el("h3", { text: "source" }), src,
       el("h3", { text: "target" }), tgt, el("h3", { text: "cross-attention alignment (rows: target steps, columns: source tokens)" }),
