@@ -1,6 +1,6 @@
 # Two set-up commands on a fresh machine (see README.md):
 #   make demo   virtual environment + install + the main job
-#   make test   virtual environment with the dev extras and the anchors + the whole test suite
+#   make test   virtual environment with the dev extras, the anchors and the export extra + the whole test suite
 PYTHON ?= python3
 DEMO_VENV ?= .venv
 TEST_VENV ?= .venv-test
@@ -19,7 +19,7 @@ $(DEMO_VENV)/.installed: pyproject.toml constraints/demo.txt constraints/common.
 $(TEST_VENV)/.installed: pyproject.toml constraints/test.txt constraints/common.txt
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TEST_VENV)/bin/python -m pip install -q -c constraints/test.txt -e '.[dev,anchors]'
+	$(TEST_VENV)/bin/python -m pip install -q -c constraints/test.txt -e '.[dev,anchors,export]'
 	touch $@
 
 install: $(DEMO_VENV)/.installed
