@@ -30,12 +30,15 @@ demo: $(DEMO_VENV)/.installed
 
 # Headless Chromium for the explorer page's browser tests (Debian's package; never fails the
 # build: without it those tests skip with the reason).
+CHROMIUM ?= /usr/bin/chromium
+ATTNLAB_CHROMIUM ?= $(CHROMIUM)
+export ATTNLAB_CHROMIUM
 install-browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
+	@if [ -x $(CHROMIUM) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null 2>&1 \
 			|| echo "install-browser: apt-get could not install chromium; the browser tests will skip"; \
-	else echo "install-browser: no /usr/bin/chromium and no root apt-get; the browser tests will skip"; fi
+	else echo "install-browser: no $(CHROMIUM) and no root apt-get; the browser tests will skip"; fi
 
 test: $(TEST_VENV)/.installed install-browser
 	$(TEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
