@@ -306,8 +306,8 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
                               + ". Nothing was loaded.")
 
     with torch.no_grad():
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
+        params.update(dict(model.named_buffers(remove_duplicate=False)))
         for k, t in out.items():
             params[k].copy_(t)
     if eps_change is not None:

@@ -47,14 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     except AttnlabError as e:
         print(f"attnlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("attnlab: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader went away (attnlab ... | head): stop quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # a read-only directory, a full disk...: what failed, where, in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"attnlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
