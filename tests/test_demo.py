@@ -32,3 +32,23 @@ def test_demo_refuses_an_existing_run_dir(tmp_path, capsys):
     assert main(["demo", "--run-dir", str(tmp_path / "d")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "d" / "notes.txt").read_text() == "keep"
+
+
+def test_demo_banner_counts_are_the_runs_and_the_best_epoch_is_chosen_on_validation(tmp_path):
+    """The banner said 1,437 / 360 images where the run had 1,438 / 359, and the demo picked its
+    best checkpoint on the test split it then called held out."""
+    import json
+    import re
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--epochs", "1", "--run-dir", str(tmp_path / "d")]) == 0
+    text = " ".join(out.getvalue().split())
+    rec = json.loads((tmp_path / "d" / "best.json").read_text())
+    ds = rec["dataset"]
+    m = re.search(r"([\d,]+) training, ([\d,]+) validation .* and ([\d,]+) test images", text)
+    assert m, text[:400]
+    got = [int(g.replace(",", "")) for g in m.groups()]
+    assert got == [ds["train_size"], ds["val_size"], ds["test_size"]]
+    assert ds["val_source"] != "test split" and ds["train_size"] + ds["val_size"] + ds["test_size"] == 1797
+    assert f"/{ds['test_size']} test digits" in text
