@@ -205,6 +205,17 @@ def test_translation_rows_are_the_decoding_steps(bpe):
     torch.testing.assert_close(worked_softmax(d["worked"]), steps[0, 1], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("which", ["enc", "dec"])
+def test_translation_worked_head_of_any_attention(bpe, which):
+    mt = tiny_mt(bpe)
+    d = E.explore_translation(mt, bpe, bpe, "ein hund läuft .", "a dog runs .", label="mt", worked=(1, 2), worked_set=which)
+    w = d["worked"]
+    assert (w["set"], w["layer"], w["head"]) == (which, 1, 2) and w["check"] < 1e-6
+    ref = E.unpack_attention(next(s for s in d["sets"] if s["id"] == which)["attention"])[1, 2]
+    assert (w["tq"], w["tk"]) == tuple(ref.shape)
+    assert float((worked_softmax(w) - ref).abs().max()) <= float(ref.max()) / 510 + 1e-6
+
+
 def test_translation_without_target_uses_the_greedy_translation(bpe):
     mt = tiny_mt(bpe)
     d = E.explore_translation(mt, bpe, bpe, "a dog runs .", label="mt")

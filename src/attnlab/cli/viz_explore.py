@@ -46,9 +46,11 @@ def add_parser(sub) -> None:
                                                   "model) when MODEL is not a run")
     p.add_argument("--src-tokenizer", type=Path, help="translation: the source tokenizer JSON when MODEL is not a run")
     p.add_argument("--tgt-tokenizer", type=Path, help="translation: the target tokenizer JSON when MODEL is not a run")
-    p.add_argument("--layer", type=int, default=-1, help="the worked head's layer (ViT block, LM block, decoder layer "
-                                                          "for translation), negative counts from the end (default: -1)")
+    p.add_argument("--layer", type=int, default=-1, help="the worked head's layer (ViT block, LM block, translation: a layer "
+                                                          "of --attention), negative counts from the end (default: -1)")
     p.add_argument("--head", type=int, default=0, help="the worked head's head (default: 0)")
+    p.add_argument("--attention", choices=("enc", "dec", "cross"), default="cross",
+                   help="translation: the worked head's attention: encoder self, decoder self or cross (default: cross)")
     p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
                                                          "(default: ImageNet's for RGB models, none for grey)")
     p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std to normalise the image with")
@@ -87,7 +89,7 @@ def run(args) -> int:
     else:
         src_tok, tgt_tok = tokenizers
         data = explore.explore_translation(model, src_tok, tgt_tok, args.input, args.target, label=label,
-                                           random_init=random_init, worked=worked, budget=budget)
+                                           random_init=random_init, worked=worked, worked_set=args.attention, budget=budget)
     path = explore.write_page(data, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -278,12 +278,12 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
 
 @torch.no_grad()
 def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: str, target: str | None = None, *,
-                        label: str, random_init: bool = False, worked: tuple[int, int] = (-1, 0),
+                        label: str, random_init: bool = False, worked: tuple[int, int] = (-1, 0), worked_set: str = "cross",
                         max_tokens: int = MAX_TEXT_TOKENS, budget: int = BUDGET_BYTES) -> dict:
     """Page data of a translation model on one sentence: the target is ``target`` (teacher
     forcing) or the model's greedy translation. For the Transformer: encoder self-attention,
-    decoder self-attention and cross-attention of every layer, and the worked head on the
-    cross-attention of ``worked`` = (decoder layer, head); for the GRU with additive attention,
+    decoder self-attention and cross-attention of every layer, and the worked head ``worked`` =
+    (layer, head) of ``worked_set`` ("enc", "dec" or "cross"); for the GRU with additive attention,
     its one alignment. Decoder row t is decoding step t (the model reads the target prefix up
     to t and predicts the next token), exactly as in step-by-step decoding. Within ``budget``
     bytes (:func:`_attach_sets`)."""
@@ -325,11 +325,13 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     names = {"enc": [f"encoder.layers.{i}.self_attn" for i in range(len(enc))],
              "dec": [f"decoder.layers.{i}.self_attn" for i in range(len(dec))],
              "cross": [f"decoder.layers.{i}.cross_attn" for i in range(len(dec))]}
-    layer = _parse_layer(worked[0], len(dec))
-    cross = names["cross"][layer]
-    with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(cross)) as inputs:
+    if worked_set not in names:
+        raise ConfigError(f"the worked head's attention is one of {', '.join(names)}, not {worked_set!r}")
+    layer = _parse_layer(worked[0], len(names[worked_set]))
+    name = names[worked_set][layer]
+    with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(name)) as inputs:
         model(src, tgt_in)
-    data["worked"] = _worked("cross", layer, worked[1], model.get_submodule(cross), _only(inputs, cross), rec.maps[cross][0],
+    data["worked"] = _worked(worked_set, layer, worked[1], model.get_submodule(name), _only(inputs, name), rec.maps[name][0],
                              notes)
     sets = [({"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source"}, _stack(rec, names["enc"])),
             ({"id": "dec", "title": "decoder self-attention (causal)", "queries": "target", "keys": "target"},

@@ -380,7 +380,7 @@
       apply() {
         const t = +step.value;
         if (ui) for (const id of ["dec", "cross"]) if (ui.views[id]) ui.views[id].focus(t);
-        if (worked) worked.view.setQuery(t);
+        if (worked && worked.set !== "enc") worked.view.setQuery(t);  // decoder queries are the steps
       },
     };
     function update() {
