@@ -336,13 +336,14 @@ def test_cli_text_models_with_tokenizer_files(tmp_path, bpe):
     assert [s["id"] for s in data["sets"]] == ["enc", "dec", "cross"] and data["worked"]["check"] < 1e-5
 
 
-@pytest.mark.parametrize("fmt", ["timm", "attnlab"])
+@pytest.mark.parametrize("fmt", ["timm", "attnlab", "hf"])
 def test_cli_vit_weights_from_a_file(tmp_path, image_file, fmt):
     from attnlab.checkpoints import save_checkpoint
 
     torch.manual_seed(1)
     vit = create_model("vit_mnist").eval()
-    path = save_checkpoint(vit, tmp_path / f"{fmt}.safetensors", format=fmt)
+    path = save_checkpoint(vit, tmp_path / (f"{fmt}.safetensors" if fmt != "hf" else "hf_dir"), format=fmt)
+    path = path.parent if fmt == "hf" else path  # a Hugging Face directory (config.json + weights)
     out = tmp_path / "p.html"
     argv = ["vit_mnist", str(image_file), "--weights", str(path)] if fmt == "timm" else [str(path), str(image_file)]
     assert main(["viz", "explore", *argv, "-o", str(out)]) == 0
