@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.errors import ShapeError
+from attnlab.errors import ConfigError, ShapeError
 
 TINY = dict(img_size=32, patch_size=8, depth=2, num_classes=5)  # on top of vit_tiny_patch16_224 (192 wide, 3 heads)
 VIT_VARIANTS = [
@@ -51,3 +51,189 @@ def test_fx_feature_extraction_torchvision_and_timm():
     for create in (fe_tv.create_feature_extractor, timm_fx.create_feature_extractor):
         got = create(m, return_nodes=nodes)(x)
         assert torch.equal(got["b0"], want[0]) and torch.equal(got["b1"], want[1])
+
+
+# ---------------------------------------------------------------------- .pt2 and ONNX
+from attnlab.export import export_model, greedy_decode, load_graph, self_cache_zeros  # noqa: E402
+from attnlab.export.graph import export_program, graphs_of  # noqa: E402
+
+TOL = 1e-4
+
+
+def need_onnx(fmt):
+    if fmt == "onnx":
+        for mod in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(mod, reason=f"ONNX export needs {mod}: pip install 'attnlab[export]'")
+
+
+def max_err(a, b):
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_vit_export_matches_eager_at_batch_1_3_8(tmp_path, fmt):
+    need_onnx(fmt)
+    m = tiny_vit()
+    [path] = export_model(m, tmp_path / f"vit.{fmt}")
+    run = load_graph(path)
+    for b in (1, 3, 8):
+        x = torch.randn(b, 3, 32, 32)
+        (y,) = run(x)
+        assert max_err(y, m(x)) < TOL
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_vit_dynamic_img_size_exported_per_size(tmp_path, fmt):
+    """A dynamic_img_size model is exported once per image size; off its own grid the learned
+    position embeddings are resampled (antialiased bicubic, which ONNX Runtime reproduces)."""
+    need_onnx(fmt)
+    m = tiny_vit(dynamic_img_size=True)
+    for h, w in [(32, 32), (48, 40)]:
+        [path] = export_model(m, tmp_path / f"vit{h}x{w}.{fmt}", img_size=(h, w))
+        run = load_graph(path)
+        for b in (1, 3):
+            x = torch.randn(b, 3, h, w)
+            assert max_err(run(x)[0], m(x)) < TOL
+    with pytest.raises(ConfigError, match="dynamic_img_size"):
+        graphs_of(tiny_vit(), img_size=(48, 40))
+
+
+@pytest.mark.parametrize("name", attnlab.list_models("vit_*"))
+def test_every_registered_vit_exports(name):
+    """Every registered size, at its real width, patch and image size, one block deep (to stay quick)."""
+    torch.manual_seed(0)
+    m = attnlab.create_model(name, depth=1).eval()
+    [g] = graphs_of(m)
+    program = export_program(g).module()
+    x = torch.randn(3, *g.args[0].shape[1:])
+    with torch.no_grad():
+        assert max_err(program(x), m(x)) < TOL
+
+
+def lm(kind):
+    from attnlab.models.lm import RecurrentLMConfig, TransformerLMConfig, build_lm
+
+    torch.manual_seed(0)
+    if kind == "transformer":
+        return build_lm(TransformerLMConfig(vocab_size=40, d_model=32, num_layers=2, num_heads=4, max_len=16)).eval()
+    return build_lm(RecurrentLMConfig(cell=kind, vocab_size=40, embed_dim=16, hidden_dim=24)).eval()
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "gru"])
+def test_lm_window_export_matches_eager(tmp_path, fmt, kind):
+    need_onnx(fmt)
+    m = lm(kind)
+    [path] = export_model(m, tmp_path / f"lm.{fmt}", window=12)
+    run = load_graph(path)
+    # a Transformer's graph takes any window up to its context; a recurrent one its fixed window
+    shapes = [(1, 12), (3, 12), (8, 12)] + ([(3, 5), (8, 16)] if kind == "transformer" else [])
+    for b, t in shapes:
+        idx = torch.randint(0, 40, (b, t))
+        ref = m(idx)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        assert max_err(run(idx)[0], ref) < TOL
+
+
+def translation_model():
+    from attnlab.models.seq2seq import transformer_multi30k
+
+    torch.manual_seed(0)
+    m = transformer_multi30k(src_vocab_size=50, tgt_vocab_size=50, num_encoder_layers=2, num_decoder_layers=2, d_model=32,
+                             num_heads=4, d_ff=64, tie_output=False).eval()
+    torch.nn.init.normal_(m.out.weight, std=1.0)  # varied greedy outputs, not one repeated token
+    return m
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_seq2seq_exported_pieces_decode_like_eager(tmp_path, fmt):
+    """The exported encoder + decoder step (key/value cache as inputs/outputs) give the eager
+    greedy tokens exactly, at batch 1, 3 and 8 with padded sources, and the step's logits within 1e-4."""
+    from attnlab.decode.search import greedy_search
+
+    need_onnx(fmt)
+    m = translation_model()
+    enc_path, step_path = export_model(m, tmp_path / f"mt.{fmt}")
+    assert (enc_path.name, step_path.name) == (f"mt.encoder.{fmt}", f"mt.decoder.{fmt}")
+    encoder, step = load_graph(enc_path), load_graph(step_path)
+    g = torch.Generator().manual_seed(1)
+    seen = set()
+    for b in (1, 3, 8):
+        src = torch.randint(3, 50, (b, 7), generator=g)
+        src[b // 2, 4:] = 0  # padding
+        want = greedy_search(m, src, max_len_b=12)
+        got = greedy_decode(encoder, step, src, self_cache_zeros(m, b), max_len_b=12)
+        assert got == want
+        seen |= {t for row in want for t in row}
+    assert len(seen) > 3  # varied outputs, not one repeated token
+    # one step, compared with the eager model's cached step
+    mask, ck, cv = encoder(src)
+    sk, sv = self_cache_zeros(m, 8)
+    tok = torch.full((8, 1), 1)
+    logits, sk, sv = step(tok, mask, sk, sv, ck, cv)
+    logits2, _, _ = step(logits.argmax(-1, keepdim=True), mask, sk, sv, ck, cv)
+    memory, _ = m.encode(src)
+    with torch.no_grad():
+        full = m.decode(torch.cat([tok, logits.argmax(-1, keepdim=True)], 1), memory, m.src_mask(src))
+    assert max_err(logits, full[:, 0]) < TOL and max_err(logits2, full[:, 1]) < TOL
+
+
+# ---------------------------------------------------------------------- attnlab export
+from attnlab.cli.main import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export_run")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rc = main(["train", "image", "--model", "vit_digits", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
+               "--model-arg", "num_heads=2", "--batch-size", "256", "--epochs", "1", "--threads", "1", "--quiet",
+               "--run-dir", str(tmp / "img")])
+    torch.set_num_threads(n)
+    assert rc == 0
+    return tmp / "img"
+
+
+def one_error_line(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_export_run_pt2_and_onnx(image_run, capsys):
+    from attnlab.train import runs
+
+    model = runs.load(image_run).model
+    x = torch.randn(3, 1, 8, 8)
+    assert main(["export", str(image_run), "--format", "pt2"]) == 0
+    out = image_run / "export" / "vit_digits.pt2"
+    assert str(out) in capsys.readouterr().out
+    assert max_err(load_graph(out)(x)[0], model(x)) < TOL  # the run's trained weights, not fresh ones
+    assert main(["export", str(image_run), "--format", "pt2"]) == 0  # an existing export is replaced
+    need_onnx("onnx")
+    assert main(["export", str(image_run), "--int8", "-o", str(image_run / "q.onnx")]) == 0
+    assert "q.onnx" in capsys.readouterr().out
+    (y,) = load_graph(image_run / "q.onnx")(x)
+    assert y.shape == (3, 10) and (y.argmax(-1) == model(x).argmax(-1)).float().mean() >= 2 / 3
+
+
+def test_cli_export_model_name(tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    assert main(["export", "vit_digits", "-o", str(out), "--model-arg", "depth=1"]) == 0  # format from the suffix
+    assert out.is_file() and "m.pt2" in capsys.readouterr().out
+
+
+def test_cli_export_refuses_bad_targets_in_one_line(tmp_path, capsys):
+    precious = tmp_path / "notes.pt2"
+    precious.write_text("not an export")
+    err = one_error_line(capsys, main(["export", "vit_digits", "-o", str(precious)]))
+    assert "not a pt2 export" in err and precious.read_text() == "not an export"
+    assert "is a directory" in one_error_line(capsys, main(["export", "vit_digits", "--format", "pt2", "-o", str(tmp_path)]))
+    assert "must end in .onnx" in one_error_line(capsys, main(["export", "vit_digits", "--format", "onnx", "-o",
+                                                               str(tmp_path / "m.pt2")]))
+    assert "cannot tell the format" in one_error_line(capsys, main(["export", "vit_digits", "-o", str(tmp_path / "m.bin")]))
+    assert "registered model name" in one_error_line(capsys, main(["export", "no_such_model"]))
+    assert "dynamic_img_size" in one_error_line(capsys, main(["export", "vit_digits", "--img-size", "16", "16", "-o",
+                                                              str(tmp_path / "m.pt2")]))
+    assert not (tmp_path / "m.pt2").exists()

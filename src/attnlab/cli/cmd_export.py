@@ -1,0 +1,139 @@
+"""``attnlab export RUN|MODEL_NAME --format onnx|pt2 [-o FILE] [--int8]``: an ONNX file or a
+``torch.export`` program of a trained run (or of a registered model, with fresh weights)."""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+
+EPILOG = """examples:
+  attnlab export runs/mnist-vit --format onnx                   RUN/export/<model>.onnx
+  attnlab export runs/mnist-vit --format pt2 --int8 -o vit8.pt2 int8 Linear layers (torchao)
+  attnlab export vit_base_patch16_224 --format onnx --int8      a registered model, fresh weights
+  attnlab export runs/multi30k-de-en --format onnx -o mt.onnx   writes mt.encoder.onnx, mt.decoder.onnx
+
+The graphs take any batch size. A ViT takes its own image size (a dynamic_img_size model:
+--img-size); a Transformer language model any window up to its context; a recurrent one
+--window tokens. An encoder-decoder Transformer gives an encoder graph and a decoder-step graph
+whose key/value cache is an input and an output (attnlab.export.greedy_decode runs them).
+ONNX needs the optional extra: pip install 'attnlab[export]'.
+"""
+
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2"}
+
+
+def register(subparsers) -> None:
+    from attnlab.cli.common import one_line_errors
+    from attnlab.train.config import positive_int
+
+    p = subparsers.add_parser("export", help="export a run or a registered model to ONNX or a torch.export program (.pt2)",
+                              description="Export a trained run's model (or a registered model with freshly initialised "
+                                          "weights) as ONNX or as a torch.export program, with a dynamic batch "
+                                          "dimension; --int8 stores int8 Linear weights. The exported graph is run "
+                                          "once and compared with the eager model.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="RUN|MODEL_NAME", help="a run directory of 'attnlab train', a checkpoint with its "
+                                                            "config, or a registered model name ('attnlab models')")
+    p.add_argument("--format", choices=("onnx", "pt2"), default=None,
+                   help="onnx or pt2 (default: from the suffix of -o, else onnx)")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="the file to write (default: RUN/export/<model>[.int8].<format>, or <model>[.int8].<format> "
+                        "here for a model name)")
+    p.add_argument("--int8", action="store_true", help="int8 weights for the Linear layers (pt2: torchao dynamic int8; "
+                                                       "onnx: ONNX Runtime dynamic quantization)")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint of a run (default: best)")
+    p.add_argument("--window", type=positive_int, default=64, metavar="T",
+                   help="tokens per window of a recurrent language model's graph (default: 64)")
+    p.add_argument("--img-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image size of a dynamic_img_size ViT's graph (default: the model's own)")
+    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="for a model name: override a field of its config, e.g. --model-arg num_classes=10 (repeatable)")
+    one_line_errors(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from attnlab.cli.common import log_line
+    from attnlab.export.graph import export_model, graphs_of, load_graph, piece_path
+
+    model, name, default_dir = _load(args)
+    fmt = args.format or _format_of(args.output)
+    out = Path(args.output) if args.output else default_dir / f"{name}{'.int8' if args.int8 else ''}{SUFFIX[fmt]}"
+    graphs = graphs_of(model, window=args.window, img_size=tuple(args.img_size) if args.img_size else None)
+    for g in graphs:  # refuse a bad target before the (slow) export
+        _check_target(piece_path(out, g.name), fmt)
+    log_line(f"exporting {name} to {fmt}{' (int8)' if args.int8 else ''} ...")
+    written = export_model(model, out, fmt, int8=args.int8, window=args.window,
+                           img_size=tuple(args.img_size) if args.img_size else None)
+    for path, g in zip(written, graphs):
+        with torch.no_grad():
+            want = g.module(*g.args)
+        got = load_graph(path)(*g.args)
+        want = want if isinstance(want, tuple) else (want,)
+        err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want) if a.is_floating_point())
+        size = path.stat().st_size / 2**20
+        print(f"{path}  {size:.1f} MiB  (max |difference| from the fp32 eager model on an example batch: {err:.2g})")
+    return 0
+
+
+def _format_of(output: str | None) -> str:
+    from attnlab.errors import ConfigError
+
+    if output is None:
+        return "onnx"
+    for fmt, sfx in SUFFIX.items():
+        if output.endswith(sfx):
+            return fmt
+    raise ConfigError(f"cannot tell the format from {output!r}: give --format onnx or --format pt2, or end -o with .onnx or .pt2")
+
+
+def _load(args):
+    """(model, name, default output directory) of a run directory, checkpoint or model name."""
+    from attnlab.cli.common import parse_model_args
+    from attnlab.errors import ConfigError
+    from attnlab.models.registry import create_model, is_model
+    from attnlab.train.checkpoint import is_run_dir
+
+    src = Path(args.source)
+    if src.is_dir() and is_run_dir(src):
+        from attnlab.train import runs
+
+        run_ = runs.load(src, args.which)
+        return run_.model, run_.name, src / "export"
+    if src.exists():
+        from attnlab.checkpoints import load_model
+
+        return load_model(src), src.stem, Path(".")
+    if is_model(args.source):
+        return create_model(args.source, **parse_model_args(args.model_arg)).eval(), args.source, Path(".")
+    raise ConfigError(f"{args.source!r} is not a run directory, a checkpoint or a registered model name "
+                      "('attnlab models' lists the names)")
+
+
+def _check_target(path: Path, fmt: str) -> None:
+    """Refuse a directory, a suffix that is not the format's, or an existing file that is not an export."""
+    from attnlab.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give -o a file name ending in {SUFFIX[fmt]}")
+    if path.suffix != SUFFIX[fmt]:
+        raise ConfigError(f"{path}: a {fmt} file must end in {SUFFIX[fmt]}")
+    if path.exists() and not _is_export(path, fmt):
+        raise ConfigError(f"{path} exists and is not a {fmt} export; it is left untouched: choose another -o")
+
+
+def _is_export(path: Path, fmt: str) -> bool:
+    if fmt == "pt2":
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("models/model.json") or n.endswith(".json") for n in z.namelist())
+    try:
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # not a protobuf ONNX model (or no onnx to tell): not ours to overwrite
+        return False
