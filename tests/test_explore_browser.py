@@ -126,6 +126,7 @@ def test_lm_page_head_view_and_model_view(browser, tmp_path):
     page.hover("svg.headview .hv-left text[data-i='4']")
     assert lines() > 0 and lines() == lines("[data-q='4']")
     page.mouse.move(0, 0)
+    assert page.is_hidden("div[role=tablist]")  # one kind of attention: no tabs
     assert page.is_hidden("#mv-zoom-self")
     page.click("canvas.mv-cell[data-layer='1'][data-head='2']")
     assert page.is_visible("#mv-zoom-self") and page.text_content("#mv-zoom-self h3") == "layer 1 · head 2"
@@ -159,6 +160,7 @@ def test_translation_page_steps(browser, tmp_path):
     lines = page.locator("svg.headview line")
     assert lines.count() > 0 and page.locator("svg.headview line[data-q='2']").count() == lines.count()
     assert page.input_value("#worked-query") == "2"
+    assert page.is_visible("div[role=tablist]")
     page.click("button.tab[data-set='enc']")
     assert page.get_attribute("svg.headview", "data-set") == "enc"
     o.assert_clean()

@@ -308,17 +308,15 @@
   function attentionSection(sets, withStep) {
     const sec = section("Head view and model view",
       "Head view: each query token (left) sends lines to the key tokens (right) it attends to, one colour per head, stronger lines for larger weights. Hover a token to isolate it, click a query to pin it, click a head's square to show or hide it. Model view: every layer × head; click one to enlarge it.");
-    let current = null;
     const tabs = el("div", { class: "controls", role: "tablist" });
     const body = el("div");
     sec.append(tabs, body);
     const views = {};
-    sets.forEach((s, n) => {
+    sets.forEach((s) => {
       const b = el("button", { class: "tab", role: "tab", "data-set": s.id, "aria-selected": "false", text: s.title, onclick: () => select(s.id) });
       tabs.append(b);
     });
     function select(id) {
-      current = id;
       tabs.querySelectorAll("button").forEach((b) => b.setAttribute("aria-selected", b.dataset.set === id ? "true" : "false"));
       body.replaceChildren();
       const s = sets.find((x) => x.id === id);
@@ -330,7 +328,7 @@
       if (withStep) withStep.apply();
     }
     if (sets.length < 2) tabs.hidden = true;
-    return { select, views, current: () => current };
+    return { select, views };
   }
   let worked = null;
   function workedSection(sets, tokensOf) {
