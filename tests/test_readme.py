@@ -17,3 +17,35 @@ def test_readme_has_examples():
 def test_readme_block_runs(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(BLOCKS[i], f"README.md[python block {i}]", "exec"), {"__name__": "__readme__"})
+
+
+COMMANDS = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+
+
+@pytest.mark.slow
+def test_readme_command_tour_runs_as_written(tmp_path, shared_data):
+    """The README's command tour, line by line, in a fresh directory beside the data (the same
+    relative path ../shared/data), with digit.png drawn here. Each command must exit 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    tour = next(b for b in COMMANDS if "attnlab demo" in b and "attnlab train" in b)
+    lines = [ln.split("  #")[0].strip() for ln in tour.splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [ln for ln in lines if not ln.startswith("attnlab demo")]  # the demo has tests of its own
+    work = tmp_path / "repo"
+    work.mkdir()
+    (tmp_path / "shared").mkdir()
+    os.symlink(shared_data, tmp_path / "shared" / "data")
+    Image.new("L", (8, 8), 90).save(work / "digit.png")
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "ATTNLAB_DATA": str(shared_data)}
+    for line in lines:
+        p = subprocess.run(line, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, (line, p.stderr[-2000:])
+        assert "Traceback" not in p.stderr, (line, p.stderr[-2000:])
+    assert (work / "alignment.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((work / "runs" / "digits" / "last.json").read_text())["epoch"] == 4  # the resumed run went on
