@@ -18,6 +18,7 @@ def test_short_demo_writes_the_report(tmp_path):
               "attention_heads.png", "metrics.csv", "metrics.json", "best.json", "last.json"):
         assert (d / f).is_file(), f
     md = (d / "report.md").read_text()
+    assert "](explore.html)" in md and (d / "explore.html").read_text().startswith("<!")
     for img in ("curves.png", "confusion.png", "posembed.png", "attention.png"):
         assert f"]({img})" in md
     html = (d / "report.html").read_text()

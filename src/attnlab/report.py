@@ -104,10 +104,6 @@ def plot_attention_grid(model: nn.Module, images: Tensor, labels: Tensor, classe
 
 # --- documents ----------------------------------------------------------------------------------
 
-def _md_inline(s: str) -> str:
-    return s
-
-
 def _html_inline(s: str) -> str:
     s = html.escape(s)
     s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
@@ -141,7 +137,7 @@ def render_markdown(blocks: list[tuple]) -> str:
         if kind in ("h1", "h2", "h3"):
             out.append("#" * int(kind[1]) + " " + b[1])
         elif kind == "p":
-            out.append(_md_inline(b[1]))
+            out.append((b[1]))
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*")
         elif kind == "table":

@@ -144,6 +144,11 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
         wrong = wrong[:20]
         figs["mistakes"] = save_figure(report.plot_predictions(x[wrong], y[wrong], probs[wrong], labels, title=what),
                                        run_dir / "mistakes.png")
+    from attnlab.viz.explore import explore_vit, write_page
+
+    figs["explore"] = write_page(explore_vit(model, x[i0].float() / 255.0, label=f"{run.name}, test digit {labels[int(y[i0])]}",
+                                             mean=normalize.mean, std=normalize.std, class_names=labels),
+                                 run_dir / "explore.html")
     pos = position_structure(model)
     ink = ink_share(model, x[picks], normalize)
     pc = per_class_accuracy(cm.numpy())
@@ -203,6 +208,9 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
         ("img", "attention_heads.png", "One digit in detail: the rollout, and what each head of the last block attends "
                                        "to from the class token."),
         ("p", ink + " Different heads of the last block look at different parts of the digit."),
+        ("p", "**Explore it yourself**: [explore.html](explore.html) is one offline page (no network) with this digit's "
+              "attention in every block and head — hover a patch to see where it looks — the rollout, the position "
+              "similarity, and one head worked out number by number (Q·Kᵀ, ÷√d_k, softmax, ·V)."),
         ("h2", "Reproduce and explore"),
         ("code", "attnlab demo                               # this report again (seeded: same numbers on this machine)\n"
                  f"attnlab eval {run_dir}        # accuracy, top-5, per-class accuracy, confusion matrix\n"
