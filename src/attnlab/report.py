@@ -137,7 +137,7 @@ def render_markdown(blocks: list[tuple]) -> str:
         if kind in ("h1", "h2", "h3"):
             out.append("#" * int(kind[1]) + " " + b[1])
         elif kind == "p":
-            out.append((b[1]))
+            out.append(b[1])
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*")
         elif kind == "table":
