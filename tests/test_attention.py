@@ -213,3 +213,44 @@ def test_kv_cache_buffer_equals_concatenation_across_growth_and_reorder():
     k, _ = grad_cache.append(x * 2, x)
     k.sum().backward()
     assert torch.equal(x.grad, torch.full_like(x, 3.0))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("cached", [False, True])
+def test_empty_batch_self_and_cross_attention(cross, cached):
+    """B = 0 gives an empty (0, Tq, C) result, with or without a cache, the same as B > 0 does."""
+    mha = MultiHeadAttention(E, H).eval()
+    x, ctx = torch.randn(0, T, E), torch.randn(0, S, E)
+    cache = KVCache() if cached else None
+    out = mha(x, ctx if cross else None, cache=cache)
+    assert out.shape == (0, T, E)
+    if cached:  # a second step reads (cross) or extends (self) the cache
+        assert len(cache) == (S if cross else T)
+        assert mha(x[:, :1], ctx if cross else None, cache=cache).shape == (0, 1, E)
+        assert len(cache) == (S if cross else T + 1)
+
+
+def test_sdpa_checks_ranks_before_indexing():
+    good = torch.randn(1, H, T, 8)
+    for q, k, v in ((torch.randn(8), good, good), (good, torch.randn(8), good), (good, good, torch.randn(8)),
+                    (torch.randn(1, 1, 1, H, T, 8), good, good)):
+        with pytest.raises(ShapeError, match=r"\(B, H, T, D\)"):
+            scaled_dot_product_attention(q, k, v)
+
+
+def test_one_query_causal_attention_needs_no_mask(monkeypatch):
+    """A single right-aligned causal query sees every key: the fused kernel gets no mask at all."""
+    import attnlab.nn.attention as attention
+
+    seen = []
+    fused = F.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        seen.append(kw.get("attn_mask"))
+        return fused(*args, **kw)
+
+    q, k, v = torch.randn(2, H, 1, 8), torch.randn(2, H, S, 8), torch.randn(2, H, S, 8)
+    want = scaled_dot_product_attention(q, k, v, need_weights=True)[0]
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, causal=True), want, atol=ATOL, rtol=0)
+    assert seen == [None]

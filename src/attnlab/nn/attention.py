@@ -36,7 +36,8 @@ def scaled_dot_product_attention(
 
     - ``mask``: boolean, True = may attend, broadcastable to (B, H, Tq, Tk).
     - ``causal``: right-aligned causal mask (query i is at position Tk - Tq + i), so it stays
-      correct when queries are the last Tq of Tk positions (cached decoding).
+      correct when queries are the last Tq of Tk positions (cached decoding). One query is the
+      last position and sees every key: no mask is built for it.
     - ``bias``: additive float scores, e.g. a relative position bias (H, Tq, Tk).
     - ``topk``: keep only each query's k largest scores (Explicit Sparse Transformer).
     - ``dropout``: on the attention weights; the caller passes 0 in eval mode.
@@ -51,6 +52,7 @@ def scaled_dot_product_attention(
     if mask is not None:
         check_mask(mask, *_bh(q), tq, tk)
     explicit = need_weights or topk is not None
+    causal = causal and tq > 1  # a single right-aligned query may attend to every key
 
     # The common causal case goes straight to the fused kernel's own causal path.
     if causal and tq == tk and mask is None and bias is None and not explicit:
@@ -158,6 +160,9 @@ class KVCache:
 @torch.fx.wrap
 def _check_heads(q: Tensor, k: Tensor, v: Tensor) -> None:
     """ShapeError unless q (.., Tq, D), k (.., Tk, D), v (.., Tk, Dv) fit together."""
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not 2 <= t.dim() <= 4:
+            raise ShapeError(f"{name} must be (B, H, T, D) (leading dimensions optional), got shape {tuple(t.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ShapeError(f"query and key head dimensions differ: {q.shape[-1]} vs {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
@@ -252,7 +257,7 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.k, cache.v
             else:
                 kv = F.linear(context, w[c:], None if bqkv is None else bqkv[c:])
-                kv = kv.view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+                kv = kv.view(b, context.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
                 k, v = kv.unbind(0)
                 if cache is not None:
                     cache.set(k, v)
