@@ -294,3 +294,25 @@ def _umask() -> int:
 
 if sys.platform != "linux":  # flock and the umask checks are Linux behaviour
     pytestmark = [pytestmark, pytest.mark.skip(reason="Linux only")]
+
+
+def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
+    """--int8 on the commands that run a model (issue 13): the same run, int8 Linear layers."""
+    pytest.importorskip("torchao", reason="int8 needs torchao (the export extra)")
+    task, run = trained
+    capsys.readouterr()
+    assert main(["eval", str(run), "--int8", "--json", "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["int8"] is True
+    if task == "image":
+        assert main(["eval", str(run), "--json", "--out", str(tmp_path / "fp32")]) == 0
+        fp32 = json.loads(capsys.readouterr().out)
+        assert fp32["int8"] is False and abs(fp32["accuracy"] - res["accuracy"]) < 0.05
+        assert main(["predict", str(run), str(_digit_png(tmp_path / "d.png")), "--int8", "--json"]) == 0
+    elif task == "lm":
+        assert main(["generate", str(run), "--prompt", "to be", "--max-new-tokens", "5", "--int8"]) == 0
+        assert capsys.readouterr().out.startswith("to be")
+    else:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"red dog runs\n")))
+        assert main(["translate", str(run), "--beam", "2", "--int8"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1

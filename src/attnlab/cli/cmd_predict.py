@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attnlab.cli.common import one_line_errors
+from attnlab.cli.common import add_int8_argument, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -21,6 +21,7 @@ def register(subparsers) -> None:
                                                           "(otherwise they are refused)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_int8_argument(p)
     one_line_errors(p)
     p.set_defaults(func=run)
 
@@ -33,7 +34,7 @@ def run(args) -> int:
     spec = runs.task_of(args.run_dir)
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
-    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device))
+    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8)
     preds = spec.predict(run_, args.inputs, top_k=args.top_k, convert=args.convert)
     print(json.dumps(preds, indent=2) if args.json else format_predictions(preds))
     return 0

@@ -63,3 +63,9 @@ def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
 
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help=what)
     parser.add_argument("--dpi", type=positive_int, default=120, metavar="N", help="resolution of the picture (default: 120)")
+
+
+def add_int8_argument(parser) -> None:
+    parser.add_argument("--int8", action="store_true",
+                        help="run the model's Linear layers with int8 weights and activations (torchao dynamic int8; "
+                             "smaller and faster on a CPU, slightly different numbers)")

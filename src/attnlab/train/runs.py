@@ -222,6 +222,7 @@ class LoadedRun:
     model: nn.Module
     spec: TaskSpec
     extras: dict = field(default_factory=dict)
+    int8: bool = False  # the Linear layers run in int8 (attnlab.export.int8)
 
     @property
     def name(self) -> str:
@@ -266,7 +267,7 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
 
         model = quantize_int8(model)
     extras = spec.load_extras(run_dir, rec) if spec.load_extras else {}
-    return LoadedRun(run_dir, which, rec, model, spec, extras)
+    return LoadedRun(run_dir, which, rec, model, spec, extras, int8)
 
 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -286,7 +287,7 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
             results[name.replace(".", "_")] = str(out / name)
         else:
             results[f"{name}_png"] = str(save_figure(content, out / f"{name}.png"))
-    results.update(results_json=str(out / "results.json"))
+    results.update(int8=run.int8, results_json=str(out / "results.json"))
     atomic_write_json(out / "results.json", results)
     return results
 

@@ -1,0 +1,63 @@
+"""``attnlab experiment list`` and ``attnlab experiment NAME``: the questions of the Transformer
+story answered by experiment (:mod:`attnlab.experiments`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnlab.cli.common import log_line, one_line_errors
+
+EPILOG = """examples:
+  attnlab experiment list
+  attnlab experiment sqrt-dk                          quick budget (seconds), one seed
+  attnlab experiment sqrt-dk --budget full --seeds 3 -o results/sqrt-dk
+
+Outputs (in -o DIR, default experiments/NAME/BUDGET): results.json, table.md, verdict.md, the
+figures (PNG), README.md, and one run directory per training arm under runs/ (a rerun with the
+same -o reuses the finished arms and resumes a cut one).
+"""
+
+
+def register(subparsers) -> None:
+    from attnlab.train.config import nonneg_int, positive_int
+
+    p = subparsers.add_parser("experiment", help="answer a question of the Transformer story by experiment "
+                                                 "('attnlab experiment list')",
+                              description="Run one experiment: train the arms, write the table, figures and a verdict "
+                                          "against the paper's figure. 'attnlab experiment list' names them.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="an experiment, or 'list' to list them")
+    p.add_argument("--budget", choices=("quick", "full"), default="quick",
+                   help="quick: seconds, to check it runs; full: what the claim needs, up to an hour on 2 CPU cores "
+                        "(default: quick)")
+    p.add_argument("--seeds", type=positive_int, default=None, metavar="N",
+                   help="seeds 0..N-1 per arm (default: the experiment's, shown by 'list')")
+    p.add_argument("--threads", type=nonneg_int, default=1, metavar="N",
+                   help="CPU threads for PyTorch (0 = PyTorch's default) (default: 1)")
+    p.add_argument("-o", "--output", metavar="DIR", default=None,
+                   help="output directory (default: experiments/NAME/BUDGET)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the verdict")
+    one_line_errors(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from attnlab.experiments import experiments, get_experiment, run_experiment
+    from attnlab.train.runs import argv
+
+    if args.name == "list":
+        exps = experiments()
+        w = max(map(len, exps))
+        for e in exps.values():
+            print(f"{e.name:<{w}}  {e.question}")
+            print(f"{'':<{w}}  quick: {e.cost['quick']} ({e.seeds['quick']} seed); "
+                  f"full: {e.cost['full']} ({e.seeds['full']} seeds)")
+        return 0
+    exp = get_experiment(args.name)
+    res = run_experiment(exp, args.budget, args.seeds, args.threads, args.output,
+                         log=None if args.quiet else log_line, progress=not args.quiet, command=argv())
+    print(f"{exp.name} ({args.budget}, {len(res['seeds'])} seed(s), {res['wall_seconds']:.0f} s)\n")
+    print(res["table_markdown"])
+    print(res["verdict"])
+    print(f"\noutputs: {res['results_dir']}")
+    return 0
