@@ -1,0 +1,387 @@
+"""What every experiment shares: the budget and seeds, training an arm through the run layer,
+the data files, and the outputs.
+
+An experiment is a function ``run(ctx: Context) -> Result``. Each training arm is a run of
+:func:`attnlab.train.runs.train` in ``OUT/runs/<arm>-s<seed>``: an arm already finished is
+reused, one cut short is resumed, so a killed experiment continues where it stopped.
+:func:`run_experiment` writes, into ``OUT``:
+
+- ``results.json``: every number (``data``), the table, the config, the seeds, the software
+  versions, the load average, the wall time and the verdict;
+- ``table.md`` (the Markdown table), ``verdict.md``, one PNG per figure, and ``README.md``
+  putting them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from attnlab.errors import ConfigError, DataError
+from attnlab.io import atomic_write, atomic_write_json
+
+BUDGETS = ("quick", "full")
+
+
+@dataclass
+class Result:
+    """What an experiment measured: the table (one row per arm, seeds aggregated), the verdict
+    against its anchor, the figures, every number (``data``) and the settings (``config``)."""
+
+    table: list[dict]
+    verdict: str
+    figures: dict = field(default_factory=dict)  # file stem -> matplotlib Figure
+    data: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # arms of the question not run, and why
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    question: str
+    anchor: str  # the paper's claim and figure the result is set against
+    cost: dict  # {"quick": "...", "full": "..."}: what one run costs on a 2-core CPU
+    seeds: dict  # default number of seeds per budget
+    run: Callable[[Context], Result]
+
+
+class Context:
+    """One run of an experiment: budget, seeds, output directory, threads, logging."""
+
+    def __init__(self, exp: Experiment, budget: str, seeds: Sequence[int], out: Path, threads: int = 1,
+                 log: Callable[[str], None] | None = None, progress: bool = True) -> None:
+        self.exp, self.budget, self.seeds, self.out = exp, budget, list(seeds), Path(out)
+        self.threads, self.progress = threads, progress
+        self._log = log
+        self.arms: dict[str, dict] = {}  # arm -> what train_arm returned (without the model)
+
+    @property
+    def quick(self) -> bool:
+        return self.budget == "quick"
+
+    def pick(self, quick, full):
+        """The setting for this budget."""
+        return quick if self.quick else full
+
+    def log(self, line: str) -> None:
+        if self._log is not None:
+            self._log(f"[{self.exp.name}] {line}")
+
+    # --- data -------------------------------------------------------------------------------------
+
+    def data_file(self, *parts: str) -> Path:
+        """A file of the shared data directory ($ATTNLAB_DATA), which must exist."""
+        from attnlab.data.images import data_root
+
+        p = data_root().joinpath(*parts)
+        if not p.exists():
+            raise DataError(f"experiment {self.exp.name} needs {p}; set ATTNLAB_DATA to the data directory "
+                            "(see the README)")
+        return p
+
+    def derived_file(self, name: str, make: Callable[[], str]) -> Path:
+        """``OUT/data/name``, written once from ``make()`` (a slice of a corpus, say)."""
+        p = self.out / "data" / name
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(p, "w") as f:
+                f.write(make())
+        return p
+
+    def text_slice(self, chars: int | None) -> tuple[Path, float]:
+        """Tiny Shakespeare, or its first ``chars`` characters (None: all), and the validation
+        fraction to use with it (the last 10%)."""
+        from attnlab.data.text import read_text
+
+        full = self.data_file("tinyshakespeare", "input.txt")
+        if chars is None:
+            return full, 0.1
+        return self.derived_file(f"tinyshakespeare-{chars}.txt", lambda: read_text(full)[:chars]), 0.1
+
+    def multi30k(self, train_pairs: int | None, valid_pairs: int | None) -> dict:
+        """TranslateDataConfig fields for Multi30k De->En, or its first ``train_pairs`` /
+        ``valid_pairs`` sentence pairs (None: all)."""
+        from attnlab.data.parallel import read_lines
+
+        out = {}
+        for split, key, n in (("train", "", train_pairs), ("val", "valid_", valid_pairs)):
+            for lang, side in (("de", "src"), ("en", "tgt")):
+                f = self.data_file("multi30k", f"{split}.{lang}.gz")
+                if n is not None:
+                    f = self.derived_file(f"multi30k-{split}-{n}.{lang}",
+                                          lambda f=f, n=n: "".join(s + "\n" for s in read_lines(f)[:n]))
+                out[f"{key}{side}"] = str(f)
+        return out
+
+    # --- training arms ----------------------------------------------------------------------------
+
+    def train_arm(self, arm: str, spec, data_config, train: dict, model: str, model_args: dict | None = None,
+                  seed: int = 0) -> dict:
+        """Train (or reuse, or resume) the run ``OUT/runs/<arm>-s<seed>`` through the run layer.
+        Returns the engine's summary (``model`` is the trained model) plus ``run_dir``."""
+        from attnlab.train import checkpoint as ckpt
+        from attnlab.train.config import TrainConfig, to_dict
+        from attnlab.train.runs import changed_options
+        from attnlab.train.runs import train as train_run
+
+        cfg = TrainConfig(**{**spec.train_defaults, **train, "seed": seed, "threads": self.threads})
+        if spec.finalize_train_config is not None:
+            cfg = spec.finalize_train_config(cfg)
+        model_args = dict(model_args or {})
+        run_dir = self.out / "runs" / f"{arm}-s{seed}"
+        resume = ckpt.has_record(run_dir, "last")
+        if resume:
+            rec = ckpt.read_record(run_dir, "last")
+            changed = changed_options(to_dict(cfg), rec.get("train_config") or {})
+            changed += changed_options(to_dict(data_config), rec.get("data_config") or {})
+            if rec["model"]["name"] != model or (rec.get("model_args") or {}) != model_args:
+                changed.append("model")
+            if changed:
+                raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(changed)}); this budget or "
+                                  "version of the experiment needs a fresh output directory: pass another -o")
+        t0 = time.perf_counter()
+        summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
+                            overwrite=run_dir.exists() and not resume, log=self._log and self.log,
+                            progress=self.progress)
+        summary["run_dir"] = str(run_dir)
+        summary["seconds_this_session"] = round(time.perf_counter() - t0, 2)
+        self.arms[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
+        return summary
+
+
+# --- numbers ----------------------------------------------------------------------------------------
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values]
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def pm(values: Sequence[float], digits: int = 2, scale: float = 1.0) -> str:
+    """``"81.20 ± 0.40"`` over seeds (mean ± sample std), ``"81.20"`` for one seed."""
+    m, s = mean_std([scale * v for v in values])
+    if not math.isfinite(m):
+        return "nan"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def apart(a: Sequence[float], b: Sequence[float]) -> bool | None:
+    """Whether two arms differ by more than their seed spread (|Δmean| > 2 × the larger std),
+    None with fewer than two seeds each (the spread is unknown)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    return abs(ma - mb) > 2 * max(sa, sb, 1e-12)
+
+
+def spread_note(n_seeds: int) -> str:
+    return ("One seed only: the seed spread is unknown, so differences are indicative, not established"
+            if n_seeds < 2 else f"{n_seeds} seeds; ± is the sample standard deviation over seeds")
+
+
+def fit_power(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of y = a·x^p in log-log space: (p, a)."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    den = sum((x - mx) ** 2 for x in lx)
+    p = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / den if den else float("nan")
+    return p, math.exp(my - p * mx)
+
+
+def final_val(summary: dict, metric: str) -> float:
+    """The last validation value of ``metric`` of a trained arm (nan if it was never evaluated)."""
+    return float((summary.get("metrics") or {}).get(f"val_{metric}", float("nan")))
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "nan" if not math.isfinite(v) else f"{v:.4g}"
+        return str(v).replace("|", "\\|") if v is not None else ""
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def software() -> dict:
+    import numpy
+
+    import attnlab
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+            "attnlab": attnlab.__version__, "platform": platform.platform(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - platform without it
+        return None
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_outputs(ctx: Context, res: Result, started: float, load_start, command: list[str] | None) -> dict:
+    """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``."""
+    from attnlab.viz.common import save_figure
+
+    exp, out = ctx.exp, ctx.out
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for stem, fig in res.figures.items():
+        figures[stem] = save_figure(fig, out / f"{stem}.png").name
+    table = markdown_table(res.table)
+    verdict = res.verdict.strip()
+    if res.left_out:
+        verdict += "\n\nLeft out: " + "; ".join(res.left_out) + "."
+    wall = time.time() - started
+    results = {
+        "experiment": exp.name, "question": exp.question, "anchor": exp.anchor, "budget": ctx.budget,
+        "seeds": ctx.seeds, "threads": ctx.threads, "command": command, "results_dir": str(out), "config": res.config,
+        "table": res.table, "table_markdown": table,
+        "data": res.data, "arms": ctx.arms, "left_out": res.left_out, "figures": figures, "verdict": verdict,
+        "software": software(), "load_average": {"start": load_start, "end": load_average()},
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
+    }
+    atomic_write_json(out / "results.json", _jsonable(results))
+    _write_text(out / "table.md", table)
+    _write_text(out / "verdict.md", verdict + "\n")
+    readme = [f"# {exp.name}: {exp.question}", "", f"Budget **{ctx.budget}**, seeds {ctx.seeds}, "
+              f"{ctx.threads} thread(s), {wall:.0f} s wall time, load average at start {load_start}.", "",
+              f"Command: `{' '.join(command or [])}`", "", f"Anchor: {exp.anchor}", "", table]
+    readme += [f"![{stem}]({name})\n" for stem, name in figures.items()]
+    readme += ["## Verdict", "", verdict, ""]
+    _write_text(out / "README.md", "\n".join(readme))
+    return results
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = None, threads: int = 1,
+                   out: str | Path | None = None, log: Callable[[str], None] | None = None, progress: bool = True,
+                   command: list[str] | None = None) -> dict:
+    """Run ``exp`` at ``budget`` with seeds 0..seeds-1 (default: the experiment's), write its
+    outputs into ``out`` (default ``experiments/<name>/<budget>``) and return results.json's content."""
+    from attnlab.train.runs import check_output_dir
+
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r}; choose quick or full")
+    n = exp.seeds[budget] if seeds is None else seeds
+    if n < 1:
+        raise ConfigError(f"--seeds {n}: give at least one seed")
+    out = Path(out) if out is not None else Path("experiments") / exp.name / budget
+    check_output_dir(out)
+    if threads:
+        torch.set_num_threads(threads)
+    started, load_start = time.time(), load_average()
+    ctx = Context(exp, budget, range(n), out, threads, log, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    res = exp.run(ctx)
+    return write_outputs(ctx, res, started, load_start, command)
+
+
+def val_curve(summary: dict, metric: str) -> tuple[list[float], list[float]]:
+    """(optimizer steps, validation ``metric``) of a trained arm, from its metrics.json."""
+    import json
+
+    rows = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())["epochs"]
+    pts = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+def line_figure(series: dict, xlabel: str, ylabel: str, title: str, *, logx: bool = False, logy: bool = False,
+                hlines: dict | None = None, subtitle: str | None = None):
+    """One line per label: ``series[label] = (xs, ys)`` or ``(xs, ys, errs)`` (error bars:
+    the seed spread); ``hlines[label] = y`` draws reference levels (a paper's figure)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    for label, s in series.items():
+        xs, ys = s[0], s[1]
+        errs = s[2] if len(s) > 2 else None
+        if errs is not None and any(e > 0 for e in errs):
+            ax.errorbar(xs, ys, yerr=errs, marker="o", ms=4, lw=1.8, capsize=3, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.8, label=label)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="#888888", ls="--", lw=1)
+        ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="#555555")
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
+    if subtitle:
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
+    ax.grid(alpha=0.3, which="both")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bar_figure(labels: Sequence[str], values: Sequence[Sequence[float]], ylabel: str, title: str,
+               subtitle: str | None = None):
+    """One bar per arm: the mean over seeds, the sample std as the error bar, each seed a dot."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 1.1 * len(labels) + 2), 4.3))
+    ax = fig.subplots()
+    stats = [mean_std(v) for v in values]
+    xs = range(len(labels))
+    ax.bar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#1f77b4", alpha=0.75)
+    for x, v in zip(xs, values):
+        ax.plot([x] * len(v), v, "k.", ms=5)
+    ax.set_xticks(list(xs), list(labels), rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
+    if subtitle:
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
+    ax.grid(alpha=0.3, axis="y")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,187 @@
+"""Ablated variants of the library's models, for ``attnlab experiment``: each is the original
+model with one config field more, registered under its own name so that a run of it is rebuilt
+by name like any other (``create_model(name, **config)``).
+
+- ``norm``: every LayerNorm of the model replaced by BatchNorm over the tokens
+  (:class:`TokenBatchNorm`, Shen et al. 2020's setting) or removed (``"none"``).
+- ``logit_scale``: ``"sqrt"`` is softmax(QKᵀ/√d_k)V; ``"none"`` is the unscaled softmax(QKᵀ)V
+  (eq. 1 without its footnote 4), made by multiplying Q by √d_k before the scaled kernel.
+- ``topk`` / ``window``: the seq2seq Transformer with top-k sparse attention (Explicit Sparse
+  Transformer, Zhao et al. 2019) in every attention layer, or local self-attention.
+
+The pieces are the existing models' own modules; nothing here changes their equations
+otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError
+from attnlab.models.lm import TransformerLM, TransformerLMConfig
+from attnlab.models.registry import config_from, register_model
+from attnlab.models.vit import VisionTransformer, ViTConfig
+from attnlab.nn.attention import MultiHeadAttention
+from attnlab.nn.transformer import Transformer, TransformerConfig
+
+NORMS = ("layer", "batch", "none")
+LOGIT_SCALES = ("sqrt", "none")
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm of (B, T, C) tokens: each channel normalised over the batch and the tokens
+    (running statistics in eval mode). Drop-in for ``nn.LayerNorm(C)``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        return self.bn(x.reshape(-1, shape[-1])).reshape(shape)  # (B*T, C): statistics over batch and tokens
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+    if kind not in NORMS:
+        raise ConfigError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=eps)
+    return TokenBatchNorm(dim, eps) if kind == "batch" else nn.Identity()
+
+
+def replace_layer_norms(module: nn.Module, kind: str) -> None:
+    """Replace every ``nn.LayerNorm`` inside ``module`` by ``make_norm(kind)`` (in place)."""
+    if kind == "layer":
+        return
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.LayerNorm):
+            setattr(module, name, make_norm(kind, child.normalized_shape[-1], child.eps))
+        else:
+            replace_layer_norms(child, kind)
+
+
+def unscale_attention(attn: MultiHeadAttention) -> None:
+    """Make a self-attention module compute softmax(QKᵀ)V: its Q is multiplied by √d_k before
+    the kernel divides the scores by √d_k (the same function of the weights, so the same
+    gradients as the unscaled formula)."""
+    factor = math.sqrt(attn.head_dim)
+    c = attn.embed_dim
+
+    def scale_q(module, inputs, out: Tensor) -> Tensor:  # out (B, T, 3C) = [Q | K | V]
+        return torch.cat([out[..., :c] * factor, out[..., c:]], dim=-1)
+
+    attn.qkv.register_forward_hook(scale_q)
+
+
+def _check(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+# --- the Transformer LM -------------------------------------------------------------------------------
+
+@dataclass
+class AblationLMConfig(TransformerLMConfig):
+    norm: str = "layer"  # layer | batch | none: every LayerNorm of the blocks and the final one
+    logit_scale: str = "sqrt"  # sqrt: QKᵀ/√d_k (the paper); none: QKᵀ
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("norm", self.norm, NORMS)
+        _check("logit_scale", self.logit_scale, LOGIT_SCALES)
+
+
+class AblationLM(TransformerLM):
+    """:class:`~attnlab.models.lm.TransformerLM` with another norm or unscaled attention."""
+
+    def __init__(self, config: AblationLMConfig) -> None:
+        super().__init__(config)
+        replace_layer_norms(self, config.norm)
+        if config.logit_scale == "none":
+            for b in self.blocks:
+                unscale_attention(b.self_attn)
+
+
+@register_model("transformer_lm_ablation")
+def transformer_lm_ablation(**overrides) -> AblationLM:
+    """transformer_lm_char with the experiments' switches: norm (layer/batch/none) and
+    logit_scale (sqrt/none)."""
+    base = dict(vocab_size=65, d_model=128, num_layers=4, num_heads=4, position="rotary", max_len=64)
+    return AblationLM(config_from(AblationLMConfig, base, overrides, "transformer_lm_ablation"))
+
+
+# --- the Vision Transformer ---------------------------------------------------------------------------
+
+@dataclass
+class AblationViTConfig(ViTConfig):
+    norm: str = "layer"  # layer | batch | none: every LayerNorm (blocks and final)
+
+    def validate(self) -> None:
+        super().validate()
+        _check("norm", self.norm, NORMS)
+
+
+class AblationViT(VisionTransformer):
+    """:class:`~attnlab.models.vit.VisionTransformer` with every LayerNorm replaced."""
+
+    def __init__(self, cfg: AblationViTConfig, name: str) -> None:
+        base = {k: v for k, v in asdict(cfg).items() if k != "norm"}
+        super().__init__(ViTConfig(**base), name=name)
+        self.cfg = cfg
+        replace_layer_norms(self, cfg.norm)
+
+
+def _ablation_vit(name: str, base: dict, overrides: dict) -> AblationViT:
+    return AblationViT(config_from(AblationViTConfig, base, overrides, name), name)
+
+
+@register_model("vit_cifar_ablation")
+def vit_cifar_ablation(**overrides) -> AblationViT:
+    """vit_cifar with the experiments' norm switch (layer/batch/none)."""
+    return _ablation_vit("vit_cifar_ablation", dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192,
+                                                    depth=6, num_heads=3, mlp_ratio=2.0), overrides)
+
+
+@register_model("vit_digits_ablation")
+def vit_digits_ablation(**overrides) -> AblationViT:
+    """vit_digits with the experiments' norm switch (layer/batch/none)."""
+    return _ablation_vit("vit_digits_ablation", dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64,
+                                                     depth=4, num_heads=4, mlp_ratio=2.0, drop_rate=0.1), overrides)
+
+
+# --- the seq2seq Transformer ----------------------------------------------------------------------------
+
+@dataclass
+class SparseTransformerConfig(TransformerConfig):
+    topk: int | None = None  # every attention layer keeps each query's k largest scores
+    window: int | None = None  # self-attention sees keys within this distance (cross-attention sees all)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for field in ("topk", "window"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{field} must be a positive whole number or None, got {v!r}")
+
+
+class SparseTransformer(Transformer):
+    """:class:`~attnlab.nn.transformer.Transformer` with top-k or windowed attention."""
+
+    def __init__(self, cfg: SparseTransformerConfig) -> None:
+        super().__init__(cfg)
+        for layer in [*self.encoder.layers, *self.decoder.layers]:
+            layer.self_attn.topk, layer.self_attn.window = cfg.topk, cfg.window
+            if hasattr(layer, "cross_attn"):
+                layer.cross_attn.topk = cfg.topk
+
+
+@register_model("transformer_multi30k_sparse")
+def transformer_multi30k_sparse(**overrides) -> SparseTransformer:
+    """transformer_multi30k with top-k sparse attention (topk) or local self-attention (window)."""
+    base = dict(src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True, d_model=256, num_heads=8,
+                num_encoder_layers=3, num_decoder_layers=3, d_ff=512)
+    return SparseTransformer(config_from(SparseTransformerConfig, base, overrides, "transformer_multi30k_sparse"))
