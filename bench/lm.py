@@ -6,7 +6,12 @@
     python bench/lm.py report                     rewrite the section from bench/results/lm-*.json
 
 Each experiment saves its numbers in bench/results/lm-<name>.json; the section is rebuilt from
-all of them, so experiments can be run one at a time. Data: $ATTNLAB_DATA (default ../shared/data).
+all of them, so experiments can be run one at a time (``--no-write``: print only, for a check
+with tiny settings, e.g. ``python bench/lm.py --threads 1 --no-write shakespeare --budget 2
+--models transformer lstm``). Models come from the registry (``SHAKESPEARE_MODELS``,
+``PTB_MODELS``: a registry name and its field overrides); the data decide the vocabulary size
+and the Transformer's context. Data: the library's data root (``$ATTNLAB_DATA``, default
+``../shared/data`` relative to the working directory).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,25 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import ROOT, command, machine, write_section  # noqa: E402
+from attnlab.data.images import data_root  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("ATTNLAB_DATA", ROOT / ".." / "shared" / "data")).resolve()
+LOAD0 = round(os.getloadavg()[0], 2)
+WRITE = True  # --no-write: results are printed, bench/results and BENCHMARKS.md left alone
 
 
 def save_result(name: str, obj: dict) -> None:
     from attnlab.io import atomic_write_json
 
-    obj = {**obj, "command": "python bench/lm.py " + " ".join(sys.argv[1:]), "threads": torch.get_num_threads(),
-           "machine": f"{platform.machine()}, torch {torch.__version__}", "load_avg_at_start": LOAD0,
-           "date": time.strftime("%Y-%m-%d %H:%M")}
-    atomic_write_json(RESULTS / f"lm-{name}.json", obj)
-
-
-LOAD0 = round(os.getloadavg()[0], 2)
+    obj = {**obj, "command": command(), "threads": torch.get_num_threads(), "machine": machine(),
+           "load_avg_at_start": LOAD0, "date": time.strftime("%Y-%m-%d %H:%M")}
+    if WRITE:
+        atomic_write_json(RESULTS / f"lm-{name}.json", obj)
 
 
 # --- a plain reference Transformer LM (same architecture, written directly on PyTorch) --------------
@@ -94,11 +95,15 @@ def _train_speed(model, x, steps: int) -> float:
 
 def throughput(args) -> dict:
     from attnlab.decode.sampling import greedy
-    from attnlab.models.lm import TransformerLM, count_parameters, lm_config
+    from attnlab.models.registry import count_parameters, create_model
+
+    def transformer(max_len: int):  # the reference's layout: learned positions, d_ff 4 x d_model, tied read-out
+        return create_model("transformer_lm_char", vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_len=max_len,
+                            position="learned")
 
     torch.manual_seed(0)
     V, D, L, H, T, B = 65, args.d_model, args.layers, 4, args.window, args.batch
-    ours = TransformerLM(lm_config("transformer", vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_len=T))
+    ours = transformer(T)
     ref = RefLM(V, D, L, H, T)
     assert count_parameters(ours) == count_parameters(ref), (count_parameters(ours), count_parameters(ref))
     x = torch.randint(0, V, (B, T))
@@ -115,7 +120,7 @@ def throughput(args) -> dict:
           f"ratio {train['ratio']:.3f}", flush=True)
 
     gen = []
-    g = TransformerLM(lm_config("transformer", vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_len=1024)).eval()
+    g = transformer(1024).eval()
     prompt = torch.randint(0, V, (1, 16))
     for n in (64, 512):
         speeds = {}
@@ -143,27 +148,30 @@ def throughput(args) -> dict:
 # --- Tiny Shakespeare under a fixed training-time budget ---------------------------------------------
 
 SHAKESPEARE_MODELS = {
-    # matched at about 0.8M parameters (vocabulary 65)
-    "transformer": dict(model="transformer", d_model=128, num_layers=4, num_heads=4),
-    "lstm": dict(model="lstm", hidden_dim=224, num_layers=2),
-    "gru": dict(model="gru", hidden_dim=256, num_layers=2),
-    "rnn": dict(model="rnn", hidden_dim=448, num_layers=2),
+    # bench name: (registry name, field overrides); matched at about 0.8M parameters (vocabulary 65)
+    "transformer": ("transformer_lm_char", dict(d_model=128, num_layers=4, num_heads=4)),
+    "lstm": ("lstm_lm_small", dict(embed_dim=224, hidden_dim=224, num_layers=2)),
+    "gru": ("gru_lm_small", dict(embed_dim=256, hidden_dim=256, num_layers=2)),
+    "rnn": ("rnn_lm_small", dict(embed_dim=448, hidden_dim=448, num_layers=2)),
 }
 
 
-def budget_run(dc, mc, cfg, budget: float, log=print) -> dict:
-    """Train for ``budget`` seconds of training time: the learning rate warms up over
-    ``cfg.warmup_steps`` steps, then follows a cosine by the fraction of the budget used."""
-    from attnlab.models.lm import build_lm, count_parameters
-    from attnlab.tasks.lm import LMTask, prepare
+def budget_run(dc, name: str, model: str, model_args: dict, cfg, budget: float, log=print) -> dict:
+    """Train the registry's ``model`` (with ``model_args``) for ``budget`` seconds of training
+    time: the learning rate warms up over ``cfg.warmup_steps`` steps, then follows a cosine by
+    the fraction of the budget used."""
+    from attnlab.models.registry import count_parameters
+    from attnlab.tasks import lm
+    from attnlab.train import runs
+    from attnlab.train.checkpoint import seed_everything
     from attnlab.train.engine import Trainer
 
-    tok, ids, mcfg, corpus = prepare(dc, mc)
-    torch.manual_seed(cfg.seed)
-    model = build_lm(mcfg)
+    data = lm.load_data(dc, runs.probe(lm.SPEC, model, model_args), None, False, model_name=model)
+    seed_everything(cfg.seed)
+    net = runs.build_model(lm.SPEC, model, model_args, data.model_fields)
     clock = {"t0": None, "stopped": False}
 
-    class BudgetTask(LMTask):
+    class BudgetTask(lm.LMTask):
         def train_batches(self, plan):
             for b in super().train_batches(plan):
                 if clock["t0"] is None:
@@ -173,9 +181,9 @@ def budget_run(dc, mc, cfg, budget: float, log=print) -> dict:
                     return
                 yield b
 
-    task = BudgetTask({"train": ids["train"], "valid": ids["valid"]}, recurrent=mc.model != "transformer",
+    task = BudgetTask({"train": data.ids["train"], "valid": data.ids["valid"]}, recurrent=net.is_recurrent,
                       window=dc.window, char_level=True, steps_per_epoch=dc.steps_per_epoch)
-    trainer = Trainer(model, task, cfg, None, log=log, progress=False)
+    trainer = Trainer(net, task, cfg, None, log=log, progress=False)
     warm, min_ratio = max(1, cfg.warmup_steps or 1), cfg.min_lr / cfg.lr
 
     def factor(step: int) -> float:
@@ -188,37 +196,36 @@ def budget_run(dc, mc, cfg, budget: float, log=print) -> dict:
     summary = trainer.fit()
     train_seconds = (clock["stopped"] or time.perf_counter()) - clock["t0"]
     val = summary["metrics"]
-    val = {"loss": val["val_loss"], "bpc": val["val_bpc"]}
-    return {"model": mc.model, "params": count_parameters(model), "val_loss": val["loss"], "val_bpc": val["bpc"],
+    return {"model": name, "params": count_parameters(net), "val_loss": val["val_loss"], "val_bpc": val["val_bpc"],
             "steps": summary["steps"], "tokens_seen": summary["steps"] * cfg.batch_size * dc.window,
             "train_seconds": round(train_seconds, 1), "budget_s": budget, "window": dc.window,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "config": {k: v for k, v in SHAKESPEARE_MODELS[mc.model].items()}}
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "config": {"registry": model, **SHAKESPEARE_MODELS[name][1]}}
 
 
 def shakespeare(args) -> dict:
-    from attnlab.tasks.lm import LMDataConfig, LMModelConfig
+    from attnlab.tasks.lm import LMDataConfig
     from attnlab.train.config import TrainConfig
 
-    text = data_dir() / "tinyshakespeare" / "input.txt"
+    text = data_root() / "tinyshakespeare" / "input.txt"
     results = {}
     old = RESULTS / "lm-shakespeare.json"
     if old.exists() and args.models != list(SHAKESPEARE_MODELS):
         results = json.loads(old.read_text()).get("runs", {})
     for name in args.models:
-        opts = SHAKESPEARE_MODELS[name]
-        rec = opts["model"] != "transformer"
+        model, shape = SHAKESPEARE_MODELS[name]
+        rec = name != "transformer"
         window = args.window if not rec else args.bptt
         dc = LMDataConfig(text=str(text), tokenizer="char", window=window, steps_per_epoch=10**6)
-        mc = LMModelConfig(**opts, dropout=0.0, tie_weights=not rec, **({} if rec else {"position": args.position}))
+        model_args = {**shape, "dropout": 0.0, "tie_weights": not rec, **({} if rec else {"position": args.position})}
         lr = args.lr if not rec else args.rnn_lr
         cfg = TrainConfig(epochs=1 if not rec else 1000, batch_size=args.batch if not rec else args.rnn_batch, lr=lr,
                           min_lr=lr / 10, warmup_steps=50, weight_decay=0.1 if not rec else 0.0, clip_grad=1.0,
                           eval_every=10**6, seed=0, betas=(0.9, 0.99), log_every=50)
-        print(f"--- {name}: {opts}", flush=True)
-        r = budget_run(dc, mc, cfg, args.budget, log=lambda s: None)
+        print(f"--- {name}: {model} {model_args}", flush=True)
+        r = budget_run(dc, name, model, model_args, cfg, args.budget, log=lambda s: None)
         print(f"{name}: {r['params']:,} params, {r['steps']} steps, {r['tokens_seen']:,} tokens in {r['train_seconds']} s: "
               f"val loss {r['val_loss']:.4f} nats/char ({r['val_bpc']:.3f} bpc)", flush=True)
-        r["command"] = "python bench/lm.py " + " ".join(sys.argv[1:])
+        r["command"] = command()
         if not rec:
             r["config"]["position"] = args.position
         key, n = name, 1
@@ -232,48 +239,53 @@ def shakespeare(args) -> dict:
 
 # --- Penn Treebank ---------------------------------------------------------------------------------
 
-PTB_MODELS = {
-    "lstm": dict(model="lstm", hidden_dim=200, num_layers=2),
-    "gru": dict(model="gru", hidden_dim=200, num_layers=2),
-    "transformer": dict(model="transformer", d_model=200, num_layers=2, num_heads=4),
+PTB_MODELS = {  # bench name: (registry name, field overrides)
+    "lstm": ("lstm_lm_small", dict(embed_dim=200, hidden_dim=200, num_layers=2)),
+    "gru": ("gru_lm_small", dict(embed_dim=200, hidden_dim=200, num_layers=2)),
+    "transformer": ("transformer_lm_char", dict(d_model=200, num_layers=2, num_heads=4, position="learned")),
 }
 
 
 def ptb(args) -> dict:
-    from attnlab.tasks.lm import LMDataConfig, LMModelConfig, evaluate_run, train_lm
+    from attnlab.tasks import lm
+    from attnlab.train import runs
     from attnlab.train.config import TrainConfig
 
-    d = data_dir() / "ptb"
+    d = data_root() / "ptb"
     results = {}
     old = RESULTS / "lm-ptb.json"
     if old.exists():
         results = json.loads(old.read_text()).get("runs", {})
     for name in args.models:
-        opts = PTB_MODELS[name]
+        model, shape = PTB_MODELS[name]
         rec = name != "transformer"
-        dc = LMDataConfig(train=str(d / "ptb.train.txt.gz"), valid=str(d / "ptb.valid.txt.gz"),
-                          test=str(d / "ptb.test.txt.gz"), tokenizer="word", window=args.bptt if rec else args.window,
-                          eval_batch_size=10)
-        mc = LMModelConfig(**opts, dropout=args.dropout, tie_weights=args.tie)
+        dc = lm.LMDataConfig(train=str(d / "ptb.train.txt.gz"), valid=str(d / "ptb.valid.txt.gz"),
+                             test=str(d / "ptb.test.txt.gz"), tokenizer="word", window=args.bptt if rec else args.window,
+                             eval_batch_size=10)
+        model_args = {**shape, "dropout": args.dropout, "tie_weights": args.tie}
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 20, warmup_steps=100,
                           weight_decay=args.weight_decay, clip_grad=args.clip, seed=0, log_every=100,
                           optimizer=args.optimizer, threads=args.threads)
-        run_dir = ROOT / "runs" / f"bench-ptb-{name}"
-        print(f"--- {name}: {opts} dropout {args.dropout} tie {args.tie}", flush=True)
+        run_dir = Path(args.runs) / f"bench-ptb-{name}"
+        print(f"--- {name}: {model} {model_args}", flush=True)
         load_at_start, started = round(os.getloadavg()[0], 1), time.strftime("%Y-%m-%d %H:%M")
         t = time.perf_counter()
-        s = train_lm(dc, mc, cfg, run_dir, log=lambda m: print(m, flush=True), progress=False, overwrite=True)
+        s = runs.train(lm.SPEC, dc, cfg, run_dir, model=model, model_args=model_args, overwrite=True,
+                       log=lambda m: print(m, flush=True), progress=False)
         seconds = time.perf_counter() - t
-        ev = {"last": evaluate_run(run_dir, argparse.Namespace(which="last"))}
-        last, best = (json.loads((run_dir / f"{t}.json").read_text())["path"] for t in ("last", "best"))
-        ev["best"] = ev["last"] if best == last else evaluate_run(run_dir, argparse.Namespace(which="best"))
-        results[name] = {"model": name, "params": s["params"], "epochs": args.epochs, "train_seconds": round(s["train_time"], 1),
-                         "date": started, "threads": torch.get_num_threads(),
+        ev = {}
+        for which in ("last", "best"):
+            run = runs.load(run_dir, which)
+            same = which == "best" and run.record["path"] == ev["last"]["path"]
+            ev[which] = ev["last"] if same else {"path": run.record["path"], **runs.evaluate(
+                run, lm.LMEvalConfig(), run_dir / "eval" / which, progress=False)}
+        results[name] = {"model": name, "params": s["parameters"], "epochs": args.epochs,
+                         "train_seconds": round(s["train_time"], 1), "date": started, "threads": torch.get_num_threads(),
                          "load_avg_at_start": load_at_start,
                          "wall_seconds": round(seconds, 1), "valid_ppl": ev["last"]["valid"]["ppl"],
                          "test_ppl": ev["last"]["test"]["ppl"], "best_acc_test_ppl": ev["best"]["test"]["ppl"],
-                         "command": "python bench/lm.py " + " ".join(sys.argv[1:]),
-                         "config": {**opts, "dropout": args.dropout, "tie_weights": args.tie,
+                         "command": command(),
+                         "config": {"registry": model, **shape, "dropout": args.dropout, "tie_weights": args.tie,
                                     ("bptt" if rec else "window"): dc.window,
                                     "batch": args.batch, "lr": args.lr,
                                     "optimizer": f"{dict(adamw='AdamW', sgd='SGD')[args.optimizer]}, warm-up + cosine",
@@ -292,8 +304,6 @@ def _load(name):
 
 
 def report(args=None) -> str:
-    from _report import write_section
-
     out = ["## Language models", "",
            "Written by `bench/lm.py` (`python bench/lm.py report` rebuilds it from `bench/results/lm-*.json`). "
            "CPU only; the machine was shared with other jobs while these ran (load average at start shown), "
@@ -401,17 +411,32 @@ def report(args=None) -> str:
                 "attnlab viz gradients runs/rnn runs/gru runs/lstm runs/transformer --length 64 --windows 32 --wrt hidden "
                 "-o bench/results/lm-gradients-hidden.png", "```", "",
                 "(one epoch of 110 windows for the recurrent models, 120 steps for the Transformer.)", "",
+                "The model options of `attnlab train lm` have changed since: models are registry names with "
+                "`--model-arg` fields, so the same runs are now:", "", "```",
+                "for m in rnn gru lstm; do",
+                "  attnlab train lm --text ts250k.txt --model ${m}_lm_small --model-arg embed_dim=256 "
+                "--model-arg hidden_dim=256 \\",
+                "    --model-arg tie_weights=true --window 64 --epochs 1 --batch-size 32 --steps-per-epoch 120 --lr 3e-3 "
+                "--run-dir runs/$m",
+                "done",
+                "attnlab train lm --text ts250k.txt --model transformer_lm_char --model-arg num_layers=2 "
+                "--model-arg position=learned \\",
+                "  --window 64 --epochs 1 --batch-size 32 --steps-per-epoch 120 --lr 3e-3 --run-dir runs/transformer",
+                "```", "",
                 "![gradients w.r.t. the embeddings](bench/results/lm-gradients.png)", ""]
         if (RESULTS / "lm-gradients-hidden.png").exists():
             out += ["![gradients w.r.t. the hidden states](bench/results/lm-gradients-hidden.png)", ""]
     text = "\n".join(out)
-    write_section("lm", text)
+    if WRITE:
+        write_section("lm", text)
     return text
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--no-write", action="store_true", help="print the results only; leave bench/results and "
+                                                           "BENCHMARKS.md alone (for checks with tiny settings)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--d-model", type=int, default=128)
@@ -443,13 +468,18 @@ def main(argv=None) -> int:
     q.add_argument("--weight-decay", type=float, default=0.0)
     q.add_argument("--clip", type=float, default=0.5)
     q.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    q.add_argument("--runs", default="runs", help="where the run directories bench-ptb-<model> go (default: runs)")
     sub.add_parser("report")
     args = p.parse_args(argv)
+    global WRITE
+    WRITE = not args.no_write
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    {"throughput": throughput, "shakespeare": shakespeare, "ptb": ptb, "report": report}[args.cmd](args)
-    if args.cmd != "report":
+    out = {"throughput": throughput, "shakespeare": shakespeare, "ptb": ptb, "report": report}[args.cmd](args)
+    if args.cmd != "report" and WRITE:
         report()
+    if args.cmd == "report" and not WRITE:
+        print(out)
     return 0
 
 
