@@ -11,16 +11,7 @@ from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq, build_seq2seq
 from attnlab.nn import Transformer, TransformerConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy shared machine two threads
-    wait on each other; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PAD, BOS, EOS = 0, 1, 2
 V = 14

@@ -21,14 +21,7 @@ from attnlab.models.lm import (
 from attnlab.tasks.lm import LMTask, evaluate_ids
 from attnlab.train.engine import Plan
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, and the machine is shared
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_transformer(position="learned", max_len=16, vocab=13):
     return TransformerLM(lm_config("transformer", vocab_size=vocab, d_model=32, num_layers=2, num_heads=4,

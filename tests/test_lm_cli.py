@@ -5,14 +5,7 @@ import torch
 
 from attnlab.cli.main import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -20,7 +13,8 @@ def run_dir(tmp_path_factory):
     (tmp / "t.txt").write_text("to be or not to be, that is the question.\n" * 40)
     torch.set_num_threads(1)
     rc = main(["train", "lm", "--text", str(tmp / "t.txt"), "--model", "transformer_lm_char",
-               "--model-arg", "d_model=32", "--model-arg", "num_layers=1", "--model-arg", "num_heads=2", "--window", "16", "--epochs", "1", "--batch-size", "8",
+               "--model-arg", "d_model=32", "--model-arg", "num_layers=1", "--model-arg", "num_heads=2",
+               "--window", "16", "--epochs", "1", "--batch-size", "8",
                "--steps-per-epoch", "20", "--run-dir", str(tmp / "run"), "--quiet"])
     assert rc == 0
     return tmp / "run"
@@ -87,7 +81,8 @@ def test_train_other_tokenizers_and_generate(tmp_path, capsys, tokenizer):
     (tmp_path / "t.txt").write_text("the cat sat on the mat\nthe dog sat on the log\n" * 30)
     run = tmp_path / "run"
     assert main(["train", "lm", "--text", str(tmp_path / "t.txt"), "--tokenizer", tokenizer, "--bpe-vocab-size", "280",
-                 "--model", "lstm_lm_small", "--model-arg", "hidden_dim=16", "--model-arg", "embed_dim=16", "--window", "8", "--epochs", "1", "--batch-size", "4",
+                 "--model", "lstm_lm_small", "--model-arg", "hidden_dim=16", "--model-arg", "embed_dim=16",
+                 "--window", "8", "--epochs", "1", "--batch-size", "4",
                  "--run-dir", str(run), "--quiet"]) == 0
     assert (run / "tokenizer.json").is_file()
     capsys.readouterr()

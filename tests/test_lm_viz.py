@@ -8,14 +8,7 @@ from attnlab.cli.main import main
 from attnlab.models.lm import build_lm, lm_config
 from attnlab.viz.gradients import _recurrent_hidden_states, copy_batch, gradient_norms, text_windows, train_copy
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(kind, vocab=12):
     extra = {"d_model": 32, "num_heads": 4, "max_len": 64} if kind == "transformer" else {"hidden_dim": 16, "embed_dim": 16}

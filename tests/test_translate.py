@@ -5,21 +5,11 @@ import json
 import random
 
 import pytest
-import torch
 
 from attnlab.cli.main import main
 from attnlab.tasks.translate import score
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy shared machine two threads
-    wait on each other; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = "red blue green dog cat bird runs sleeps eats big small the a on under".split()
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from attnlab.checkpoints import save_checkpoint
 from attnlab.cli.main import main
 from attnlab.errors import ConfigError, DataError
 from attnlab.models import VisionTransformer, ViTConfig, create_model
-from attnlab.checkpoints import save_checkpoint
 from attnlab.viz.common import figure_to_png, save_figure
 from attnlab.viz.vit import (
     attention_summary,

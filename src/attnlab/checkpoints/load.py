@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -76,16 +75,6 @@ def _what_is_it(keys, config: dict | None = None) -> str:
     if any(h in k for k in keys for h in _LM_HINT):
         return f"it looks like a language model{said}; "
     return f"{said.strip()}; " if said else ""
-
-
-# --------------------------------------------------------------------------- the plan
-@dataclass
-class Plan:
-    """What loading would do: the tensors to copy (our names, final shapes) and the report."""
-
-    tensors: dict[str, Tensor]
-    norm_eps: float | None = None
-    report: dict = field(default_factory=dict)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

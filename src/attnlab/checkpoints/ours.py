@@ -20,9 +20,6 @@ MODEL_KEY = "attnlab_model"
 
 _SIGNATURE = re.compile(r"^(pos_embed\.weight$|blocks\.\d+\.(self_attn|ff)\.)")
 
-# Fields that only matter for training; a checkpoint and a model may differ in them.
-TRAINING_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "weight_init", "dynamic_img_size")
-
 
 def score(keys) -> int:
     return sum(bool(_SIGNATURE.match(k)) for k in keys)

@@ -113,12 +113,6 @@ class RecurrentLM(nn.Module):
     def is_recurrent(self) -> bool:
         return True
 
-    def init_hidden(self, batch_size: int, device=None):
-        """The zero state: h (L, B, H), or (h, c) for the LSTM."""
-        c = self.cfg
-        h = torch.zeros(c.num_layers, batch_size, c.hidden_dim, device=device)
-        return (h, h.clone()) if c.cell == "lstm" else h
-
     @staticmethod
     def detach_hidden(hidden):
         """Cut the graph at a window boundary: same values, no history (truncated BPTT)."""

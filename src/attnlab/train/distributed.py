@@ -116,12 +116,3 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def agree(ok: bool) -> bool:
-    """True only if ``ok`` is true on every process (a collective: call it on all ranks)."""
-    if not (_INFO.distributed and dist.is_initialized()):
-        return ok
-    t = torch.tensor([0 if ok else 1], dtype=torch.int64, device=_INFO.device)
-    dist.all_reduce(t)
-    return int(t.item()) == 0

@@ -58,11 +58,6 @@ class Plan:
     world_size: int = 1
     seed: int = 0
 
-    @property
-    def micro_batch(self) -> int:
-        """Samples per micro-batch summed over processes."""
-        return self.batch_size // self.accum_steps
-
     def step_seed(self, step: int) -> int:
         """A seed for the augmentation of one optimizer step, the same on every process."""
         return (self.seed * 1_000_003 + self.epoch * 100_003 + step) % (2**63 - 1)
