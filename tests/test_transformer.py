@@ -44,7 +44,7 @@ def test_encoder_decoder_equals_nn_transformer(norm_first, batch_first, activati
     want = ref(bf(src, batch_first), bf(tgt, batch_first), tgt_mask=causal_t(T), src_key_padding_mask=spm,
                memory_key_padding_mask=spm)
     m = from_torch_mask(spm, key_padding=True)
-    got = ours(src, tgt, src_mask=m, memory_mask=m)
+    got = ours(src, tgt, src_mask=m, tgt_mask=from_torch_mask(causal_t(T)), memory_mask=m)
     torch.testing.assert_close(got, bf(want, batch_first), atol=ATOL, rtol=0)
 
 
@@ -60,10 +60,11 @@ def test_layers_and_stacks_equal_torch(norm_first):
     m = from_torch_mask(spm, key_padding=True)
     torch.testing.assert_close(from_torch(enc_layer)(x, m), enc_layer(x, src_key_padding_mask=spm), atol=ATOL, rtol=0)
     torch.testing.assert_close(from_torch(enc)(x, m), enc(x, src_key_padding_mask=spm), atol=ATOL, rtol=0)
+    tm = from_torch_mask(causal_t(T))
     want = dec_layer(y, mem, tgt_mask=causal_t(T), memory_key_padding_mask=spm)
-    torch.testing.assert_close(from_torch(dec_layer)(y, mem, memory_mask=m), want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(from_torch(dec_layer)(y, mem, tm, memory_mask=m), want, atol=ATOL, rtol=0)
     want = dec(y, mem, tgt_mask=causal_t(T), memory_key_padding_mask=spm)
-    torch.testing.assert_close(from_torch(dec)(y, mem, memory_mask=m), want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(from_torch(dec)(y, mem, tm, memory_mask=m), want, atol=ATOL, rtol=0)
 
 
 def test_full_transformer_equals_embeddings_plus_nn_transformer():
@@ -179,3 +180,48 @@ def test_transformer_masks_target_padding_keys():
                             num_decoder_layers=1, d_ff=FF)
     model = Transformer(cfg)
     assert model.src_mask(torch.tensor([[3, 0]])).tolist() == padding_mask(torch.tensor([[True, False]])).tolist()
+
+
+def _convertible(**kw):
+    """Each convertible nn.Transformer* module (batch-first), built with ``kw``, with how it and its
+    conversion are called on (x, mem): encoders on x, decoders on (x, mem), nn.Transformer on (mem, x)."""
+    enc_layer = nn.TransformerEncoderLayer(E, H, FF, batch_first=True, **kw)
+    dec_layer = nn.TransformerDecoderLayer(E, H, FF, batch_first=True, **kw)
+    enc, dec = (lambda m, x, mem: m(x)), (lambda m, x, mem: m(x, mem))
+    return [(enc_layer, enc), (dec_layer, dec), (nn.TransformerEncoder(enc_layer, 2, enable_nested_tensor=False), enc),
+            (nn.TransformerDecoder(dec_layer, 2), dec),
+            (nn.Transformer(E, H, 1, 1, FF, batch_first=True, **kw), lambda m, x, mem: m(mem, x))]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_from_torch_keeps_dtype_and_bias(bias, norm_first):
+    """A float64 module converts to float64 everywhere (attention, feed-forward, norms) and gives
+    the same outputs to 1e-10; ``bias=False`` modules (no bias in Linear nor LayerNorm) convert."""
+    x, mem = torch.randn(B, T, E, dtype=torch.float64), torch.randn(B, S, E, dtype=torch.float64)
+    for ref, call in _convertible(bias=bias, norm_first=norm_first, dtype=torch.float64):
+        ref.eval()
+        ours = from_torch(ref)
+        assert {p.dtype for p in ours.parameters()} == {torch.float64}, type(ref).__name__
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+        torch.testing.assert_close(call(ours, x, mem), call(ref, x, mem), atol=1e-10, rtol=0)
+
+
+def test_from_torch_keeps_device():
+    for ref, _ in _convertible(device="meta"):
+        assert {p.device.type for p in from_torch(ref).parameters()} == {"meta"}, type(ref).__name__
+
+
+def test_converted_decoder_attends_like_torch_for_the_same_call():
+    """nn.TransformerDecoder* and nn.Transformer without tgt_mask are not causal: neither is the
+    conversion called without a mask; a converted mask, or causal=True, makes both causal."""
+    x, mem = torch.randn(B, T, E), torch.randn(B, S, E)
+    for ref, call in _convertible()[1::2]:  # the decoder layer, the decoder, the transformer
+        ref.eval()
+        torch.testing.assert_close(call(from_torch(ref), x, mem), call(ref, x, mem), atol=ATOL, rtol=0)
+    dec = _convertible()[3][0].eval()
+    ours = from_torch(dec)
+    want = dec(x, mem, tgt_mask=causal_t(T))
+    torch.testing.assert_close(ours(x, mem, from_torch_mask(causal_t(T))), want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours(x, mem, causal=True), want, atol=ATOL, rtol=0)
+    assert not torch.allclose(ours(x, mem), want, atol=1e-3)

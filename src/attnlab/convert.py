@@ -3,18 +3,27 @@ ours with the same weights and the same outputs.
 
 Ours are always batch-first: for a module built with ``batch_first=False`` feed ours the
 transposed (B, T, C) inputs. Masks must be converted to our convention
-(:func:`attnlab.nn.masks.from_torch_mask`).
+(:func:`attnlab.nn.masks.from_torch_mask`). The conversion is called as the source is: a
+converted ``nn.TransformerDecoder*``/``nn.Transformer`` is not causal unless given a target
+mask (``from_torch_mask(tgt_mask)``) or ``causal=True``, as PyTorch's without ``tgt_mask``;
+our own decoders (:class:`attnlab.nn.Transformer`) are causal by default.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from attnlab.errors import UnsupportedError
 from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import DecoderLayer, EncoderLayer
 from attnlab.nn.transformer import Decoder, Encoder, EncoderDecoder
+
+
+def _assign(dst: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """``dst`` with copies of ``state``'s tensors, each keeping its dtype and device."""
+    dst.load_state_dict({k: v.detach().clone() for k, v in state.items()}, assign=True)
+    return dst
 
 
 def _mha(src: nn.MultiheadAttention) -> MultiHeadAttention:
@@ -23,13 +32,10 @@ def _mha(src: nn.MultiheadAttention) -> MultiHeadAttention:
     if src.bias_k is not None or src.add_zero_attn:
         raise UnsupportedError("from_torch: nn.MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
     bias = src.in_proj_bias is not None
-    dst = MultiHeadAttention(src.embed_dim, src.num_heads, bias=bias, dropout=src.dropout)
-    dst.qkv.weight.data.copy_(src.in_proj_weight.data)
-    dst.proj.weight.data.copy_(src.out_proj.weight.data)
+    state = {"qkv.weight": src.in_proj_weight, "proj.weight": src.out_proj.weight}
     if bias:
-        dst.qkv.bias.data.copy_(src.in_proj_bias.data)
-        dst.proj.bias.data.copy_(src.out_proj.bias.data)
-    return dst.to(src.in_proj_weight.dtype)
+        state.update({"qkv.bias": src.in_proj_bias, "proj.bias": src.out_proj.bias})
+    return _assign(MultiHeadAttention(src.embed_dim, src.num_heads, bias=bias, dropout=src.dropout), state)
 
 
 def _activation(layer) -> str:
@@ -48,15 +54,11 @@ def _layer_kwargs(src) -> dict:
     )
 
 
-def _copy(dst: nn.Module, src: nn.Module) -> None:
-    dst.load_state_dict(src.state_dict())
-
-
 def _copy_common(dst, src) -> None:
-    _copy(dst.ff.fc1, src.linear1)
-    _copy(dst.ff.fc2, src.linear2)
-    _copy(dst.norm1, src.norm1)
-    _copy(dst.norm2, src.norm2)
+    """Feed-forward and norms; norms are replaced, so a LayerNorm without bias (``bias=False``) stays one."""
+    _assign(dst.ff.fc1, src.linear1.state_dict())
+    _assign(dst.ff.fc2, src.linear2.state_dict())
+    dst.norm1, dst.norm2 = _norm(src.norm1), _norm(src.norm2)
 
 
 def _encoder_layer(src: nn.TransformerEncoderLayer) -> EncoderLayer:
@@ -70,11 +72,10 @@ def _encoder_layer(src: nn.TransformerEncoderLayer) -> EncoderLayer:
 def _decoder_layer(src: nn.TransformerDecoderLayer) -> DecoderLayer:
     sa = src.self_attn
     dst = DecoderLayer(sa.embed_dim, sa.num_heads, src.linear1.out_features, **_layer_kwargs(src))
-    dst.self_attn = _mha(sa)
-    dst.self_attn.causal = True
+    dst.self_attn = _mha(sa)  # not causal by default, as nn.TransformerDecoderLayer without tgt_mask
     dst.cross_attn = _mha(src.multihead_attn)
     _copy_common(dst, src)
-    _copy(dst.norm3, src.norm3)
+    dst.norm3 = _norm(src.norm3)
     return dst
 
 
@@ -82,18 +83,19 @@ def _norm(src_norm):
     if src_norm is None:
         return None
     if not isinstance(src_norm, nn.LayerNorm):
-        raise UnsupportedError(f"from_torch: final norm {type(src_norm).__name__} is not supported (LayerNorm)")
+        raise UnsupportedError(f"from_torch: norm {type(src_norm).__name__} is not supported (LayerNorm)")
     dst = nn.LayerNorm(src_norm.normalized_shape, eps=src_norm.eps, elementwise_affine=src_norm.elementwise_affine,
                        bias=src_norm.bias is not None)
-    _copy(dst, src_norm)
-    return dst
+    return _assign(dst, src_norm.state_dict())
 
 
 def from_torch(module: nn.Module) -> nn.Module:
     """Convert ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``/``DecoderLayer``,
     ``nn.TransformerEncoder``/``Decoder`` or ``nn.Transformer`` into the attnlab equivalent
     (``MultiHeadAttention``, ``EncoderLayer``/``DecoderLayer``, ``Encoder``/``Decoder``,
-    ``EncoderDecoder``) with copied weights. The result is in the source's train/eval mode."""
+    ``EncoderDecoder``) with copied weights, each in the source's dtype and on its device. The
+    result is in the source's train/eval mode; converted decoders are not causal unless asked (see
+    the module docstring)."""
     if isinstance(module, nn.MultiheadAttention):
         out = _mha(module)
     elif isinstance(module, nn.TransformerEncoderLayer):

@@ -121,6 +121,8 @@ class DecoderLayer(nn.Module):
     post-LN: x = LN(x + SelfAttn(x)); x = LN(x + CrossAttn(x, m)); x = LN(x + FFN(x))
     pre-LN:  x = x + SelfAttn(LN(x)); x = x + CrossAttn(LN(x), m); x = x + FFN(LN(x))
     ``cache`` is a (self, cross) pair of :class:`KVCache` for incremental decoding.
+    The self-attention is causal unless ``causal=False`` is passed (a layer converted from
+    ``nn.TransformerDecoderLayer`` is not, as PyTorch's without ``tgt_mask``).
     """
 
     def __init__(
@@ -154,8 +156,8 @@ class DecoderLayer(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None,
-                *, causal: bool = True, pos=None, cache: tuple[KVCache, KVCache] | None = None) -> Tensor:
-        """x (B, Tq, C), memory (B, Ts, C) -> (B, Tq, C)."""
+                *, causal: bool | None = None, pos=None, cache: tuple[KVCache, KVCache] | None = None) -> Tensor:
+        """x (B, Tq, C), memory (B, Ts, C) -> (B, Tq, C). ``causal=None``: the self-attention's own default."""
         sc, cc = cache if cache is not None else (None, None)
         sa = lambda h: self.self_attn(h, mask=self_mask, causal=causal, pos=pos, cache=sc)  # noqa: E731
         ca = lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cc)  # noqa: E731

@@ -40,7 +40,8 @@ class Decoder(nn.Module):
         return [(KVCache(), KVCache()) for _ in self.layers]
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None,
-                *, causal: bool = True, pos=None, cache: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
+                *, causal: bool | None = None, pos=None, cache: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
+        """``causal=None``: each layer's default (causal, except layers converted from PyTorch)."""
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_mask, memory_mask, causal=causal, pos=pos, cache=None if cache is None else cache[i])
         return self.norm(x)
@@ -55,10 +56,12 @@ class EncoderDecoder(nn.Module):
         self.encoder, self.decoder = encoder, decoder
 
     def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None,
-                memory_mask: Tensor | None = None, *, causal: bool = True) -> Tensor:
+                memory_mask: Tensor | None = None, *, causal: bool | None = None) -> Tensor:
         """src (B, Ts, C), tgt (B, Tt, C) -> (B, Tt, C). Masks are boolean, True = may attend:
         ``src_mask`` for encoder self-attention, ``tgt_mask`` for decoder self-attention (on top
-        of the causal mask when ``causal``), ``memory_mask`` for cross-attention."""
+        of the causal mask when ``causal``), ``memory_mask`` for cross-attention. ``causal=None``:
+        the decoder layers' default, which for a conversion of ``nn.Transformer`` is not causal
+        (as ``nn.Transformer`` without ``tgt_mask``)."""
         memory = self.encoder(src, src_mask)
         return self.decoder(tgt, memory, tgt_mask, memory_mask, causal=causal)
 
