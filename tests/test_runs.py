@@ -316,3 +316,19 @@ def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"red dog runs\n")))
         assert main(["translate", str(run), "--beam", "2", "--int8"]) == 0
         assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_a_task_builds_exactly_the_registry_entry_it_names(tmp_path):
+    """`train translate` without --model builds transformer_multi30k: the registry's config, with
+    only the fields the data decides changed."""
+    from attnlab.models.registry import config_dict
+
+    args = [a for a in train_args("translate", tmp_path) if a not in _margs(TRANSFORMER)]
+    assert main(args + ["--run-dir", str(tmp_path / "r")]) == 0
+    rec = runs.load(tmp_path / "r").record
+    data = {"src_vocab_size", "tgt_vocab_size", "share_embeddings", "pad_id"}
+    ref = config_dict(attnlab.create_model("transformer_multi30k", src_vocab_size=rec["vocab_size"][0],
+                                           tgt_vocab_size=rec["vocab_size"][1]))
+    assert rec["model"]["name"] == "transformer_multi30k" and rec["model_args"] == {}
+    assert {k: v for k, v in rec["model"]["config"].items() if k not in data} == {k: v for k, v in ref.items()
+                                                                                  if k not in data}

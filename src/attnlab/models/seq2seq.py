@@ -263,8 +263,8 @@ def transformer_multi30k(**overrides) -> Transformer:
 
 @register_model("gru_attention_multi30k")
 def gru_attention_multi30k(**overrides) -> GRUAttentionSeq2Seq:
-    """Bahdanau et al.'s model at the size ``attnlab train translate --model gru-attention`` uses:
-    embeddings 256, bidirectional GRU encoder and GRU decoder of 256, additive attention."""
+    """Bahdanau et al.'s model at our Multi30k size (``attnlab train translate --model
+    gru_attention_multi30k``): embeddings 256, bidirectional GRU encoder and GRU decoder of 256, additive attention."""
     base = dict(**_MULTI30K, embed_dim=256, hidden_dim=256, attn_dim=256, dropout=0.1)
     return GRUAttentionSeq2Seq(config_from(GRUAttentionConfig, base, overrides, "gru_attention_multi30k"))
 
