@@ -1,0 +1,212 @@
+"""Why do RNNs forget? The copy task (output at step t the symbol read at t − lag) trained for
+RNN, GRU, LSTM and a Transformer at growing lags, and the norm of the gradient of the last
+prediction's loss with respect to each input embedding against its distance from the loss
+(:func:`attnlab.viz.gradients.gradient_norms`), at initialisation and after training.
+
+The copy task is a task of the one engine (:class:`CopyTask`, :data:`SPEC`): every arm is a run
+of :func:`attnlab.train.runs.train`, its batches drawn from (seed, epoch, step), so a cut arm
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.experiments.base import Context, Experiment, Result, final_val, line_figure, mean_std, pm, spread_note
+from attnlab.models.lm import RecurrentLM, TransformerLM
+from attnlab.train.config import TrainConfig, opt, positive_int
+from attnlab.train.engine import Plan
+from attnlab.train.runs import TaskSpec
+from attnlab.viz.gradients import copy_batch, gradient_norms, plot_copy_accuracy, plot_gradient_norms
+
+ORDER = 8
+KINDS = ("rnn", "gru", "lstm", "transformer")
+
+
+@dataclass
+class CopyDataConfig:
+    """The copy task: sequences of ``lag + outputs`` random symbols; the last ``outputs``
+    positions must output the symbol read ``lag`` steps before."""
+
+    lag: int = opt(10, "steps between reading a symbol and outputting it", positive_int, metavar="N")
+    outputs: int = opt(20, "scored positions per sequence", positive_int, metavar="N")
+    symbols: int = opt(8, "alphabet size (chance = 1/symbols)", positive_int, metavar="N")
+    steps_per_epoch: int = opt(100, "optimizer steps per epoch (fresh random sequences each step)", positive_int,
+                               metavar="N")
+    eval_size: int = opt(512, "sequences in the fixed evaluation set", positive_int, metavar="N")
+
+
+class CopyTask:
+    """The engine's Task: cross-entropy on the scored positions, accuracy on them."""
+
+    name = "copy"
+    main_metric = "acc"
+    metric_label = "copy accuracy"
+    metric_percent = True
+
+    def __init__(self, dc: CopyDataConfig) -> None:
+        self.dc = dc
+        self.eval_set = copy_batch(dc.eval_size, dc.lag, dc.outputs, dc.symbols, torch.Generator().manual_seed(12345))
+
+    def steps_per_epoch(self, plan: Plan) -> int:
+        return self.dc.steps_per_epoch
+
+    def train_batches(self, plan: Plan):
+        d = self.dc
+        for s in range(plan.start_step, d.steps_per_epoch):
+            x, y = copy_batch(plan.batch_size, d.lag, d.outputs, d.symbols, torch.Generator().manual_seed(plan.step_seed(s)))
+            yield [(xj[plan.rank::plan.world_size], yj[plan.rank::plan.world_size])
+                   for xj, yj in zip(x.tensor_split(plan.accum_steps), y.tensor_split(plan.accum_steps))]
+
+    def _sums(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        out = model(x)  # recurrent models: (logits, state), each sequence from the zero state
+        logits = (out[0] if isinstance(out, tuple) else out).float()  # (B, T, V)
+        keep = y != -100
+        loss = F.cross_entropy(logits[keep], y[keep])
+        n = keep.sum()
+        return loss, {"loss": loss.detach() * n, "count": n.float(),
+                      "correct": (logits[keep].argmax(-1) == y[keep]).sum().float()}
+
+    def train_step(self, model: nn.Module, batch, cfg: TrainConfig):
+        return self._sums(model, *batch)
+
+    def eval_batches(self, plan: Plan):
+        x, y = self.eval_set
+        for idx in torch.arange(plan.rank, len(x), plan.world_size).split(256):
+            yield x[idx], y[idx]
+
+    @torch.no_grad()
+    def eval_step(self, model: nn.Module, batch, cfg: TrainConfig | None = None) -> dict[str, Tensor]:
+        return self._sums(model, *batch)[1]
+
+    def summarize(self, sums: dict[str, Tensor]) -> dict[str, float]:
+        n = max(float(sums.get("count", torch.tensor(0.0))), 1.0)
+        return {"loss": float(sums["loss"]) / n, "acc": float(sums["correct"]) / n}
+
+    def record(self) -> dict:
+        return {"copy": asdict(self.dc)}
+
+
+@dataclass
+class CopyData:
+    config: CopyDataConfig
+    title: str
+    model_fields: dict
+
+    def describe(self) -> str:
+        d = self.config
+        return f"copy task, lag {d.lag}, {d.outputs} outputs, {d.symbols} symbols"
+
+    def write_files(self, run_dir) -> None:
+        pass
+
+
+def load_data(dc: CopyDataConfig, mcfg=None, run_dir=None, progress: bool = True, model_name: str = "") -> CopyData:
+    return CopyData(dc, f"{model_name} on the copy task (lag {dc.lag})",
+                    {"vocab_size": dc.symbols, "max_len": dc.lag + dc.outputs})
+
+
+SPEC = TaskSpec(name="copy", help="the copy task (experiments only)", data_config=CopyDataConfig, load_data=load_data,
+                make_task=lambda data, model, cfg: CopyTask(data.config), model_kinds=(RecurrentLM, TransformerLM))
+
+#: Registry models and their overrides: one recurrent layer of ``width``, or a 2-layer Transformer.
+MODELS = {"rnn": "rnn_lm_small", "gru": "gru_lm_small", "lstm": "lstm_lm_small", "transformer": "transformer_lm_char"}
+
+
+def model_args(kind: str, width: int) -> dict:
+    if kind == "transformer":
+        return {"d_model": width, "num_layers": 2, "num_heads": 4, "position": "learned"}
+    return {"embed_dim": width, "hidden_dim": width, "num_layers": 1}
+
+
+def last_loss_windows(dc: CopyDataConfig, n: int) -> Tensor:
+    """(n, T + 1) windows for gradient_norms: the inputs, then the target of the last position
+    (the symbol read ``lag`` steps before it)."""
+    x, _ = copy_batch(n, dc.lag, dc.outputs, dc.symbols, torch.Generator().manual_seed(777))
+    t = x.shape[1]
+    return torch.cat([x, x[:, t - 1 - dc.lag : t - dc.lag]], 1)
+
+
+def run(ctx: Context) -> Result:
+    from attnlab.models.registry import create_model
+
+    lags = ctx.pick([2, 6], [5, 10, 20, 50, 100])
+    width = ctx.pick(32, 64)
+    steps, epochs = ctx.pick(10, 100), ctx.pick(1, 6)
+    train = dict(epochs=epochs, batch_size=32, lr=3e-3, min_lr=1e-5, warmup_steps=20, weight_decay=0.0, clip_grad=1.0,
+                 log_every=20)
+    acc: dict[str, list[list[float]]] = {k: [] for k in KINDS}
+    trained: dict[str, nn.Module] = {}
+    for kind in KINDS:
+        for lag in lags:
+            dc = CopyDataConfig(lag=lag, outputs=ctx.pick(10, 20), steps_per_epoch=steps, eval_size=ctx.pick(128, 512))
+            runs = [ctx.train_arm(f"{kind}-lag{lag}", SPEC, dc, train, MODELS[kind], model_args(kind, width), seed=s)
+                    for s in ctx.seeds]
+            acc[kind].append([final_val(r, "acc") for r in runs])
+            trained[kind] = runs[0]["model"]  # the longest lag's model, seed 0
+    # gradient norm against distance, at initialisation and after training at the longest lag
+    dc = CopyDataConfig(lag=lags[-1], outputs=ctx.pick(10, 20))
+    windows = last_loss_windows(dc, ctx.pick(32, 256))
+    grads = {"init": {}, "trained": {}}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        fresh = create_model(MODELS[kind], vocab_size=dc.symbols, **model_args(kind, width),
+                             **({"max_len": dc.lag + dc.outputs} if kind == "transformer" else {}))
+        grads["init"][kind] = gradient_norms(fresh, windows).tolist()
+        grads["trained"][kind] = gradient_norms(trained[kind], windows).tolist()
+
+    table = [{"model": k, **{f"lag {lag} acc %": pm(a, 1, 100) for lag, a in zip(lags, acc[k])},
+              f"‖grad‖ at distance {lags[-1]} / at 0 (init)": f"{grads['init'][k][lags[-1]] / grads['init'][k][0]:.2e}"}
+             for k in KINDS]
+    mean_acc = {k: [mean_std(a)[0] for a in acc[k]] for k in KINDS}
+    figs = {
+        "copy_accuracy": plot_copy_accuracy(mean_acc, lags, symbols=dc.symbols,
+                                            subtitle=f"{epochs * steps} steps of batch 32, width {width}; mean of "
+                                                     f"{len(ctx.seeds)} seed(s)"),
+        "gradient_vs_distance_init": plot_gradient_norms({k: torch.tensor(v) for k, v in grads["init"].items()},
+                                                         title="Gradient reach at initialisation",
+                                                         subtitle=f"copy sequences of {dc.lag + dc.outputs} steps"),
+        "gradient_vs_distance_trained": plot_gradient_norms({k: torch.tensor(v) for k, v in grads["trained"].items()},
+                                                            title=f"Gradient reach after training at lag {lags[-1]}",
+                                                            subtitle="the loss of the last position needs the symbol "
+                                                                     f"{lags[-1]} steps back"),
+    }
+    chance = 1 / dc.symbols
+    solved = {k: [lag for lag, a in zip(lags, mean_acc[k]) if a > 0.9] for k in KINDS}
+    failed = {k: [lag for lag, a in zip(lags, mean_acc[k]) if a < chance + 0.1] for k in KINDS}
+    decay = {k: grads["init"][k][lags[-1]] / grads["init"][k][0] for k in KINDS}
+    longest = lags[-1]
+    if not any(solved.values()):
+        finding = (f"Inconclusive at this budget: no model solves any lag in {epochs * steps} steps, so the accuracies "
+                   "cannot show which architecture remembers longer; the gradients alone follow the anchor's ordering "
+                   "only if rnn < gru/lstm < transformer above. ")
+    elif longest in solved["transformer"] and longest not in solved["rnn"] and decay["rnn"] < decay["transformer"]:
+        finding = ("This agrees with the anchor: the plain RNN's gradient decays fastest with distance and it does not "
+                   f"solve lag {longest}, while the Transformer, one attention step from every input, does. ")
+    else:
+        finding = (f"This does not show the anchor's ordering at lag {longest} (see the table): the claim is not "
+                   "confirmed at this budget. ")
+    verdict = (
+        "Copy accuracy (>90%: solved; within 10 points of chance: failed): "
+        + "; ".join(f"{k} solves lags {solved[k] or 'none'}, fails {failed[k] or 'none'}" for k in KINDS)
+        + f". At initialisation the gradient reaching {longest} steps back is "
+        + ", ".join(f"{k} {decay[k]:.1e}" for k in KINDS) + " of the gradient at distance 0. " + finding
+        + spread_note(len(ctx.seeds)) + ".")
+    return Result(table, verdict, figs, {"accuracy": acc, "gradient_norms": grads, "lags": lags},
+                  {"lags": lags, "width": width, "train": train, "steps": epochs * steps, "models": MODELS})
+
+
+EXPERIMENT = Experiment(
+    name="rnn-forgetting",
+    question="Why do RNNs forget? Copy accuracy against lag and gradient norm against distance",
+    anchor="Bengio et al. 1994 and Pascanu et al. 2013: the gradient through a recurrence is a product of Jacobians and "
+           "vanishes geometrically with distance; LSTM/GRU gates (Hochreiter & Schmidhuber 1997) bridge longer lags; "
+           "self-attention connects any two positions in one step (Vaswani et al. 2017, Table 1: path length O(1))",
+    cost={"quick": "≈15 s", "full": "≈20 min"},
+    seeds={"quick": 1, "full": 2},
+    run=run,
+)
