@@ -1,0 +1,258 @@
+"""DETR (Carion et al. 2020, "End-to-End Object Detection with Transformers").
+
+A CNN backbone gives a feature map (B, C_b, h, w); a 1x1 conv projects it to d_model and it is
+flattened to T = h*w tokens (B, T, C). A post-LN Transformer encoder runs over them with a 2-D
+sine position encoding; a decoder turns N learned object queries into N detections in
+parallel (no causal mask); each is a class (K classes + "no object") and a box
+(cx, cy, w, h) in [0, 1] from a 3-layer MLP with a sigmoid. Training matches the N detections
+to the objects one to one (:mod:`attnlab.detect`).
+
+As in the paper (§3.2, Fig. 10), positions are not added to the input once but to the queries
+and keys of every attention layer, and never to the values:
+
+    encoder:         Attn(Q = x + p, K = x + p, V = x)
+    decoder self:    Attn(Q = y + q, K = y + q, V = y)           q: the learned query embedding
+    decoder cross:   Attn(Q = y + q, K = m + p, V = m)           m: the encoder memory
+
+:class:`attnlab.nn.MultiHeadAttention` computes Q, K and V from one input (positions act
+through rotate/bias hooks), so the layers here are thin subclasses of attnlab's
+:class:`~attnlab.nn.layers.EncoderLayer` / :class:`~attnlab.nn.layers.DecoderLayer` (same
+modules and names: ``self_attn.qkv``, ``self_attn.proj``, ``ff.fc1``...) whose forward feeds
+the three inputs through the layer's own projections (:func:`attend`).
+
+Shapes: images (B, C_in, H, W); tokens (B, T, C); queries (B, N, C); logits (B, N, K+1);
+boxes (B, N, 4); attention (B, heads, N or T, T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.registry import config_from, register_model
+from attnlab.models.resnet import ResNet50, SmallCNN
+from attnlab.nn.attention import MultiHeadAttention, scaled_dot_product_attention
+from attnlab.nn.layers import DecoderLayer, EncoderLayer
+
+BACKBONES = ("resnet50", "small")
+
+
+@dataclass
+class DETRConfig:
+    """One DETR. Defaults are the paper's DETR (ResNet-50, Table 1) with COCO's 91 class ids."""
+
+    num_classes: int = 91  # K object classes; class index K is "no object"
+    backbone: str = "resnet50"  # "resnet50" (frozen BN, torchvision names) or "small" (SmallCNN)
+    in_chans: int = 3
+    cnn_widths: tuple[int, ...] = (32, 64, 128)  # SmallCNN only: one stage per width, stride 2 each
+    d_model: int = 256
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    d_ff: int = 2048
+    dropout: float = 0.1
+    activation: str = "relu"
+    num_queries: int = 100
+    aux_loss: bool = True  # also predict after every decoder layer (the auxiliary decoding losses)
+    norm_eps: float = 1e-5
+    img_size: int = 800  # the size images are resized to by predict/viz (the model takes any size)
+    temperature: float = 10000.0  # of the sine position encoding
+
+    def __post_init__(self) -> None:
+        self.cnn_widths = tuple(int(w) for w in self.cnn_widths)
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        if self.d_model % 4:
+            raise ConfigError(f"the 2-D sine position encoding needs d_model divisible by 4, got {self.d_model}")
+        if self.backbone == "small" and (not self.cnn_widths or any(w % 8 for w in self.cnn_widths)):
+            raise ConfigError(f"cnn_widths {list(self.cnn_widths)}: give one width per stage, each a multiple of 8")
+        for f in ("num_classes", "num_queries", "num_encoder_layers", "num_decoder_layers", "img_size"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+
+def attend(attn: MultiHeadAttention, q_in: Tensor, k_in: Tensor, v_in: Tensor, mask: Tensor | None = None,
+           need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """MultiHead(Q, K, V) with Q, K, V projected from three inputs by ``attn``'s own weights
+    (``qkv`` rows 0:C, C:2C, 2C:3C) and its output projection ``proj``.
+
+    q_in (B, Tq, C), k_in and v_in (B, Tk, C); ``mask`` boolean (B, 1, 1, Tk), True = may attend.
+    Returns (B, Tq, C) and the weights (B, H, Tq, Tk) when ``need_weights`` (else None).
+    """
+    b, tq, c = q_in.shape
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    part = lambda x, i: F.linear(x, w[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])  # noqa: E731
+    heads = lambda x: x.view(b, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
+    if q_in is k_in:  # self-attention: Q and K from the same input in one matmul
+        q, k = F.linear(q_in, w[:2 * c], None if bias is None else bias[:2 * c]).chunk(2, dim=-1)
+    else:
+        q, k = part(q_in, 0), part(k_in, 1)
+    v = part(v_in, 2)
+    res = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask=mask, need_weights=need_weights,
+                                       dropout=attn.dropout if attn.training else 0.0)
+    out, weights = res if need_weights else (res, None)
+    return attn.proj(out.transpose(1, 2).reshape(b, tq, c)), weights
+
+
+class DetrEncoderLayer(EncoderLayer):
+    """Post-LN encoder layer, positions on queries and keys:
+    x = LN(x + Attn(x + p, x + p, x));  x = LN(x + FFN(x))."""
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+        qk = x + pos
+        a, w = attend(self.self_attn, qk, qk, x, mask, need_weights)
+        x = self.norm1(x + self.drop1(a))
+        x = self.norm2(x + self.drop2(self.ff(x)))
+        return x, w
+
+
+class DetrDecoderLayer(DecoderLayer):
+    """Post-LN decoder layer over all queries at once (no causal mask):
+    y = LN(y + Attn(y + q, y + q, y));  y = LN(y + Attn(y + q, m + p, m));  y = LN(y + FFN(y))."""
+
+    def forward(self, y: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor, memory_mask: Tensor | None = None,
+                need_weights: bool = False):
+        qk = y + query_pos
+        a, _ = attend(self.self_attn, qk, qk, y)
+        y = self.norm1(y + self.drop1(a))
+        a, w = attend(self.cross_attn, y + query_pos, memory + memory_pos, memory, memory_mask, need_weights)
+        y = self.norm2(y + self.drop2(a))
+        y = self.norm3(y + self.drop3(self.ff(y)))
+        return y, w
+
+
+def sine_position_2d(valid: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """DETR's PositionEmbeddingSine with normalize=True: valid (B, h, w) bool -> (B, h*w, dim).
+
+    Row and column of each valid cell are counted from 1 (cumulative sums, so padding does not
+    shift them), scaled to (0, 2π]; each gets dim/2 channels of interleaved sin/cos at
+    frequencies temperature^(2⌊i/2⌋/(dim/2)); rows first, then columns.
+    """
+    npf = dim // 2
+    m = valid.to(torch.float32)
+    y, x = m.cumsum(1), m.cumsum(2)
+    eps, scale = 1e-6, 2 * math.pi
+    y = y / (y[:, -1:, :] + eps) * scale
+    x = x / (x[:, :, -1:] + eps) * scale
+    dim_t = temperature ** (2 * torch.div(torch.arange(npf, device=valid.device), 2, rounding_mode="floor").float() / npf)
+    px, py = x[..., None] / dim_t, y[..., None] / dim_t  # (B, h, w, npf)
+    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).flatten(3)
+    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((py, px), dim=3).flatten(1, 2)  # (B, h*w, dim)
+
+
+class BoxMLP(nn.Module):
+    """The box head: Linear-ReLU-Linear-ReLU-Linear (3 layers), then a sigmoid outside."""
+
+    def __init__(self, dim: int, hidden: int, out: int = 4, num_layers: int = 3) -> None:
+        super().__init__()
+        sizes = [dim] + [hidden] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:] + [out]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class DETR(nn.Module):
+    """The detector. ``forward(images, mask)`` returns a dict:
+
+    - ``logits`` (B, N, K+1), ``boxes`` (B, N, 4) as (cx, cy, w, h) in [0, 1] of the image;
+    - ``aux``: the same for decoder layers 1..L-1 (a list, when ``cfg.aux_loss``);
+    - with ``need_weights``: ``encoder_attention`` (per layer, (B, H, T, T)),
+      ``cross_attention`` (per decoder layer, (B, H, N, T)) and ``feature_size`` (h, w).
+
+    ``mask`` (B, H, W) bool, True = a real pixel, False = padding (a batch of images of
+    different sizes padded to one); None: every pixel is real.
+    """
+
+    def __init__(self, cfg: DETRConfig, name: str | None = None) -> None:
+        super().__init__()
+        self.cfg, self.name = cfg, name
+        d = cfg.d_model
+        self.backbone = ResNet50(cfg.in_chans) if cfg.backbone == "resnet50" else SmallCNN(cfg.in_chans, cfg.cnn_widths)
+        self.input_proj = nn.Conv2d(self.backbone.out_channels, d, 1)
+        self.query_embed = nn.Embedding(cfg.num_queries, d)
+        kw = dict(dropout=cfg.dropout, activation=cfg.activation, norm_first=False, norm_eps=cfg.norm_eps)
+        self.encoder = nn.ModuleList(DetrEncoderLayer(d, cfg.num_heads, cfg.d_ff, **kw) for _ in range(cfg.num_encoder_layers))
+        self.decoder = nn.ModuleList(DetrDecoderLayer(d, cfg.num_heads, cfg.d_ff, **kw) for _ in range(cfg.num_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.class_embed = nn.Linear(d, cfg.num_classes + 1)
+        self.bbox_embed = BoxMLP(d, d, 4, 3)
+        for p in [*self.encoder.parameters(), *self.decoder.parameters()]:
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)  # as DETR's Transformer._reset_parameters
+
+    def encode(self, images: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+        """images (B, C_in, H, W) -> memory (B, T, C), positions (B, T, C), key mask
+        (B, 1, 1, T) or None, (h, w), encoder attention maps."""
+        if images.dim() != 4 or images.shape[1] != self.cfg.in_chans:
+            raise ShapeError(f"{self.name or 'DETR'} takes images (B, {self.cfg.in_chans}, H, W), got {tuple(images.shape)}")
+        f = self.input_proj(self.backbone(images))  # (B, C, h, w)
+        b, _, h, w = f.shape
+        if mask is None:
+            valid = torch.ones(b, h, w, dtype=torch.bool, device=f.device)
+            key_mask = None
+        else:
+            valid = F.interpolate(mask[None].float(), size=(h, w))[0].bool()  # nearest, as DETR
+            key_mask = valid.flatten(1)[:, None, None, :]
+        pos = sine_position_2d(valid, self.cfg.d_model, self.cfg.temperature).to(f.dtype)
+        x = f.flatten(2).transpose(1, 2)  # (B, T, C)
+        maps = []
+        for layer in self.encoder:
+            x, a = layer(x, pos, key_mask, need_weights)
+            maps.append(a)
+        return x, pos, key_mask, (h, w), maps
+
+    def forward(self, images: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> dict:
+        memory, pos, key_mask, hw, enc_maps = self.encode(images, mask, need_weights)
+        b = memory.shape[0]
+        query_pos = self.query_embed.weight[None].expand(b, -1, -1)  # (B, N, C)
+        y = torch.zeros_like(query_pos)
+        states, cross = [], []
+        for layer in self.decoder:
+            y, a = layer(y, memory, query_pos, pos, key_mask, need_weights)
+            cross.append(a)
+            if self.cfg.aux_loss:
+                states.append(self.decoder_norm(y))
+        hs = torch.stack(states) if self.cfg.aux_loss else self.decoder_norm(y)[None]  # (L or 1, B, N, C)
+        logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()
+        out = {"logits": logits[-1], "boxes": boxes[-1]}
+        if self.cfg.aux_loss:
+            out["aux"] = [{"logits": lg, "boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
+        if need_weights:
+            out.update(encoder_attention=enc_maps, cross_attention=cross, feature_size=hw)
+        return out
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"name={self.name!r}, backbone={c.backbone}, d_model={c.d_model}, layers={c.num_encoder_layers}+"
+                f"{c.num_decoder_layers}, queries={c.num_queries}, classes={c.num_classes}")
+
+
+def _detr(name: str, overrides: dict, **base) -> DETR:
+    return DETR(config_from(DETRConfig, base, overrides, model=name), name=name)
+
+
+@register_model("detr_resnet50")
+def detr_resnet50(**overrides) -> DETR:
+    """The paper's DETR: ResNet-50 (frozen BN), d_model 256, 6+6 layers, 8 heads, FFN 2048,
+    100 queries, 91 COCO class ids (41M parameters); facebook/detr-resnet-50's shapes."""
+    return _detr("detr_resnet50", overrides)
+
+
+@register_model("detr_digits")
+def detr_digits(**overrides) -> DETR:
+    """The CPU configuration for the digit canvases (64x64 greyscale, 10 classes): a 3-stage
+    CNN (stride 8: an 8x8 feature map), d_model 128, 3+3 layers, 8 heads, FFN 512, 12 queries."""
+    return _detr("detr_digits", overrides, num_classes=10, backbone="small", in_chans=1, cnn_widths=(32, 64, 128),
+                 d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3, d_ff=512, dropout=0.0,
+                 num_queries=12, img_size=64)

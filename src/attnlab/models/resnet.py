@@ -1,0 +1,113 @@
+"""Backbones of the detector: ResNet-50 with frozen batch norm (He et al. 2016; the layout of
+torchvision and timm, which DETR checkpoints use) and a small CNN for the CPU.
+
+Both map images (B, C, H, W) to a feature map (B, out_channels, H/s, W/s) and say their
+``out_channels`` and ``stride``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters (buffers, not trained):
+    y = (x - mean) / sqrt(var + eps) * weight + bias. The eps is inside the square root as in
+    DETR and Hugging Face (torchvision's own frozen BN has none)."""
+
+    def __init__(self, n: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (stride here, as torchvision's v1.5) -> 1x1 expand (x4), plus the
+    shortcut (a strided 1x1 conv + BN where the shape changes): y = ReLU(F(x) + shortcut(x))."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False), FrozenBatchNorm2d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + identity)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 up to ``layer4`` (stride 32, 2048 channels), no pooling or classifier.
+
+    Parameter names are torchvision's (``conv1``, ``bn1``, ``layer{1..4}.{j}.conv1`` ...,
+    ``downsample.0/1``), which are also timm's and those under ``backbone.0.body.`` in DETR
+    checkpoints. As in DETR, the stem and ``layer1`` are not trained (``requires_grad=False``).
+    """
+
+    out_channels = 2048
+    stride = 32
+
+    def __init__(self, in_chans: int = 3, layers: tuple[int, ...] = (3, 4, 6, 3), train_stem: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        ch = 64
+        for i, (n, width) in enumerate(zip(layers, (64, 128, 256, 512))):
+            blocks = []
+            for j in range(n):
+                blocks.append(Bottleneck(ch, width, stride=2 if (j == 0 and i > 0) else 1))
+                ch = width * Bottleneck.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if not train_stem:
+            for p in [*self.conv1.parameters(), *self.layer1.parameters()]:
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 2048, H/32, W/32)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class SmallCNN(nn.Module):
+    """A few 3x3 conv + GroupNorm + ReLU stages, each halving the resolution: the CPU backbone.
+    ``widths`` (one per stage) decide the stride, 2 ** len(widths)."""
+
+    def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        layers, ch = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(ch, w, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.GroupNorm(8, w), nn.ReLU(inplace=True)]
+            ch = w
+        self.body = nn.Sequential(*layers)
+        self.out_channels = ch
+        self.stride = 2 ** len(widths)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, widths[-1], H/s, W/s)
+        return self.body(x)
