@@ -5,19 +5,21 @@ for attnlab's ViT and, with the same recipe, architecture and training engine, t
     python bench/train_image.py mnist --minutes 15          # MNIST within a time budget
     python bench/train_image.py cifar10 --minutes 60 --marks 15 30 60
     python bench/train_image.py mnist --minutes 15 --impl ours timm
+    python bench/train_image.py mnist --epochs 1 --dataset digits --out /tmp/bench --threads 1   # a quick check
 
 Data come from $ATTNLAB_DATA (default ../shared/data). A budget is turned into a fixed number
 of epochs from a short throughput calibration (so the schedule, and the run, stay
 deterministic); every epoch is evaluated on the test set and its wall-clock time recorded.
-The timm run, when asked, uses the same number of epochs as ours. Runs go to
-runs/bench-<dataset>-<impl>/ (metrics.csv, curves.png, checkpoints); a summary is printed as
-Markdown and saved as runs/bench-<dataset>.json.
+The timm run, when asked, uses the same number of epochs as ours. Both are trained by the
+same engine on the same data pipeline (``attnlab.tasks.image``): ours is the registry's
+``vit_cifar`` with the recipe's fields, timm's ``VisionTransformer`` gets the same ones. Runs go
+to runs/bench-<dataset>-<impl>/ (metrics.csv, curves.png, checkpoints; ours can be read by
+``attnlab eval``); a summary is printed as Markdown and saved as runs/bench-<dataset>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -28,10 +30,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnlab.data import images as D
-from attnlab.tasks.image import ImageTaskConfig, prepare
-from attnlab.train import TrainConfig, Trainer
-from attnlab.train.checkpoint import create_run_dir, seed_everything
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command  # noqa: E402
+from attnlab.io import atomic_write_json  # noqa: E402
+from attnlab.models.registry import count_parameters, model_config  # noqa: E402
+from attnlab.tasks import image  # noqa: E402
+from attnlab.train import TrainConfig, Trainer, runs  # noqa: E402
+from attnlab.train import checkpoint as ckpt  # noqa: E402
+from attnlab.train import distributed as dist  # noqa: E402
+from attnlab.train.config import to_dict  # noqa: E402
 
 # The reference architecture of the issue: 28x28 inputs, 4x4 patches, 192 wide, 6 blocks.
 REFERENCE = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0)
@@ -59,11 +66,14 @@ RECIPES = {
 }
 
 
+OURS = "vit_cifar"  # the registry model the recipes' fields are set on
+
+
 def build(impl: str, arch: dict):
     if impl == "ours":
         from attnlab.models import create_model
 
-        return create_model("vit_cifar", **arch)
+        return create_model(OURS, **arch)
     from timm.models.vision_transformer import VisionTransformer
 
     arch = {"global_pool": "token", "class_token": True, **arch}
@@ -127,28 +137,44 @@ def calibrate(model, task, cfg, steps: int = 12) -> float:
     return statistics.median(train_steps_per_s(m, task.normalize(x), y, steps))
 
 
+def open_run(run_dir: Path, impl: str, model, arch: dict, dc, cfg, title: str) -> dict:
+    """A new (or replaced) run directory with its run.json; the record every checkpoint carries."""
+    if impl == "ours":
+        meta = runs.model_record(model, OURS, arch)
+    else:  # not a registry model: named and counted, not rebuildable by attnlab
+        meta = {"model": {"name": "timm_vit", "config": None, "parameters": count_parameters(model)}, "model_args": arch}
+    meta.update(data_config=to_dict(dc), title=title)
+    ckpt.check_new_run_dir(run_dir, overwrite=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.open_run_dir(run_dir, overwrite=True, task=image.TASK, cfg=cfg, info=dist.info(), record=meta,
+                      command=command().split())
+    return meta
+
+
 def run(args) -> dict:
-    args.dataset = args.what
-    rec = RECIPES[args.dataset]
-    results = {"dataset": args.dataset, "recipe": rec, "minutes": args.minutes, "runs": {}}
+    rec = RECIPES[args.what]
+    dataset = args.dataset or rec["dataset"]
+    label = args.what if args.dataset is None else f"{args.what}-{dataset.split(':')[0]}"  # runs/bench-<label>-<impl>
+    results = {"dataset": dataset, "recipe": rec, "minutes": args.minutes, "runs": {}}
     epochs = args.epochs
-    splits = D.load(rec["dataset"])  # decode once (the CIFAR JPEGs are cached after the first time)
+    dc = image.ImageDataConfig(dataset=dataset, augment=rec["augment"], crop_padding=rec["crop_padding"],
+                               eval_batch_size=500)
+    # Decoded once for both implementations (the CIFAR JPEGs are cached after the first time).
+    data = image.load_data(dc, model_config(OURS, **rec["arch"]), None, progress=True, model_name=OURS)
     for impl in args.impl:
-        seed_everything(args.seed)
+        ckpt.seed_everything(args.seed)
         model = build(impl, rec["arch"])
+        model.name = OURS if impl == "ours" else "timm_vit"
         cfg = TrainConfig(epochs=epochs or 1, seed=args.seed, device="cpu", log_every=20, **rec["train"])
-        tcfg = ImageTaskConfig(model=f"{impl}:vit", dataset=rec["dataset"], augment=rec["augment"],
-                               crop_padding=rec["crop_padding"], eval_batch_size=500)
-        model, task, meta = prepare(tcfg, cfg, model=model, splits=D.ImageSplits(splits.name, splits.spec, splits.train,
-                                                                                 splits.test, splits.notes))
+        task = image.make_task(data, model, cfg)
         if epochs is None:
             ips = calibrate(model, task, cfg)
             per_epoch = len(task.train) / ips + len(task.val) / (3 * ips)
             epochs = max(1, math.floor(args.minutes * 60 * args.fill / per_epoch))
             print(f"calibration: {ips:.0f} training images/s -> {epochs} epochs fit in {args.minutes} min", flush=True)
             cfg = TrainConfig(epochs=epochs, seed=args.seed, device="cpu", log_every=20, **rec["train"])
-        run_dir = create_run_dir(Path(args.out) / f"bench-{args.dataset}-{impl}", overwrite=True)
-        meta["title"] = f"{impl} ViT on {args.dataset}"
+        run_dir = Path(args.out) / f"bench-{label}-{impl}"
+        meta = open_run(run_dir, impl, model, rec["arch"], dc, cfg, f"{impl} ViT on {dataset}")
         t0 = time.perf_counter()
         tr = Trainer(model, task, cfg, run_dir, meta=meta, log=lambda s: print(s, flush=True), progress=False)
         tr.fit()
@@ -162,8 +188,8 @@ def run(args) -> dict:
             "run_dir": str(run_dir),
         }
     summarize(results, args.marks or [args.minutes])
-    path = Path(args.out) / f"bench-{args.dataset}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = Path(args.out) / f"bench-{label}.json"
+    atomic_write_json(path, results)
     print(f"results: {path}")
     return results
 
@@ -196,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--marks", type=float, nargs="*", help="report the accuracy reached at these minutes")
     p.add_argument("--fill", type=float, default=0.92, help="fraction of the budget to plan for (the rest absorbs noise)")
     p.add_argument("--impl", nargs="+", default=["ours"], choices=("ours", "timm"))
+    p.add_argument("--dataset", metavar="SPEC", help="(mnist, cifar10) train the recipe on this dataset instead of its "
+                                                     "own (e.g. digits, or folder:DIR of RGB images, for a quick check)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--arch", default="reference", choices=("reference", *RECIPES),
@@ -211,9 +239,8 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.what == "speed":
         res = speed(args)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
         name = "bench-speed.json" if args.arch == "reference" else f"bench-speed-{args.arch}.json"
-        (Path(args.out) / name).write_text(json.dumps(res, indent=2))
+        atomic_write_json(Path(args.out) / name, res)
     else:
         run(args)
     return 0
