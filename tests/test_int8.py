@@ -58,7 +58,7 @@ def test_quantized_lm_and_translation_model_run_in_inference_mode():
     q = quantize_int8(copy.deepcopy(lm))
     with torch.inference_mode():
         assert rel_err(q(idx), ref) < 0.03
-        assert q.stepper()(idx).shape == (2, 50)
+        assert q.stepper().step(idx).shape == (2, 50)
 
     m = transformer_multi30k(src_vocab_size=60, tgt_vocab_size=60, num_encoder_layers=1, num_decoder_layers=1).eval()
     src = torch.randint(3, 60, (3, 6))

@@ -1,0 +1,401 @@
+"""The deployment path against the anchors a user would pick instead: int8 weights, exported
+graphs, ONNX Runtime. Results go to the Deployment section of BENCHMARKS.md.
+
+    python bench/deploy.py vit                 # ViT-B/16 batch 1: int8 / ONNX Runtime / compiled vs timm fp32 eager; file sizes
+    python bench/deploy.py vit --run RUN --dataset mnist   # + int8 vs fp32 top-1 agreement on a trained run's test split
+    python bench/deploy.py small               # ViT-Ti/16 and S/16 batch 1: the leanest fp32 paths vs timm eager
+    python bench/deploy.py translate           # greedy decoding: int8 decoder vs HF Marian fp32, batch 1 and 32
+    python bench/deploy.py lm                  # LM generation at batch 1: int8 vs fp32, greedy token agreement
+    python bench/deploy.py report              # rewrite the section from the stored results
+
+Timing: every variant runs once per round, in turn (interleaved), in one process, with
+``--threads`` torch/ONNX Runtime threads (default 1); a variant's time is its median over the
+rounds and a speed-up is the median of the per-round ratios, so load changes hit all variants
+alike. The load average is recorded at the start and the end of each part: run alone on a quiet
+machine for the final figures. Each part keeps its numbers in a JSON comment inside the section,
+so running one part rewrites the section with the others' last results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import BENCHMARKS, command, machine, write_section  # noqa: E402
+from attnlab.checkpoints import save_checkpoint  # noqa: E402
+from attnlab.export import export_model, load_graph, quantize_int8  # noqa: E402
+from attnlab.models import create_model  # noqa: E402
+
+SECTION = "deploy"
+
+
+# --- shared ----------------------------------------------------------------------------------------
+
+def load_results() -> dict:
+    if not BENCHMARKS.exists():
+        return {}
+    m = re.search(r"<!-- section:deploy -->.*?<!-- data: (.*?) -->", BENCHMARKS.read_text(), re.S)
+    return json.loads(m.group(1)) if m else {}
+
+
+def save(part: str, result: dict) -> None:
+    results = load_results()
+    results[part] = result
+    write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
+
+
+def context(args) -> dict:
+    return {"command": command(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_start": round(os.getloadavg()[0], 2)}
+
+
+def interleaved(fns: dict, rounds: int, base: str) -> dict:
+    """Median seconds per call of each function and median per-round speed-up over ``base``."""
+    times = {k: [] for k in fns}
+    with torch.inference_mode():
+        for f in fns.values():  # warm-up (compilation, ONNX Runtime's first run)
+            f()
+            f()
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    return {k: {"seconds": statistics.median(t),
+                "speedup": statistics.median(b / x for b, x in zip(times[base], t))} for k, t in times.items()}
+
+
+def file_mib(paths) -> float:
+    return sum(Path(p).stat().st_size for p in paths) / 2**20
+
+
+def compiled(model):
+    """torch.compile (inductor) with freezing: weights become constants, Linear layers get
+    pre-packed oneDNN weights and fused epilogues."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)
+
+
+def torch_ao_int8(model):
+    """Reference only: the deprecated ``torch.ao.quantization.quantize_dynamic`` (fbgemm int8
+    Linear modules) on a copy; cross-attention's fused QKV stays fp32 as in quantize_int8."""
+    import warnings
+
+    from torch import nn
+
+    names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("cross_attn.qkv")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {n: torch.ao.quantization.default_dynamic_qconfig
+                                                                              for n in names}, dtype=torch.qint8)
+
+
+def timm_twin(ours, name: str, tmp: Path):
+    """timm's model of the same name carrying our weights."""
+    import timm
+    from safetensors.torch import load_file
+
+    t = timm.create_model(name, pretrained=False).eval()
+    t.load_state_dict(load_file(save_checkpoint(ours, tmp / "timm.safetensors", format="timm")))
+    return t
+
+
+# --- ViT-B/16 --------------------------------------------------------------------------------------
+
+def vit(args) -> dict:
+    ctx = context(args)
+    torch.manual_seed(0)
+    ours = create_model(args.model).eval()
+    x = torch.randn(1, 3, ours.cfg.img_size, ours.cfg.img_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = timm_twin(ours, args.model, tmp)
+        q = quantize_int8(copy.deepcopy(ours))
+        sizes, onnx = {}, {}
+        for fmt in ("pt2", "onnx"):
+            for int8 in (False, True):
+                paths = export_model(ours, tmp / f"m{'8' if int8 else ''}.{fmt}", fmt, int8=int8)
+                sizes[f"{fmt}_{'int8' if int8 else 'fp32'}_mib"] = file_mib(paths)
+                if fmt == "onnx":
+                    onnx["int8" if int8 else "fp32"] = load_graph(paths[0], threads=args.threads)
+        fns = {"timm fp32 eager": lambda: t(x), "attnlab fp32 eager": lambda: ours(x),
+               "attnlab int8 eager (torchao dynamic)": lambda: q(x)}
+        if args.compile:
+            qc = compiled(q)
+            fns["attnlab int8 + torch.compile"] = lambda: qc(x)
+        fns["ONNX Runtime fp32"] = lambda: onnx["fp32"](x)
+        fns["ONNX Runtime int8"] = lambda: onnx["int8"](x)
+        ao = torch_ao_int8(ours)
+        fns["reference: torch.ao quantize_dynamic (deprecated)"] = lambda: ao(x)
+        with torch.inference_mode():
+            ref = t(x)
+            outs = {k: f() for k, f in fns.items()}
+        diffs = {k: (o[0] if isinstance(o, tuple) else o).sub(ref).abs().max().item() for k, o in outs.items()}
+        res = interleaved(fns, args.rounds, "timm fp32 eager")
+    out = {**ctx, "model": args.model, "batch": 1, "rounds": args.rounds, "rows": res, "max_abs_diff_vs_timm": diffs,
+           "sizes": sizes, "load_end": round(os.getloadavg()[0], 2)}
+    if args.run:
+        out["agreement"] = agreement(args.run, args.dataset, args.threads)
+    return out
+
+
+def agreement(run_dir: str, dataset: str, threads: int) -> dict:
+    """Top-1 of the fp32 and int8 (torchao dynamic) models of a trained run on its dataset's test split."""
+    from attnlab.data.images import load
+    from attnlab.train import runs
+
+    run = runs.load(run_dir)
+    fp32 = run.model
+    q = quantize_int8(copy.deepcopy(fp32))
+    test = load(dataset, progress=False).test
+    norm = run.extras["normalize"]
+    preds = {"fp32": [], "int8": []}
+    with torch.inference_mode():
+        for i in range(0, len(test), 500):
+            xb = norm(test.images[i:i + 500])
+            preds["fp32"].append(fp32(xb).argmax(-1))
+            preds["int8"].append(q(xb).argmax(-1))
+    p32, p8 = torch.cat(preds["fp32"]), torch.cat(preds["int8"])
+    return {"run": run_dir, "model": run.name, "dataset": dataset, "images": len(test),
+            "agreement": (p32 == p8).float().mean().item(), "acc_fp32": (p32 == test.labels).float().mean().item(),
+            "acc_int8": (p8 == test.labels).float().mean().item()}
+
+
+# --- ViT-Ti/16, S/16 -------------------------------------------------------------------------------
+
+def small(args) -> dict:
+    ctx = context(args)
+    rows = {name: small_one(name, args) for name in args.models}
+    return {**ctx, "batch": 1, "rounds": args.rounds, "models": rows, "load_end": round(os.getloadavg()[0], 2)}
+
+
+def small_one(name: str, args) -> dict:
+    torch.manual_seed(0)
+    ours = create_model(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = timm_twin(ours, name, tmp)
+        [onnx_path] = export_model(ours, tmp / "m.onnx")
+        ort_run = load_graph(onnx_path, threads=args.threads)
+        [pt2_path] = export_model(ours, tmp / "m.pt2")
+        program = load_graph(pt2_path)
+        fns = {"timm fp32 eager": lambda: t(x), "attnlab fp32 eager": lambda: ours(x)}
+        if args.compile:
+            c = compiled(ours)
+            fns["attnlab torch.compile (freezing)"] = lambda: c(x)
+        fns["attnlab .pt2 program"] = lambda: program(x)
+        fns["ONNX Runtime fp32"] = lambda: ort_run(x)
+        with torch.inference_mode():
+            ref = t(x)
+            diffs = {k: (lambda o: o[0] if isinstance(o, tuple) else o)(f()).sub(ref).abs().max().item() for k, f in fns.items()}
+        res = {"rows": interleaved(fns, args.rounds, "timm fp32 eager"), "max_abs_diff_vs_timm": diffs}
+    torch._dynamo.reset()
+    return res
+
+
+# --- translation -----------------------------------------------------------------------------------
+
+def translate(args) -> dict:
+    from attnlab.decode.search import SearchConfig, greedy_search
+    from attnlab.export import greedy_decode, self_cache_zeros
+    from translate import NEW_TOKENS, SRC_LEN, V, build_marian, build_ours
+
+    ctx = context(args)
+    ours, marian = build_ours(), build_marian()
+    q, ao = quantize_int8(copy.deepcopy(ours)), torch_ao_int8(ours)
+    scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pieces = {k: [load_graph(p, threads=args.threads) for p in export_model(ours, Path(tmp) / f"{k}.onnx", int8=k == "int8")]
+                  for k in ("fp32", "int8")}
+        for b in args.batches:
+            src = torch.randint(4, V, (b, SRC_LEN), generator=torch.Generator().manual_seed(b))
+
+            def hf(src=src):
+                return marian.generate(input_ids=src, attention_mask=torch.ones_like(src), max_new_tokens=NEW_TOKENS,
+                                       min_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False, use_cache=True)
+
+            fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg),
+                   "attnlab int8 (cache)": lambda src=src: greedy_search(q, src, scfg),
+                   "reference: torch.ao quantize_dynamic (deprecated)": lambda src=src: greedy_search(ao, src, scfg)}
+            for k, (enc, step) in pieces.items():
+                fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
+                    enc, step, src, self_cache_zeros(ours, b), scfg)
+            res = interleaved(fns, args.rounds, "HF Marian fp32 (cache)")
+            for r in res.values():
+                r["tokens_per_s"] = b * NEW_TOKENS / r["seconds"]
+            out[str(b)] = res
+    result = {**ctx, "rounds": args.rounds, "batches": out, "load_end": round(os.getloadavg()[0], 2),
+              "model": "random weights, d_model 512, 6+6 layers, FFN 2048, vocabulary 8000, source length 20, "
+                       f"{NEW_TOKENS} new tokens"}
+    if args.run:
+        result["bleu"] = bleu(args.run, args.src, args.ref)
+    return result
+
+
+def bleu(run_dir: str, src: str, ref: str) -> dict:
+    """Greedy BLEU of a trained translation run, fp32 and int8 (``attnlab eval --int8``)."""
+    import subprocess
+
+    out = {}
+    for tag, extra in (("fp32", []), ("int8", ["--int8"])):
+        cmd = [sys.executable, "-m", "attnlab", "eval", run_dir, "--src", src, "--ref", ref, "--beam", "1", "--json", *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[tag] = json.loads(res.stdout)["bleu"]
+    return out
+
+
+# --- language model --------------------------------------------------------------------------------
+
+def lm(args) -> dict:
+    from attnlab.models.lm import TransformerLMConfig, build_lm
+
+    ctx = context(args)
+    if args.run:
+        from attnlab.train import runs
+
+        model, what = runs.load(args.run, "last").model, args.run
+    else:
+        torch.manual_seed(0)
+        cfg = TransformerLMConfig(vocab_size=args.vocab, d_model=args.d_model, num_layers=args.layers,
+                                  num_heads=args.d_model // 64, max_len=1024)
+        model, what = build_lm(cfg).eval(), f"random weights: {cfg}"
+    q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+
+    def greedy(m):
+        step = m.stepper()
+        toks, new = [], prompt
+        for _ in range(args.new_tokens):
+            new = step.step(new).argmax(-1, keepdim=True)
+            toks.append(int(new))
+        return toks
+
+    with torch.inference_mode():
+        a, b, c = greedy(model), greedy(q), greedy(ao)
+    first_diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    res = interleaved({"fp32 (cache)": lambda: greedy(model), "int8 (cache)": lambda: greedy(q),
+                       "reference: torch.ao quantize_dynamic (deprecated)": lambda: greedy(ao)}, args.rounds, "fp32 (cache)")
+    for r in res.values():
+        r["tokens_per_s"] = args.new_tokens / r["seconds"]
+    return {**ctx, "model": what, "rounds": args.rounds, "new_tokens": args.new_tokens, "rows": res,
+            "same_token_fraction": sum(x == y for x, y in zip(a, b)) / len(a), "identical_prefix": first_diff,
+            "same_token_fraction_torch_ao": sum(x == y for x, y in zip(a, c)) / len(a),
+            "load_end": round(os.getloadavg()[0], 2)}
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def _table(rows: dict, extra: dict | None = None, unit: str = "ms") -> list[str]:
+    head = "| path | " + ("ms per call" if unit == "ms" else "tokens/s") + " | × baseline |" + (" max abs Δ |" if extra else "")
+    lines = [head, "|---|---:|---:|" + ("---:|" if extra else "")]
+    for k, r in rows.items():
+        v = f"{1e3 * r['seconds']:.1f}" if unit == "ms" else f"{r['tokens_per_s']:.0f}"
+        lines.append(f"| {k} | {v} | {r['speedup']:.2f} |" + (f" {extra[k]:.1e} |" if extra else ""))
+    return lines
+
+
+def _ctx(r: dict) -> str:
+    return (f"`{r['command']}` — {r['machine']}, {r['date']}, load average {r['load_start']} at the start, "
+            f"{r['load_end']} at the end.")
+
+
+def render(results: dict) -> str:
+    out = ["## Deployment: int8 weights, exported graphs, ONNX Runtime (CPU)", "",
+           "Written by `bench/deploy.py` (see its docstring). int8: torchao dynamic int8 Linear layers "
+           "(`attnlab.export.quantize_int8`); ONNX Runtime int8: its dynamic quantization of the MatMul/Gemm weights "
+           "(`attnlab export --int8`). Speed-ups are medians of per-round ratios against the first row, in one process.", ""]
+    if "vit" in results:
+        r = results["vit"]
+        out += [f"### {r['model']}, batch 1", "", _ctx(r), ""] + _table(r["rows"], r["max_abs_diff_vs_timm"]) + [""]
+        s = r["sizes"]
+        out.append(f"File sizes: .pt2 fp32 {s['pt2_fp32_mib']:.0f} MiB, int8 {s['pt2_int8_mib']:.0f} MiB "
+                   f"({s['pt2_int8_mib'] / s['pt2_fp32_mib']:.0%}); ONNX fp32 {s['onnx_fp32_mib']:.0f} MiB, int8 "
+                   f"{s['onnx_int8_mib']:.0f} MiB ({s['onnx_int8_mib'] / s['onnx_fp32_mib']:.0%}).")
+        if "agreement" in r:
+            a = r["agreement"]
+            out.append(f"Quality on a trained run (`{a['run']}`, {a['model']}, {a['dataset']} test split, {a['images']} images): "
+                       f"int8 top-1 agrees with fp32 on {a['agreement']:.2%}; accuracy fp32 {a['acc_fp32']:.2%}, "
+                       f"int8 {a['acc_int8']:.2%}.")
+        out.append("")
+    if "small" in results:
+        r = results["small"]
+        out += ["### ViT-Ti/16 and S/16, batch 1, fp32: the leanest path", "", _ctx(r), ""]
+        for name, m in r["models"].items():
+            out += [f"{name}:", ""] + _table(m["rows"], m["max_abs_diff_vs_timm"]) + [""]
+    if "translate" in results:
+        r = results["translate"]
+        out += ["### Translation: greedy decoding with the key/value cache", "", _ctx(r), f"Model: {r['model']}.", ""]
+        for b, rows in r["batches"].items():
+            out += [f"Batch {b}:", ""] + _table(rows, unit="tok") + [""]
+        if "bleu" in r:
+            out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {r['bleu']['fp32']}, int8 {r['bleu']['int8']}.", ""]
+    if "lm" in results:
+        r = results["lm"]
+        out += ["### Language-model generation, batch 1, greedy", "", _ctx(r), f"Model: {r['model']}.", ""]
+        out += _table(r["rows"], unit="tok") + [""]
+        out.append(f"Same greedy token as fp32 at {r['same_token_fraction']:.1%} of {r['new_tokens']} positions "
+                   f"(identical for the first {r['identical_prefix']}).")
+        out.append("")
+    for note in results.get("notes", []):
+        out.append(f"- {note}")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="part", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default: 1)")
+    common.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default: 20)")
+    common.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    common.add_argument("--no-write", action="store_true", help="print the results, leave BENCHMARKS.md alone")
+    p = sub.add_parser("vit", parents=[common])
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--run", default=None, help="a trained image run for the int8 agreement (e.g. an MNIST run)")
+    p.add_argument("--dataset", default="mnist", help="its dataset (default: mnist)")
+    p = sub.add_parser("small", parents=[common])
+    p.add_argument("--models", nargs="+", default=["vit_tiny_patch16_224", "vit_small_patch16_224"])
+    p = sub.add_parser("translate", parents=[common])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--run", default=None, help="a trained translation run for BLEU fp32 vs int8")
+    p.add_argument("--src", default="../shared/data/multi30k/test_2016_flickr.de.gz")
+    p.add_argument("--ref", default="../shared/data/multi30k/test_2016_flickr.en.gz")
+    p = sub.add_parser("lm", parents=[common])
+    p.add_argument("--run", default=None, help="a trained language-model run (default: random weights)")
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    sub.add_parser("report")
+    args = ap.parse_args(argv)
+    if args.part == "report":
+        results = load_results()
+        write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
+        return 0
+    torch.set_num_threads(args.threads)
+    result = {"vit": vit, "small": small, "translate": translate, "lm": lm}[args.part](args)
+    if args.no_write:
+        print(json.dumps(result, indent=2))
+    else:
+        save(args.part, result)
+        print(render({args.part: result}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
