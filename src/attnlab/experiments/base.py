@@ -15,6 +15,7 @@ reused, one cut short is resumed, so a killed experiment continues where it stop
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -129,9 +130,11 @@ class Context:
     def train_arm(self, arm: str, spec, data_config, train: dict, model: str, model_args: dict | None = None,
                   seed: int = 0) -> dict:
         """Train (or reuse, or resume) the run ``OUT/runs/<arm>-s<seed>`` through the run layer.
-        Returns the engine's summary (``model`` is the trained model) plus ``run_dir``."""
+        Returns the engine's summary (``model`` is the trained model) plus ``run_dir``; an arm
+        whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``."""
         from attnlab.train import checkpoint as ckpt
         from attnlab.train.config import TrainConfig, to_dict
+        from attnlab.train.engine import TrainingDiverged
         from attnlab.train.runs import changed_options
         from attnlab.train.runs import train as train_run
 
@@ -151,9 +154,13 @@ class Context:
                 raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(changed)}); this budget or "
                                   "version of the experiment needs a fresh output directory: pass another -o")
         t0 = time.perf_counter()
-        summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
-                            overwrite=run_dir.exists() and not resume, log=self._log and self.log,
-                            progress=self.progress)
+        try:
+            summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
+                                overwrite=run_dir.exists() and not resume, log=self._log and self.log,
+                                progress=self.progress)
+        except TrainingDiverged as e:  # an outcome of the experiment (a model that crashes), not an error
+            self.log(f"{run_dir.name}: {e}")
+            summary = {"diverged": str(e), "metrics": {}, "best": None, "model": None}
         summary["run_dir"] = str(run_dir)
         summary["seconds_this_session"] = round(time.perf_counter() - t0, 2)
         self.arms[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
@@ -321,11 +328,20 @@ def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = N
 
 def val_curve(summary: dict, metric: str) -> tuple[list[float], list[float]]:
     """(optimizer steps, validation ``metric``) of a trained arm, from its metrics.json."""
-    import json
-
-    rows = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())["epochs"]
+    rows = _metrics(summary).get("epochs", [])
     pts = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def train_curve(summary: dict) -> tuple[list[float], list[float]]:
+    """(optimizer steps, training loss averaged over each logging interval) of a trained arm."""
+    rows = _metrics(summary).get("steps", [])
+    return [r["step"] for r in rows], [r["loss"] for r in rows]
+
+
+def _metrics(summary: dict) -> dict:
+    f = Path(summary["run_dir"]) / "metrics.json"
+    return json.loads(f.read_text()) if f.exists() else {}
 
 
 # --- figures ----------------------------------------------------------------------------------------
@@ -385,3 +401,4 @@ def bar_figure(labels: Sequence[str], values: Sequence[Sequence[float]], ylabel:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+

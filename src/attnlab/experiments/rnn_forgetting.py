@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.experiments.base import Context, Experiment, Result, final_val, line_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result, final_val, mean_std, pm, spread_note
 from attnlab.models.lm import RecurrentLM, TransformerLM
 from attnlab.train.config import TrainConfig, opt, positive_int
 from attnlab.train.engine import Plan
