@@ -254,3 +254,11 @@ def test_one_query_causal_attention_needs_no_mask(monkeypatch):
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v, causal=True), want, atol=ATOL, rtol=0)
     assert seen == [None]
+
+
+def test_kv_cache_valid_flags_follow_appends_and_reorder():
+    cache = KVCache()
+    assert cache.record_valid(torch.tensor([[True], [False]])).tolist() == [[True], [False]]
+    cache.append(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+    cache.reorder(torch.tensor([1, 1, 0]))
+    assert cache.record_valid(torch.tensor([[True], [True], [False]])).tolist() == [[False, True], [False, True], [True, False]]

@@ -225,3 +225,22 @@ def test_converted_decoder_attends_like_torch_for_the_same_call():
     torch.testing.assert_close(ours(x, mem, from_torch_mask(causal_t(T))), want, atol=ATOL, rtol=0)
     torch.testing.assert_close(ours(x, mem, causal=True), want, atol=ATOL, rtol=0)
     assert not torch.allclose(ours(x, mem), want, atol=1e-3)
+
+
+def test_decode_without_causal_mask_sees_the_whole_target():
+    """decode(causal=False) (mask-predict) is the decoder without its causal mask, padding still
+    masked: it equals the stacks run by hand, and an earlier position sees a later token."""
+    cfg = TransformerConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=E, num_heads=H, num_encoder_layers=1,
+                            num_decoder_layers=2, d_ff=FF, position="rotary")
+    model = Transformer(cfg).eval()
+    src, tgt = torch.randint(1, 9, (2, S)), torch.randint(1, 9, (2, T))
+    tgt[1, -2:] = 0
+    memory, mmask = model.encode(src)
+    x = model._embed(model.tgt_embed, tgt)
+    want = model.out(model.decoder(x, memory, padding_mask(tgt != 0), mmask, causal=False, pos=model.pos))
+    got = model.decode(tgt, memory, mmask, causal=False)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    later = tgt.clone()
+    later[0, -1] = later[0, -1] % 8 + 1
+    assert not torch.allclose(model.decode(later, memory, mmask, causal=False)[0, 0], got[0, 0])
+    torch.testing.assert_close(model.decode(later, memory, mmask)[0, 0], model.decode(tgt, memory, mmask)[0, 0])

@@ -109,11 +109,15 @@ class KVCache:
     keys/values (concatenating would copy the whole past at every step: quadratic in the
     length). ``k``/``v`` are views of the filled part. When gradients flow through the cache,
     it concatenates instead (writing in place would break autograd).
+
+    ``valid`` (B, T), True at real tokens, is kept by callers that mask padded keys
+    (:meth:`record_valid`; :meth:`attnlab.nn.Transformer.decode` keeps it in its first layer's cache).
     """
 
     def __init__(self) -> None:
         self.k: Tensor | None = None  # (B, H, T, D)
         self.v: Tensor | None = None
+        self.valid: Tensor | None = None  # (B, T)
         self._kbuf: Tensor | None = None  # (B, H, capacity, D)
         self._vbuf: Tensor | None = None
 
@@ -140,11 +144,18 @@ class KVCache:
         self.k, self.v = self._kbuf[..., :n + t, :], self._vbuf[..., :n + t, :]
         return self.k, self.v
 
+    def record_valid(self, valid: Tensor) -> Tensor:
+        """Append the flags (B, t) of new positions (True = real token); returns those of all (B, T)."""
+        self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=1)
+        return self.valid
+
     def set(self, k: Tensor, v: Tensor) -> None:
         self.k, self.v = k, v
         self._kbuf = self._vbuf = None
 
     def reorder(self, index: Tensor) -> None:
+        if self.valid is not None:
+            self.valid = self.valid.index_select(0, index)
         if self.k is None:
             return
         if self._kbuf is not None:

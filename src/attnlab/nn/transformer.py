@@ -147,12 +147,19 @@ class Transformer(nn.Module):
         return self.encoder(self._embed(self.src_embed, src), mask, pos=self.pos), mask
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None,
-               cache: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
-        """tgt (B, Tt) -> logits (B, Tt, V). With ``cache``, ``tgt`` holds only the new tokens."""
+               cache: list[tuple[KVCache, KVCache]] | None = None, *, causal: bool = True) -> Tensor:
+        """tgt (B, Tt) -> logits (B, Tt, V); target positions holding ``pad_id`` are masked keys.
+
+        With ``cache`` (:meth:`Decoder.new_cache`), ``tgt`` holds only the new tokens; the cache
+        remembers which earlier positions were padding, so the logits equal an uncached pass over
+        the whole target. ``causal=False``: each position sees the whole target (mask-predict).
+        """
         offset = 0 if cache is None else len(cache[0][0])
-        self_mask = None if cache is not None else padding_mask(tgt != self.cfg.pad_id)
+        valid = tgt != self.cfg.pad_id  # (B, Tt)
+        if cache is not None:
+            valid = cache[0][0].record_valid(valid)  # (B, offset + Tt)
         x = self._embed(self.tgt_embed, tgt, offset)
-        x = self.decoder(x, memory, self_mask, memory_mask, causal=True, pos=self.pos, cache=cache)
+        x = self.decoder(x, memory, padding_mask(valid), memory_mask, causal=causal, pos=self.pos, cache=cache)
         return self.out(x)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
