@@ -2,7 +2,9 @@
 
     python bench/translate.py speed                 # greedy decoding: KV cache vs none vs HF Marian
     python bench/translate.py multi30k --pair de-en --model transformer --minutes 40
+    python bench/translate.py multi30k --pair de-en --model gru-attention --minutes 10 -- --model-arg dropout=0.2
     python bench/translate.py notes "one note" "another"   # free-text notes under the tables
+    python bench/translate.py speed --batches 1 --repeats 1 --threads 1 --no-write   # a quick check
 
 ``speed``: tokens/s of greedy decoding of exactly 64 new tokens (no end token) with random
 weights of the paper's base model (d_model 512, 6+6 layers, 8 heads, FFN 2048, vocabulary
@@ -13,10 +15,14 @@ configuration is timed ``--repeats`` times, interleaved in one process; the medi
 
 ``multi30k``: trains on Multi30k with ``attnlab train translate`` (wall-clock time limited by
 ``--minutes``), then scores test_2016_flickr with ``attnlab eval`` (sacrebleu, default
-signature) and the tokenized lowercased variant, greedy and beam.
+signature) and the tokenized lowercased variant, greedy and beam. ``--model`` names the row:
+transformer, gru-attention or nat, trained as the registry's ``transformer_multi30k``,
+``gru_attention_multi30k`` or ``mask_predict_multi30k``; options after ``--`` go to ``attnlab
+train translate`` (``--model-arg KEY=VALUE`` sets a field of the model). Data: ``--data``,
+default the library's data root (``$ATTNLAB_DATA``, default ``../shared/data``) /multi30k.
 
 Each part keeps its numbers in a JSON comment inside the section, so running one part
-rewrites the section with the others' last results.
+rewrites the section with the others' last results (``--no-write``: print them only).
 """
 
 from __future__ import annotations
@@ -33,13 +39,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import BENCHMARKS, ROOT, command, machine, write_section  # noqa: E402
+from _report import BENCHMARKS, command, machine, write_section  # noqa: E402
+from attnlab.data.images import data_root  # noqa: E402
 from attnlab.decode.search import SearchConfig, greedy_search  # noqa: E402
 from attnlab.nn import Transformer, TransformerConfig  # noqa: E402
+from attnlab.train.checkpoint import read_record  # noqa: E402
 
 SECTION = "translation"
 V, D, LAYERS, HEADS, FFN = 8000, 512, 6, 8, 2048
 NEW_TOKENS, SRC_LEN = 64, 20
+#: The rows' model names and the registry models they train.
+MODELS = {"transformer": "transformer_multi30k", "gru-attention": "gru_attention_multi30k", "nat": "mask_predict_multi30k"}
+#: What a row keeps of an ``attnlab eval --json`` result (not its paths, which are the machine's).
+EVAL_KEYS = ("checkpoint", "step", "model", "parameters", "sentences", "decoder", "decode", "seconds", "tokens_per_s",
+             "bleu", "chrf", "bleu_tok_lc", "bleu_signature", "chrf_signature", "bleu_tok_lc_signature", "bleu_detail")
 
 
 # --- stored results ------------------------------------------------------------------------------
@@ -142,6 +155,25 @@ def render_speed(s: dict) -> list[str]:
 
 # --- Multi30k ------------------------------------------------------------------------------------
 
+#: Model options of ``attnlab train translate`` before models were registry names (in older rows'
+#: commands), and the model fields they set.
+OLD_OPTIONS = {"--d-model": ("d_model",), "--num-heads": ("num_heads",), "--d-ff": ("d_ff",), "--dropout": ("dropout",),
+               "--num-layers": ("num_encoder_layers", "num_decoder_layers"), "--embed-dim": ("embed_dim",),
+               "--hidden-dim": ("hidden_dim", "attn_dim")}
+
+
+def current_command(cmd: str) -> str | None:
+    """A row's command with the old model options written as ``--model-arg`` fields; None if it has none."""
+    words, out = cmd.split(), []
+    while words:
+        w = words.pop(0)
+        out += [f"--model-arg {f}={words[0]}" for f in OLD_OPTIONS[w]] if w in OLD_OPTIONS else [w]
+        if w in OLD_OPTIONS:
+            words.pop(0)
+    new = " ".join(out)
+    return None if new == " ".join(cmd.split()) else new
+
+
 def render_multi30k(rows: dict) -> list[str]:
     lines = ["### Multi30k (test_2016_flickr)", "",
              "BLEU: sacrebleu on detokenized text, default signature. \"tok/lc\": the same hypotheses and references "
@@ -178,6 +210,11 @@ def render_multi30k(rows: dict) -> list[str]:
                 lines.append(f"| {r['pair']} | {name} | {r['train_minutes']:.0f} min | {r['epochs']} | {e['bleu']:.2f} | "
                              f"{e['bleu_tok_lc']:.2f} | {e['seconds']:.1f} | {speed} |")
             lines.append(f"\nCommand: `{r['command']}`")
+    now = {key: c for key in sorted(rows) if (c := current_command(rows[key]["command"]))}
+    if now:
+        lines += ["", "The model options of `attnlab train translate` have changed since these rows ran (a model's "
+                      "fields are now set with `--model-arg KEY=VALUE`); the same runs today:", ""]
+        lines += [f"- {key}: `{c}`" for key, c in now.items()]
     return lines
 
 
@@ -199,31 +236,36 @@ def run(cmd: list[str]) -> str:
     return out.stdout
 
 
+def eval_json(exe: list[str], run_dir: Path, out: Path, opts: list[str]) -> dict:
+    """``attnlab eval --json`` into ``out``; what a row keeps of it."""
+    res = json.loads(run(exe + ["eval", str(run_dir), *opts, "--out", str(out), "--json", "--quiet"]))
+    return {k: res[k] for k in EVAL_KEYS if k in res}
+
+
 def multi30k(args) -> dict:
-    data = Path(args.data)
+    data = Path(args.data) if args.data else data_root() / "multi30k"
     src_l, tgt_l = args.pair.split("-")
     run_dir = Path(args.out) / f"multi30k-{args.pair}-{args.model}"
     exe = [sys.executable, "-m", "attnlab"]
-    model_args = ["--model", "transformer", "--decoder", "nat"] if args.model == "nat" else ["--model", args.model]
-    train = exe + ["train", "translate", *model_args,
+    train = exe + ["train", "translate", "--model", MODELS[args.model],
                    "--src", str(data / f"train.{src_l}.gz"), "--tgt", str(data / f"train.{tgt_l}.gz"),
                    "--valid-src", str(data / f"val.{src_l}.gz"), "--valid-tgt", str(data / f"val.{tgt_l}.gz"),
                    "--run-dir", str(run_dir), "--overwrite", "--max-minutes", str(args.minutes), "--quiet"] + args.train_args
     if not args.skip_train:
         run(train)
-    meta0 = json.loads((run_dir / "translate.json").read_text())
-    minutes = meta0["elapsed_seconds"] / 60
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    minutes = read_record(run_dir, "last")["elapsed"] / 60
     test = ["--src", str(data / f"test_2016_flickr.{src_l}.gz"), "--ref", str(data / f"test_2016_flickr.{tgt_l}.gz")]
-    row = {"pair": args.pair, "model": args.model, "train_minutes": minutes, "epochs": meta0.get("epochs_done", "?"),
-           "command": command()}
+    row = {"pair": args.pair, "model": args.model, "train_minutes": minutes,
+           "epochs": sum(1 for r in metrics["epochs"] if "val_loss" in r), "command": command()}
     if args.model == "nat":  # one parallel pass, then mask-predict's default refinement
         for key, opts in (("nat_1", ["--iterations", "1", "--length-beam", "1"]), ("nat_10", [])):
-            row[key] = json.loads(run(exe + ["eval", str(run_dir), *test, "--json", *opts]))
+            row[key] = eval_json(exe, run_dir, run_dir / "eval" / f"test-{key}", test + opts)
         return row
     res = {}
     for beam in (1, args.beam):
-        res[beam] = json.loads(run(exe + ["eval", str(run_dir), *test, "--beam", str(beam),
-                                          "--length-penalty", str(args.length_penalty), "--json"]))
+        res[beam] = eval_json(exe, run_dir, run_dir / "eval" / f"test-beam{beam}",
+                              test + ["--beam", str(beam), "--length-penalty", str(args.length_penalty)])
     return {**row, "greedy_bleu": res[1]["bleu"], "beam_bleu": res[args.beam]["bleu"], "beam_chrf": res[args.beam]["chrf"],
             "beam_bleu_tok_lc": res[args.beam]["bleu_tok_lc"], "beam": args.beam, "length_penalty": args.length_penalty,
             "signature": res[args.beam]["bleu_signature"], "greedy_seconds": res[1]["seconds"],
@@ -240,16 +282,20 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=0)
     m = sub.add_parser("multi30k")
     m.add_argument("--pair", default="de-en", choices=["de-en", "en-de"])
-    m.add_argument("--model", default="transformer", choices=["transformer", "gru-attention", "nat"])
+    m.add_argument("--model", default="transformer", choices=list(MODELS),
+                   help="the row's model: " + ", ".join(f"{k} = {v}" for k, v in MODELS.items()))
     m.add_argument("--minutes", type=float, default=40)
     m.add_argument("--beam", type=int, default=5)
     m.add_argument("--length-penalty", type=float, default=1.0)
     m.add_argument("--skip-train", action="store_true", help="only evaluate the existing run directory")
-    m.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "multi30k"))
-    m.add_argument("--out", default=str(ROOT / "runs"))
+    m.add_argument("--data", help="the Multi30k directory (default: $ATTNLAB_DATA/multi30k, ATTNLAB_DATA defaulting to "
+                                  "../shared/data)")
+    m.add_argument("--out", default="runs", help="where the run directory goes (default: runs)")
     m.add_argument("train_args", nargs=argparse.REMAINDER, help="extra options for attnlab train translate (after --)")
     n = sub.add_parser("notes", help="replace the notes under the tables (one argument per note) and re-render")
     n.add_argument("notes", nargs="*")
+    for q in (s, m, n):
+        q.add_argument("--no-write", action="store_true", help="print the section only; leave BENCHMARKS.md alone")
     args = p.parse_args()
     if getattr(args, "train_args", None) and args.train_args[:1] == ["--"]:
         args.train_args = args.train_args[1:]
@@ -263,7 +309,8 @@ def main() -> None:
     results = load_results()
     for k, v in part.items():
         results[k] = {**results.get(k, {}), **v} if k == "multi30k" else v
-    save_results(results)
+    if not args.no_write:
+        save_results(results)
     print(render(results))
 
 
