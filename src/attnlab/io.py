@@ -7,18 +7,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, unique temporary file beside ``path``, opened for writing. Created with mode 0666
+    so the kernel applies the umask (and default ACLs): the file gets the usual permissions,
+    which it keeps through the rename (``tempfile.mkstemp`` would make every file 0600)."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.open(tmp, flags, 0o666), tmp
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``
     (atomic on POSIX), then fsync the directory. On error the temporary file is removed and
-    ``path`` is untouched."""
+    ``path`` is untouched. The file gets mode 0666 minus the umask, as ``open`` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
