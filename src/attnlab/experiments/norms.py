@@ -33,19 +33,13 @@ NORMS = ("layer", "batch", "none")
 
 def run(ctx: Context) -> Result:
     from attnlab.experiments.imagedata import SPEC as IMAGE
-    from attnlab.experiments.imagedata import ImageSubsetConfig
+    from attnlab.experiments.text_position import lm_setup
+    from attnlab.experiments.vit_position import image_setup
     from attnlab.tasks.lm import SPEC as LM
-    from attnlab.tasks.lm import LMDataConfig
 
-    text, vf = ctx.text_slice(ctx.pick(20_000, None))
-    lm_dc = LMDataConfig(text=str(text), valid_fraction=vf, window=ctx.pick(32, 64), steps_per_epoch=ctx.pick(6, 200))
-    lm_train = dict(epochs=ctx.pick(1, 6), batch_size=ctx.pick(16, 32), lr=2e-3, warmup_steps=ctx.pick(2, 100))
-    lm_model = ctx.pick(dict(d_model=64, num_layers=2, num_heads=4), dict(d_model=128, num_layers=4, num_heads=4))
-    img_dc = ImageSubsetConfig(dataset=ctx.pick("digits", "cifar10"), train_size=ctx.pick(512, 10_000),
-                               test_size=ctx.pick(None, 2_000))
-    img_train = dict(epochs=ctx.pick(1, 8), batch_size=ctx.pick(64, 128), lr=ctx.pick(2e-3, 1e-3), warmup_epochs=1.0)
-    vit, vit_args = ctx.pick(("vit_digits_ablation", {}),
-                             ("vit_cifar_ablation", dict(embed_dim=128, depth=4, num_heads=4)))
+    lm_dc, lm_train, lm_model = lm_setup(ctx)
+    img_dc, img_train, vit, vit_args = image_setup(ctx)
+    vit = f"{vit}_ablation"  # the same ViT with the norm switch (attnlab.models.ablations)
 
     lm = {n: [ctx.train_arm(f"lm-{n}", LM, lm_dc, lm_train, "transformer_lm_ablation", {**lm_model, "norm": n}, seed=s)
               for s in ctx.seeds] for n in NORMS}
