@@ -47,3 +47,89 @@ def test_canvas_config_refusals():
         CanvasConfig(size=32, max_scale=40)
     with pytest.raises(DataError, match="canvas source"):
         CanvasConfig(source="cifar10")
+
+
+# --- COCO ---------------------------------------------------------------------------------------
+
+def write_coco(root, annotations=None, images=None, sizes=((40, 30), (50, 50))):
+    from PIL import Image
+
+    (root / "img").mkdir(exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i * 50, 0, 0)).save(root / "img" / f"{i}.png")
+    data = {
+        "images": images if images is not None else [{"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h}
+                                                     for i, (w, h) in enumerate(sizes)],
+        "annotations": annotations if annotations is not None else [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 20], "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [10, 10, 5, 5], "area": 25, "iscrowd": 1},
+        ],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
+    import json
+
+    (root / "ann.json").write_text(json.dumps(data))
+    return f"coco:{root / 'ann.json'}:{root / 'img'}"
+
+
+def test_coco_reader(tmp_path):
+    from attnlab.data.coco import read_coco
+
+    ds, ids, names = read_coco(write_coco(tmp_path), 32, 3)
+    assert ids == [3, 7] and names == ["cat", "dog"]
+    assert ds.images.shape == (2, 3, 32, 32) and ds.sizes == [(30, 40), (50, 50)]
+    assert ds.labels[0].tolist() == [1] and ds.labels[1].tolist() == [0]  # the crowd box is skipped
+    torch.testing.assert_close(ds.boxes[0], torch.tensor([[7 / 40, 13 / 30, 10 / 40, 20 / 30]]))
+    torch.testing.assert_close(ds.boxes[1], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["images"][0].__setitem__("file_name", "nope.png"),
+     "nope.png, which does not exist"),
+    (lambda d: d["annotations"][0].__setitem__("bbox", [35, 3, 10, 20]), "outside its image 0.png"),
+    (lambda d: d["annotations"][0].__setitem__("bbox", [2, 3, 0, 20]), "zero-area box"),
+    (lambda d: d["annotations"][0].__setitem__("category_id", 99), "unknown category id 99"),
+    (lambda d: d["annotations"][0].__setitem__("image_id", 42), "image id 42, which is not in 'images'"),
+    (lambda d: d["images"][0].__setitem__("width", 41), "0.png is 40x30 but the JSON says 41x30"),
+    (lambda d: d.pop("categories"), "no 'categories' list"),
+])
+def test_coco_refusals_one_line(tmp_path, change, message):
+    import json
+
+    from attnlab.data.coco import read_coco
+
+    spec = write_coco(tmp_path)
+    data = json.loads((tmp_path / "ann.json").read_text())
+    change(data)
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message) as e:
+        read_coco(spec, 32, 3)
+    assert "\n" not in str(e.value)
+
+
+def test_coco_malformed_json_one_line(tmp_path):
+    from attnlab.data.coco import read_coco
+
+    spec = write_coco(tmp_path)
+    (tmp_path / "ann.json").write_text('{"images": [}')
+    with pytest.raises(DataError, match=r"malformed JSON at line 1, column 13") as e:
+        read_coco(spec, 32, 3)
+    assert "\n" not in str(e.value)
+
+
+def test_coco_metrics_through_the_evaluator():
+    from attnlab.detect.coco_eval import coco_metrics
+
+    gt = [{"size": (64, 64), "labels": torch.tensor([0, 1]), "boxes": torch.tensor([[2., 2., 20., 30.], [30., 30., 60., 50.]])},
+          {"size": (64, 64), "labels": torch.tensor([1]), "boxes": torch.tensor([[10., 10., 40., 40.]])}]
+    perfect = [{"scores": torch.tensor([0.9, 0.8]), "labels": g["labels"], "boxes": g["boxes"]} if i == 0 else
+               {"scores": torch.tensor([0.7]), "labels": g["labels"], "boxes": g["boxes"]} for i, g in enumerate(gt)]
+    m = coco_metrics(gt, perfect, [1, 2])
+    assert m == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0})
+    # the second image's box shifted to IoU 0.6: found at IoU 0.5, missed at 0.75
+    shifted = [perfect[0], {**perfect[1], "boxes": torch.tensor([[10., 16., 40., 46.]])}]
+    m = coco_metrics(gt, shifted, [1, 2])
+    assert m["AP50"] == pytest.approx(1.0) and m["AP75"] < 0.8 and m["AP"] < 1.0
+    wrong_class = [perfect[0], {**perfect[1], "labels": torch.tensor([0])}]
+    assert coco_metrics(gt, wrong_class, [1, 2])["AP50"] < 1.0

@@ -14,7 +14,7 @@ box area, so no box holds another digit's pixels. Targets follow DETR: ``labels`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,12 +45,20 @@ class CanvasConfig:
 
 
 @dataclass
-class CanvasSet:
-    """Canvases in memory: images (N, 1, S, S) uint8, per canvas labels (M,) and boxes (M, 4)."""
+class DetectionSet:
+    """Detection images in memory (canvases, or a COCO dataset read by :mod:`attnlab.data.coco`):
+    images (N, C, S, S) uint8, per image labels (M,) and boxes (M, 4) (cx, cy, w, h in [0, 1]),
+    and each image's original (height, width), which COCO metrics are computed in."""
 
     images: Tensor
     labels: list[Tensor]
     boxes: list[Tensor]
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # file names (COCO), empty for canvases
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            self.sizes = [tuple(self.images.shape[-2:])] * len(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,6 +66,11 @@ class CanvasSet:
     def targets(self, idx=None) -> list[dict]:
         idx = range(len(self)) if idx is None else idx
         return [{"labels": self.labels[int(i)], "boxes": self.boxes[int(i)]} for i in idx]
+
+    def subset(self, idx) -> DetectionSet:
+        idx = [int(i) for i in idx]
+        return DetectionSet(self.images[idx], [self.labels[i] for i in idx], [self.boxes[i] for i in idx],
+                            [self.sizes[i] for i in idx], [self.names[i] for i in idx] if self.names else [])
 
 
 class DigitCanvases:
@@ -104,11 +117,11 @@ class DigitCanvases:
         image = (canvas * 255).round().to(torch.uint8)[None]
         return image, torch.tensor(labels, dtype=torch.long), cxcywh
 
-    def take(self, indices) -> CanvasSet:
+    def take(self, indices) -> DetectionSet:
         drawn = [self.draw(int(i)) for i in indices]
-        return CanvasSet(torch.stack([d[0] for d in drawn]), [d[1] for d in drawn], [d[2] for d in drawn])
+        return DetectionSet(torch.stack([d[0] for d in drawn]), [d[1] for d in drawn], [d[2] for d in drawn])
 
 
-def make_canvases(cfg: CanvasConfig, n: int, seed: int = 0, split: str = "train") -> CanvasSet:
+def make_canvases(cfg: CanvasConfig, n: int, seed: int = 0, split: str = "train") -> DetectionSet:
     """Canvases 0..n-1 of ``split`` for ``seed``."""
     return DigitCanvases(cfg, split, seed).take(range(n))

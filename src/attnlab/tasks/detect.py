@@ -1,0 +1,303 @@
+"""Object detection with DETR: ``attnlab train detect``, ``eval``, ``predict``.
+
+Data: ``digits-canvas`` (built in) or ``mnist-canvas[:DIR]``: digit canvases drawn from a seed
+(:mod:`attnlab.data.canvases`), new training canvases every epoch (canvas ids epoch x
+train_size + i) and one fixed validation set; or ``coco:ANNOTATIONS:IMAGES`` read by
+:mod:`attnlab.data.coco` with ``--val-dataset`` or a held-out fraction. Images are uint8 in
+memory, normalised ``(x / 255 - mean) / std`` (0 and 1 for canvases, ImageNet's for RGB).
+
+Training minimises DETR's set loss (:mod:`attnlab.detect.loss`); validation also scores the
+detections with the COCO evaluator (AP, AP50, AP75, main metric AP50). The detections of an
+evaluation are kept in the task until ``summarize``, so AP is computed on the predictions of
+this process only: correct on one process (data-parallel runs would score rank 0's share).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.data.canvases import CanvasConfig, DetectionSet, DigitCanvases
+from attnlab.data.transforms import Normalize
+from attnlab.detect.coco_eval import coco_metrics, postprocess
+from attnlab.detect.loss import set_loss
+from attnlab.errors import DataError
+from attnlab.models.detr import DETR
+from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
+from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
+from attnlab.train.runs import LoadedRun, TaskSpec
+
+TASK = "detect"
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DetectDataConfig:
+    """The data of a detection run; fields are CLI options."""
+
+    dataset: str = opt("digits-canvas", "digits-canvas (built in), mnist-canvas[:DIR] (DIR defaults to "
+                                        "$ATTNLAB_DATA/mnist) or coco:ANNOTATIONS.json:IMAGE_DIR", metavar="SPEC")
+    val_dataset: str | None = opt(None, "COCO data: the validation split, coco:ANNOTATIONS.json:IMAGE_DIR (default: hold "
+                                        "out --val-fraction of the images)", metavar="SPEC")
+    val_fraction: float = opt(0.1, "COCO data without --val-dataset: hold out this fraction of the images", unit_float,
+                              metavar="X")
+    train_size: int = opt(4096, "canvases: training canvases per epoch (new ones each epoch)", positive_int, metavar="N")
+    val_size: int = opt(500, "canvases: validation canvases (the same every epoch)", positive_int, metavar="N")
+    min_digits: int = opt(1, "canvases: fewest digits on a canvas", positive_int, metavar="N")
+    max_digits: int = opt(3, "canvases: most digits on a canvas", positive_int, metavar="N")
+    min_scale: int = opt(14, "canvases: smallest pasted digit side, pixels", positive_int, metavar="PX")
+    max_scale: int = opt(28, "canvases: largest pasted digit side, pixels", positive_int, metavar="PX")
+    eval_batch_size: int = opt(100, "images per batch when evaluating", positive_int, metavar="N")
+
+
+@dataclass
+class DetectEvalConfig:
+    """Options of ``attnlab eval`` for detection runs."""
+
+    dataset: str | None = opt(None, "evaluate on this data (coco:ANNOTATIONS.json:IMAGE_DIR; default: the run's "
+                                    "validation data)", metavar="SPEC")
+    batch_size: int = opt(100, "images per batch", positive_int, metavar="N")
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+class Detection:
+    """DETR's set loss on batches of (uint8 images, targets); COCO AP on validation."""
+
+    name = TASK
+    main_metric = "AP50"
+    metric_label = "AP50 (COCO evaluator)"
+    metric_percent = False
+
+    def __init__(self, train: DetectionSet | DigitCanvases, val: DetectionSet, classes: list[str], category_ids: list[int],
+                 normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None) -> None:
+        self.train, self.val = train, val
+        self.classes, self.category_ids = list(classes), list(category_ids)
+        self.normalize = normalize
+        self.train_size = train_size
+        self.eval_batch_size = eval_batch_size
+        self.info = dict(info or {})
+        self._detections: list[tuple[int, dict]] = []  # (validation index, detections) of the running evaluation
+
+    def steps_per_epoch(self, plan: Plan) -> int:
+        return steps_in_epoch(self.train_size, plan.batch_size)
+
+    def _batch(self, ids: Tensor, epoch: int) -> tuple[Tensor, list[dict]]:
+        if isinstance(self.train, DigitCanvases):  # fresh canvases each epoch
+            s = self.train.take((ids + epoch * self.train_size).tolist())
+            return s.images, s.targets()
+        return self.train.images[ids], self.train.targets(ids)
+
+    def train_batches(self, plan: Plan):
+        for micro in sharded_batches(self.train_size, plan):
+            yield [self._batch(ids, plan.epoch) for ids in micro]
+
+    def train_step(self, model: nn.Module, batch, cfg: TrainConfig):
+        x, targets = batch
+        parts = set_loss(model(self.normalize(x)), targets)
+        n = torch.tensor(len(x))
+        return parts["loss"], {"loss": parts["loss"].detach() * n, "ce": parts["ce"] * n, "l1": parts["l1"] * n,
+                               "giou": parts["giou"] * n, "count": n}
+
+    def eval_batches(self, plan: Plan):
+        self._detections = []
+        for idx in eval_shard(len(self.val), plan, self.eval_batch_size):
+            yield self.val.images[idx], self.val.targets(idx), idx
+
+    def num_eval_batches(self) -> int:
+        return -(-len(self.val) // self.eval_batch_size)
+
+    def eval_step(self, model: nn.Module, batch, cfg: TrainConfig | None = None) -> dict[str, Tensor]:
+        x, targets, idx = batch
+        out = model(self.normalize(x))
+        parts = set_loss(out, targets)
+        dets = postprocess(out["logits"], out["boxes"], [self.val.sizes[int(i)] for i in idx])
+        self._detections += list(zip(idx.tolist(), dets))
+        n = torch.tensor(len(x))
+        return {"loss": parts["loss"] * n, "ce": parts["ce"] * n, "l1": parts["l1"] * n, "giou": parts["giou"] * n,
+                "count": n, "scored": n}
+
+    def summarize(self, sums: dict[str, Tensor]) -> dict[str, float]:
+        n = max(float(sums.get("count", torch.tensor(0.0))), 1.0)
+        out = {k: float(sums[k]) / n for k in ("loss", "ce", "l1", "giou") if k in sums}
+        if "scored" in sums:  # an evaluation: score the detections it kept
+            out.update(self.coco_metrics())
+        return out
+
+    def coco_metrics(self) -> dict[str, float]:
+        dets = sorted(self._detections, key=lambda d: d[0])
+        self._detections = []
+        gts = []
+        for i, _ in dets:
+            h, w = self.val.sizes[i]
+            xyxy = torch.cat([self.val.boxes[i][:, :2] - self.val.boxes[i][:, 2:] / 2,
+                              self.val.boxes[i][:, :2] + self.val.boxes[i][:, 2:] / 2], dim=1)
+            gts.append({"size": (h, w), "labels": self.val.labels[i], "boxes": xyxy * torch.tensor([w, h, w, h])})
+        return coco_metrics(gts, [d for _, d in dets], self.category_ids)
+
+    def record(self) -> dict:
+        return {"labels": self.classes, "category_ids": self.category_ids,
+                "normalize": {"mean": self.normalize.mean, "std": self.normalize.std}, **self.info}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class DetectData:
+    """The data of a run, as the run layer sees it (:class:`attnlab.train.runs.TaskData`)."""
+
+    config: DetectDataConfig
+    train: DetectionSet | DigitCanvases
+    val: DetectionSet
+    classes: list[str]
+    category_ids: list[int]
+    info: dict
+    title: str
+    model_fields: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        ds = self.info["dataset"]
+        return f"{ds['train']} training / {ds['val_size']:,} validation images"
+
+    def write_files(self, run_dir: Path) -> None:
+        pass
+
+
+def canvas_config(dc: DetectDataConfig, size: int) -> CanvasConfig:
+    name, _, where = dc.dataset.partition(":")
+    source = "digits" if name == "digits-canvas" else "mnist" + (f":{where}" if where else "")
+    return CanvasConfig(size=size, min_digits=dc.min_digits, max_digits=dc.max_digits, min_scale=dc.min_scale,
+                        max_scale=dc.max_scale, source=source)
+
+
+def _is_canvas(spec: str) -> bool:
+    return spec.split(":")[0] in ("digits-canvas", "mnist-canvas")
+
+
+def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress: bool = True,
+              model_name: str = "the model") -> DetectData:
+    """The training and validation data at the model's image size; the number of classes
+    becomes the model's ``num_classes``."""
+    from attnlab.data.coco import read_coco
+
+    size = int(mcfg.img_size)
+    if _is_canvas(dc.dataset):
+        if dc.val_dataset:
+            raise DataError("--val-dataset is for COCO data; canvases draw their own validation set (--val-size)")
+        if mcfg.in_chans != 1:
+            raise DataError(f"digit canvases are greyscale but model {model_name} takes {mcfg.in_chans}-channel images; "
+                            "pass --model-arg in_chans=1")
+        cc = canvas_config(dc, size)
+        train = DigitCanvases(cc, "train")
+        val = DigitCanvases(cc, "val").take(range(dc.val_size))
+        classes, ids = train.classes, list(range(1, len(train.classes) + 1))
+        info = {"canvas": {k: getattr(cc, k) for k in ("size", "min_digits", "max_digits", "min_scale", "max_scale",
+                                                         "source")}}
+        train_desc = f"{dc.train_size:,} new canvases per epoch"
+    elif dc.dataset.startswith("coco:"):
+        full, ids, classes = read_coco(dc.dataset, size, mcfg.in_chans)
+        if dc.val_dataset:
+            val, vids, _ = read_coco(dc.val_dataset, size, mcfg.in_chans)
+            if vids != ids:
+                raise DataError(f"{dc.val_dataset} has other categories than {dc.dataset}")
+            train = full
+        else:
+            g = torch.Generator().manual_seed(0)
+            order = torch.randperm(len(full), generator=g)
+            k = max(1, round(dc.val_fraction * len(full))) if dc.val_fraction > 0 else 0
+            if k == 0 or k >= len(full):
+                raise DataError(f"{dc.dataset}: {len(full)} images cannot be split into training and validation; "
+                                "pass --val-dataset or another --val-fraction")
+            train, val = full.subset(order[k:]), full.subset(order[:k])
+        info = {}
+        train_desc = f"{len(train):,}"
+    else:
+        raise DataError(f"unknown detection dataset {dc.dataset!r}; use digits-canvas, mnist-canvas[:DIR] or "
+                        "coco:ANNOTATIONS.json:IMAGE_DIR")
+    train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
+    info["dataset"] = {"spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc, "train_size": train_size,
+                       "val_size": len(val), "image_size": size}
+    return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={"num_classes": len(classes)})
+
+
+def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection:
+    mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
+    data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
+    return Detection(data.train, data.val, data.classes, data.category_ids, Normalize(mean, std),
+                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info)
+
+
+# --- using a trained run ------------------------------------------------------------------------
+
+def load_extras(run_dir: Path, rec: dict) -> dict:
+    return {"labels": rec["labels"], "category_ids": rec["category_ids"], "normalize": Normalize(**rec["normalize"])}
+
+
+def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tuple[dict, dict]:
+    """COCO AP, AP50, AP75 and the set loss on the run's validation data or a COCO dataset."""
+    model, rec = run.model, run.record
+    dc = DetectDataConfig(**{k: v for k, v in rec["data_config"].items() if k in DetectDataConfig.__dataclass_fields__})
+    if ec.dataset:
+        dc.dataset, dc.val_dataset = ec.dataset, ec.dataset
+    data = load_data(dc, model.cfg, progress=progress, model_name=run.name)
+    if data.classes != run.extras["labels"]:
+        raise DataError(f"{ec.dataset} has classes {data.classes[:8]} but {run.name} was trained on "
+                        f"{run.extras['labels'][:8]}")
+    task = Detection(data.val, data.val, data.classes, data.category_ids, run.extras["normalize"], len(data.val),
+                     ec.batch_size)
+    t0 = time.perf_counter()
+    sums = evaluation_sums(task, model, task.eval_batches(Plan()), model_device(model), progress=progress,
+                           total=task.num_eval_batches())
+    s = task.summarize(sums)
+    seconds = time.perf_counter() - t0
+    slug = (ec.dataset or dc.val_dataset or dc.dataset).split(":")[0] + "-val"
+    return {"slug": slug, "run_dir": str(run.run_dir), "checkpoint": rec["path"], "dataset": ec.dataset or dc.dataset,
+            "images": int(sums["count"]), **s, "seconds": round(seconds, 3)}, {}
+
+
+@torch.no_grad()
+def detect_images(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]], threshold: float) -> list[dict]:
+    """Detections above ``threshold`` for uint8 images (B, C, S, S) at the model's size, boxes in
+    the pixels of images of ``sizes``."""
+    model = run.model
+    out = model(run.extras["normalize"](x.to(model_device(model))))
+    return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in postprocess(out["logits"], out["boxes"], sizes)]
+
+
+def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False, **_) -> list[dict]:
+    """The detections (score >= ``threshold``) of each image file: label, score, box
+    [x0, y0, x1, y1] in the file's pixels."""
+    from attnlab.data.images import open_image, read_images
+
+    s = int(run.model.cfg.img_size)
+    x = read_images(inputs, (s, s), run.model.cfg.in_chans, convert)
+    sizes = [open_image(p).size[::-1] for p in inputs]
+    labels = run.extras["labels"]
+    out = []
+    for p, d in zip(inputs, detect_images(run, x, sizes, threshold)):
+        order = d["scores"].argsort(descending=True)
+        out.append({"image": str(p), "detections": [
+            {"label": labels[int(d["labels"][i])], "index": int(d["labels"][i]), "score": round(float(d["scores"][i]), 4),
+             "box": [round(float(v), 2) for v in d["boxes"][i]]} for i in order]})
+    return out
+
+
+SPEC = TaskSpec(
+    name=TASK,
+    help="object detection (DETR) on digit canvases or COCO-format data",
+    data_config=DetectDataConfig,
+    load_data=load_data,
+    make_task=make_task,
+    model_kinds=(DETR,),
+    default_model="detr_digits",
+    train_defaults={"lr": 1e-3, "batch_size": 32, "weight_decay": 1e-4, "clip_grad": 0.1, "epochs": 20,
+                    "warmup_steps": 200, "min_lr": 1e-5},
+    load_extras=load_extras,
+    eval_config=DetectEvalConfig,
+    evaluate=evaluate,
+    predict=predict,
+)
