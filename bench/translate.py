@@ -231,8 +231,10 @@ def render(results: dict) -> str:
 
 def run(cmd: list[str]) -> str:
     print("$", " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
     print(out.stdout[-2000:], out.stderr[-2000:], flush=True)
+    if out.returncode:
+        raise SystemExit(f"'{' '.join(cmd[2:4])}' failed with exit status {out.returncode} (its output is above)")
     return out.stdout
 
 
