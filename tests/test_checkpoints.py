@@ -8,6 +8,7 @@ optional and its tests skip when it is absent.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import attnlab
 from attnlab.checkpoints import detect_format, load_checkpoint, load_model, read_checkpoint, save_checkpoint
 from attnlab.errors import CheckpointError, UnsupportedError
 from attnlab.models import VisionTransformer, ViTConfig, create_model
@@ -485,12 +487,31 @@ def test_pickle_with_code_is_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as f:
         torch.save({"head.weight": torch.zeros(37, 64), "payload": Payload(marker)}, f)
     assert not marker.exists()
-    expect_refusal(ours(**P8), tmp_path / "evil.pth", "not a plain tensor checkpoint")
+    msg = expect_refusal(ours(**P8), tmp_path / "evil.pth", "evil.pth", "not trusted", "pathlib.Path", "nothing in it was run")
     assert not marker.exists(), "unpickling ran code"
+    assert "weights_only" not in msg and "\n" not in msg, "the refusal repeats PyTorch's advice to run the file"
     with open(tmp_path / "evil.bin", "wb") as f:
         pickle.dump(Payload(marker), f, protocol=2)
     expect_refusal(ours(**P8), tmp_path / "evil.bin")
     assert not marker.exists()
+
+
+def test_timm_training_checkpoint_with_argparse_namespace_loads(tmp_path):
+    """timm's train.py saves model_best.pth.tar with its argparse.Namespace under "args": allowed, as
+    timm allows it (torch.serialization.safe_globals([argparse.Namespace])), and nothing else is."""
+    ref, _ = timm_vit(**P8)
+    args = argparse.Namespace(model="vit_p8", lr=0.1, epochs=300, smoothing=0.1, mean=None, input_size=[3, 64, 64])
+    torch.save({"epoch": 3, "arch": "vit_p8", "state_dict": ref.state_dict(), "version": 2, "args": args,
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}, "metric": 81.2},
+               tmp_path / "model_best.pth.tar")
+    model = ours(**P8)
+    assert attnlab.load_checkpoint(model, tmp_path / "model_best.pth.tar")["format"] == "timm"
+    close(run(model, image(64)), run(ref, image(64)))
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": ref.state_dict(), "args": argparse.Namespace(model=Payload(marker))}, tmp_path / "evil.pth.tar")
+    expect_refusal(ours(**P8), tmp_path / "evil.pth.tar", "not trusted", "pathlib.Path", "nothing in it was run")
+    assert not marker.exists(), "unpickling ran code"
 
 
 def test_resnet_state_dict_is_refused(tmp_path):

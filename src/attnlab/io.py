@@ -1,6 +1,7 @@
-"""Safe file writing: every file attnlab writes (checkpoints, metrics, reports) goes through
+"""Safe file I/O. Every file attnlab writes (checkpoints, metrics, reports) goes through
 :func:`atomic_write` so a crash at any moment leaves either the old file or the new one,
-never half of one."""
+never half of one. PyTorch files are read with ``torch.load(weights_only=True)`` only, and one
+that pickles anything else is refused with :func:`untrusted_pickle_message`."""
 
 from __future__ import annotations
 
@@ -63,3 +64,21 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
 
     data = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata=metadata))
+
+
+def untrusted_pickle_message(path: str | os.PathLike, what: str = "file") -> str:
+    """The one line for a PyTorch file that ``torch.load(weights_only=True)`` refused: it is not
+    trusted and nothing in it was run. Names the Python objects it would build, read from the pickle
+    without running it (``torch.serialization.get_unsafe_globals_in_checkpoint``; call this inside
+    the same ``safe_globals`` context as the load, so allowed ones are not named). Never advises
+    ``weights_only=False``: that would run the file's code."""
+    import torch
+
+    try:
+        found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # noqa: BLE001 - a legacy or damaged pickle: its objects stay unnamed
+        found = []
+    held = (f"pickles Python objects ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}) besides" if found
+            else "holds something other than")
+    return (f"{what} {str(path)!r} is not trusted: it {held} tensors and plain containers; nothing in it was run "
+            "(attnlab reads only tensors from PyTorch files: save a state dict, or safetensors)")

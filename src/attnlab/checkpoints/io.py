@@ -9,6 +9,7 @@ file carries.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from attnlab.errors import CheckpointError
+from attnlab.io import untrusted_pickle_message
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
@@ -34,6 +36,10 @@ DIR_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params")
 # Prefixes added by wrappers: DistributedDataParallel, torch.compile, Lightning modules.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+# Classes a weights-only load may build beyond tensors and plain containers: exactly timm's
+# allow-list (timm.models._helpers._torch_load), the argparse.Namespace that timm's train.py
+# stores under "args" in model_best.pth.tar.
+SAFE_GLOBALS = (argparse.Namespace,)
 
 
 @dataclass
@@ -100,19 +106,16 @@ def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def read_torch(path: Path):
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only; any
-    other pickled object (a class instance, a function) is refused, never executed."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise _bad(
-            path,
-            "it is not a plain tensor checkpoint: it pickles Python objects other than tensors and "
-            f"containers ({_first_line(e)}). attnlab never unpickles arbitrary code; if you trust the "
-            "file, load it yourself and pass its state dict to load_checkpoint",
-        ) from None
-    except Exception as e:  # truncated zip, bad magic number, EOF
-        raise _bad(path, f"not a readable PyTorch checkpoint, it may be truncated or corrupt ({_first_line(e)})") from None
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, plus what
+    timm allow-lists (:data:`SAFE_GLOBALS`); any other pickled object (a class instance, a
+    function) is refused, never executed."""
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise CheckpointError(untrusted_pickle_message(path, "checkpoint")) from None
+        except Exception as e:  # truncated zip, bad magic number, EOF
+            raise _bad(path, f"not a readable PyTorch checkpoint, it may be truncated or corrupt ({_first_line(e)})") from None
 
 
 def read_numpy(path: Path) -> dict[str, Tensor]:
