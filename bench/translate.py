@@ -164,12 +164,13 @@ OLD_OPTIONS = {"--d-model": ("d_model",), "--num-heads": ("num_heads",), "--d-ff
 
 def current_command(cmd: str) -> str | None:
     """A row's command with the old model options written as ``--model-arg`` fields; None if it has none."""
-    words, out = cmd.split(), []
-    while words:
-        w = words.pop(0)
-        out += [f"--model-arg {f}={words[0]}" for f in OLD_OPTIONS[w]] if w in OLD_OPTIONS else [w]
+    words, out = iter(cmd.split()), []
+    for w in words:
         if w in OLD_OPTIONS:
-            words.pop(0)
+            value = next(words)
+            out += [f"--model-arg {f}={value}" for f in OLD_OPTIONS[w]]
+        else:
+            out.append(w)
     new = " ".join(out)
     return None if new == " ".join(cmd.split()) else new
 
