@@ -166,16 +166,17 @@ class Context:
         self.arms[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
         return summary
 
-    def translation_scores(self, summary: dict, **decode) -> dict:
-        """BLEU/chrF of a translation arm on its validation set (``attnlab eval`` of the run,
-        ``decode`` = TranslateEvalConfig fields), computed once and kept in ``RUN_DIR/eval/``."""
+    def translation_scores(self, summary: dict, tag: str | None = None, **decode) -> dict:
+        """BLEU/chrF and decoding time of a translation arm on its validation set, or on
+        ``decode["src"]``/``decode["ref"]`` (``attnlab eval`` of the run; ``decode`` =
+        TranslateEvalConfig fields), computed once and kept in ``RUN_DIR/eval/<tag>``."""
         from attnlab.tasks.translate import TranslateEvalConfig
         from attnlab.train.runs import evaluate, load
 
         if summary.get("diverged"):
             return {"bleu": float("nan"), "chrf": float("nan")}
         ec = TranslateEvalConfig(**decode)
-        out = Path(summary["run_dir"]) / "eval" / ("-".join(f"{k}{v}" for k, v in sorted(decode.items())) or "default")
+        out = Path(summary["run_dir"]) / "eval" / (tag or "-".join(f"{k}{v}" for k, v in sorted(decode.items())) or "default")
         if (out / "results.json").exists():
             return json.loads((out / "results.json").read_text())
         return evaluate(load(summary["run_dir"]), ec, out, progress=self.progress)
