@@ -42,7 +42,8 @@ def run(ctx: Context) -> Result:
            "No top-k arm comes within 1 BLEU of full attention; ")
         + f"window 2 is {full - m['window 2']:+.2f} BLEU below full. "
         + ("As in the anchor (full 37.10, k=8 37.64, k=2 36.62, window 2 31.98), keeping a few scores per query costs "
-           "little while a fixed local window costs more. " if full >= 5 and close and m["window 2"] < min(m[n] for n in close) else
+           "little while a fixed local window costs more. "
+           if full >= 5 and close and m["window 2"] < min(m[n] for n in close) else
            "The anchor's pattern (top-k ≈ full, window clearly worse) is not reproduced at this budget. ")
         + spread_note(len(ctx.seeds)) + ".")
     return Result(table, verdict, figs, {"bleu": bleu, "val_accuracy": acc},
