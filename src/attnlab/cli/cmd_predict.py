@@ -21,6 +21,11 @@ def register(subparsers) -> None:
                                                           "(otherwise they are refused)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # detection runs (attnlab train detect): tasks/detect.py
+    p.add_argument("--threshold", type=float, default=0.7, metavar="P",
+                   help="detection runs: keep detections scoring at least P (default: 0.7)")
+    p.add_argument("--output-dir", metavar="DIR", help="detection runs: where to draw each image with its boxes, "
+                                                      "IMAGE_STEM.boxes.png (default: RUN_DIR/predictions)")
     add_int8_argument(p)
     one_line_errors(p)
     p.set_defaults(func=run)
@@ -35,6 +40,12 @@ def run(args) -> int:
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
     run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8)
+    if spec.name == "detect":
+        from attnlab.tasks.detect import format_detections
+
+        preds = spec.predict(run_, args.inputs, threshold=args.threshold, convert=args.convert, output_dir=args.output_dir)
+        print(json.dumps(preds, indent=2) if args.json else format_detections(preds))
+        return 0
     preds = spec.predict(run_, args.inputs, top_k=args.top_k, convert=args.convert)
     print(json.dumps(preds, indent=2) if args.json else format_predictions(preds))
     return 0

@@ -158,6 +158,10 @@ def run_attention(args) -> int:
         fig = _lm_attention(run, args.input)
     elif task == "translate":
         fig = _alignment(run, args.input, args.target, args.layer)
+    elif task == "detect" or type(model).__name__ == "DETR":
+        from attnlab.tasks.detect import attention_figure  # DETR Fig. 6 and Fig. 3 (issue 12)
+
+        fig = attention_figure(model, run, args.input)
     else:
         fig = _vit_attention(model, run, args)
     print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")

@@ -25,7 +25,7 @@ from attnlab.data.canvases import CanvasConfig, DetectionSet, DigitCanvases
 from attnlab.data.transforms import Normalize
 from attnlab.detect.coco_eval import coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
-from attnlab.errors import DataError
+from attnlab.errors import ConfigError, DataError
 from attnlab.models.detr import DETR
 from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
@@ -268,22 +268,63 @@ def detect_images(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]], thres
     return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in postprocess(out["logits"], out["boxes"], sizes)]
 
 
-def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False, **_) -> list[dict]:
+def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False,
+            output_dir: str | Path | None = None, **_) -> list[dict]:
     """The detections (score >= ``threshold``) of each image file: label, score, box
-    [x0, y0, x1, y1] in the file's pixels."""
-    from attnlab.data.images import open_image, read_images
+    [x0, y0, x1, y1] in the file's pixels; each image is drawn with its boxes into
+    ``output_dir`` (default ``RUN_DIR/predictions``) as ``STEM.boxes.png``."""
+    from attnlab.data.images import read_images
+    from attnlab.train.runs import check_output_dir
+    from attnlab.viz.common import save_figure
+    from attnlab.viz.detection import plot_detections
 
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
+    out_dir = Path(output_dir) if output_dir else run.run_dir / "predictions"
+    check_output_dir(out_dir)
     s = int(run.model.cfg.img_size)
     x = read_images(inputs, (s, s), run.model.cfg.in_chans, convert)
-    sizes = [open_image(p).size[::-1] for p in inputs]
+    originals = [read_images([p], None, run.model.cfg.in_chans, convert)[0] for p in inputs]
     labels = run.extras["labels"]
     out = []
-    for p, d in zip(inputs, detect_images(run, x, sizes, threshold)):
+    for p, img, d in zip(inputs, originals, detect_images(run, x, [tuple(o.shape[-2:]) for o in originals], threshold)):
         order = d["scores"].argsort(descending=True)
-        out.append({"image": str(p), "detections": [
-            {"label": labels[int(d["labels"][i])], "index": int(d["labels"][i]), "score": round(float(d["scores"][i]), 4),
-             "box": [round(float(v), 2) for v in d["boxes"][i]]} for i in order]})
+        d = {k: v[order] for k, v in d.items()}
+        picture = save_figure(plot_detections(img, d, labels, f"{Path(p).name}: {len(order)} detections "
+                                              f"(score >= {threshold:g})"), out_dir / f"{Path(p).stem}.boxes.png")
+        out.append({"image": str(p), "picture": str(picture), "detections": [
+            {"label": labels[int(lab)], "index": int(lab), "score": round(float(sc), 4), "box": [round(float(v), 2) for v in b]}
+            for sc, lab, b in zip(d["scores"], d["labels"], d["boxes"])]})
     return out
+
+
+def attention_figure(model: DETR, run: LoadedRun | None, image_path: str):
+    """``attnlab viz attention`` for a DETR (a run, or a registered name with random weights):
+    the image resized to the model's size, DETR's Fig. 6 and Fig. 3."""
+    from attnlab.data.images import read_images
+    from attnlab.viz.detection import plot_detr_attention
+
+    s, c = int(model.cfg.img_size), model.cfg.in_chans
+    x = read_images([image_path], (s, s), c, convert=True)[0]
+    if run is not None:
+        normalize, labels = run.extras["normalize"], run.extras["labels"]
+    else:
+        normalize = Normalize(*(([0.0], [1.0]) if c == 1 else IMAGENET))
+        labels = [str(i) for i in range(model.cfg.num_classes)]
+    name = run.name if run is not None else f"{model.name} (random init)"
+    return plot_detr_attention(model, x, normalize, labels,
+                               title=f"{name} on {Path(image_path).name}: decoder cross-attention of confident queries "
+                                     "(Fig. 6), encoder self-attention at box centres (Fig. 3)")
+
+
+def format_detections(preds: list[dict]) -> str:
+    lines = []
+    for p in preds:
+        lines.append(f"{p['image']}: {len(p['detections'])} detections (drawn in {p['picture']})")
+        for d in p["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            lines.append(f"  {d['label']:<12} {d['score']:.3f}  box x0={x0:g} y0={y0:g} x1={x1:g} y1={y1:g}")
+    return "\n".join(lines)
 
 
 SPEC = TaskSpec(
