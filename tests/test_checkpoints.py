@@ -282,6 +282,21 @@ def test_export_refuses_what_the_format_cannot_hold(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.safetensors").exists()
 
 
+def test_save_names_the_formats_a_model_can_be_saved_in(tmp_path):
+    """A model a format cannot hold (a language model in a ViT layout, a ViT the layout cannot
+    express) gets one UnsupportedError line naming the formats it can be saved in; nothing is written."""
+    lstm = create_model("lstm_lm_small", vocab_size=11)
+    for fmt in ("hf", "timm", "torchvision"):
+        with pytest.raises(UnsupportedError, match=r"^cannot save a RecurrentLM in the \w+ layout: .*; "
+                                                   r"it can be saved with format='attnlab'$") as e:
+            save_checkpoint(lstm, tmp_path / "x", format=fmt)
+        assert "\n" not in str(e.value)
+    avg = ours(**{**P8, "class_token": False, "global_pool": "avg"})
+    with pytest.raises(UnsupportedError, match=r"class_token=False.*format='attnlab' or 'timm'$"):
+        save_checkpoint(avg, tmp_path / "x", format="torchvision")
+    assert not (tmp_path / "x").exists()
+
+
 def test_our_format_round_trip_with_config(tmp_path):
     model = jitter(ours(**{**P8, "class_token": False, "global_pool": "avg", "pos_embed": "sincos2d", "norm_eps": 1e-5}))
     path = save_checkpoint(model, tmp_path / "m.safetensors")

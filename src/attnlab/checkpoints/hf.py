@@ -102,8 +102,7 @@ def from_ours(state: dict[str, Tensor], cfg=None) -> dict[str, Tensor]:
         else:
             lost.append(k)
     if lost:
-        raise UnsupportedError(f"Hugging Face's ViTForImageClassification has no place for {', '.join(lost[:5])}; "
-                               "export this model with format='attnlab' or 'timm'")
+        raise UnsupportedError(f"Hugging Face's ViTForImageClassification has no place for {', '.join(lost[:5])}")
     return out
 
 

@@ -41,9 +41,9 @@ class Renames:
         """The foreign name for one of our keys, or None if the layout has no equivalent."""
         return self._apply(self._ours, key)
 
-    def export(self, state: dict, target: str) -> dict:
-        """All of ``state`` under the foreign names; refuses (UnsupportedError naming the keys)
-        when the foreign layout has no place for some of them."""
+    def export(self, state: dict, target: str, advice: str = "export this model with format='attnlab'") -> dict:
+        """All of ``state`` under the foreign names; refuses (UnsupportedError naming the keys,
+        then ``advice`` if any) when the foreign layout has no place for some of them."""
         from attnlab.errors import UnsupportedError
 
         out, lost = {}, []
@@ -55,8 +55,7 @@ class Renames:
                 out[new] = v
         if lost:
             more = f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
-            raise UnsupportedError(f"{target} has no place for {', '.join(lost[:5])}{more}; "
-                                   "export this model with format='attnlab'")
+            raise UnsupportedError(f"{target} has no place for {', '.join(lost[:5])}{more}" + (f"; {advice}" if advice else ""))
         return out
 
     def matches_theirs(self, key: str) -> bool:

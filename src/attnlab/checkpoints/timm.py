@@ -51,4 +51,6 @@ def to_ours(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, st
 
 
 def from_ours(state: dict[str, Tensor], cfg=None) -> dict[str, Tensor]:
-    return RENAMES.export(state, "timm's VisionTransformer")
+    """Our state dict in timm's names; UnsupportedError for keys it has no place for
+    (:func:`attnlab.checkpoints.save.save_checkpoint` says which formats can hold the model)."""
+    return RENAMES.export(state, "timm's VisionTransformer", advice="")
