@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.checkpoints import detr as D
+from attnlab.checkpoints import load_checkpoint, load_model
 from attnlab.errors import CheckpointError, ConfigError, ShapeError
 from attnlab.models import create_model
 from attnlab.models.detr import DETR, sine_position_2d
@@ -90,9 +91,12 @@ def test_ours_to_hf_from_pretrained(tmp_path, one_thread):
         assert_close(ours(x, mask), h.logits, h.pred_boxes)
     # and back: the directory Hugging Face reads loads into a fresh model with the same outputs
     again = create_model("detr_resnet50", **TINY).eval()
-    assert D.load_detr(again, tmp_path / "hf")["format"] == "hf_detr"
+    assert load_checkpoint(again, tmp_path / "hf")["format"] == "hf_detr"  # through the generic loader
+    built = load_model(tmp_path / "hf")  # shapes from config.json
+    assert built.cfg.num_queries == 5 and built.cfg.num_heads == 4
     with torch.no_grad():
         assert torch.equal(again(x, mask)["logits"], ours(x, mask)["logits"])
+        assert torch.equal(built(x, mask)["boxes"], ours(x, mask)["boxes"])
 
 
 # --- the original facebookresearch/detr layout -------------------------------------------------------
@@ -178,8 +182,11 @@ def test_original_layout_both_ways(tmp_path, one_thread):
         logits, boxes = original_forward(raw["model"], x, mask, layers=2, heads=4)
         assert_close(ours(x, mask), logits, boxes)
         back = create_model("detr_resnet50", **TINY).eval()
-        assert D.load_detr(back, path)["format"] == "detr"
+        assert load_checkpoint(back, path)["format"] == "detr"
         assert torch.equal(back(x, mask)["boxes"], ours(x, mask)["boxes"])
+        built = load_model(path, num_heads=4)  # shapes from the tensors; heads cannot be read off them
+        assert built.cfg.num_encoder_layers == 2 and built.cfg.d_ff == 64 and built.cfg.num_classes == 3
+        assert torch.equal(built(x, mask)["logits"], ours(x, mask)["logits"])
 
 
 def test_key_maps_round_trip():

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnlab.checkpoints.keys import Renames
+from attnlab.checkpoints.keys import Renames, block_indices
 from attnlab.errors import CheckpointError, UnsupportedError
 
 HF, ORIGINAL = "hf_detr", "detr"
@@ -208,11 +208,55 @@ def config_from_hf(config: dict, source: str = "config.json") -> dict:
             "num_queries": config.get("num_queries", 100), "num_classes": len(labels) if labels else 91}
 
 
+def config_from_tensors(tensors: dict[str, Tensor], fmt: str) -> dict:
+    """DETRConfig fields read off the shapes of a checkpoint without a config (the number of heads
+    cannot be: 8, the paper's, unless overridden)."""
+    ours = to_ours(tensors, fmt)
+    try:
+        q, d = ours["query_embed.weight"].shape
+        return {"backbone": "resnet50", "d_model": d, "num_queries": q,
+                "num_classes": ours["class_embed.weight"].shape[0] - 1, "in_chans": ours["backbone.conv1.weight"].shape[1],
+                "num_encoder_layers": len(block_indices(ours, "encoder.")),
+                "num_decoder_layers": len(block_indices(ours, "decoder.")), "d_ff": ours["encoder.0.ff.fc1.weight"].shape[0]}
+    except KeyError as e:
+        raise CheckpointError(f"the DETR checkpoint has no {e.args[0]} (in our names); is it complete?") from None
+
+
 # --- loading and saving --------------------------------------------------------------------------
+
+def is_detr(raw, fmt: str | None = None) -> bool:
+    """Whether the generic loader should hand ``raw`` (a RawCheckpoint) to this module: a DETR
+    layout asked for, or detected in a file that is not in our own format."""
+    from attnlab.checkpoints import ours
+
+    if fmt is not None:
+        return fmt in FORMATS
+    return ours.CONFIG_KEY not in raw.metadata and detect(raw.tensors) is not None
+
+
+def load_detr_model(source, *, return_report: bool = False, **overrides):
+    """Build ``detr_resnet50`` with the shapes of a DETR checkpoint (its config.json when it has
+    one, else its tensors' shapes) and load it; eval mode."""
+    from attnlab.checkpoints.load import as_raw
+    from attnlab.models.registry import create_model
+
+    raw = as_raw(source)
+    fmt = detect(raw.tensors)
+    if raw.config is not None and raw.config.get("model_type") == "detr":
+        cfg = config_from_hf(raw.config, raw.config_path or raw.source)
+    else:
+        cfg = config_from_tensors(raw.tensors, fmt)
+    model = create_model("detr_resnet50", **{**cfg, **overrides})
+    report = load_detr(model, raw, fmt)
+    model.eval()
+    return (model, report) if return_report else model
+
+
 
 def load_detr(model: nn.Module, source, fmt: str | None = None) -> dict:
     """Load a DETR checkpoint (file, Hugging Face directory or state dict) of either layout
-    into ``model``; every key and shape is checked before anything is copied. Returns a report."""
+    into ``model``; every key and shape is checked before anything is copied (always strictly:
+    a missing or unexpected key is refused). Returns a report."""
     from attnlab.checkpoints.load import SHOW, as_raw
 
     raw = as_raw(source)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from attnlab.checkpoints import hf, jax, ours, timm, torchvision
+from attnlab.checkpoints import detr, hf, jax, ours, timm, torchvision
 from attnlab.checkpoints.io import RawCheckpoint, read_checkpoint, unwrap
 from attnlab.checkpoints.keys import block_indices
 from attnlab.errors import AttnlabError, CheckpointError, ConfigError, UnsupportedError
@@ -265,6 +265,8 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     unchanged.
     """
     raw = as_raw(source)
+    if detr.is_detr(raw, format):  # DETR layouts have their own adapter (checkpoints/detr.py, issue 12)
+        return detr.load_detr(model, raw, format)
     fmt = format or _format_of(raw)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -338,6 +340,8 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
     eval mode (and the report when ``return_report``).
     """
     raw = as_raw(source)
+    if detr.is_detr(raw):  # a Hugging Face or original DETR checkpoint (checkpoints/detr.py, issue 12)
+        return detr.load_detr_model(raw, return_report=return_report, **overrides)
     fmt = _format_of(raw)
     cfg, name = ours.config_of(raw.metadata, raw.config, raw.source)
     if cfg is None and raw.config is not None and fmt == "hf":
