@@ -24,7 +24,7 @@ metrics.json and curves.png. Every command that reads a model reads the run dire
 'attnlab eval RUN_DIR', 'attnlab predict', 'attnlab generate', 'attnlab translate', 'attnlab viz'.
 """
 
-PATTERNS = {"image": "'vit_*'", "lm": "'*_lm*'", "translate": "'*multi30k' 'transformer_*'"}
+PATTERNS = {"image": "'vit_*'", "lm": "'*_lm*'", "translate": "'*multi30k' 'transformer_*'", "detect": "'detr_*'"}
 
 
 def register(subparsers) -> None:
