@@ -1,0 +1,145 @@
+"""attnlab experiment: every experiment at quick budget writes what it promises (results.json with
+its keys, the Markdown table, PNG figures, a verdict that names its anchor's terms and the seed
+spread, one run directory per arm); arms are reused and refused through the run layer; the
+ablation models compute what they claim. The outcomes are not checked here (EXPERIMENTS.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.cli.main import main
+from attnlab.errors import ConfigError
+from attnlab.experiments import experiments, get_experiment, run_experiment
+from attnlab.experiments.base import Context, Experiment, Result, apart, fit_power, markdown_table, pm
+from attnlab.experiments.rnn_forgetting import SPEC as COPY
+from attnlab.experiments.rnn_forgetting import CopyDataConfig
+from attnlab.models import create_model
+from attnlab.models.registry import config_dict
+
+NEEDS_NO_DATA = {"attention-cost", "rnn-forgetting"}
+KEYS = {"experiment", "question", "anchor", "budget", "seeds", "threads", "command", "config", "table", "table_markdown",
+        "data", "arms", "left_out", "figures", "verdict", "software", "load_average", "started_utc", "wall_seconds",
+        "results_dir"}
+ISSUE_11 = {"sqrt-dk", "layernorm-vs-batchnorm", "post-vs-pre-ln", "vit-position", "text-position", "cls-vs-gap",
+            "topk-attention", "rnn-forgetting", "attention-cost", "vit-vs-cnn", "ar-vs-nat"}
+
+
+def test_list_names_every_experiment(capsys):
+    assert ISSUE_11 <= set(experiments())
+    assert main(["experiment", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, e in experiments().items():
+        assert name in out and e.question in out and e.cost["quick"] in out
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_11))
+def test_quick_budget_writes_results(name, tmp_path, request, monkeypatch, one_thread):
+    if name not in NEEDS_NO_DATA:
+        monkeypatch.setenv("ATTNLAB_DATA", str(request.getfixturevalue("shared_data")))
+    out = tmp_path / name
+    res = run_experiment(get_experiment(name), "quick", out=out, progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert KEYS <= set(saved) and saved["experiment"] == name and saved["budget"] == "quick" and saved["seeds"] == [0]
+    assert saved["software"]["torch"] == torch.__version__ and saved["wall_seconds"] > 0
+    assert saved["table"] and saved["verdict"] == res["verdict"]
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0].startswith("| ") and set(table[1]) <= {"|", "-"} and len(table) == 2 + len(saved["table"])
+    verdict = (out / "verdict.md").read_text()
+    assert len(verdict) > 200 and "seed" in verdict.lower()
+    assert saved["figures"]
+    for png in saved["figures"].values():
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    readme = (out / "README.md").read_text()
+    assert saved["table_markdown"] in readme and all(f"({png})" in readme for png in saved["figures"].values())
+    if name != "attention-cost":  # every other experiment trains its arms through the run layer
+        assert saved["arms"]
+        for arm, summary in saved["arms"].items():
+            assert (out / "runs" / arm / "run.json").is_file() and summary["run_dir"] == str(out / "runs" / arm)
+
+
+def _copy_ctx(tmp_path: Path) -> Context:
+    exp = Experiment("t", "q", "a", {"quick": "", "full": ""}, {"quick": 1, "full": 1}, lambda ctx: Result([], ""))
+    return Context(exp, "quick", [0], tmp_path, threads=1, progress=False)
+
+
+def test_arm_is_reused_and_other_settings_refused(tmp_path, one_thread):
+    dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=3, eval_size=16)
+    train = dict(epochs=2, batch_size=8, lr=3e-3, warmup_steps=1)
+    args = {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1}
+    first = _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)
+    again = _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)
+    assert again["steps"] == first["steps"] == 6 and again["metrics"] == first["metrics"]
+    assert torch.equal(again["model"].head.weight, first["model"].head.weight)
+    with pytest.raises(ConfigError, match="other settings"):
+        _copy_ctx(tmp_path).train_arm("gru", COPY, dc, {**train, "lr": 1e-3}, "gru_lm_small", args)
+
+
+def test_numbers_helpers():
+    assert pm([1.0]) == "1.00" and pm([1.0, 3.0], 1) == "2.0 ± 1.4"
+    assert apart([1.0], [2.0]) is None and apart([1.0, 1.1], [5.0, 5.1]) and apart([1.0, 2.0], [1.5, 2.5]) is False
+    p, a = fit_power([2, 4, 8], [12.0, 48.0, 192.0])
+    assert math.isclose(p, 2.0) and math.isclose(a, 3.0)
+    assert markdown_table([{"a": 1.23456, "b": "x|y"}, {"a": float("nan")}]).splitlines() == \
+        ["| a | b |", "|---|---|", "| 1.235 | x\\|y |", "| nan |  |"]
+
+
+def test_cli_unknown_experiment_one_line(capsys):
+    assert main(["experiment", "sqrt_dk"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sqrt-dk" in err
+
+
+# --- the ablation models -----------------------------------------------------------------------------
+
+def test_unscaled_attention_is_softmax_of_raw_scores():
+    m = create_model("transformer_lm_ablation", vocab_size=11, d_model=32, num_heads=2, num_layers=1,
+                     logit_scale="none", position="none").eval()
+    attn = m.blocks[0].self_attn
+    x = torch.randn(2, 5, 32)
+    _, w = attn(x, causal=True, need_weights=True)
+    q, k, _ = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias).view(2, 5, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    torch.testing.assert_close(w, scores.softmax(-1), atol=1e-5, rtol=1e-5)
+    scaled = create_model("transformer_lm_ablation", **{**config_dict(m), "logit_scale": "sqrt"}).eval()
+    scaled.load_state_dict(m.state_dict())
+    _, ws = scaled.blocks[0].self_attn(x, causal=True, need_weights=True)
+    torch.testing.assert_close(ws, (scores / 4.0).softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["transformer_lm_ablation", "vit_digits_ablation"])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_norm_ablation_replaces_every_layernorm(name, norm):
+    m = create_model(name, norm=norm)
+    assert not any(isinstance(x, torch.nn.LayerNorm) for x in m.modules())
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.modules()) == (norm == "batch")
+    again = create_model(name, **config_dict(m))  # a run's record rebuilds it
+    assert type(again) is type(m) and again.cfg == m.cfg
+    with pytest.raises(ConfigError, match="norm"):
+        create_model(name, norm="group")
+
+
+def test_sparse_transformer_attends_to_k_keys():
+    m = create_model("transformer_multi30k_sparse", src_vocab_size=50, tgt_vocab_size=50, d_model=32, num_heads=2,
+                     num_encoder_layers=1, num_decoder_layers=1, d_ff=64, topk=3).eval()
+    layer = m.encoder.layers[0]
+    _, w = layer.self_attn(torch.randn(1, 9, 32), need_weights=True)
+    assert ((w > 0).sum(-1) == 3).all()
+    assert m.decoder.layers[0].cross_attn.topk == 3 and m.decoder.layers[0].self_attn.topk == 3
+    assert m(torch.randint(1, 50, (2, 7)), torch.randint(1, 50, (2, 5))).shape == (2, 5, 50)
+    win = create_model("transformer_multi30k_sparse", src_vocab_size=50, tgt_vocab_size=50, window=2)
+    assert win.encoder.layers[0].self_attn.window == 2 and win.decoder.layers[0].cross_attn.window is None
+
+
+def test_resnet_shapes_and_registry():
+    for name, shape in (("resnet_cifar_small", (2, 3, 32, 32)), ("resnet_digits", (2, 1, 8, 8))):
+        m = create_model(name).eval()
+        assert m(torch.randn(shape)).shape == (2, 10)
+        again = create_model(name, **json.loads(json.dumps(config_dict(m))))  # as a run record holds it
+        again.load_state_dict(m.state_dict())
+        x = torch.randn(shape)
+        torch.testing.assert_close(again.eval()(x), m(x))
