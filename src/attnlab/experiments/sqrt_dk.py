@@ -59,9 +59,9 @@ def run(ctx: Context) -> Result:
     # --- the training arms -----------------------------------------------------------------------
     text, vf = ctx.text_slice(ctx.pick(20_000, None))
     d_model = ctx.pick(64, 256)
-    dc = LMDataConfig(text=str(text), valid_fraction=vf, window=ctx.pick(32, 64), steps_per_epoch=ctx.pick(8, 100))
-    train = dict(epochs=ctx.pick(2, 8), batch_size=ctx.pick(16, 32), lr=1e-3, warmup_steps=ctx.pick(2, 50), log_every=10)
-    margs = dict(d_model=d_model, num_heads=1, num_layers=ctx.pick(1, 2), position="rotary")
+    dc = LMDataConfig(text=str(text), valid_fraction=vf, window=ctx.pick(32, 64), steps_per_epoch=ctx.pick(8, 75))
+    train = dict(epochs=ctx.pick(2, 4), batch_size=16, lr=1e-3, warmup_steps=ctx.pick(2, 30), log_every=10)
+    margs = dict(d_model=d_model, num_heads=1, num_layers=1, position="rotary")
     runs = {mode: [ctx.train_arm(f"lm-{mode}", SPEC, dc, train, "transformer_lm_ablation",
                                  {**margs, "logit_scale": "sqrt" if mode == "scaled" else "none"}, seed=s)
                    for s in ctx.seeds] for mode in ("scaled", "unscaled")}
@@ -126,7 +126,7 @@ EXPERIMENT = Experiment(
     question="Why divide the attention scores by √d_k?",
     anchor="Vaswani et al. 2017, §3.2.1 footnote 4: q·k has variance d_k, large values push the softmax into regions "
            "of extremely small gradients; scaling by 1/√d_k counteracts it",
-    cost={"quick": "≈10 s", "full": "≈15 min"},
+    cost={"quick": "≈10 s", "full": "≈25 min"},
     seeds={"quick": 1, "full": 2},
     run=run,
 )
