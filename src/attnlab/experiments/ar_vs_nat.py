@@ -97,7 +97,7 @@ EXPERIMENT = Experiment(
     anchor="Ghazvininejad et al. 2019 (Mask-Predict), WMT'14 En-De: 27.03 BLEU with T=10 vs 27.74 for the "
            "autoregressive beam, about 3x faster; trained on distilled data (raw data costs several BLEU); "
            "Gu et al. 2018 and Kim & Rush 2016 on distillation",
-    cost={"quick": "≈25 s", "full": "≈60 min"},
+    cost={"quick": "≈25 s", "full": "≈50 min"},
     seeds={"quick": 1, "full": 1},
     run=run,
 )

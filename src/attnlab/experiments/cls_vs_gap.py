@@ -49,7 +49,7 @@ EXPERIMENT = Experiment(
     question="Class token or global average pooling, across learning rates?",
     anchor="ViT paper Fig. 9: the gap between class token and average pooling is a learning-rate effect: the class "
            "token at lr 8e-4 matches pooling at 3e-4, and pooling at 8e-4 is worse",
-    cost={"quick": "≈10 s", "full": "≈50 min"},
+    cost={"quick": "≈10 s", "full": "≈55 min"},
     seeds={"quick": 1, "full": 1},
     run=run,
 )

@@ -160,7 +160,7 @@ EXPERIMENT = Experiment(
     anchor="Xiong et al. 2020: post-LN's last-layer gradient is large and independent of depth, pre-LN's shrinks like "
            "1/√L (Fig. 3, Thm. 1); post-LN without warm-up collapses (8.45 BLEU vs ≈34 with warm-up on IWSLT14 De-En), "
            "pre-LN without warm-up reaches ≈34",
-    cost={"quick": "≈20 s", "full": "≈50 min"},
+    cost={"quick": "≈20 s", "full": "≈35 min"},
     seeds={"quick": 1, "full": 1},
     run=run,
 )

@@ -27,7 +27,7 @@ def lm_setup(ctx: Context):
     from attnlab.tasks.lm import LMDataConfig
 
     text, vf = ctx.text_slice(ctx.pick(20_000, None))
-    dc = LMDataConfig(text=str(text), valid_fraction=vf, window=ctx.pick(32, 64), steps_per_epoch=ctx.pick(6, 200))
+    dc = LMDataConfig(text=str(text), valid_fraction=vf, window=ctx.pick(32, 64), steps_per_epoch=ctx.pick(6, 125))
     train = dict(epochs=ctx.pick(1, 6), batch_size=ctx.pick(16, 32), lr=2e-3, warmup_steps=ctx.pick(2, 100))
     model = ctx.pick(dict(d_model=64, num_layers=2, num_heads=4), dict(d_model=128, num_layers=4, num_heads=4))
     return dc, train, model
@@ -71,7 +71,7 @@ EXPERIMENT = Experiment(
     anchor="Vaswani et al. 2017 Table 3 (E): learned and sinusoidal positions give nearly identical results; Su et al. "
            "2021 (RoFormer): rotary positions train faster and better; Haviv et al. 2022: causal LMs without position "
            "encodings remain competitive",
-    cost={"quick": "≈10 s", "full": "≈40 min"},
+    cost={"quick": "≈10 s", "full": "≈50 min"},
     seeds={"quick": 1, "full": 2},
     run=run,
 )
