@@ -106,7 +106,7 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
     """Test metrics of the best checkpoint and the illustrated report of the demo run."""
     import torch
 
-    from attnlab import report
+    from attnlab.viz import report
     from attnlab.tasks.image import ImageClassification
     from attnlab.train.engine import Plan, evaluation_sums
     from attnlab.train.metrics import per_class_accuracy

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.io import atomic_write
+from attnlab.viz.common import HEATMAP
 
 # --- figures ------------------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ def plot_attention_grid(model: nn.Module, images: Tensor, labels: Tensor, classe
         h, w = grey.shape
         _img(axs[0, i], images[i].numpy())
         ax = axs[1, i]
-        ax.imshow(r, cmap="inferno", interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        ax.imshow(r, cmap=HEATMAP, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
         if grey.max() > grey.min():  # the strokes' outline on top of the map
             ax.contour(np.arange(w), np.arange(h), grey, levels=[0.5 * (grey.max() + grey.min())],
                        colors="#7fdbff", linewidths=1.1)
