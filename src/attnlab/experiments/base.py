@@ -85,7 +85,7 @@ class Context:
         """A file of the shared data directory ($ATTNLAB_DATA), which must exist."""
         from attnlab.data.images import data_root
 
-        p = data_root().joinpath(*parts)
+        p = data_root().joinpath(*parts).resolve()  # runs record absolute paths: compare like with like
         if not p.exists():
             raise DataError(f"experiment {self.exp.name} needs {p}; set ATTNLAB_DATA to the data directory "
                             "(see the README)")
@@ -93,7 +93,7 @@ class Context:
 
     def derived_file(self, name: str, make: Callable[[], str]) -> Path:
         """``OUT/data/name``, written once from ``make()`` (a slice of a corpus, say)."""
-        p = self.out / "data" / name
+        p = (self.out / "data" / name).resolve()
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(p, "w") as f:
