@@ -16,14 +16,9 @@ def register(subparsers) -> None:
 
 def describe(name: str) -> tuple[int, str]:
     """(parameter count, first line of the builder's docstring), built on the meta device."""
-    import torch
+    from attnlab.models.registry import count_parameters, model_doc, probe_model
 
-    from attnlab.models.registry import _REGISTRY, count_parameters, create_model
-
-    with torch.device("meta"):
-        n = count_parameters(create_model(name))
-    doc = (_REGISTRY[name].__doc__ or "").strip().split("\n")[0]
-    return n, doc
+    return count_parameters(probe_model(name)), model_doc(name).split("\n")[0]
 
 
 def run(args) -> int:

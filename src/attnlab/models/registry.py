@@ -82,15 +82,29 @@ def create_model(name: str, **overrides: Any) -> Any:
     return model
 
 
-def model_config(name: str, **overrides: Any) -> Any:
-    """The config ``create_model(name, **overrides)`` would have, without allocating weights."""
+def probe_model(name: str, **overrides: Any) -> Any:
+    """``create_model(name, **overrides)`` on the meta device: its type, config and parameter
+    count without allocating weights."""
     import torch
 
     try:
         with torch.device("meta"):
-            return create_model(name, **overrides).cfg
+            return create_model(name, **overrides)
     except (RuntimeError, NotImplementedError):  # a builder that cannot run on "meta"
-        return create_model(name, **overrides).cfg
+        return create_model(name, **overrides)
+
+
+def model_doc(name: str) -> str:
+    """The docstring of the registered builder ``name`` (what the configuration is)."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; see list_models() for the names")
+    return (_REGISTRY[name].__doc__ or "").strip()
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The config ``create_model(name, **overrides)`` would have, without allocating weights."""
+    return probe_model(name, **overrides).cfg
 
 
 def config_dict(model: Any) -> dict[str, Any]:

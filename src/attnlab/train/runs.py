@@ -118,10 +118,9 @@ def check_kind(spec: TaskSpec, name: str, model: nn.Module) -> nn.Module:
 def probe(spec: TaskSpec, name: str, model_args: dict):
     """The config of the model ``name`` would have (built on the meta device: no weights),
     checked to be a model the task trains."""
-    from attnlab.models.registry import create_model
+    from attnlab.models.registry import probe_model
 
-    with torch.device("meta"):
-        return check_kind(spec, name, create_model(name, **model_args)).cfg
+    return check_kind(spec, name, probe_model(name, **model_args)).cfg
 
 
 def model_record(model: nn.Module, name: str, model_args: dict) -> dict:
