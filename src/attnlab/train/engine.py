@@ -104,6 +104,12 @@ class Task(Protocol):
     statistics are computed by the task; ``train_step`` and ``eval_step`` return statistics as
     *sums* over the batch (with a ``"count"``), which the trainer adds over batches and processes
     and hands to ``summarize``.
+
+    Optional, read with these defaults when absent: ``higher_is_better = True`` (the rule of
+    ``main_metric``), ``metric_label`` (``main_metric``: the plot's title),
+    ``metric_percent = True`` (shown as a percentage), and ``state_dict()`` /
+    ``load_state_dict(state)`` for state carried across steps that a resumed run needs (the
+    hidden state of truncated back-propagation through time).
     """
 
     name: str  # "image", "lm", ...
