@@ -24,7 +24,7 @@ from attnlab.models.registry import config_dict
 NEEDS_NO_DATA = {"attention-cost", "rnn-forgetting"}
 KEYS = {"experiment", "question", "anchor", "budget", "seeds", "threads", "command", "config", "table", "table_markdown",
         "data", "arms", "left_out", "figures", "verdict", "software", "load_average", "started_utc", "wall_seconds",
-        "results_dir"}
+        "results_dir", "train_seconds"}
 ISSUE_11 = {"sqrt-dk", "layernorm-vs-batchnorm", "post-vs-pre-ln", "vit-position", "text-position", "cls-vs-gap",
             "topk-attention", "rnn-forgetting", "attention-cost", "vit-vs-cnn", "ar-vs-nat"}
 

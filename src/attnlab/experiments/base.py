@@ -298,6 +298,7 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
         "seeds": ctx.seeds, "threads": ctx.threads, "command": command, "results_dir": str(out), "config": res.config,
         "table": res.table, "table_markdown": table,
         "data": res.data, "arms": ctx.arms, "left_out": res.left_out, "figures": figures, "verdict": verdict,
+        "train_seconds": round(sum(a.get("elapsed") or 0.0 for a in ctx.arms.values()), 1),  # all arms, all sessions
         "software": software(), "load_average": {"start": load_start, "end": load_average()},
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
     }

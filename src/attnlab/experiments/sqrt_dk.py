@@ -21,6 +21,7 @@ from attnlab.experiments.base import (
     Result,
     apart,
     final_val,
+    fit_power,
     line_figure,
     mean_std,
     pm,
@@ -99,7 +100,10 @@ def run(ctx: Context) -> Result:
     es, eu = (mean_std([x["entropy"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
     gs, gu = (mean_std([x["softmax_grad"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
     vs, vu = (mean_std([x["score_var"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
-    saturates = eu < 0.5 * es and gu < 0.5 * gs
+    # how the softmax gradient scales with d_k: flat when scaled, falling when unscaled (the claim)
+    slope = {m: fit_power(dks, [mean_std([x["softmax_grad"] for x in init[(m, d)]])[0] for d in dks])[0]
+             for m in ("scaled", "unscaled")}
+    saturates = eu < 0.5 * es and slope["unscaled"] < -0.2 and abs(slope["scaled"]) < 0.1
     sep = apart(bpc["scaled"], bpc["unscaled"])
     ms, mu = mean_std(bpc["scaled"])[0], mean_std(bpc["unscaled"])[0]
     train_txt = (f"After {train['epochs'] * dc.steps_per_epoch} steps the one-head LM with d_k = {d_model} reaches "
@@ -111,11 +115,13 @@ def run(ctx: Context) -> Result:
                  + ".")
     verdict = (f"At initialisation with d_k = {big}, unscaled scores have variance {vu:.0f} (≈ d_k, as footnote 4 says) "
                f"against {vs:.2f} scaled; the mean row entropy is {eu:.2f} nats unscaled vs {es:.2f} scaled "
-               f"(uniform: {math.log(keys):.2f}), and the softmax passes back a gradient of norm {gu:.3g} vs {gs:.3g}. "
+               f"(uniform: {math.log(keys):.2f}), and the softmax passes back a gradient of norm {gu:.3g} vs {gs:.3g}; "
+               f"over d_k = {dks[0]}..{big} that norm scales like d_k^{slope['unscaled']:+.2f} unscaled and "
+               f"d_k^{slope['scaled']:+.2f} scaled. "
                + ("This agrees with the paper: without the scaling the softmax saturates and its gradient shrinks as "
                   "d_k grows. " if saturates else "This does not show the saturation the paper describes. ")
                + train_txt + f" {spread_note(len(ctx.seeds))}.")
-    data = {"init": {f"{m}/{d}": init[(m, d)] for (m, d) in init}, "val_bpc": bpc,
+    data = {"init": {f"{m}/{d}": init[(m, d)] for (m, d) in init}, "val_bpc": bpc, "softmax_grad_slope": slope,
             "curves": {m: [val_curve(r, "bpc") for r in rs] for m, rs in runs.items()}}
     config = {"d_k": dks, "keys": keys, "rows": rows, "lm": {"data": dc.__dict__, "train": train, "model": margs}}
     return Result(table, verdict, figs, data, config)
