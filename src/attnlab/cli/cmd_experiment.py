@@ -50,8 +50,8 @@ def run(args) -> int:
         w = max(map(len, exps))
         for e in exps.values():
             print(f"{e.name:<{w}}  {e.question}")
-            print(f"{'':<{w}}  quick: {e.cost['quick']} ({e.seeds['quick']} seed); "
-                  f"full: {e.cost['full']} ({e.seeds['full']} seeds)")
+            seeds = {b: f"{n} seed{'s' if n > 1 else ''}" for b, n in e.seeds.items()}
+            print(f"{'':<{w}}  quick: {e.cost['quick']} ({seeds['quick']}); full: {e.cost['full']} ({seeds['full']})")
         return 0
     exp = get_experiment(args.name)
     res = run_experiment(exp, args.budget, args.seeds, args.threads, args.output,
