@@ -124,8 +124,9 @@ def lm(kind):
 def test_lm_window_export_matches_eager(tmp_path, fmt, kind):
     need_onnx(fmt)
     m = lm(kind)
-    [path] = export_model(m, tmp_path / f"lm.{fmt}", window=12)
-    run = load_graph(path)
+    paths = export_model(m, tmp_path / f"lm.{fmt}", window=12)
+    assert [p.name for p in paths] == [f"lm.{fmt}"] + ([f"lm.step.{fmt}"] if kind == "transformer" else [])
+    run = load_graph(paths[0])
     # a Transformer's graph takes any window up to its context; a recurrent one its fixed window
     shapes = [(1, 12), (3, 12), (8, 12)] + ([(3, 5), (8, 16)] if kind == "transformer" else [])
     for b, t in shapes:
@@ -133,6 +134,26 @@ def test_lm_window_export_matches_eager(tmp_path, fmt, kind):
         ref = m(idx)
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert max_err(run(idx)[0], ref) < TOL
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_lm_step_graph_generates_like_eager(tmp_path, fmt, position):
+    """The exported step (key/value cache as inputs/outputs) gives the eager greedy continuation exactly."""
+    from attnlab.decode.sampling import generate
+    from attnlab.export import greedy_generate, lm_cache_zeros
+    from attnlab.models.lm import TransformerLMConfig, build_lm
+
+    need_onnx(fmt)
+    torch.manual_seed(0)
+    m = build_lm(TransformerLMConfig(vocab_size=40, d_model=32, num_layers=2, num_heads=4, max_len=32, position=position)).eval()
+    torch.nn.init.normal_(m.embed.weight, std=1.0)  # varied continuations, not one repeated token
+    step = load_graph(export_model(m, tmp_path / f"lm.{fmt}")[1])
+    for b in (1, 3, 8):
+        prompt = torch.randint(0, 40, (b, 5), generator=torch.Generator().manual_seed(b))
+        want = generate(m.stepper(), prompt, 20, temperature=0)
+        assert torch.equal(greedy_generate(step, prompt, 20, lm_cache_zeros(m, b), m.cfg.max_len), want)
+    assert len(set(want[:, 5:].flatten().tolist())) > 2
 
 
 def translation_model():
