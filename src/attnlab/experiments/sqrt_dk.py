@@ -132,7 +132,7 @@ EXPERIMENT = Experiment(
     question="Why divide the attention scores by √d_k?",
     anchor="Vaswani et al. 2017, §3.2.1 footnote 4: q·k has variance d_k, large values push the softmax into regions "
            "of extremely small gradients; scaling by 1/√d_k counteracts it",
-    cost={"quick": "≈10 s", "full": "≈25 min"},
+    cost={"quick": "≈10 s", "full": "≈6 min"},
     seeds={"quick": 1, "full": 2},
     run=run,
 )
