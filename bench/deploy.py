@@ -7,6 +7,7 @@ graphs, ONNX Runtime. Results go to the Deployment section of BENCHMARKS.md.
     python bench/deploy.py translate           # greedy decoding: int8 decoder vs HF Marian fp32, batch 1 and 32
     python bench/deploy.py lm                  # LM generation at batch 1: int8 vs fp32, greedy token agreement
     python bench/deploy.py report              # rewrite the section from the stored results
+    python bench/deploy.py notes "one" "two"   # free-text notes under the tables (replaces the old ones)
 
 Timing: every variant runs once per round, in turn (interleaved), in one process, with
 ``--threads`` torch/ONNX Runtime threads (default 1); a variant's time is its median over the
@@ -162,16 +163,19 @@ def agreement(run_dir: str, dataset: str, threads: int) -> dict:
     q = quantize_int8(copy.deepcopy(fp32))
     test = load(dataset, progress=False).test
     norm = run.extras["normalize"]
-    preds = {"fp32": [], "int8": []}
-    with torch.inference_mode():
+    preds = {"fp32": [], "int8": [], "onnx_int8": []}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        ort_int8 = load_graph(export_model(fp32, Path(tmp) / "q.onnx", int8=True)[0], threads=threads)
         for i in range(0, len(test), 500):
             xb = norm(test.images[i:i + 500])
             preds["fp32"].append(fp32(xb).argmax(-1))
             preds["int8"].append(q(xb).argmax(-1))
-    p32, p8 = torch.cat(preds["fp32"]), torch.cat(preds["int8"])
+            preds["onnx_int8"].append(ort_int8(xb)[0].argmax(-1))
+    p32, p8, po = (torch.cat(preds[k]) for k in ("fp32", "int8", "onnx_int8"))
+    acc = lambda p: (p == test.labels).float().mean().item()  # noqa: E731
     return {"run": run_dir, "model": run.name, "dataset": dataset, "images": len(test),
-            "agreement": (p32 == p8).float().mean().item(), "acc_fp32": (p32 == test.labels).float().mean().item(),
-            "acc_int8": (p8 == test.labels).float().mean().item()}
+            "agreement": (p32 == p8).float().mean().item(), "acc_fp32": acc(p32), "acc_int8": acc(p8),
+            "agreement_onnx_int8": (p32 == po).float().mean().item(), "acc_onnx_int8": acc(po)}
 
 
 # --- ViT-Ti/16, S/16 -------------------------------------------------------------------------------
@@ -262,6 +266,7 @@ def bleu(run_dir: str, src: str, ref: str) -> dict:
 # --- language model --------------------------------------------------------------------------------
 
 def lm(args) -> dict:
+    from attnlab.export import greedy_generate, lm_cache_zeros
     from attnlab.models.lm import TransformerLMConfig, build_lm
 
     ctx = context(args)
@@ -277,7 +282,7 @@ def lm(args) -> dict:
     q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
     prompt = torch.randint(0, model.cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
 
-    def greedy(m):
+    def eager(m):
         step = m.stepper()
         toks, new = [], prompt
         for _ in range(args.new_tokens):
@@ -285,16 +290,26 @@ def lm(args) -> dict:
             toks.append(int(new))
         return toks
 
-    with torch.inference_mode():
-        a, b, c = greedy(model), greedy(q), greedy(ao)
-    first_diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-    res = interleaved({"fp32 (cache)": lambda: greedy(model), "int8 (cache)": lambda: greedy(q),
-                       "reference: torch.ao quantize_dynamic (deprecated)": lambda: greedy(ao)}, args.rounds, "fp32 (cache)")
-    for r in res.values():
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = {k: load_graph(export_model(model, Path(tmp) / f"{k}.onnx", int8=k == "int8")[1], threads=args.threads)
+                 for k in ("fp32", "int8")}
+
+        def exported(k):
+            out = greedy_generate(steps[k], prompt, args.new_tokens, lm_cache_zeros(model, 1), model.cfg.max_len)
+            return out[0, prompt.shape[1]:].tolist()
+
+        fns = {"fp32 eager (cache)": lambda: eager(model), "int8 eager (torchao dynamic)": lambda: eager(q),
+               "ONNX Runtime fp32 step graph": lambda: exported("fp32"), "ONNX Runtime int8 step graph": lambda: exported("int8"),
+               "reference: torch.ao quantize_dynamic (deprecated)": lambda: eager(ao)}
+        with torch.inference_mode():
+            toks = {k: f() for k, f in fns.items()}
+        res = interleaved(fns, args.rounds, "fp32 eager (cache)")
+    ref = toks["fp32 eager (cache)"]
+    for k, r in res.items():
         r["tokens_per_s"] = args.new_tokens / r["seconds"]
+        r["same_tokens"] = sum(x == y for x, y in zip(ref, toks[k])) / len(ref)
+        r["identical_prefix"] = next((i for i, (x, y) in enumerate(zip(ref, toks[k])) if x != y), len(ref))
     return {**ctx, "model": what, "rounds": args.rounds, "new_tokens": args.new_tokens, "rows": res,
-            "same_token_fraction": sum(x == y for x, y in zip(a, b)) / len(a), "identical_prefix": first_diff,
-            "same_token_fraction_torch_ao": sum(x == y for x, y in zip(a, c)) / len(a),
             "load_end": round(os.getloadavg()[0], 2)}
 
 
@@ -330,7 +345,8 @@ def render(results: dict) -> str:
             a = r["agreement"]
             out.append(f"Quality on a trained run (`{a['run']}`, {a['model']}, {a['dataset']} test split, {a['images']} images): "
                        f"int8 top-1 agrees with fp32 on {a['agreement']:.2%}; accuracy fp32 {a['acc_fp32']:.2%}, "
-                       f"int8 {a['acc_int8']:.2%}.")
+                       f"int8 {a['acc_int8']:.2%}" + (f"; ONNX Runtime int8 agrees on {a['agreement_onnx_int8']:.2%}, accuracy "
+                                                       f"{a['acc_onnx_int8']:.2%}." if "acc_onnx_int8" in a else "."))
         out.append("")
     if "small" in results:
         r = results["small"]
@@ -346,10 +362,13 @@ def render(results: dict) -> str:
             out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {r['bleu']['fp32']}, int8 {r['bleu']['int8']}.", ""]
     if "lm" in results:
         r = results["lm"]
-        out += ["### Language-model generation, batch 1, greedy", "", _ctx(r), f"Model: {r['model']}.", ""]
-        out += _table(r["rows"], unit="tok") + [""]
-        out.append(f"Same greedy token as fp32 at {r['same_token_fraction']:.1%} of {r['new_tokens']} positions "
-                   f"(identical for the first {r['identical_prefix']}).")
+        out += ["### Language-model generation, batch 1, greedy", "", _ctx(r),
+                f"Model: {r['model']}; a 16-token prompt, {r['new_tokens']} new tokens.", ""]
+        out += ["| path | tokens/s | × baseline | same greedy token as fp32 eager | identical prefix |",
+                "|---|---:|---:|---:|---:|"]
+        for k, row in r["rows"].items():
+            out.append(f"| {k} | {row['tokens_per_s']:.0f} | {row['speedup']:.2f} | {row['same_tokens']:.1%} | "
+                       f"{row['identical_prefix']} |")
         out.append("")
     for note in results.get("notes", []):
         out.append(f"- {note}")
@@ -382,9 +401,12 @@ def main(argv=None) -> int:
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--layers", type=int, default=6)
     sub.add_parser("report")
+    sub.add_parser("notes").add_argument("notes", nargs="*")
     args = ap.parse_args(argv)
-    if args.part == "report":
+    if args.part in ("report", "notes"):
         results = load_results()
+        if args.part == "notes":
+            results["notes"] = args.notes
         write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
         return 0
     torch.set_num_threads(args.threads)
