@@ -14,8 +14,9 @@ EPILOG = """examples:
   attnlab export runs/multi30k-de-en --format onnx -o mt.onnx   writes mt.encoder.onnx, mt.decoder.onnx
 
 The graphs take any batch size. A ViT takes its own image size (a dynamic_img_size model:
---img-size); a Transformer language model any window up to its context; a recurrent one
---window tokens. An encoder-decoder Transformer gives an encoder graph and a decoder-step graph
+--img-size); a Transformer language model any window up to its context, and a second graph,
+<stem>.step.<format>, runs one generation step with the key/value cache as input and output; a
+recurrent one takes --window tokens. An encoder-decoder Transformer gives an encoder graph and a decoder-step graph
 whose key/value cache is an input and an output (attnlab.export.greedy_decode runs them).
 ONNX needs the optional extra: pip install 'attnlab[export]'.
 """

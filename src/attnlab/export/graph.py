@@ -211,7 +211,9 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = No
 def load_graph(path: str | os.PathLike, threads: int | None = None) -> Callable[..., tuple[Tensor, ...]]:
     """A function running an exported graph: tensors in (in the graph's input order), a tuple of
     tensors out. ``.onnx`` files run in ONNX Runtime (``threads`` intra-op threads), ``.pt2``
-    programs as ``torch.export`` modules."""
+    programs as ``torch.export`` modules. ``torch.export.load`` unpickles what it cannot store as
+    plain tensors (an int8 program's torchao weights), so load only ``.pt2`` files you trust, as
+    with any pickle; an ONNX file holds no code."""
     path = Path(path)
     if path.suffix == ".onnx":
         _require("onnxruntime")
