@@ -101,7 +101,7 @@ def bench_infer(rounds: int, threads: int) -> str:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    hf = transformers.DetrForObjectDetection(transformers.DetrConfig(use_pretrained_backbone=False)).eval()
+    hf = transformers.DetrForObjectDetection(transformers.DetrConfig(use_pretrained_backbone=False, num_labels=91)).eval()
     ours = create_model("detr_resnet50").eval()
     load_detr(ours, hf.state_dict())
     x = torch.randn(1, 3, 800, 800)

@@ -8,6 +8,7 @@ Both map images (B, C, H, W) to a feature map (B, out_channels, H/s, W/s) and sa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -24,10 +25,21 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(n))
         self.register_buffer("running_var", torch.ones(n))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """y = x * scale + shift, per channel."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        scale, shift = self.scale_shift()
         return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor:
+    """bn(conv(x)) as one convolution: frozen BN is affine, so it folds into the kernel and a bias
+    (BN(W * x) = (scale · W) * x + shift): the same function, one pass over the activations."""
+    scale, shift = bn.scale_shift()
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding)
 
 
 class Bottleneck(nn.Module):
@@ -51,11 +63,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False), FrozenBatchNorm2d(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
+        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
+        y = self.relu(conv_bn(self.conv1, self.bn1, x))
+        y = self.relu(conv_bn(self.conv2, self.bn2, y))
+        return self.relu(conv_bn(self.conv3, self.bn3, y) + identity)
 
 
 class ResNet50(nn.Module):
@@ -90,7 +101,8 @@ class ResNet50(nn.Module):
                 p.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 2048, H/32, W/32)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = x.contiguous(memory_format=torch.channels_last)  # CPU convolutions run faster on NHWC
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
