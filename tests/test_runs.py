@@ -332,3 +332,19 @@ def test_a_task_builds_exactly_the_registry_entry_it_names(tmp_path):
     assert rec["model"]["name"] == "transformer_multi30k" and rec["model_args"] == {}
     assert {k: v for k, v in rec["model"]["config"].items() if k not in data} == {k: v for k, v in ref.items()
                                                                                   if k not in data}
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_an_untrusted_trainer_state_is_refused_without_running_it_or_advising_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args("image", tmp_path) + ["--run-dir", str(tmp_path / "r")]) == 0
+    rec = ckpt.read_record(tmp_path / "r", "last")
+    torch.save({"optimizer": _Boom()}, tmp_path / "r" / rec["path"] / rec["state"])
+    capsys.readouterr()
+    err = one_line(capsys, main(["train", "image", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet"]))
+    assert "not trusted" in err and "nothing" in err and "weights_only=False" not in err
+    assert not (tmp_path / "pwned").exists()

@@ -49,6 +49,18 @@ def _limits(src: Tensor, cfg: SearchConfig) -> Tensor:
     return lim
 
 
+def forbid_special(scores: Tensor, cfg: SearchConfig) -> Tensor:
+    """``scores`` (N, V) with the start and padding tokens at -inf: a translation contains
+    neither, so no decoder (ours, or an exported graph's) may produce them."""
+    scores[:, [t for t in (cfg.bos, cfg.pad) if t != cfg.eos]] = float("-inf")
+    return scores
+
+
+def next_scores(stepper, prefix: Tensor, cfg: SearchConfig) -> Tensor:
+    """Log-probabilities (N, V) of the token after ``prefix`` (N, t)."""
+    return forbid_special(stepper.step(prefix[:, -1:]).float().log_softmax(-1), cfg)
+
+
 def _check(src: Tensor) -> None:
     if src.dim() != 2:
         raise ShapeError(f"expected source token ids (B, Ts), got shape {tuple(src.shape)}")
@@ -69,7 +81,7 @@ def greedy_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> 
     alive = torch.arange(b, device=src.device)  # original sentence of each row
     out: list[list[int]] = [[] for _ in range(b)]
     for t in range(1, int(limits.max()) + 1):
-        nxt = stepper.step(prefix[:, -1:]).argmax(-1)  # (N,)
+        nxt = next_scores(stepper, prefix, cfg).argmax(-1)  # (N,)
         prefix = torch.cat([prefix, nxt[:, None]], dim=1)
         done = limits[alive] <= t
         if cfg.eos is not None:
@@ -111,7 +123,7 @@ def beam_search(model, src: Tensor, cfg: SearchConfig | None = None, **kw) -> li
     alive = list(range(b))  # original sentence of each group of k rows
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     for t in range(1, max(limits) + 1):
-        logp = stepper.step(prefix[:, -1:]).float().log_softmax(-1)  # (N*k, V)
+        logp = next_scores(stepper, prefix, cfg)  # (N*k, V)
         v = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(-1, k, v)).view(-1, k * v)  # (N, k*V)
         top_s, top_i = cand.topk(min(2 * k, k * v), dim=-1)

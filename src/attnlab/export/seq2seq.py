@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from attnlab.decode.search import SearchConfig
+from attnlab.decode.search import SearchConfig, forbid_special
 from attnlab.nn.attention import KVCache
 from attnlab.nn.transformer import Transformer
 
@@ -112,7 +112,7 @@ def greedy_decode(encoder: Callable[..., tuple[Tensor, ...]], step: Callable[...
     done = torch.zeros(b, dtype=torch.bool)
     for t in range(1, int(limits.max()) + 1):
         logits, self_k, self_v = step(tok, mask, self_k, self_v, cross_k, cross_v)
-        tok = logits.argmax(-1, keepdim=True)  # (B, 1)
+        tok = forbid_special(logits.float(), cfg).argmax(-1, keepdim=True)  # (B, 1), as greedy_search
         out = torch.cat([out, tok], dim=1)
         done |= limits <= t
         if cfg.eos is not None:

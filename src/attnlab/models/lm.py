@@ -215,9 +215,8 @@ class TransformerLM(nn.Module):
         cached ones."""
         offset = 0 if cache is None else len(cache[0])
         x = self.drop(self.pos.add(x, offset))
-        causal = x.shape[1] > 1  # one new token may attend to every cached one: no mask needed
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=causal, pos=self.pos, cache=None if cache is None else cache[i])
+            x = block(x, causal=True, pos=self.pos, cache=None if cache is None else cache[i])
         return self.head(self.norm(x))
 
     def forward(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:

@@ -25,7 +25,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from attnlab.errors import ConfigError
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn import AdditiveAttention, Transformer, TransformerConfig
-from attnlab.nn.masks import padding_mask
 
 MODEL_TYPES = ("transformer", "gru-attention", "nat")
 
@@ -184,10 +183,7 @@ class MaskPredictTransformer(nn.Module):
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """tgt (B, Tt): target tokens with some set to ``mask_id`` -> logits (B, Tt, V)."""
-        core = self.core
-        x = core._embed(core.tgt_embed, tgt)
-        x = core.decoder(x, memory, padding_mask(tgt != self.pad_id), memory_mask, causal=False, pos=core.pos)
-        return core.out(x)[..., : self.vocab_size]
+        return self.core.decode(tgt, memory, memory_mask, causal=False)[..., : self.vocab_size]
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         memory, mask = self.encode(src)

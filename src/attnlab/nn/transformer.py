@@ -159,7 +159,8 @@ class Transformer(nn.Module):
         if cache is not None:
             valid = cache[0][0].record_valid(valid)  # (B, offset + Tt)
         x = self._embed(self.tgt_embed, tgt, offset)
-        x = self.decoder(x, memory, padding_mask(valid), memory_mask, causal=causal, pos=self.pos, cache=cache)
+        self_mask = None if bool(valid.all()) else padding_mask(valid)  # no padding (decoding): the unmasked kernel
+        x = self.decoder(x, memory, self_mask, memory_mask, causal=causal, pos=self.pos, cache=cache)
         return self.out(x)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import CheckpointError
-from attnlab.io import atomic_write_bytes, atomic_write_json, save_safetensors_atomic
+from attnlab.io import atomic_write_bytes, atomic_write_json, save_safetensors_atomic, untrusted_pickle_message
 
 FORMAT = "attnlab-run/1"
 RECORDS = ("last", "best")
@@ -141,6 +142,8 @@ def load_state(run_dir: str | Path, record: dict) -> dict:
     path = Path(run_dir) / record["path"] / record["state"]
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # it holds more than tensors and plain containers
+        raise CheckpointError(untrusted_pickle_message(path, "trainer state")) from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds of errors for bad files
         raise CheckpointError(f"cannot read trainer state {path}: {e}") from e
 
