@@ -106,10 +106,10 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
     """Test metrics of the best checkpoint and the illustrated report of the demo run."""
     import torch
 
-    from attnlab.viz import report
     from attnlab.tasks.image import ImageClassification
     from attnlab.train.engine import Plan, evaluation_sums
     from attnlab.train.metrics import per_class_accuracy
+    from attnlab.viz import report
     from attnlab.viz.common import save_figure
     from attnlab.viz.curves import plot_confusion
     from attnlab.viz.vit import plot_attention, plot_posembed_similarity
