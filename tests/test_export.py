@@ -136,8 +136,7 @@ def test_lm_window_export_matches_eager(tmp_path, fmt, kind):
         assert max_err(run(idx)[0], ref) < TOL
 
 
-@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
-@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("fmt,position", [("pt2", "learned"), ("onnx", "rotary")])
 def test_lm_step_graph_generates_like_eager(tmp_path, fmt, position):
     """The exported step (key/value cache as inputs/outputs) gives the eager greedy continuation exactly."""
     from attnlab.decode.sampling import generate
