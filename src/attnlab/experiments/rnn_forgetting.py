@@ -192,10 +192,12 @@ def run(ctx: Context) -> Result:
     else:
         finding = (f"This does not show the anchor's ordering at lag {longest} (see the table): the claim is not "
                    "confirmed at this budget. ")
-    finding += ("The gated cells reach at least as far as the plain RNN, as Hochreiter & Schmidhuber describe. "
-                if gated_better else
-                f"But the gated cells do not beat the plain RNN here (see the accuracies): in {epochs * steps} steps they "
-                "learn more slowly, so the anchor's LSTM/GRU advantage on long lags is not reproduced at this budget. ")
+    if any(solved.values()):
+        finding += ("The gated cells reach at least as far as the plain RNN, as Hochreiter & Schmidhuber describe. "
+                    if gated_better else
+                    f"But the gated cells do not beat the plain RNN here (see the accuracies): in {epochs * steps} steps "
+                    "they learn more slowly, so the anchor's LSTM/GRU advantage on long lags is not reproduced at this "
+                    "budget. ")
     verdict = (
         "Copy accuracy (>90%: solved; within 10 points of chance: failed): "
         + "; ".join(f"{k} solves lags {solved[k] or 'none'}, fails {failed[k] or 'none'}" for k in KINDS)
