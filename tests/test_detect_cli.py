@@ -25,7 +25,8 @@ def canvas_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("detect")
     torch.set_num_threads(1)
     args = ["train", "detect", "--model", "detr_digits", *margs(TINY), "--train-size", "32", "--val-size", "16",
-            "--batch-size", "16", "--epochs", "1", "--min-scale", "10", "--max-scale", "16", "--threads", "1", "--quiet",
+            "--batch-size", "16", "--epochs", "1", "--min-scale", "10", "--max-scale", "16", "--pretrain-backbone", "3",
+            "--threads", "1", "--quiet",
             "--run-dir", str(tmp / "run")]
     assert main(args) == 0
     return tmp / "run"
@@ -35,6 +36,9 @@ def test_canvas_run_metrics_and_commands(canvas_run, tmp_path, capsys):
     metrics = json.loads((canvas_run / "metrics.json").read_text())
     row = metrics["epochs"][-1]
     assert metrics["main_metric"] == "AP50" and {"val_AP", "val_AP50", "val_AP75", "val_loss"} <= set(row)
+    rec = json.loads((canvas_run / "last.json").read_text())
+    assert rec["backbone_pretraining"]["steps"] == 3
+    assert rec["model"]["parameters"] > 0
     assert 0.0 <= row["val_AP50"] <= 1.0
     capsys.readouterr()
     assert main(["eval", str(canvas_run), "--json"]) == 0
@@ -81,3 +85,20 @@ def test_train_on_coco_files(tmp_path):
     assert main(["train", "detect", "--model", "detr_digits", *margs(TINY + ["in_chans=3"]), "--epochs", "1",
                  "--run-dir", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_backbone_pretraining_then_frozen():
+    from attnlab.models import create_model
+    from attnlab.tasks.detect import DetectDataConfig, load_data, make_task
+    from attnlab.train.config import TrainConfig
+
+    model = create_model("detr_digits", cnn_widths=(16, 32), d_model=32, num_heads=4, img_size=32, num_encoder_layers=1,
+                         num_decoder_layers=1, d_ff=64, num_queries=4)
+    before = model.backbone.body[0].weight.clone()
+    data = load_data(DetectDataConfig(train_size=16, val_size=4, min_scale=10, max_scale=16, pretrain_backbone=20),
+                     model.cfg)
+    task = make_task(data, model, TrainConfig())
+    assert task.record()["backbone_pretraining"]["steps"] == 20
+    assert not torch.equal(before, model.backbone.body[0].weight)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())

@@ -215,14 +215,14 @@ def test_load_refuses_wrong_shapes_and_keeps_model():
 
 def test_small_model_shapes_and_aux():
     model = create_model("detr_digits")
-    assert isinstance(model, DETR) and model.cfg.num_queries == 12
+    assert isinstance(model, DETR) and model.cfg.num_queries == 6
     out = model(torch.randn(2, 1, 64, 64), need_weights=True)
-    assert out["logits"].shape == (2, 12, 11) and out["boxes"].shape == (2, 12, 4)
+    assert out["logits"].shape == (2, 6, 11) and out["boxes"].shape == (2, 6, 4)
     assert ((out["boxes"] > 0) & (out["boxes"] < 1)).all()
     assert len(out["aux"]) == model.cfg.num_decoder_layers - 1
     assert out["feature_size"] == (8, 8)
-    assert out["encoder_attention"][0].shape == (2, 8, 64, 64) and out["cross_attention"][-1].shape == (2, 8, 12, 64)
-    torch.testing.assert_close(out["cross_attention"][-1].sum(-1), torch.ones(2, 8, 12))
+    assert out["encoder_attention"][0].shape == (2, 4, 64, 64) and out["cross_attention"][-1].shape == (2, 4, 6, 64)
+    torch.testing.assert_close(out["cross_attention"][-1].sum(-1), torch.ones(2, 4, 6))
     with pytest.raises(ShapeError, match="takes images"):
         model(torch.randn(2, 3, 64, 64))
     with pytest.raises(ConfigError, match="cnn_widths"):
