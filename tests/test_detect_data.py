@@ -133,3 +133,15 @@ def test_coco_metrics_through_the_evaluator():
     assert m["AP50"] == pytest.approx(1.0) and m["AP75"] < 0.8 and m["AP"] < 1.0
     wrong_class = [perfect[0], {**perfect[1], "labels": torch.tensor([0])}]
     assert coco_metrics(gt, wrong_class, [1, 2])["AP50"] < 1.0
+
+
+@pytest.mark.slow
+def test_mnist_canvases(shared_data):
+    cfg = CanvasConfig(source=f"mnist:{shared_data / 'mnist'}", size=64, min_scale=20, max_scale=28)
+    ds = make_canvases(cfg, 4, seed=0, split="val")
+    assert ds.images.shape == (4, 1, 64, 64) and all(len(b) >= 1 for b in ds.boxes)
+    # an MNIST digit fills more of its square than an 8x8 scikit-learn digit: boxes are still tight
+    img, box = ds.images[0, 0], ds.boxes[0]
+    cx, cy, w, h = (box[0] * 64).tolist()
+    inside = img[round(cy - h / 2):round(cy + h / 2), round(cx - w / 2):round(cx + w / 2)] > 0
+    assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
