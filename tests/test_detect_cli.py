@@ -81,6 +81,9 @@ def test_train_on_coco_files(tmp_path):
     rec = json.loads((tmp_path / "run" / "last.json").read_text())
     assert rec["labels"] == ["cat", "dog"] and rec["category_ids"] == [3, 7]
     assert rec["dataset"]["val_size"] == 2 and "val_AP50" in rec["metrics"]
+    assert main(["eval", str(tmp_path / "run"), "--dataset", spec, "--json"]) == 0  # all 6 images scored
+    res = json.loads((tmp_path / "run" / "eval" / "coco-val" / "results.json").read_text())
+    assert res["images"] == 6 and 0.0 <= res["AP"] <= res["AP50"] <= 1.0
     # a canvas dataset for a 3-channel model is refused in one line
     assert main(["train", "detect", "--model", "detr_digits", *margs(TINY + ["in_chans=3"]), "--epochs", "1",
                  "--run-dir", str(tmp_path / "bad")]) == 2

@@ -273,12 +273,12 @@ def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tup
     """COCO AP, AP50, AP75 and the set loss on the run's validation data or a COCO dataset."""
     model, rec = run.model, run.record
     dc = DetectDataConfig(**{k: v for k, v in rec["data_config"].items() if k in DetectDataConfig.__dataclass_fields__})
-    if ec.dataset:
-        dc.dataset, dc.val_dataset = ec.dataset, ec.dataset
+    if ec.dataset:  # COCO data is scored whole (read as its own validation split); canvases draw their validation set
+        dc.dataset, dc.val_dataset = ec.dataset, (ec.dataset if ec.dataset.startswith("coco:") else None)
     data = load_data(dc, model.cfg, progress=progress, model_name=run.name)
     if data.classes != run.extras["labels"]:
-        raise DataError(f"{ec.dataset} has classes {data.classes[:8]} but {run.name} was trained on "
-                        f"{run.extras['labels'][:8]}")
+        raise DataError(f"{dc.dataset} has classes {', '.join(data.classes[:8])} but {run.name} was trained on "
+                        f"{', '.join(run.extras['labels'][:8])}")
     task = Detection(data.val, data.val, data.classes, data.category_ids, run.extras["normalize"], len(data.val),
                      ec.batch_size)
     t0 = time.perf_counter()
