@@ -370,7 +370,7 @@ def render(results: dict) -> str:
         r = results[key]
         out += [f"### Language-model generation, batch 1, greedy{' (a trained run)' if key == 'lm_run' else ''}", "", _ctx(r),
                 f"Model: {r['model']}; 16-token random prompts, {r['new_tokens']} new tokens; timing on the first prompt, "
-                f"agreement over {r.get('prompts', 1)} prompts (identical prefix: the median number of leading tokens "
+                f"agreement over {r.get('prompts', 1)} prompt(s) (identical prefix: the median number of leading tokens "
                 f"equal to fp32's).", ""]
         out += ["| path | tokens/s | × baseline | same greedy token as fp32 eager | identical prefix |",
                 "|---|---:|---:|---:|---:|"]
