@@ -25,7 +25,7 @@ def distill(ctx: Context, teacher: dict, src_file: str, seed: int) -> str:
     def make() -> str:
         run = load(teacher["run_dir"])
         hyps = translate_lines(run.model, run.extras["src_tokenizer"], run.extras["tgt_tokenizer"], read_lines(src_file),
-                               DecodeOptions(beam=1, batch_size=64), progress=ctx.progress)
+                               DecodeOptions(beam=1, batch_size=64, **ctx.decode_limits()), progress=ctx.progress)
         return "".join((h or ".") + "\n" for h in hyps)  # an empty translation would drop its pair
 
     return str(ctx.derived_file(f"distilled-s{seed}.en", make))

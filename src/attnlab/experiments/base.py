@@ -166,16 +166,22 @@ class Context:
         self.arms[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
         return summary
 
+    def decode_limits(self) -> dict:
+        """Target length limits (DecodeOptions fields) of the decoding done by an experiment."""
+        return self.pick({"max_len_a": 0.5, "max_len_b": 2}, {})
+
     def translation_scores(self, summary: dict, tag: str | None = None, **decode) -> dict:
         """BLEU/chrF and decoding time of a translation arm on its validation set, or on
         ``decode["src"]``/``decode["ref"]`` (``attnlab eval`` of the run; ``decode`` =
-        TranslateEvalConfig fields), computed once and kept in ``RUN_DIR/eval/<tag>``."""
+        TranslateEvalConfig fields), computed once and kept in ``RUN_DIR/eval/<tag>``. At quick
+        budget decoding stops after ``decode_limits()`` tokens (a barely trained model never ends
+        its sentences)."""
         from attnlab.tasks.translate import TranslateEvalConfig
         from attnlab.train.runs import evaluate, load
 
         if summary.get("diverged"):
             return {"bleu": float("nan"), "chrf": float("nan")}
-        ec = TranslateEvalConfig(**decode)
+        ec = TranslateEvalConfig(**{**self.decode_limits(), **decode})
         out = Path(summary["run_dir"]) / "eval" / (tag or "-".join(f"{k}{v}" for k, v in sorted(decode.items())) or "default")
         if (out / "results.json").exists():
             return json.loads((out / "results.json").read_text())
