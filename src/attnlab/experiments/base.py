@@ -287,6 +287,7 @@ def _jsonable(obj):
 
 def write_outputs(ctx: Context, res: Result, started: float, load_start, command: list[str] | None) -> dict:
     """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``."""
+    from attnlab.train.runs import atomic_write_text
     from attnlab.viz.common import save_figure
 
     exp, out = ctx.exp, ctx.out
@@ -309,20 +310,15 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
     }
     atomic_write_json(out / "results.json", _jsonable(results))
-    _write_text(out / "table.md", table)
-    _write_text(out / "verdict.md", verdict + "\n")
+    atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "verdict.md", verdict + "\n")
     readme = [f"# {exp.name}: {exp.question}", "", f"Budget **{ctx.budget}**, seeds {ctx.seeds}, "
               f"{ctx.threads} thread(s), {wall:.0f} s wall time, load average at start {load_start}.", "",
               f"Command: `{' '.join(command or [])}`", "", f"Anchor: {exp.anchor}", "", table]
     readme += [f"![{stem}]({name})\n" for stem, name in figures.items()]
     readme += ["## Verdict", "", verdict, ""]
-    _write_text(out / "README.md", "\n".join(readme))
+    atomic_write_text(out / "README.md", "\n".join(readme))
     return results
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
 def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = None, threads: int = 1,
