@@ -13,8 +13,8 @@ EPILOG = """examples:
   attnlab export vit_base_patch16_224 --format onnx --int8      a registered model, fresh weights
   attnlab export runs/multi30k-de-en --format onnx -o mt.onnx   writes mt.encoder.onnx, mt.decoder.onnx
 
-The graphs take any batch size. A ViT takes its own image size (a dynamic_img_size model:
---img-size); a Transformer language model any window up to its context, and a second graph,
+The graphs take any batch size. A ViT takes its own image size (a dynamic_img_size model: any
+multiple of the patch size); a Transformer language model any window up to its context, and a second graph,
 <stem>.step.<format>, runs one generation step with the key/value cache as input and output; a
 recurrent one takes --window tokens. An encoder-decoder Transformer gives an encoder graph and a decoder-step graph
 whose key/value cache is an input and an output (attnlab.export.greedy_decode runs them).
@@ -46,8 +46,6 @@ def register(subparsers) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint of a run (default: best)")
     p.add_argument("--window", type=positive_int, default=64, metavar="T",
                    help="tokens per window of a recurrent language model's graph (default: 64)")
-    p.add_argument("--img-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
-                   help="image size of a dynamic_img_size ViT's graph (default: the model's own)")
     p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
                    help="for a model name: override a field of its config, e.g. --model-arg num_classes=10 (repeatable)")
     one_line_errors(p)
@@ -63,12 +61,11 @@ def run(args) -> int:
     model, name, default_dir = _load(args)
     fmt = args.format or _format_of(args.output)
     out = Path(args.output) if args.output else default_dir / f"{name}{'.int8' if args.int8 else ''}{SUFFIX[fmt]}"
-    graphs = graphs_of(model, window=args.window, img_size=tuple(args.img_size) if args.img_size else None)
+    graphs = graphs_of(model, window=args.window)
     for g in graphs:  # refuse a bad target before the (slow) export
         _check_target(piece_path(out, g.name), fmt)
     log_line(f"exporting {name} to {fmt}{' (int8)' if args.int8 else ''} ...")
-    written = export_model(model, out, fmt, int8=args.int8, window=args.window,
-                           img_size=tuple(args.img_size) if args.img_size else None)
+    written = export_model(model, out, fmt, int8=args.int8, window=args.window)
     for path, g in zip(written, graphs):
         with torch.no_grad():
             want = g.module(*g.args)

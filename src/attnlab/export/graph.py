@@ -6,8 +6,9 @@ extra: ``pip install 'attnlab[export]'`` (onnx, onnxscript, onnxruntime, torchao
 
 What is exported (:func:`graphs_of`):
 
-- a ViT: images (B, C, H, W) -> logits (B, K), B dynamic. The image size is fixed per export
-  (a ``dynamic_img_size`` model picks its position grid in Python, so export it once per size).
+- a ViT: images (B, C, H, W) -> logits (B, K), B dynamic; H and W fixed at the model's size,
+  or, for a ``dynamic_img_size`` model, any multiples of the patch size (the graph resamples the
+  position embeddings, as the eager model does).
 - a language model: a window of token ids (B, T) -> logits (B, T, V), B dynamic; T dynamic up
   to the context length for a Transformer, fixed (``window``) for a recurrent model, whose
   recurrence torch.export unrolls; a recurrent model starts from the zero state. A Transformer
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from attnlab.errors import ConfigError, UnsupportedError
+from attnlab.errors import UnsupportedError
 from attnlab.export.int8 import _torchao_quantization, quantize_int8
 from attnlab.export.lm import LMStepGraph, lm_cache_zeros
 from attnlab.export.seq2seq import DecoderStepGraph, EncoderGraph, self_cache_zeros
@@ -85,22 +86,20 @@ def _is_lm(model: nn.Module) -> bool:
     return isinstance(model, (RecurrentLM, TransformerLM))
 
 
-def graphs_of(model: nn.Module, batch: int = 2, window: int = 64, img_size: tuple[int, int] | None = None) -> list[Graph]:
+def graphs_of(model: nn.Module, batch: int = 2, window: int = 64) -> list[Graph]:
     """The graphs that export ``model`` (in eval mode), with example inputs of batch ``batch``
     (>= 2: torch.export specialises a dimension whose example size is 0 or 1). ``window``: the
-    fixed number of tokens a recurrent language model's graph takes. ``img_size``: (H, W) of a
-    ``dynamic_img_size`` ViT's graph (default: the model's own size)."""
+    fixed number of tokens a recurrent language model's graph takes."""
     model.eval()
     b = Dim("batch", min=1, max=4096)
     if _is_vit(model):
         cfg = model.cfg
         h, w = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else cfg.img_size
-        if img_size is not None:
-            if not cfg.dynamic_img_size and tuple(img_size) != (h, w):
-                raise ConfigError(f"{model.name} takes {h}x{w} images only; another size needs a model built with "
-                                  f"dynamic_img_size=True")
-            h, w = img_size
-        return [Graph("", model, (torch.randn(batch, cfg.in_chans, h, w),), ["images"], ["logits"], {"images": {0: b}})]
+        dims = {0: b}
+        if cfg.dynamic_img_size:  # any multiple of the patch size; position embeddings resampled in the graph
+            p = cfg.patch_size
+            dims.update({2: p * Dim("grid_h", min=1, max=1024), 3: p * Dim("grid_w", min=1, max=1024)})
+        return [Graph("", model, (torch.randn(batch, cfg.in_chans, h, w),), ["images"], ["logits"], {"images": dims})]
     if _is_lm(model):
         if model.is_recurrent:  # torch.export unrolls the recurrence: one program per window length
             idx = torch.randint(0, model.cfg.vocab_size, (batch, window))
@@ -186,19 +185,19 @@ def piece_path(path: str | os.PathLike, name: str) -> Path:
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = None, int8: bool = False,
-                 window: int = 64, img_size: tuple[int, int] | None = None) -> list[Path]:
+                 window: int = 64) -> list[Path]:
     """Export ``model`` to ``path`` as ONNX or ``.pt2`` (``fmt``; default: from the suffix);
     returns the files written (two for the encoder–decoder Transformer: ``<stem>.encoder<suffix>``
     and ``<stem>.decoder<suffix>``; for a Transformer LM the window graph at ``path`` and
     ``<stem>.step<suffix>``). ``int8`` quantizes a copy of the model; ``model`` is unchanged.
-    ``window``, ``img_size``: see :func:`graphs_of`."""
+    ``window``: see :func:`graphs_of`."""
     fmt = fmt or Path(path).suffix.lstrip(".")
     if fmt not in FORMATS:
         raise UnsupportedError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if int8 and fmt == "pt2":
         model = quantize_int8(copy.deepcopy(model))
     written = []
-    for g in graphs_of(model, window=window, img_size=img_size):
+    for g in graphs_of(model, window=window):
         out = piece_path(path, g.name)
         if fmt == "pt2":
             save_pt2(g, out)

@@ -219,11 +219,12 @@ def _add_pos_for_images(z: Tensor, x: Tensor, table: Tensor | None, kind: str, g
                         num_prefix: int) -> Tensor:
     """z + E_pos for the patch grid of the images x (dynamic_img_size): the model's own ``table``
     (1, N, C) on its own ``grid``; on another grid the learned table resampled bicubically, or a
-    sin-cos table of that grid's size."""
+    sin-cos table of that grid's size. Under torch.export the grid is symbolic, so there is no
+    branch on it: every grid is resampled or recomputed, which gives the own table exactly on the own grid."""
     new = (x.shape[2] // patch, x.shape[3] // patch)
     if table is None:
         return z
-    if new == tuple(grid):
+    if not torch.compiler.is_exporting() and new == tuple(grid):
         return z + table.to(z.dtype)
     if kind == "learn":
         return z + resample_grid(table, grid, new, num_prefix).to(z.dtype)

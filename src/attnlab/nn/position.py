@@ -201,8 +201,8 @@ def resample_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, i
     """Resample learned position embeddings (1, prefix + Gh*Gw, C) to a new patch grid with
     bicubic interpolation; prefix tokens (class token) are kept as they are. Antialiased, as
     timm does, so shrinking the grid gives the same numbers as timm too."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos
+    if not torch.compiler.is_exporting() and tuple(old_grid) == tuple(new_grid):  # exporting: no branch on a traced
+        return pos                                                                   # grid (the same grid resamples exactly)
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
     c = grid.shape[-1]
     if grid.shape[1] != old_grid[0] * old_grid[1]:
