@@ -376,7 +376,7 @@ def render(results: dict) -> str:
                 "|---|---:|---:|---:|---:|"]
         for k, row in r["rows"].items():
             out.append(f"| {k} | {row['tokens_per_s']:.0f} | {row['speedup']:.2f} | {row['same_tokens']:.1%} | "
-                       f"{row['identical_prefix']} |")
+                       f"{row['identical_prefix']:g} |")
         out.append("")
     for note in results.get("notes", []):
         out.append(f"- {note}")
