@@ -16,6 +16,9 @@ any server) to explore a model's attention on one input:
   a Transformer language model on a prompt: head view, model view (layers x heads);
   a translation model on a source sentence: encoder, decoder and cross-attention, one decoding
     step at a time (the target is the model's greedy translation, or --target);
+  a DETR (a run, or a registered name) on an IMAGE: each confident query's box with its decoder
+    cross-attention over the image (DETR Fig. 6), the encoder self-attention of any feature-map
+    cell (Fig. 3);
 and in each, a worked head: Q·Kᵀ, ÷√d_k, softmax and ·V with the model's real numbers.
 A registered name builds a random-init model (the page says so) unless --weights fills it
 (timm, torchvision, Hugging Face, JAX or attnlab files); text models named by the
@@ -28,15 +31,16 @@ EPILOG = """examples:
   attnlab viz explore runs/vit_digits digit.png -o digit.html --layer 5 --head 2
   attnlab viz explore runs/shakespeare "ROMEO: But soft" -o romeo.html
   attnlab viz explore runs/multi30k "Ein Hund läuft." -o mt.html --target "A dog runs."
+  attnlab viz explore runs/detr_digits canvas.png -o detr.html --threshold 0.5
 """
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("explore", help="one offline HTML page to explore a model's attention (ViT, LM, translation)",
+    p = sub.add_parser("explore", help="one offline HTML page to explore a model's attention (ViT, LM, translation, DETR)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a registered model name (random init), a checkpoint file that carries "
                                                   "its config, or a run directory (RUN_DIR, RUN_DIR:last)")
-    p.add_argument("input", metavar="INPUT", help="an image file (ViT), a prompt (language model) or a source sentence "
+    p.add_argument("input", metavar="INPUT", help="an image file (ViT, DETR), a prompt (language model) or a source sentence "
                                                   "(translation)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the HTML file to write (an existing file must be HTML)")
     p.add_argument("--weights", type=Path, help="weights to load into the registered MODEL: a timm, torchvision, Hugging Face, "
@@ -47,13 +51,16 @@ def add_parser(sub) -> None:
     p.add_argument("--src-tokenizer", type=Path, help="translation: the source tokenizer JSON when MODEL is not a run")
     p.add_argument("--tgt-tokenizer", type=Path, help="translation: the target tokenizer JSON when MODEL is not a run")
     p.add_argument("--layer", type=int, default=-1, help="the worked head's layer (ViT block, LM block, translation: a layer "
-                                                          "of --attention), negative counts from the end (default: -1)")
+                                                          "of --attention, DETR: a decoder layer's cross-attention), "
+                                                          "negative counts from the end (default: -1)")
     p.add_argument("--head", type=int, default=0, help="the worked head's head (default: 0)")
     p.add_argument("--attention", choices=("enc", "dec", "cross"), default="cross",
                    help="translation: the worked head's attention: encoder self, decoder self or cross (default: cross)")
     p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
                                                          "(default: ImageNet's for RGB models, none for grey)")
     p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std to normalise the image with")
+    p.add_argument("--threshold", type=float, default=0.7, help="DETR: show the queries whose score reaches this (the three "
+                                                                "best when none does; default: 0.7)")
     p.add_argument("--max-mb", type=float, default=3.0, help="size budget of the page in MB; past it, evenly spaced layers "
                                                              "are kept and the page says so (default: 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init when MODEL is a registered name (default: 0)")
@@ -83,6 +90,15 @@ def run(args) -> int:
                 mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
         data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=mean, std=std,
                                    worked=worked, class_names=names, budget=budget)
+    elif kind == "detr":
+        from attnlab.data.images import read_images
+
+        s = int(model.cfg.img_size)
+        image = read_images([args.input], (s, s), model.cfg.in_chans, convert=True)[0]
+        normalize, labels = ((run.extras["normalize"], run.extras["labels"]) if run is not None
+                             else explore.detr_defaults(model))
+        data = explore.explore_detr(model, image, normalize, labels, label=label, random_init=random_init,
+                                    threshold=args.threshold, worked=worked, budget=budget)
     elif kind == "lm":
         data = explore.explore_lm(model, tokenizers, args.input, label=label, random_init=random_init,
                                   worked=worked, budget=budget)
@@ -96,7 +112,8 @@ def run(args) -> int:
 
 
 def family(model) -> str:
-    """"vit", "lm" or "translation"; one line for a model the explorer cannot show."""
+    """"vit", "lm", "translation" or "detr"; one line for a model the explorer cannot show."""
+    from attnlab.models.detr import DETR
     from attnlab.models.lm import RecurrentLM, TransformerLM
     from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
     from attnlab.models.vit import VisionTransformer
@@ -104,6 +121,8 @@ def family(model) -> str:
 
     if isinstance(model, VisionTransformer):
         return "vit"
+    if isinstance(model, DETR):
+        return "detr"
     if isinstance(model, TransformerLM):
         return "lm"
     if isinstance(model, (Transformer, GRUAttentionSeq2Seq)):
@@ -112,7 +131,8 @@ def family(model) -> str:
         raise ConfigError(f"{getattr(model, 'name', 'this model')} is a recurrent language model: it has no attention to explore")
     if isinstance(model, MaskPredictTransformer):
         raise ConfigError("the explorer does not show the non-autoregressive mask-predict model; use a Transformer run")
-    raise ConfigError(f"the explorer cannot show a {type(model).__name__}; it shows ViTs, Transformer LMs and translation models")
+    raise ConfigError(f"the explorer cannot show a {type(model).__name__}; "
+                      "it shows ViTs, Transformer LMs, translation models and DETR")
 
 
 def load(args):
@@ -153,7 +173,7 @@ def _tokenizers(args, kind: str):
     """The tokenizer(s) a text model needs, from --tokenizer / --src-tokenizer / --tgt-tokenizer."""
     from attnlab.data.tokenizers import load_tokenizer
 
-    if kind == "vit":
+    if kind in ("vit", "detr"):
         return None
     if kind == "lm":
         if args.tokenizer is None:

@@ -1,6 +1,6 @@
 """The attention explorer: one self-contained, offline HTML page to look at a model's attention.
 
-:func:`explore_vit`, :func:`explore_lm` and :func:`explore_translation` run a model once on one
+:func:`explore_vit`, :func:`explore_lm`, :func:`explore_translation` and :func:`explore_detr` run a model once on one
 input and collect what the page shows, as a JSON-able dict ("page data"); :func:`write_page`
 inlines that data with the page's own JS and CSS (``explore_page/``) into one HTML file that
 makes no request to any server (images are data URIs, there is no CDN).
@@ -19,7 +19,10 @@ Text models (no ``get_attention_maps`` of their own) are observed with
 :class:`attnlab.viz.record.AttentionRecorder`; the worked head's layer also has its inputs
 kept (:func:`keep_inputs`) to recompute its Q, K and V.
 
-Extension point: a new model family (DETR) adds an ``explore_<kind>`` collector returning
+:func:`explore_detr` shows a DETR: its detections, each shown query's decoder cross-attention
+(Fig. 6) and the encoder self-attention of every feature-map cell (Fig. 3).
+
+Extension point: a new model family adds an ``explore_<kind>`` collector returning
 ``{"kind": "<kind>", ...}`` and a renderer ``RENDER.<kind>`` in ``explore_page/page.js``.
 """
 
@@ -95,11 +98,13 @@ def packed_bytes(shape: Sequence[int]) -> int:
 @dataclass
 class Inputs:
     """What one call of an attention module was given: x (B, Tq, C), the context (B, Tk, C)
-    of cross-attention or None, and the keyword arguments (mask, causal, pos, ...)."""
+    of cross-attention or None, and the keyword arguments (mask, causal, pos, ...); ``value``
+    (B, Tk, C): the values' input where it is not the keys' (DETR adds positions to keys only)."""
 
     x: Tensor
     context: Tensor | None
     kwargs: dict
+    value: Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -148,7 +153,7 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
     sl = lambda i: slice(i * c + head * d, i * c + (head + 1) * d)  # noqa: E731  rows of head `head` in W_q, W_k, W_v
     lin = lambda inp, i: F.linear(inp, w[sl(i)], None if bias is None else bias[sl(i)])  # noqa: E731  (1, T, D)
     src = x if context is None else context[:1]
-    q, k, v = lin(x, 0), lin(src, 1), lin(src, 2)
+    q, k, v = lin(x, 0), lin(src, 1), lin(src if inputs.value is None else inputs.value[:1], 2)
     pos = kw.get("pos")
     score_bias = None
     if context is None and pos is not None:
@@ -407,6 +412,79 @@ def _top5(logits: Tensor, class_names: Sequence[str] | None) -> list[dict]:
     p, idx = logits.float().softmax(-1).topk(min(5, logits.shape[-1]))
     name = (lambda i: class_names[i]) if class_names is not None else (lambda i: f"class {i}")
     return [{"label": name(int(i)), "p": round(float(pp), 4)} for pp, i in zip(p, idx)]
+
+
+# ---------------------------------------------------------------------- DETR
+def detr_defaults(model: nn.Module) -> tuple:
+    """(normalize, labels) of a DETR without a run (random init or a checkpoint file): what
+    ``attnlab viz attention`` uses, 0/1 for grey images, ImageNet's for RGB; class indices as names."""
+    from attnlab.data.transforms import Normalize
+    from attnlab.tasks.detect import IMAGENET
+
+    mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
+    return Normalize(mean, std), [str(i) for i in range(model.cfg.num_classes)]
+
+
+@torch.no_grad()
+def explore_detr(model: nn.Module, image: Tensor, normalize, labels: Sequence[str], *, label: str, random_init: bool = False,
+                 threshold: float = 0.7, max_queries: int = 20, worked: tuple[int, int] = (-1, 0),
+                 budget: int = BUDGET_BYTES) -> dict:
+    """Page data of a DETR (:class:`attnlab.models.detr.DETR`) on one image, uint8 (C, S, S) at the
+    model's size, normalised by ``normalize`` (the run's): every query's detection (label, score,
+    box in pixels, :func:`attnlab.detect.coco_eval.postprocess`); the decoder cross-attention
+    (L, H, n, h·w) of the shown queries (score >= ``threshold``, at most ``max_queries``; the
+    best three when none reach it), DETR Fig. 6; the encoder self-attention (L, H, h·w, h·w) of
+    every feature-map cell, Fig. 3; and the worked head ``worked`` = (decoder layer, head) of the
+    cross-attention, Q from the decoder state plus the query embedding, K from the memory plus
+    its positions, V from the memory. Maps come from the model's own ``need_weights`` path."""
+    from attnlab.detect.coco_eval import postprocess
+    from attnlab.viz.detection import detr_attention
+
+    if image.dim() != 3 or image.dtype != torch.uint8:
+        raise ConfigError(f"explore one uint8 image (C, H, W), got {image.dtype} of shape {tuple(image.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
+    x = normalize(image[None]).to(next(model.parameters()).device)
+    layer = _parse_layer(worked[0], len(model.decoder), "decoder layer")
+    model.eval()
+    states: list[Tensor] = []  # the decoder state that enters the worked layer's cross-attention (after norm1)
+    handle = model.decoder[layer].norm1.register_forward_hook(lambda m, a, out: states.append(out.detach()))
+    try:
+        out = detr_attention(model, x)["out"]
+    finally:
+        handle.remove()
+    memory, pos = model.encode(x)[:2]  # (1, T, C) each: the encoder's output and its sine positions
+    (fh, fw), size = out["feature_size"], tuple(image.shape[-2:])
+    det = postprocess(out["logits"], out["boxes"], [size])[0]
+    order = det["scores"].argsort(descending=True).tolist()
+    shown = [i for i in order if det["scores"][i] >= threshold][:max_queries]
+    notes = []
+    if not shown:
+        shown = order[:3]
+        notes.append(f"No query reaches score {threshold:g}; the {len(shown)} most confident are shown.")
+    queries = [{"query": int(i), "label": str(labels[int(det["labels"][i])]), "score": round(float(det["scores"][i]), 4),
+                "box": [round(float(v), 2) for v in det["boxes"][i]]}
+               for i in range(len(det["scores"]))]
+    cross = torch.stack([a[0].float() for a in out["cross_attention"]])  # (L, H, N, T)
+    enc = torch.stack([a[0].float() for a in out["encoder_attention"]])  # (L, H, T, T)
+    mha = model.decoder[layer].cross_attn
+    qpos = model.query_embed.weight[None]
+    inputs = Inputs(_only(states, f"decoder.{layer}.norm1") + qpos, memory + pos, {}, value=memory)
+    data = {
+        "kind": "detr", "meta": _meta(model, label, random_init), "notes": notes,
+        "image": {"src": image_data_uri(image.float() / 255), "height": size[0], "width": size[1]},
+        "grid": [fh, fw], "threshold": threshold, "queries": queries, "shown": shown,
+        "worked": _worked("cross", layer, worked[1], mha, inputs, out["cross_attention"][layer], notes),
+    }
+    cross_desc = {"id": "cross", "title": "decoder cross-attention", "queries": "queries", "keys": "cells"}
+    enc_desc = {"id": "enc", "title": "encoder self-attention", "queries": "cells", "keys": "cells"}
+    fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 1024
+    if fixed + packed_bytes(cross[:1, :, shown].shape) + packed_bytes(enc[:1].shape) > budget:
+        enc = enc.mean(1, keepdim=True)  # not even one layer of every head fits: the heads' mean
+        enc_desc["heads_mean"] = True
+        notes.append(f"To keep the page under {budget / 1e6:.1f} MB, the encoder self-attention is stored as the mean of "
+                     "its heads.")
+    return _attach_sets(data, [(cross_desc, cross[:, :, shown]), (enc_desc, enc)], budget)
 
 
 # ---------------------------------------------------------------------- the page
