@@ -422,3 +422,111 @@ def test_cli_explores_runs(runs, tmp_path, image_file):
     mt = _page_data((tmp_path / "mt.html").read_text(encoding="utf-8"))
     assert mt["text"]["target"][0] == "<s>" and mt["sets"][2]["attention"]["shape"][:2] == [2, 2]
     assert mt["worked"]["check"] < 1e-5
+
+
+# ---------------------------------------------------------------------- DETR
+def canvas_image() -> torch.Tensor:
+    """A digit canvas (uint8 (1, 64, 64)), as the detect task draws them."""
+    from attnlab.data.canvases import CanvasConfig, DigitCanvases
+
+    return DigitCanvases(CanvasConfig(), "val").take([0]).images[0]
+
+
+def tiny_detr(**kw):
+    torch.manual_seed(0)
+    base = dict(d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=2, d_ff=32)
+    return create_model("detr_digits", **{**base, **kw}).eval()
+
+
+@pytest.fixture(scope="module")
+def detr_run(tmp_path_factory):
+    """A tiny DETR run trained for 2 steps on 16 canvases through the CLI, and a canvas as a PNG."""
+    tmp = tmp_path_factory.mktemp("explore_detr")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert main(["train", "detect", "--model", "detr_digits", "--dataset", "digits-canvas", "--train-size", "16",
+                 "--val-size", "8", "--eval-batch-size", "8", "--pretrain-backbone", "0", "--batch-size", "8",
+                 "--warmup-steps", "1", "--model-arg", "d_model=16", "--model-arg", "num_heads=2", "--model-arg",
+                 "num_encoder_layers=1", "--model-arg", "num_decoder_layers=2", "--model-arg", "d_ff=32",
+                 "--run-dir", str(tmp / "detr"), "--epochs", "1", "--threads", "1", "--quiet"]) == 0
+    torch.set_num_threads(n)
+    Image.fromarray(canvas_image()[0].numpy()).save(tmp / "canvas.png")
+    return tmp
+
+
+def test_detr_data_are_the_models_numbers(detr_run):
+    from attnlab.detect.coco_eval import postprocess
+    from attnlab.train import runs as run_layer
+
+    run = run_layer.load(detr_run / "detr")
+    model, img = run.model, canvas_image()
+    d = E.explore_detr(model, img, run.extras["normalize"], run.extras["labels"], label="detr", threshold=0.0, worked=(0, 1))
+    with torch.no_grad():
+        out = model(run.extras["normalize"](img[None]), need_weights=True)
+    n = model.cfg.num_queries
+    det = postprocess(out["logits"], out["boxes"], [(64, 64)])[0]
+    assert d["kind"] == "detr" and d["grid"] == list(out["feature_size"]) == [8, 8]
+    assert sorted(d["shown"]) == list(range(n)) and d["shown"] == det["scores"].argsort(descending=True).tolist()
+    for q in d["queries"]:
+        i = q["query"]
+        assert q["label"] == run.extras["labels"][int(det["labels"][i])]
+        assert q["score"] == pytest.approx(float(det["scores"][i]), abs=1e-4)
+        assert q["box"] == pytest.approx(det["boxes"][i].tolist(), abs=0.01)
+    sets = {s["id"]: s for s in d["sets"]}
+    cross, enc = E.unpack_attention(sets["cross"]["attention"]), E.unpack_attention(sets["enc"]["attention"])
+    ref_cross = torch.stack([a[0] for a in out["cross_attention"]])[:, :, d["shown"]]  # rows in the page's order
+    ref_enc = torch.stack([a[0] for a in out["encoder_attention"]])
+    assert cross.shape == (2, 2, n, 64) and enc.shape == (1, 2, 64, 64) and sets["cross"]["layers"] == [0, 1]
+    assert float((cross - ref_cross).abs().max()) <= float(ref_cross.max()) / 510 + 1e-7  # 8 bits of each row
+    assert float((enc - ref_enc).abs().max()) <= float(ref_enc.max()) / 510 + 1e-7
+    w = d["worked"]  # the worked head: Q from the decoder state + query embedding, K from memory + positions, V from memory
+    assert (w["set"], w["layer"], w["head"], w["tq"], w["tk"], w["d_k"]) == ("cross", 0, 1, n, 64, 8)
+    torch.testing.assert_close(worked_softmax(w), out["cross_attention"][0][0, 1], atol=1e-6, rtol=1e-5)
+    assert w["check"] < 1e-6
+    assert E.explore_detr(model, img, run.extras["normalize"], run.extras["labels"], label="d", threshold=1.0)["shown"] == \
+        d["shown"][:3]  # none confident: the best three, said so
+
+
+def test_detr_worked_head_value_input_matters():
+    model, img = tiny_detr(), canvas_image()
+    norm, labels = E.detr_defaults(model)
+    d = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0)
+    v = floats(d["worked"]["v"], 64, 8)
+    mem = model.encode(norm(img[None]))[0][0]
+    wv = model.decoder[-1].cross_attn.qkv.weight[32:48][:8]  # head 0's rows of W_V
+    bv = model.decoder[-1].cross_attn.qkv.bias[32:48][:8]
+    torch.testing.assert_close(v, (mem @ wv.T + bv).detach(), atol=1e-5, rtol=1e-5)  # V from the memory, without positions
+
+
+def test_detr_page_keeps_its_budget():
+    model, img = tiny_detr(), canvas_image()
+    norm, labels = E.detr_defaults(model)
+    full = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0)
+    size = len(E.render_page(full).encode("utf-8"))
+    assert size <= E.BUDGET_BYTES and not any("MB" in n for n in full["notes"])
+    budget = size - E.packed_bytes([2, 64, 64]) // 2  # not one layer of every encoder head fits any more
+    cut = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0, budget=budget)
+    assert len(E.render_page(cut).encode("utf-8")) <= budget
+    enc = next(s for s in cut["sets"] if s["id"] == "enc")
+    assert enc["heads_mean"] and enc["attention"]["shape"][1] == 1 and any("mean of its heads" in n for n in cut["notes"])
+    torch.testing.assert_close(E.unpack_attention(enc["attention"])[0, 0],
+                               E.unpack_attention(next(s for s in full["sets"] if s["id"] == "enc")["attention"])[0].mean(0),
+                               atol=2 / 255, rtol=0)
+
+
+def test_cli_explores_a_detr_run_and_a_random_detr(detr_run, tmp_path):
+    from attnlab.train import runs as run_layer
+
+    out = tmp_path / "detr.html"
+    assert main(["viz", "explore", str(detr_run / "detr"), str(detr_run / "canvas.png"), "-o", str(out),
+                 "--threshold", "0.05", "--layer", "1", "--head", "1"]) == 0
+    d = _page_data(out.read_text(encoding="utf-8"))
+    labels = run_layer.load(detr_run / "detr").extras["labels"]
+    assert d["kind"] == "detr" and d["meta"]["random_init"] is False and d["threshold"] == 0.05
+    assert {q["label"] for q in d["queries"]} <= set(labels) and (d["worked"]["layer"], d["worked"]["head"]) == (1, 1)
+    assert out.stat().st_size <= 3_000_000
+    rnd = tmp_path / "random.html"
+    assert main(["viz", "explore", "detr_digits", str(detr_run / "canvas.png"), "-o", str(rnd)]) == 0
+    d = _page_data(rnd.read_text(encoding="utf-8"))
+    assert d["kind"] == "detr" and d["meta"]["random_init"] is True and d["meta"]["model"] == "detr_digits"
+    assert [s["attention"]["shape"] for s in d["sets"]] == [[3, 4, len(d["shown"]), 64], [3, 4, 64, 64]]

@@ -1,6 +1,6 @@
 // attnlab attention explorer. Reads the page data (the JSON in #attnlab-data, written by
 // attnlab.viz.explore) and draws it with SVG and canvas; no library, no network.
-// A renderer per model kind: RENDER.vit, RENDER.lm, RENDER.translation (DETR: add RENDER.detr).
+// A renderer per model kind: RENDER.vit, RENDER.lm, RENDER.translation, RENDER.detr.
 "use strict";
 (function () {
   const DATA = JSON.parse(document.getElementById("attnlab-data").textContent);
@@ -85,6 +85,28 @@
       img.data.set([r, g, b, 255], 4 * p);
     }
     ctx.putImageData(img, 0, 0);
+  }
+  // Paint gh x gw values (a row of attention over an image's grid) into a w x hgt canvas, each
+  // relative to the largest; alpha [a, b]: opacity a + b·value (an overlay), null: opaque. Outline a cell.
+  function paintGrid(ctx, vals, gh, gw, w, hgt, alpha, outline) {
+    ctx.clearRect(0, 0, w, hgt);
+    const mx = maxOf(vals) || 1, cw = w / gw, ch = hgt / gh;
+    for (let p = 0; p < gh * gw; p++) {
+      const t = vals[p] / mx, [r, g, b] = colour(t);
+      ctx.fillStyle = `rgba(${r},${g},${b},${alpha == null ? 1 : (alpha[0] + alpha[1] * t).toFixed(3)})`;
+      ctx.fillRect((p % gw) * cw, Math.floor(p / gw) * ch, Math.ceil(cw), Math.ceil(ch));
+    }
+    if (outline != null) {
+      ctx.strokeStyle = "#00e5ff"; ctx.lineWidth = 2;
+      ctx.strokeRect((outline % gw) * cw + 1, Math.floor(outline / gw) * ch + 1, cw - 2, ch - 2);
+    }
+  }
+  // One row of attention (L, H, Tq, Tk): head h, or the mean of the heads when h < 0.
+  function headRow(A, l, h, i) {
+    if (h >= 0) return A.row(l, h, i);
+    const m = new Float32Array(A.Tk);
+    for (let hh = 0; hh < A.H; hh++) { const r = A.row(l, hh, i); for (let j = 0; j < A.Tk; j++) m[j] += r[j] / A.H; }
+    return m;
   }
   function legend(cmap, lo, hi, what) {
     const c = el("canvas");
@@ -429,25 +451,8 @@
     const info = el("div", { id: "vit-query", class: "mono" });
     const heads = el("div", { class: "heads-grid", id: "vit-heads" });
     sec.append(el("div", { class: "row" }, el("div", { style: `width:${S}px` }, stage, info, legend("inferno", "0", "max", "weight / row max")), el("div", {}, el("h3", { text: "every head of this block, same query" }), heads)));
-    function row(li, h, i) {
-      if (h >= 0) return A.row(li, h, i);
-      const m = new Float32Array(A.Tk);
-      for (let hh = 0; hh < A.H; hh++) { const r = A.row(li, hh, i); for (let j = 0; j < A.Tk; j++) m[j] += r[j] / A.H; }
-      return m;
-    }
-    function paint(ctx, vals, w, hgt, alpha, outline) {
-      ctx.clearRect(0, 0, w, hgt);
-      const mx = maxOf(vals) || 1, cw = w / gw, ch = hgt / gh;
-      for (let p = 0; p < N; p++) {
-        const t = vals[p] / mx, [r, g, b] = colour(t);
-        ctx.fillStyle = `rgba(${r},${g},${b},${alpha == null ? 1 : (alpha[0] + alpha[1] * t).toFixed(3)})`;
-        ctx.fillRect((p % gw) * cw, Math.floor(p / gw) * ch, Math.ceil(cw), Math.ceil(ch));
-      }
-      if (outline != null) {
-        ctx.strokeStyle = "#00e5ff"; ctx.lineWidth = 2;
-        ctx.strokeRect((outline % gw) * cw + 1, Math.floor(outline / gw) * ch + 1, cw - 2, ch - 2);
-      }
-    }
+    const row = (li, h, i) => headRow(A, li, h, i);
+    const paint = (ctx, vals, w, hgt, alpha, outline) => paintGrid(ctx, vals, gh, gw, w, hgt, alpha, outline);
     function draw() {
       layerSel.value = st.li;
       headBtns.forEach((b) => b.setAttribute("aria-pressed", +b.dataset.head === st.head ? "true" : "false"));
@@ -532,6 +537,124 @@
       ws.id = "worked";
       vitWorked = workedHead(ws, W, tokens, tokens, "self-attention");
       vitWorked.setQuery(st.query);
+    }
+  };
+
+  // ------------------------------------------------------------------ DETR
+  // The detections over the image; a query's decoder cross-attention over the feature map (Fig. 6);
+  // the encoder self-attention of a hovered feature-map cell (Fig. 3); the worked cross-attention head.
+  RENDER.detr = function () {
+    const [gh, gw] = DATA.grid, S = 336, hS = Math.round(S * DATA.image.height / DATA.image.width);
+    const sx = S / DATA.image.width, sy = hS / DATA.image.height, Q = DATA.queries, shown = DATA.shown;
+    const cross = DATA.sets.find((s) => s.id === "cross"), enc = DATA.sets.find((s) => s.id === "enc");
+    const C = Attention(cross.attention), E = Attention(enc.attention);
+    const qName = (i) => `query ${i}: ${Q[i].label} ${fmt(Q[i].score, 2)}`, cellName = (p) => `cell (${Math.floor(p / gw)}, ${p % gw})`;
+    const colourOf = (i) => headColor(shown.indexOf(i));
+    let detrWorked = null;
+    function layerSelect(id, set, what) {
+      const sel = el("select", { id, "aria-label": what });
+      set.layers.forEach((l, n) => sel.append(el("option", { value: n, text: `${what} ${l}` })));
+      sel.value = set.layers.length - 1;
+      return sel;
+    }
+    function headButtons(A, onPick) {
+      return [-1, ...Array(A.H).keys()].map((h) => el("button", {
+        class: h < 0 ? "" : "head-toggle", "data-head": h, style: h < 0 ? "" : `background:${headColor(h)}`, text: h < 0 ? "mean" : h,
+        title: h < 0 ? "mean of the heads" : `head ${h}`, onclick: () => onPick(h),
+      }));
+    }
+    function stage(id, overlayId) {
+      const st = el("div", { class: "stage", id });
+      const over = el("canvas", { width: S, height: hS, id: overlayId });
+      st.append(el("img", { src: DATA.image.src, width: S, height: hS, alt: "input image" }), over);
+      return [st, over];
+    }
+
+    // the detections and each query's cross-attention
+    const cs = { li: C.L - 1, head: -1, query: shown[0], hover: null };
+    const sec = section("Detections and where each query looks (DETR Fig. 6)",
+      `Each box is one object query's prediction: its most likely class and that probability (shown: score ≥ ${DATA.threshold}; the other queries predict “no object” or are unsure). Hover or click a box or a query to see its decoder cross-attention over the ${gh}×${gw} feature map, for one decoder layer and head or the mean of the heads. Colours: the weight over its largest.`);
+    const layerSel = layerSelect("detr-layer", cross, "decoder layer");
+    layerSel.addEventListener("change", () => { cs.li = +layerSel.value; draw(); });
+    const heads = el("span", { id: "detr-heads", class: "controls" }, ...headButtons(C, (h) => { cs.head = h; draw(); }));
+    const qBtns = shown.map((i) => el("button", {
+      class: "query-btn", "data-query": i, style: `border-left:6px solid ${colourOf(i)}`, text: qName(i),
+      onclick: () => pick(i), onmouseenter: () => { cs.hover = i; draw(); }, onmouseleave: () => { cs.hover = null; draw(); },
+    }));
+    sec.append(el("div", { class: "controls", id: "detr-queries" }, el("label", { text: "query" }), ...qBtns),
+      el("div", { class: "controls" }, el("label", { text: "decoder layer" }), layerSel, el("label", { text: "head" }), heads));
+    const [stg, over] = stage("detr-stage", "detr-cross");
+    const boxes = svg("svg", { class: "boxes", id: "detr-boxes", width: S, height: hS });
+    stg.append(boxes);
+    const rects = shown.map((i) => {
+      const [x0, y0, x1, y1] = Q[i].box, g = svg("g", { class: "box", "data-query": i });
+      const r = svg("rect", { x: x0 * sx, y: y0 * sy, width: Math.max(1, (x1 - x0) * sx), height: Math.max(1, (y1 - y0) * sy), stroke: colourOf(i) });
+      const t = svg("text", { x: x0 * sx + 2, y: Math.max(11, y0 * sy - 3), fill: colourOf(i) });
+      t.textContent = `${Q[i].label} ${fmt(Q[i].score, 2)}`;
+      g.append(r, t);
+      g.addEventListener("click", (ev) => { ev.stopPropagation(); pick(i); });
+      g.addEventListener("mouseenter", () => { cs.hover = i; draw(); });
+      g.addEventListener("mouseleave", () => { cs.hover = null; draw(); });
+      boxes.append(g);
+      return g;
+    });
+    const info = el("div", { id: "detr-query", class: "mono" }), grid = el("div", { class: "heads-grid", id: "detr-heads-grid" });
+    sec.append(el("div", { class: "row" }, el("div", { style: `width:${S}px` }, stg, info, legend("inferno", "0", "max", "weight / row max")),
+      el("div", {}, el("h3", { text: "every head of this layer, same query" }), grid)));
+    function pick(i) { cs.query = i; draw(); if (detrWorked) detrWorked.setQuery(i); }
+    function draw() {
+      const q = cs.hover != null ? cs.hover : cs.query, r = shown.indexOf(q);
+      layerSel.value = cs.li;
+      heads.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", +b.dataset.head === cs.head ? "true" : "false"));
+      qBtns.forEach((b) => b.setAttribute("aria-pressed", +b.dataset.query === cs.query ? "true" : "false"));
+      rects.forEach((g) => g.classList.toggle("active", +g.dataset.query === q));
+      boxes.dataset.active = q;
+      paintGrid(over.getContext("2d"), headRow(C, cs.li, cs.head, r), gh, gw, S, hS, [0.05, 0.6], null);
+      Object.assign(stg.dataset, { query: q, layer: cross.layers[cs.li], head: cs.head });
+      info.textContent = `${qName(q)} · box (${Q[q].box.map((v) => fmt(v, 1)).join(", ")}) · decoder layer ${cross.layers[cs.li]}, ${cs.head < 0 ? "mean of heads" : `head ${cs.head}`}`;
+      grid.replaceChildren();
+      for (let h = 0; h < C.H; h++) {
+        const c = el("canvas", { width: gw * 4, height: gh * 4 });
+        paintGrid(c.getContext("2d"), C.row(cs.li, h, r), gh, gw, gw * 4, gh * 4, null, null);
+        grid.append(el("figure", { class: h === cs.head ? "active" : "", "data-head": h, onclick: () => { cs.head = h; draw(); } }, c, el("figcaption", { text: `head ${h}` })));
+      }
+    }
+    draw();
+
+    // the encoder self-attention at a point
+    const b0 = Q[shown[0]].box, centre = [Math.min(gh - 1, Math.floor((b0[1] + b0[3]) / 2 / DATA.image.height * gh)), Math.min(gw - 1, Math.floor((b0[0] + b0[2]) / 2 / DATA.image.width * gw))];
+    const es = { li: E.L - 1, head: -1, cell: centre[0] * gw + centre[1], pinned: false };
+    const esec = section("Encoder self-attention at a point (DETR Fig. 3)",
+      `Hover a cell of the ${gh}×${gw} feature map to see where the encoder attends from it (its row of the encoder's self-attention), click to pin it. The encoder already separates the objects: a cell on an object tends to attend to that object.${enc.heads_mean ? " Stored as the mean of the heads." : ""}`);
+    const eLayer = layerSelect("enc-layer", enc, "encoder layer");
+    eLayer.addEventListener("change", () => { es.li = +eLayer.value; edraw(); });
+    const eHeads = el("span", { id: "enc-heads", class: "controls" }, ...(enc.heads_mean ? [] : headButtons(E, (h) => { es.head = h; edraw(); })));
+    esec.append(el("div", { class: "controls" }, el("label", { text: "encoder layer" }), eLayer, el("label", { text: enc.heads_mean ? "mean of the heads" : "head" }), eHeads));
+    const [estg, eover] = stage("enc-stage", "enc-overlay");
+    const einfo = el("div", { id: "enc-query", class: "mono" });
+    esec.append(el("div", { style: `width:${S}px` }, estg, einfo));
+    function edraw() {
+      eLayer.value = es.li;
+      eHeads.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", +b.dataset.head === es.head ? "true" : "false"));
+      paintGrid(eover.getContext("2d"), headRow(E, es.li, es.head, es.cell), gh, gw, S, hS, [0.05, 0.6], es.cell);
+      Object.assign(estg.dataset, { cell: es.cell, layer: enc.layers[es.li], head: es.head });
+      einfo.textContent = `from ${cellName(es.cell)}${es.pinned ? " (pinned)" : ""} · encoder layer ${enc.layers[es.li]}, ${es.head < 0 ? "mean of heads" : `head ${es.head}`}`;
+    }
+    function cellAt(ev) {
+      const b = eover.getBoundingClientRect();
+      const c = Math.min(gw - 1, Math.max(0, Math.floor((ev.clientX - b.left) / (b.width / gw))));
+      return Math.min(gh - 1, Math.max(0, Math.floor((ev.clientY - b.top) / (b.height / gh)))) * gw + c;
+    }
+    estg.addEventListener("mousemove", (ev) => { if (!es.pinned) { const p = cellAt(ev); if (p !== es.cell) { es.cell = p; edraw(); } } });
+    estg.addEventListener("click", (ev) => { const p = cellAt(ev); es.pinned = !(es.pinned && p === es.cell); es.cell = p; edraw(); });
+    edraw();
+
+    if (DATA.worked) {
+      const W = DATA.worked, ws = section("A worked head: decoder cross-attention, Q·Kᵀ → ÷√d_k → softmax → ·V",
+        "One object query's cross-attention: q = (decoder state + query embedding) W_Q, kⱼ = (memory + sine position)ⱼ W_K, vⱼ = memoryⱼ W_V (DETR adds positions to queries and keys, never to values). Click a query above, or choose any query here.");
+      ws.id = "worked";
+      detrWorked = workedHead(ws, W, Q.map((_, i) => qName(i)), [...Array(gh * gw).keys()].map(cellName), "decoder cross-attention");
+      detrWorked.setQuery(cs.query);
     }
   };
 
