@@ -78,7 +78,9 @@ def interleaved(fns: dict, rounds: int, base: str) -> dict:
 
 
 def file_mib(paths) -> float:
-    return sum(Path(p).stat().st_size for p in paths) / 2**20
+    """Size of exported files, with the .data weights file an ONNX file over 1 GiB has beside it."""
+    files = [f for p in paths for f in (Path(p), Path(f"{p}.data")) if f.exists()]
+    return sum(f.stat().st_size for f in files) / 2**20
 
 
 def compiled(model):

@@ -108,6 +108,22 @@ def test_every_registered_vit_exports(name):
         assert max_err(program(x), m(x)) < TOL
 
 
+def test_onnx_weights_over_the_limit_go_to_a_data_file(tmp_path, monkeypatch):
+    """Large models (ViT-H/14 holds 2.5 GB of fp32 weights; protobuf caps a file at 2 GB) keep
+    their weights in <file>.data beside the .onnx file; ONNX Runtime reads them from there."""
+    from attnlab.export import graph
+
+    need_onnx("onnx")
+    monkeypatch.setattr(graph, "ONNX_INLINE_LIMIT", 0)
+    m = tiny_vit()
+    for name, int8 in (("f.onnx", False), ("q.onnx", True)):
+        [path] = export_model(m, tmp_path / name, int8=int8)
+        assert (tmp_path / f"{name}.data").stat().st_size > path.stat().st_size
+        x = torch.randn(3, 3, 32, 32)
+        assert max_err(load_graph(path)(x)[0], m(x)) < (0.05 if int8 else TOL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx", "f.onnx.data", "q.onnx", "q.onnx.data"]
+
+
 def lm(kind):
     from attnlab.models.lm import RecurrentLMConfig, TransformerLMConfig, build_lm
 

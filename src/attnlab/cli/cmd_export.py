@@ -72,7 +72,7 @@ def run(args) -> int:
         got = load_graph(path)(*g.args)
         want = want if isinstance(want, tuple) else (want,)
         err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want) if a.is_floating_point())
-        size = path.stat().st_size / 2**20
+        size = sum(f.stat().st_size for f in (path, path.with_name(path.name + ".data")) if f.exists()) / 2**20
         print(f"{path}  {size:.1f} MiB  (max |difference| from the fp32 eager model on an example batch: {err:.2g})")
     return 0
 

@@ -147,35 +147,47 @@ def save_pt2(g: Graph, path: str | os.PathLike) -> None:
         torch.export.save(program, f)
 
 
-def onnx_bytes(g: Graph) -> bytes:
-    """The graph as a serialized ONNX model (torch.onnx.export with dynamo=True)."""
-    _require("onnx", "onnxscript")
-    program = torch.onnx.export(export_program(g), (), dynamo=True, input_names=g.input_names, output_names=g.output_names,
-                                verbose=False)
-    return program.model_proto.SerializeToString()
+# Weights above this size go to a "<file>.data" beside the .onnx file (protobuf caps one file at 2 GB).
+ONNX_INLINE_LIMIT = 1 << 30
 
 
 def save_onnx(g: Graph, path: str | os.PathLike, int8: bool = False) -> None:
-    """Write the graph as ONNX to ``path`` (atomically); ``int8``: with ONNX Runtime's dynamic
-    int8 quantization of the MatMul/Gemm weights."""
-    data = onnx_bytes(g)
-    if int8:
-        _require("onnxruntime")
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Write the graph as ONNX (torch.onnx.export with dynamo=True) to ``path``; ``int8``: with
+    ONNX Runtime's dynamic int8 quantization of the MatMul/Gemm weights. Weights over
+    :data:`ONNX_INLINE_LIMIT` bytes go to ``<path>.data`` beside it (ONNX Runtime finds it there);
+    each file is replaced atomically, the weights file first."""
+    _require("onnx", "onnxscript", *(["onnxruntime"] if int8 else []))
+    program = torch.onnx.export(export_program(g), (), dynamo=True, input_names=g.input_names, output_names=g.output_names,
+                                verbose=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbytes = sum(t.numel() * t.element_size() for t in [*g.module.parameters(), *g.module.buffers()])
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        fp32 = Path(tmp) / ("fp32.onnx" if int8 else path.name)
+        program.save(fp32, external_data=nbytes > ONNX_INLINE_LIMIT)
+        out = fp32
+        if int8:
+            out = Path(tmp) / path.name
+            _quantize_onnx(fp32, out, external=nbytes / 4 > ONNX_INLINE_LIMIT)
+            for f in Path(tmp).glob("fp32.onnx*"):
+                f.unlink()
+        data = out.with_name(out.name + ".data")
+        if data.exists():
+            os.replace(data, path.with_name(data.name))
+        atomic_write_bytes(path, out.read_bytes())
 
-        root, level = logging.getLogger(), logging.getLogger().level
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(data)
-            root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
-            try:
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
-            finally:
-                root.setLevel(level)
-            data = dst.read_bytes()
-    atomic_write_bytes(path, data)
+
+def _quantize_onnx(src: Path, dst: Path, external: bool) -> None:
+    """ONNX Runtime's dynamic int8 quantization of the weights of MatMul/Gemm nodes (per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
+                         use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
 
 
 def piece_path(path: str | os.PathLike, name: str) -> Path:
@@ -187,10 +199,10 @@ def piece_path(path: str | os.PathLike, name: str) -> Path:
 def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = None, int8: bool = False,
                  window: int = 64) -> list[Path]:
     """Export ``model`` to ``path`` as ONNX or ``.pt2`` (``fmt``; default: from the suffix);
-    returns the files written (two for the encoder–decoder Transformer: ``<stem>.encoder<suffix>``
+    returns the graph files written (two for the encoder–decoder Transformer: ``<stem>.encoder<suffix>``
     and ``<stem>.decoder<suffix>``; for a Transformer LM the window graph at ``path`` and
-    ``<stem>.step<suffix>``). ``int8`` quantizes a copy of the model; ``model`` is unchanged.
-    ``window``: see :func:`graphs_of`."""
+    ``<stem>.step<suffix>``); an ONNX file over 1 GiB of weights has its ``<file>.data`` beside it.
+    ``int8`` quantizes a copy of the model; ``model`` is unchanged. ``window``: see :func:`graphs_of`."""
     fmt = fmt or Path(path).suffix.lstrip(".")
     if fmt not in FORMATS:
         raise UnsupportedError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
