@@ -51,7 +51,7 @@ FORMATS = ("onnx", "pt2")
 class Graph:
     """One exportable piece: a module, example inputs, their names and dynamic dimensions."""
 
-    name: str  # "" for a one-graph model; "encoder" / "decoder" for the encoder–decoder Transformer
+    name: str  # "" for the main graph; "encoder" / "decoder" (encoder–decoder Transformer), "step" (Transformer LM)
     module: nn.Module
     args: tuple[Tensor, ...]
     input_names: list[str]
@@ -260,5 +260,5 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise UnsupportedError(f"ONNX export needs {', '.join(missing)}: pip install 'attnlab[export]'")
+        raise UnsupportedError(f"ONNX needs {', '.join(missing)}: pip install 'attnlab[export]'")
 
