@@ -223,6 +223,10 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
     else:
         raise DataError(f"unknown detection dataset {dc.dataset!r}; use digits-canvas, mnist-canvas[:DIR] or "
                         "coco:ANNOTATIONS.json:IMAGE_DIR")
+    if run_dir is not None:  # resuming: the backbone was pretrained in the first session, its weights are in the run
+        from attnlab.train import checkpoint as ckpt
+
+        info["backbone_pretraining"] = ckpt.read_record(run_dir, "last").get("backbone_pretraining")
     train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
     info["dataset"] = {"spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc, "train_size": train_size,
                        "val_size": len(val), "image_size": size}
@@ -255,7 +259,8 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     dc = data.config
     mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
     if dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
-        data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone)
+        if "backbone_pretraining" not in data.info:  # (a resumed run loads the pretrained weights instead)
+            data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone)
         if not dc.train_backbone:
             model.backbone.requires_grad_(False)
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
