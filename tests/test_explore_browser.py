@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnlab.viz import explore as E
-from test_explore import CORPUS, picture, tiny_lm, tiny_mt, tiny_vit, worked_softmax
+from test_explore import CORPUS, canvas_image, picture, tiny_detr, tiny_lm, tiny_mt, tiny_vit, worked_softmax
 
 CHROMIUM = os.environ.get("ATTNLAB_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -163,5 +163,51 @@ def test_translation_page_steps(browser, tmp_path):
     assert page.is_visible("div[role=tablist]")
     page.click("button.tab[data-set='enc']")
     assert page.get_attribute("svg.headview", "data-set") == "enc"
+    o.assert_clean()
+    page.close()
+
+
+def test_detr_page_query_clicks_and_encoder_hover(browser, tmp_path):
+    model = tiny_detr()
+    norm, labels = E.detr_defaults(model)
+    data = E.explore_detr(model, canvas_image(), norm, labels, label="tiny-detr", random_init=True, threshold=0.0)
+    o = Opened(browser, E.write_page(data, tmp_path / "detr.html")).ready()
+    page = o.page
+    assert page.is_visible("#random-init")
+    shown = data["shown"]
+    assert page.locator("#detr-boxes g.box").count() == len(shown) and page.locator("button.query-btn").count() == len(shown)
+    stage, overlay = page.locator("#detr-stage"), "document.getElementById('detr-cross').toDataURL()"
+    assert stage.get_attribute("data-query") == str(shown[0])
+    assert page.get_attribute("#detr-boxes g.box.active", "data-query") == str(shown[0])
+    page.click("#detr-heads button[data-head='1']")  # one head: the queries' maps differ more than the heads' mean
+    before = page.evaluate(overlay)
+    page.click(f"button.query-btn[data-query='{shown[2]}']")
+    page.mouse.move(0, 0)  # off the button: the clicked query stays
+    assert stage.get_attribute("data-query") == str(shown[2])
+    assert page.evaluate(overlay) != before  # its cross-attention map is drawn
+    assert page.locator("#detr-boxes g.box.active").count() == 1
+    assert page.get_attribute("#detr-boxes g.box.active", "data-query") == str(shown[2])  # and its box highlighted
+    assert page.get_attribute(f"button.query-btn[data-query='{shown[2]}']", "aria-pressed") == "true"
+    assert page.input_value("#worked-query") == str(shown[2])  # the worked head follows the clicked query
+    assert float(page.get_attribute("#worked-check", "data-diff")) < 1e-5
+    model_max = float(page.get_attribute("#worked-stats", "data-max"))
+    assert model_max == pytest.approx(float(worked_softmax(data["worked"])[shown[2]].max()), abs=1e-5)
+    page.locator(f"#detr-boxes g.box[data-query='{shown[1]}']").dispatch_event("click")  # a box picks its query too
+    assert stage.get_attribute("data-query") == str(shown[1])
+    assert page.get_attribute("#detr-boxes g.box.active", "data-query") == str(shown[1])
+    page.select_option("#detr-layer", "0")
+    assert stage.get_attribute("data-layer") == "0"
+    # the encoder self-attention at a hovered feature-map cell
+    enc, enc_overlay = page.locator("#enc-stage"), "document.getElementById('enc-overlay').toDataURL()"
+    enc.scroll_into_view_if_needed()
+    box = page.locator("#enc-overlay").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5 / 8, box["y"] + box["height"] * 0.5 / 8)  # cell (0, 0)
+    first = page.evaluate(enc_overlay)
+    assert enc.get_attribute("data-cell") == "0"
+    page.mouse.move(box["x"] + box["width"] * 6.5 / 8, box["y"] + box["height"] * 5.5 / 8)  # cell (5, 6)
+    assert enc.get_attribute("data-cell") == str(5 * 8 + 6) and "cell (5, 6)" in page.text_content("#enc-query")
+    assert page.evaluate(enc_overlay) != first
+    page.screenshot(path=str(tmp_path / "detr.png"), full_page=True)
+    assert (tmp_path / "detr.png").stat().st_size > 10_000
     o.assert_clean()
     page.close()

@@ -653,7 +653,7 @@
       const W = DATA.worked, ws = section("A worked head: decoder cross-attention, Q·Kᵀ → ÷√d_k → softmax → ·V",
         "One object query's cross-attention: q = (decoder state + query embedding) W_Q, kⱼ = (memory + sine position)ⱼ W_K, vⱼ = memoryⱼ W_V (DETR adds positions to queries and keys, never to values). Click a query above, or choose any query here.");
       ws.id = "worked";
-      detrWorked = workedHead(ws, W, Q.map((_, i) => qName(i)), [...Array(gh * gw).keys()].map(cellName), "decoder cross-attention");
+      detrWorked = workedHead(ws, W, Q.map((q) => `${q.label} ${fmt(q.score, 2)}`), [...Array(gh * gw).keys()].map(cellName), "decoder cross-attention");
       detrWorked.setQuery(cs.query);
     }
   };
