@@ -58,6 +58,16 @@ def test_canvas_run_metrics_and_commands(canvas_run, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_init_from_a_run(canvas_run, tmp_path):
+    args = ["train", "detect", "--model", "detr_digits", *margs(TINY), "--train-size", "16", "--val-size", "8",
+            "--batch-size", "16", "--epochs", "1", "--min-scale", "10", "--max-scale", "16", "--init", str(canvas_run),
+            "--threads", "1", "--quiet", "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "run" / "last.json").read_text())
+    assert rec["init"]["format"] == "attnlab" and rec["init"]["new_head"] == [] and "backbone_pretraining" not in rec
+    assert main(args[:-1] + [str(tmp_path / "bad"), "--init", str(tmp_path / "nothing")]) == 2
+
+
 def test_load_model_rebuilds_the_run(canvas_run):
     import attnlab
     from attnlab.models.detr import DETR

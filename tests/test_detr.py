@@ -209,6 +209,11 @@ def test_load_refuses_wrong_shapes_and_keeps_model():
     with pytest.raises(CheckpointError, match="wrong shapes.*class_embed.weight.*Nothing was loaded"):
         D.load_detr(other, D.ours_to_hf(small.state_dict()))
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    # fine-tuning on other classes: the class head keeps the model's own weights, the rest is loaded
+    report = D.load_detr(other, D.ours_to_hf(small.state_dict()), new_head=True)
+    assert report["new_head"] == ["class_embed.weight", "class_embed.bias"]
+    assert torch.equal(other.class_embed.weight, before["class_embed.weight"])
+    assert torch.equal(other.query_embed.weight, small.query_embed.weight)
     with pytest.raises(CheckpointError, match="not a DETR checkpoint"):
         D.load_detr(other, {"conv.weight": torch.zeros(1)})
 

@@ -253,18 +253,27 @@ def load_detr_model(source, *, return_report: bool = False, **overrides):
 
 
 
-def load_detr(model: nn.Module, source, fmt: str | None = None) -> dict:
-    """Load a DETR checkpoint (file, Hugging Face directory or state dict) of either layout
-    into ``model``; every key and shape is checked before anything is copied (always strictly:
-    a missing or unexpected key is refused). Returns a report."""
+def load_detr(model: nn.Module, source, fmt: str | None = None, new_head: bool = False) -> dict:
+    """Load a DETR checkpoint (file, Hugging Face directory or state dict) of either layout, or
+    our own (a run directory, our .safetensors), into ``model``; every key and shape is checked
+    before anything is copied (always strictly: a missing or unexpected key is refused).
+    ``new_head``: a class head of another size (other classes) keeps the model's own, fresh
+    weights, for fine-tuning. Returns a report."""
+    from attnlab.checkpoints import ours
     from attnlab.checkpoints.load import SHOW, as_raw
 
     raw = as_raw(source)
-    fmt = fmt or detect(raw.tensors)
+    fmt = fmt or (ours.NAME if ours.CONFIG_KEY in raw.metadata else detect(raw.tensors))
     if fmt is None:
         raise CheckpointError(f"checkpoint {raw.source!r} is not a DETR checkpoint in a known layout "
                               f"({', '.join(FORMATS)}); first keys: {', '.join(list(raw.tensors)[:SHOW])}")
-    tensors = to_ours(raw.tensors, fmt)
+    tensors = dict(raw.tensors) if fmt == ours.NAME else to_ours(raw.tensors, fmt)
+    kept = []
+    if new_head:
+        for k, own in model.state_dict().items():
+            if k.startswith("class_embed.") and k in tensors and tensors[k].shape != own.shape:
+                tensors[k] = own
+                kept.append(k)
     sd = model.state_dict()
     missing = [k for k in sd if k not in tensors]
     unexpected = [k for k in tensors if k not in sd]
@@ -276,8 +285,8 @@ def load_detr(model: nn.Module, source, fmt: str | None = None) -> dict:
         raise CheckpointError(f"checkpoint {raw.source!r} ({fmt} layout) does not fit {type(model).__name__} "
                               f"{getattr(model, 'name', '')!r}: " + "; ".join(problems) + ". Nothing was loaded.")
     model.load_state_dict(tensors)
-    return {"format": fmt, "source": raw.source, "file_format": raw.file_format, "loaded": len(tensors),
-            "notes": list(raw.notes)}
+    return {"format": fmt, "source": raw.source, "file_format": raw.file_format, "loaded": len(tensors) - len(kept),
+            "new_head": kept, "notes": list(raw.notes)}
 
 
 def save_detr(model: nn.Module, path: str | os.PathLike, fmt: str) -> Path:

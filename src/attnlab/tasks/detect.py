@@ -57,6 +57,9 @@ class DetectDataConfig:
                                  nonneg_int, metavar="N")
     train_backbone: bool = opt(False, "keep training a pretrained backbone with the detector (the paper: at a 10x lower "
                                       "rate; here the one rate), instead of freezing it")
+    init: str | None = opt(None, "start from these weights: a run directory, our .safetensors, a Hugging Face DETR "
+                                 "directory or an original DETR .pth (a class head for other classes starts fresh); "
+                                 "no backbone pretraining then", metavar="PATH")
 
 
 @dataclass
@@ -258,7 +261,11 @@ def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_siz
 def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection:
     dc = data.config
     mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
-    if dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
+    if dc.init:
+        from attnlab.checkpoints.detr import load_detr
+
+        data.info["init"] = {k: v for k, v in load_detr(model, dc.init, new_head=True).items() if k != "notes"}
+    elif dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
         if "backbone_pretraining" not in data.info:  # (a resumed run loads the pretrained weights instead)
             data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone)
         if not dc.train_backbone:
