@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.detect.boxes import xyxy_to_cxcywh
 from attnlab.errors import DataError
 
 SOURCES = ("digits", "mnist")
@@ -111,9 +112,7 @@ class DigitCanvases:
                     labels.append(int(self.digit_labels[j]))
                     boxes.append(box)
                     break
-        xyxy = torch.tensor(boxes, dtype=torch.float32).view(-1, 4) / c.size
-        cxcywh = torch.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                              xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], dim=1)
+        cxcywh = xyxy_to_cxcywh(torch.tensor(boxes, dtype=torch.float32).view(-1, 4) / c.size)
         image = (canvas * 255).round().to(torch.uint8)[None]
         return image, torch.tensor(labels, dtype=torch.long), cxcywh
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from attnlab.data.canvases import DetectionSet
+from attnlab.detect.boxes import xywh_to_xyxy, xyxy_to_cxcywh
 from attnlab.errors import DataError
 
 SLACK = 1e-3  # pixels a box may pass its image's edge (float rounding in exported JSON)
@@ -110,9 +111,8 @@ def read_coco(spec: str, image_size: int, channels: int) -> tuple[DetectionSet, 
         if im.size != (w, h):
             raise DataError(f"{ann_path}: image {name} is {im.size[0]}x{im.size[1]} but the JSON says {w}x{h}")
         pics.append(image_to_tensor(im, (image_size, image_size), channels))
-        obj = torch.tensor([o[1:] for o in objects[iid]], dtype=torch.float32).view(-1, 4)
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        boxes.append(torch.cat([obj[:, :2] + obj[:, 2:] / 2, obj[:, 2:]], dim=1) / scale)  # (cx, cy, w, h) in [0, 1]
+        xywh = torch.tensor([o[1:] for o in objects[iid]], dtype=torch.float32).view(-1, 4)
+        boxes.append(xyxy_to_cxcywh(xywh_to_xyxy(xywh)) / torch.tensor([w, h, w, h], dtype=torch.float32))  # in [0, 1]
         labels.append(torch.tensor([o[0] for o in objects[iid]], dtype=torch.long))
         sizes.append((h, w))
         names.append(name)

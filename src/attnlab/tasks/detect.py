@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from attnlab.data.canvases import CanvasConfig, DetectionSet, DigitCanvases
 from attnlab.data.transforms import Normalize
+from attnlab.detect.boxes import cxcywh_to_xyxy
 from attnlab.detect.coco_eval import coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
 from attnlab.errors import ConfigError, DataError
@@ -142,9 +143,8 @@ class Detection:
         gts = []
         for i, _ in dets:
             h, w = self.val.sizes[i]
-            xyxy = torch.cat([self.val.boxes[i][:, :2] - self.val.boxes[i][:, 2:] / 2,
-                              self.val.boxes[i][:, :2] + self.val.boxes[i][:, 2:] / 2], dim=1)
-            gts.append({"size": (h, w), "labels": self.val.labels[i], "boxes": xyxy * torch.tensor([w, h, w, h])})
+            xyxy = cxcywh_to_xyxy(self.val.boxes[i]) * torch.tensor([w, h, w, h])
+            gts.append({"size": (h, w), "labels": self.val.labels[i], "boxes": xyxy})
         return coco_metrics(gts, [d for _, d in dets], self.category_ids)
 
     def record(self) -> dict:
