@@ -530,3 +530,23 @@ def test_cli_explores_a_detr_run_and_a_random_detr(detr_run, tmp_path):
     d = _page_data(rnd.read_text(encoding="utf-8"))
     assert d["kind"] == "detr" and d["meta"]["random_init"] is True and d["meta"]["model"] == "detr_digits"
     assert [s["attention"]["shape"] for s in d["sets"]] == [[3, 4, len(d["shown"]), 64], [3, 4, 64, 64]]
+
+
+def test_size_budget_detr_resnet50_at_800():
+    """The paper's DETR (6+6 layers, 8 heads, 100 queries, a 25x25 feature map) on a noise picture
+    (the worst case for PNG): the page stays under 3 MB and says what it left out."""
+    torch.manual_seed(0)
+    model = create_model("detr_resnet50").eval()
+    norm, labels = E.detr_defaults(model)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = E.explore_detr(model, torch.randint(0, 256, (3, 800, 800), dtype=torch.uint8), norm, labels, label="detr_resnet50",
+                       random_init=True)
+    torch.set_num_threads(n)
+    size = len(E.render_page(d).encode("utf-8"))
+    assert size <= 3_000_000, f"{size / 1e6:.2f} MB > 3 MB"
+    assert d["grid"] == [25, 25] and d["worked"]["tq"] == 100 and d["worked"]["check"] < 1e-6
+    assert {s["id"]: s["attention"]["shape"][-2:] for s in d["sets"]} == {"cross": [len(d["shown"]), 625], "enc": [625, 625]}
+    assert any("512×512 pixels" in n for n in d["notes"]) and all(s["layers"][-1] == 5 for s in d["sets"])
+    cross, enc = d["sets"]
+    assert cross["layers"] == list(range(6)) and len(enc["layers"]) < 6  # the small cross-attention keeps every layer

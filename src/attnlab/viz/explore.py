@@ -54,6 +54,7 @@ from attnlab.viz.text import token_labels
 PAGE_DIR = Path(__file__).with_name("explore_page")
 BUDGET_BYTES = 3_000_000  # the whole page, for ViT-Ti/16 at 224 with all 12 layers
 MAX_TEXT_TOKENS = 128  # longer inputs are cut (the head view draws Tq x Tk lines per head)
+DISPLAY_PIXELS = 512  # DETR: the longer side of the stored picture (the model reads 800)
 
 
 # ---------------------------------------------------------------------- packing numbers
@@ -212,15 +213,20 @@ def evenly_spaced(depth: int, n: int) -> list[int]:
 def _attach_sets(data: dict, sets: list[tuple[dict, Tensor]], budget: int, unit: str = "layers") -> dict:
     """``data["sets"]`` from (description, weights (L, H, Tq, Tk)) pairs: every layer if the page
     fits in ``budget`` bytes, else at most n evenly spaced layers per set (n as large as fits),
-    with a note saying which were kept."""
-    fixed = len(render_page({**data, "sets": []}).encode("utf-8")) + 512 * len(sets)  # + each set's own keys
+    what is left going to more layers of the sets with the smallest layers; a note says which
+    were kept."""
+    room = budget - len(render_page({**data, "sets": []}).encode("utf-8")) - 512 * len(sets)  # - each set's own keys
     depths, per_layer = [w.shape[0] for _, w in sets], [packed_bytes(w.shape[1:]) for _, w in sets]
     n = max(depths)
-    while n > 1 and sum(min(d, n) * b for d, b in zip(depths, per_layer)) > budget - fixed:
+    while n > 1 and sum(min(d, n) * b for d, b in zip(depths, per_layer)) > room:
         n -= 1
+    counts = [min(d, n) for d in depths]
+    for i in sorted(range(len(sets)), key=per_layer.__getitem__):
+        while counts[i] < depths[i] and sum(c * b for c, b in zip(counts, per_layer)) + per_layer[i] <= room:
+            counts[i] += 1
     data["sets"] = []
-    for (desc, w), depth in zip(sets, depths):
-        keep = evenly_spaced(depth, n)
+    for (desc, w), depth, count in zip(sets, depths, counts):
+        keep = evenly_spaced(depth, count)
         if len(keep) < depth:
             data["notes"].append(f"To keep the page under {budget / 1e6:.1f} MB, {len(keep)} of the {depth} {unit} of "
                                  f"the {desc['title']} are stored ({unit} {', '.join(map(str, keep))}).")
@@ -425,6 +431,18 @@ def detr_defaults(model: nn.Module) -> tuple:
     return Normalize(mean, std), [str(i) for i in range(model.cfg.num_classes)]
 
 
+def _display_size(image: Tensor, notes: list[str]) -> Tensor:
+    """(C, H, W) shrunk (antialiased) to at most DISPLAY_PIXELS on its longer side: the page draws
+    it 336 pixels wide, so an 800-pixel picture would only spend the size budget."""
+    h, w = image.shape[-2:]
+    if max(h, w) <= DISPLAY_PIXELS:
+        return image
+    f = DISPLAY_PIXELS / max(h, w)
+    notes.append(f"The picture is stored at {round(w * f)}×{round(h * f)} pixels (the model read it at {w}×{h}).")
+    return F.interpolate(image[None], size=(round(h * f), round(w * f)), mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
 @torch.no_grad()
 def explore_detr(model: nn.Module, image: Tensor, normalize, labels: Sequence[str], *, label: str, random_init: bool = False,
                  threshold: float = 0.7, max_queries: int = 20, worked: tuple[int, int] = (-1, 0),
@@ -472,7 +490,7 @@ def explore_detr(model: nn.Module, image: Tensor, normalize, labels: Sequence[st
     inputs = Inputs(_only(states, f"decoder.{layer}.norm1") + qpos, memory + pos, {}, value=memory)
     data = {
         "kind": "detr", "meta": _meta(model, label, random_init), "notes": notes,
-        "image": {"src": image_data_uri(image.float() / 255), "height": size[0], "width": size[1]},
+        "image": {"src": image_data_uri(_display_size(image.float() / 255, notes)), "height": size[0], "width": size[1]},
         "grid": [fh, fw], "threshold": threshold, "queries": queries, "shown": shown,
         "worked": _worked("cross", layer, worked[1], mha, inputs, out["cross_attention"][layer], notes),
     }
