@@ -550,3 +550,17 @@ def test_size_budget_detr_resnet50_at_800():
     assert any("512×512 pixels" in n for n in d["notes"]) and all(s["layers"][-1] == 5 for s in d["sets"])
     cross, enc = d["sets"]
     assert cross["layers"] == list(range(6)) and len(enc["layers"]) < 6  # the small cross-attention keeps every layer
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "2"], "must be a probability"),
+    (["--layer", "7"], "decoder layer 7 out of range"),
+    (["--target", "x"], "translation models only"),
+])
+def test_cli_detr_refuses_in_one_line(tmp_path, capsys, extra, message):
+    img = tmp_path / "canvas.png"
+    Image.fromarray(canvas_image()[0].numpy()).save(img)
+    assert main(["viz", "explore", "detr_digits", str(img), "-o", str(tmp_path / "x.html"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()

@@ -1,7 +1,7 @@
 """The attention explorer: one self-contained, offline HTML page to look at a model's attention.
 
-:func:`explore_vit`, :func:`explore_lm`, :func:`explore_translation` and :func:`explore_detr` run a model once on one
-input and collect what the page shows, as a JSON-able dict ("page data"); :func:`write_page`
+:func:`explore_vit`, :func:`explore_lm`, :func:`explore_translation` and :func:`explore_detr` run a
+model once on one input and collect what the page shows, as a JSON-able dict ("page data"); :func:`write_page`
 inlines that data with the page's own JS and CSS (``explore_page/``) into one HTML file that
 makes no request to any server (images are data URIs, there is no CDN).
 
@@ -11,6 +11,9 @@ What is collected:
   as 8 bits per weight relative to the maximum of its row (:func:`pack_attention`);
 - the tokens, or for a ViT the input image and its patch grid, the attention rollout (Abnar &
   Zuidema 2020) after each block and the position-embedding similarity grid (ViT Fig. 7);
+- for a DETR, the image and the detections (label, score, box), the decoder cross-attention
+  rows of the shown queries (Fig. 6) and the encoder self-attention of every feature-map cell
+  (Fig. 3);
 - a *worked head*: for one layer and head the real Q, K, V (float32) from which the page
   recomputes Q·Kᵀ → ÷√d_k → softmax → ·V for any query, and at other temperatures. The
   recomputation is checked here against the model's own weights (``check`` in the data).
@@ -19,8 +22,8 @@ Text models (no ``get_attention_maps`` of their own) are observed with
 :class:`attnlab.viz.record.AttentionRecorder`; the worked head's layer also has its inputs
 kept (:func:`keep_inputs`) to recompute its Q, K and V.
 
-:func:`explore_detr` shows a DETR: its detections, each shown query's decoder cross-attention
-(Fig. 6) and the encoder self-attention of every feature-map cell (Fig. 3).
+A DETR's attention comes from its own ``need_weights`` path; its worked cross-attention head is
+recomputed from the decoder state, the memory and their positions (:class:`Inputs` ``value``).
 
 Extension point: a new model family adds an ``explore_<kind>`` collector returning
 ``{"kind": "<kind>", ...}`` and a renderer ``RENDER.<kind>`` in ``explore_page/page.js``.
