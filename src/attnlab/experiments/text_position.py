@@ -71,7 +71,7 @@ EXPERIMENT = Experiment(
     anchor="Vaswani et al. 2017 Table 3 (E): learned and sinusoidal positions give nearly identical results; Su et al. "
            "2021 (RoFormer): rotary positions train faster and better; Haviv et al. 2022: causal LMs without position "
            "encodings remain competitive",
-    cost={"quick": "≈10 s", "full": "≈50 min"},
+    cost={"quick": "≈10 s", "full": "≈20 min"},
     seeds={"quick": 1, "full": 2},
     run=run,
 )
