@@ -67,5 +67,6 @@ def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
 
 def add_int8_argument(parser) -> None:
     parser.add_argument("--int8", action="store_true",
-                        help="run the model's Linear layers with int8 weights and activations (torchao dynamic int8: a quarter of "
-                             "the weight bytes, slightly different numbers; see BENCHMARKS.md for its speed)")
+                        help="run the model's Linear layers with int8 weights and activations (torchao dynamic "
+                             "int8: a quarter of the weight bytes, slightly different numbers; see BENCHMARKS.md "
+                             "for its speed)")
