@@ -26,7 +26,10 @@ def tiny_vit(**overrides):
 
 
 # ---------------------------------------------------------------------- torch.fx
-@pytest.mark.parametrize("variant", VIT_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+FX_VARIANTS = [*VIT_VARIANTS, {"pos_embed": "learn2d"}, {"pos_embed": "rope2d"}]
+
+
+@pytest.mark.parametrize("variant", FX_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_fx_symbolic_trace_matches_eager(variant):
     m = tiny_vit(**variant)
     g = torch.fx.symbolic_trace(m)

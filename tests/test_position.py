@@ -5,9 +5,11 @@ from attnlab.errors import ConfigError, ShapeError
 from attnlab.nn.position import (
     POSITION_KINDS,
     LearnedPositionalEmbedding,
+    LearnedPositionalEmbedding2D,
     PositionEncoding,
     RelativePositionBias,
     RelativePositionBias2D,
+    RotaryEmbedding2D,
     SinCos2DPositionalEncoding,
     SinusoidalPositionalEncoding,
     make_position,
@@ -73,3 +75,37 @@ def test_resample_grid_keeps_prefix_and_constants():
     assert out.shape == (1, 26, 4)
     assert torch.equal(out[:, 0], pos[:, 0])
     torch.testing.assert_close(out[:, 1:], torch.full((1, 25, 4), 0.5))
+
+
+def test_rope2d_scores_depend_only_on_the_2d_offset():
+    """Axial 2-D RoPE: with the same q at every patch and the same k at every patch, the score
+    between patches (y1, x1) and (y2, x2) is a function of (y2 - y1, x2 - x1) alone; the class
+    token is not rotated; rotation keeps norms."""
+    torch.manual_seed(0)
+    rope = RotaryEmbedding2D((3, 4), head_dim=8, num_prefix=1)
+    q = torch.randn(8).expand(1, 1, 13, 8)
+    k = torch.randn(8).expand(1, 1, 13, 8)
+    rq, rk = rope.rotate(q, k)
+    torch.testing.assert_close(rq[0, 0, 0], q[0, 0, 0])  # the class token
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))
+    s = (rq[0, 0, 1:] @ rk[0, 0, 1:].T).reshape(3, 4, 3, 4)
+    by_offset: dict = {}
+    for y1, x1, y2, x2 in torch.cartesian_prod(*(torch.arange(n) for n in (3, 4, 3, 4))).tolist():
+        by_offset.setdefault((y2 - y1, x2 - x1), []).append(s[y1, x1, y2, x2])
+    for vals in by_offset.values():
+        torch.testing.assert_close(torch.stack(vals), vals[0].expand(len(vals)), atol=1e-5, rtol=1e-5)
+    assert len({round(float(v[0]), 4) for v in by_offset.values()}) > 10  # and the offsets are told apart
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        RotaryEmbedding2D((2, 2), head_dim=6)
+
+
+def test_learned_2d_shares_rows_and_columns():
+    pe = LearnedPositionalEmbedding2D((2, 3), dim=6, num_prefix=1)
+    t = pe.table[0]  # (1 + 6, 6)
+    assert t.shape == (7, 6) and sum(p.numel() for p in pe.parameters()) == 2 * 3 + 3 * 3 + 6
+    torch.testing.assert_close(t[1:, :3].reshape(2, 3, 3)[:, 0], pe.row)  # the row half is shared along a row
+    torch.testing.assert_close(t[1:, 3:].reshape(2, 3, 3)[0], pe.col)  # the column half along a column
+    x = torch.zeros(2, 7, 6)
+    torch.testing.assert_close(pe.add(x), t.expand(2, 7, 6))
+    with pytest.raises(ConfigError, match="even"):
+        LearnedPositionalEmbedding2D((2, 2), dim=5)

@@ -119,7 +119,7 @@ def test_overrides_change_the_config():
     (dict(img_size=30, patch_size=4), "img_size 30x30 is not divisible by patch_size 4"),
     (dict(class_token=False), "global_pool='token' needs class_token=True"),
     (dict(global_pool="max"), "global_pool='max'.*'token', 'avg'"),
-    (dict(pos_embed="rope"), "pos_embed='rope'.*'learn', 'sincos2d', 'relative', 'none'"),
+    (dict(pos_embed="rope"), "pos_embed='rope'.*'learn', 'learn2d', 'sincos2d', 'relative', 'rope2d', 'none'"),
     (dict(patch_embed="mlp"), "patch_embed='mlp'.*'conv', 'linear'"),
     (dict(weight_init="xavier"), "weight_init='xavier'.*'trunc_normal', 'jax'"),
     (dict(embed_dim=30, num_heads=4), "embed_dim 30 is not divisible by num_heads 4"),
@@ -172,12 +172,14 @@ def test_avg_pool_with_class_token_excludes_it():
     torch.testing.assert_close(m.forward_head(z, pre_logits=True), m.fc_norm(z[:, 1:].mean(1)))
 
 
-@pytest.mark.parametrize("kind", ["learn", "sincos2d", "relative", "none"])
+@pytest.mark.parametrize("kind", ["learn", "learn2d", "sincos2d", "relative", "rope2d", "none"])
 def test_each_position_embedding(kind):
     m = tiny(pos_embed=kind)
     names = {n for n, _ in m.named_parameters() if n.startswith(("pos_embed", "rel_pos"))}
-    assert names == {"learn": {"pos_embed.weight"}, "relative": {"rel_pos.table"}}.get(kind, set())
-    assert not any(k.startswith(("pos_embed", "rel_pos")) for k in m.state_dict() if kind in ("sincos2d", "none"))
+    assert names == {"learn": {"pos_embed.weight"}, "relative": {"rel_pos.table"},
+                     "learn2d": {"pos_embed.row", "pos_embed.col", "pos_embed.prefix"}}.get(kind, set())
+    assert names == {n for n in m.no_weight_decay() if n != "cls_token"}
+    assert not any(k.startswith(("pos_embed", "rel_pos")) for k in m.state_dict() if kind in ("sincos2d", "rope2d", "none"))
     if kind == "relative":  # the initial table (std .02) barely moves the logits; make it count
         torch.nn.init.normal_(m.rel_pos.table)
     x = torch.randn(2, 3, 16, 16)
@@ -188,6 +190,31 @@ def test_each_position_embedding(kind):
     else:
         perm = x.reshape(2, 3, 4, 4, 4, 4).flip(2).reshape(2, 3, 16, 16)
         assert not torch.allclose(m(perm), m(x), atol=1e-4)
+
+
+def test_learned_2d_table_is_row_and_column():
+    m = tiny(pos_embed="learn2d")  # 4x4 grid, 32 wide
+    table = m.position_table()[0]  # (1 + 16, 32)
+    pe = m.pos_embed
+    assert table.shape == (17, 32) and pe.row.shape == pe.col.shape == (4, 16)
+    torch.testing.assert_close(table[0], pe.prefix[0])
+    for r, c in [(0, 0), (1, 3), (3, 2)]:
+        torch.testing.assert_close(table[1 + 4 * r + c], torch.cat([pe.row[r], pe.col[c]]))
+
+
+def test_rope2d_rotates_inside_attention_and_refuses_odd_heads():
+    m = tiny(pos_embed="rope2d")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        a = m(x)
+        m.rel_pos.sin.zero_()
+        m.rel_pos.cos.fill_(1.0)  # no rotation: the model loses its position information
+        b = m(x)
+    assert not torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ConfigError, match="head dimension.*divisible by 4"):
+        tiny(pos_embed="rope2d", embed_dim=24, num_heads=4)  # head dimension 6
+    with pytest.raises(ConfigError, match="dynamic_img_size"):
+        tiny(pos_embed="rope2d", dynamic_img_size=True)
 
 
 def test_relative_bias_reaches_attention():

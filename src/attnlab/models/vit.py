@@ -27,8 +27,10 @@ from attnlab.models.registry import config_from, register_model
 from attnlab.nn.layers import EncoderLayer
 from attnlab.nn.position import (
     LearnedPositionalEmbedding,
+    LearnedPositionalEmbedding2D,
     PositionEncoding,
     RelativePositionBias2D,
+    RotaryEmbedding2D,
     SinCos2DPositionalEncoding,
     grid_of,
     resample_grid,
@@ -36,7 +38,7 @@ from attnlab.nn.position import (
 )
 
 GLOBAL_POOLS = ("token", "avg")
-POS_EMBEDS = ("learn", "sincos2d", "relative", "none")
+POS_EMBEDS = ("learn", "learn2d", "sincos2d", "relative", "rope2d", "none")
 PATCH_EMBEDS = ("conv", "linear")
 WEIGHT_INITS = ("trunc_normal", "jax")
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -64,7 +66,9 @@ class ViTConfig:
     drop_path_rate: float = 0.0  # stochastic depth; block i gets drop_path_rate * i / (depth - 1)
     class_token: bool = True
     global_pool: str = "token"  # "token": the class token; "avg": mean of the patch tokens
-    pos_embed: str = "learn"  # "learn", "sincos2d", "relative" (2-D bias in attention), "none"
+    # "learn" (1-D table), "learn2d" (row + column tables), "sincos2d", "relative" (2-D bias in
+    # attention), "rope2d" (axial 2-D rotary in attention), "none"
+    pos_embed: str = "learn"
     patch_embed: str = "conv"  # "conv" (Conv2d P x P, stride P) or "linear" (LN, Linear, LN on flat patches)
     pre_logits: bool = False  # Linear C->C + tanh before the head (the paper's pre-training head)
     norm_eps: float = 1e-6
@@ -123,9 +127,12 @@ class ViTConfig:
             raise ConfigError("ViTConfig.global_pool='token' needs class_token=True; use global_pool='avg' without a class token")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ConfigError(f"ViTConfig.pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
-        if self.dynamic_img_size and self.pos_embed == "relative":
-            raise ConfigError("ViTConfig.dynamic_img_size=True works with pos_embed 'learn', 'sincos2d' or 'none', "
-                              "not 'relative' (its bias table is tied to the patch grid)")
+        if self.pos_embed == "rope2d" and (self.embed_dim // self.num_heads) % 4:
+            raise ConfigError(f"ViTConfig.pos_embed='rope2d' needs a head dimension (embed_dim / num_heads) divisible by 4, "
+                              f"got {self.embed_dim // self.num_heads}")
+        if self.dynamic_img_size and self.pos_embed in ("learn2d", "relative", "rope2d"):
+            raise ConfigError(f"ViTConfig.dynamic_img_size=True works with pos_embed 'learn', 'sincos2d' or 'none', "
+                              f"not {self.pos_embed!r} (its tables are tied to the patch grid)")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -261,17 +268,21 @@ class VisionTransformer(nn.Module):
             self.patch_embed = LinearPatchEmbed(cfg.patch_size, cfg.in_chans, c, eps=cfg.norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c)) if cfg.class_token else None
         n = self.num_prefix_tokens + gh * gw
-        # Absolute encodings are added to the tokens (pos_embed); a relative bias acts inside
-        # every block's attention (rel_pos, shared by the blocks). The unused one is the no-op
+        # Absolute encodings are added to the tokens (pos_embed); a relative bias or a rotation acts
+        # inside every block's attention (rel_pos, shared by the blocks). The unused one is the no-op
         # PositionEncoding(), so the blocks always get a rel_pos.
         self.pos_embed: PositionEncoding = PositionEncoding()
         self.rel_pos: PositionEncoding = PositionEncoding()
         if cfg.pos_embed == "learn":
             self.pos_embed = LearnedPositionalEmbedding(n, c)
+        elif cfg.pos_embed == "learn2d":
+            self.pos_embed = LearnedPositionalEmbedding2D((gh, gw), c, self.num_prefix_tokens)
         elif cfg.pos_embed == "sincos2d":
             self.pos_embed = SinCos2DPositionalEncoding((gh, gw), c, self.num_prefix_tokens)
         elif cfg.pos_embed == "relative":
             self.rel_pos = RelativePositionBias2D((gh, gw), cfg.num_heads, self.num_prefix_tokens)
+        elif cfg.pos_embed == "rope2d":
+            self.rel_pos = RotaryEmbedding2D((gh, gw), c // cfg.num_heads, self.num_prefix_tokens)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 
         self.blocks = nn.ModuleList(
@@ -304,6 +315,8 @@ class VisionTransformer(nn.Module):
         jax = mode == "jax"
         if isinstance(self.pos_embed, LearnedPositionalEmbedding):
             (nn.init.normal_ if jax else nn.init.trunc_normal_)(self.pos_embed.weight, std=0.02)
+        elif isinstance(self.pos_embed, LearnedPositionalEmbedding2D):
+            self.pos_embed.reset_parameters(0.02, nn.init.normal_ if jax else nn.init.trunc_normal_)
         if self.cls_token is not None:
             if jax:
                 nn.init.zeros_(self.cls_token)
@@ -334,14 +347,14 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names usually excluded from weight decay."""
-        return {n for n, _ in self.named_parameters() if n in ("cls_token", "pos_embed.weight", "rel_pos.table")}
+        return {n for n, _ in self.named_parameters() if n == "cls_token" or n.startswith(("pos_embed.", "rel_pos."))}
 
     # ------------------------------------------------------------------ the model
-    def _pos_table(self) -> Tensor | None:
-        """The absolute position table added to the tokens (1, N, C), or None ("relative", "none")."""
+    def position_table(self) -> Tensor | None:
+        """The absolute position table added to the tokens (1, N, C), or None ("relative", "rope2d", "none")."""
         if isinstance(self.pos_embed, LearnedPositionalEmbedding):
             return self.pos_embed.weight
-        if isinstance(self.pos_embed, SinCos2DPositionalEncoding):
+        if isinstance(self.pos_embed, (LearnedPositionalEmbedding2D, SinCos2DPositionalEncoding)):
             return self.pos_embed.table
         return None
 
@@ -352,7 +365,7 @@ class VisionTransformer(nn.Module):
         z = self.patch_embed(x)  # (B, Gh*Gw, C)
         if self.cls_token is not None:
             z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)  # (B, 1 + Gh*Gw, C)
-        table = self._pos_table()
+        table = self.position_table()
         if cfg.dynamic_img_size:
             z = _add_pos_for_images(z, x, table, cfg.pos_embed, self.grid_size, self.patch_size, self.num_prefix_tokens)
         elif table is not None:

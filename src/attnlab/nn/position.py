@@ -101,6 +101,36 @@ class SinCos2DPositionalEncoding(PositionEncoding):
         return x + self.table[:, offset : offset + x.shape[1]].to(x.dtype)
 
 
+class LearnedPositionalEmbedding2D(PositionEncoding):
+    """The ViT paper's 2-D embedding (appendix D.4): a learned Y embedding per patch row and an
+    X embedding per patch column, C/2 channels each, concatenated for each patch; ``num_prefix``
+    leading tokens (class token) get their own learned vectors."""
+
+    def __init__(self, grid_size: tuple[int, int], dim: int, num_prefix: int = 0, std: float = 0.02) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ConfigError(f"2-D learned embeddings need an even dimension, got {dim}")
+        gh, gw = grid_size
+        self.row = nn.Parameter(torch.zeros(gh, dim // 2))  # Y embedding (Gh, C/2)
+        self.col = nn.Parameter(torch.zeros(gw, dim // 2))  # X embedding (Gw, C/2)
+        self.prefix = nn.Parameter(torch.zeros(num_prefix, dim))  # (P, C)
+        self.reset_parameters(std)
+
+    def reset_parameters(self, std: float = 0.02, init=nn.init.trunc_normal_) -> None:
+        for p in (self.row, self.col, self.prefix):
+            init(p, std=std)
+
+    @property
+    def table(self) -> Tensor:
+        """(1, P + Gh*Gw, C): [prefix; concat(Y_row, X_col) for each patch, row-major]."""
+        gh, gw = self.row.shape[0], self.col.shape[0]
+        grid = torch.cat([self.row[:, None].expand(gh, gw, -1), self.col[None].expand(gh, gw, -1)], dim=-1)
+        return torch.cat([self.prefix, grid.reshape(gh * gw, -1)])[None]
+
+    def add(self, x: Tensor, offset: int = 0) -> Tensor:
+        return x + self.table[:, offset : offset + x.shape[1]].to(x.dtype)
+
+
 class RelativePositionBias(PositionEncoding):
     """A learned scalar per head and clipped relative distance j - i, added to the scores
     (Shaw et al. 2018; the bias form of T5 without buckets). Right-aligned like causal masks."""
@@ -176,6 +206,38 @@ class RotaryEmbedding(PositionEncoding):
         ang = torch.outer(pos, self.inv_freq)  # (T, D/2)
         ang = torch.cat([ang, ang], dim=-1)
         cos, sin = ang.cos().to(q.dtype), ang.sin().to(q.dtype)
+        return self._rot(q, cos, sin), self._rot(k, cos, sin)
+
+
+class RotaryEmbedding2D(PositionEncoding):
+    """Axial 2-D RoPE over a patch grid (Heo et al. 2024, "RoPE-Axial"): in each head the first
+    half of the channels rotate with the patch's row, the second half with its column
+    (rotate-half pairing within each half), so q·k depends only on the offset (dy, dx).
+    ``num_prefix`` leading tokens (class token) are not rotated. ``base`` 100, as that paper
+    uses for ViTs: grids are short, so the frequencies must be high enough to tell rows apart."""
+
+    def __init__(self, grid_size: tuple[int, int], head_dim: int, num_prefix: int = 0, base: float = 100.0) -> None:
+        super().__init__()
+        if head_dim % 4:
+            raise ConfigError(f"2-D rotary embeddings need a head dimension divisible by 4, got {head_dim}")
+        q = head_dim // 4
+        inv = base ** (-torch.arange(q, dtype=torch.float64) / q)  # (D/4,)
+        ys, xs = torch.meshgrid(torch.arange(grid_size[0], dtype=torch.float64),
+                                torch.arange(grid_size[1], dtype=torch.float64), indexing="ij")
+        ang_y, ang_x = ys.reshape(-1, 1) * inv, xs.reshape(-1, 1) * inv  # (Gh*Gw, D/4) each
+        ang = torch.cat([ang_y, ang_y, ang_x, ang_x], dim=1)  # (Gh*Gw, D)
+        ang = torch.cat([ang.new_zeros(num_prefix, head_dim), ang])  # (N, D): angle 0 for the prefix
+        self.register_buffer("cos", ang.cos().float(), persistent=False)
+        self.register_buffer("sin", ang.sin().float(), persistent=False)
+
+    @staticmethod
+    def _rot(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x4 = x.unflatten(-1, (2, 2, -1))  # (..., axis, pair half, D/4)
+        rx = torch.stack([-x4[..., 1, :], x4[..., 0, :]], dim=-2).flatten(-3)  # rotate half, per axis
+        return x * cos + rx * sin
+
+    def rotate(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:  # (B, H, N, D)
+        cos, sin = self.cos.to(q.dtype), self.sin.to(q.dtype)  # (N, D): the grid fixes N
         return self._rot(q, cos, sin), self._rot(k, cos, sin)
 
 

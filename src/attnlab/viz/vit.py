@@ -18,7 +18,6 @@ from torch import Tensor
 
 from attnlab.errors import ConfigError, DataError, ShapeError
 from attnlab.models.vit import VisionTransformer
-from attnlab.nn.position import LearnedPositionalEmbedding, SinCos2DPositionalEncoding
 from attnlab.viz.common import HEATMAP
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,13 +27,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ---------------------------------------------------------------------- position embeddings
 def patch_position_embeddings(model: VisionTransformer) -> Tensor:
     """The absolute position embedding of each patch, (Gh*Gw, C), without the class token's."""
-    k = model.num_prefix_tokens
-    if isinstance(model.pos_embed, LearnedPositionalEmbedding):
-        return model.pos_embed.weight.detach()[0, k:].float()
-    if isinstance(model.pos_embed, SinCos2DPositionalEncoding):
-        return model.pos_embed.table.detach()[0, k:].float()
-    raise ConfigError(f"{model.name} has no absolute position embedding to plot (pos_embed={model.cfg.pos_embed!r}); "
-                      "only 'learn' and 'sincos2d' add one to the patches")
+    table = model.position_table()
+    if table is None:
+        raise ConfigError(f"{model.name} has no absolute position embedding to plot (pos_embed={model.cfg.pos_embed!r}); "
+                          "only 'learn', 'learn2d' and 'sincos2d' add one to the patches")
+    return table.detach()[0, model.num_prefix_tokens:].float()
 
 
 def posembed_similarity(model: VisionTransformer) -> Tensor:
@@ -84,7 +81,7 @@ def plot_posembed_similarity(model: VisionTransformer, title: str | None = None)
     ax.set_ylabel("input patch row")
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
     cb.set_label("cosine similarity")
-    kind = "learned" if model.cfg.pos_embed == "learn" else "2-D sin-cos"
+    kind = {"learn": "learned 1-D", "learn2d": "learned 2-D (row + column)"}.get(model.cfg.pos_embed, "2-D sin-cos")
     ax.set_title(title or f"Position embedding similarity: {model.name}", fontsize=12)
     fig.text(0.5, 0.005, f"{kind} embeddings, {gh}x{gw} patch grid; each tile: that patch vs every patch",
              ha="center", va="bottom", fontsize=8, color="0.3")
