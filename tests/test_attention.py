@@ -12,7 +12,7 @@ from torch import nn
 from attnlab.convert import from_torch
 from attnlab.errors import ConfigError, ShapeError
 from attnlab.nn import AdditiveAttention, KVCache, MultiHeadAttention, scaled_dot_product_attention
-from attnlab.nn.masks import causal_mask, from_torch_mask, padding_mask, window_mask
+from attnlab.nn.masks import causal_mask, from_torch_mask, padding_mask, random_key_mask, window_mask
 
 ATOL = 1e-5
 B, T, S, E, H = 3, 6, 9, 32, 4
@@ -113,6 +113,31 @@ def test_mha_with_window_matches_explicit_mask():
     win = MultiHeadAttention(E, H, window=2).eval()
     win.load_state_dict(mha.state_dict())
     torch.testing.assert_close(win(x), mha(x, mask=window_mask(T, T, 2)), atol=ATOL, rtol=0)
+
+
+def test_random_key_mask_draws_k_allowed_keys():
+    torch.manual_seed(0)
+    allowed = torch.rand(4, 3, 7, 9) > 0.4
+    m = random_key_mask(allowed, 3)
+    assert not (m & ~allowed).any()  # never a disallowed key
+    torch.testing.assert_close(m.sum(-1), allowed.sum(-1).clamp(max=3))  # k, or all when fewer are allowed
+    assert not torch.equal(m, random_key_mask(allowed, 3))  # drawn anew at every call
+
+
+def test_mha_random_k_sees_k_visible_keys():
+    """random_k: the weights of each query are non-zero at exactly k keys, all of them visible
+    (not padding, not in the future)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(E, H, random_k=2).eval()
+    x = torch.randn(B, T, E)
+    pad = padding_mask(~kpm(B, T))  # row i has T - i real keys
+    _, w = mha(x, mask=pad, causal=True, need_weights=True)  # (B, H, T, T)
+    seen = w > 0
+    visible = pad & causal_mask(T, T)
+    assert not (seen & ~visible).any()
+    torch.testing.assert_close(seen.sum(-1), visible.expand_as(seen).sum(-1).clamp(max=2))
+    with pytest.raises(ConfigError, match="random_k"):
+        MultiHeadAttention(E, H, random_k=0)
 
 
 def test_attention_weights_do_not_change_output():

@@ -6,8 +6,9 @@ by name like any other (``create_model(name, **config)``).
   (:class:`TokenBatchNorm`, Shen et al. 2020's setting) or removed (``"none"``).
 - ``logit_scale``: ``"sqrt"`` is softmax(QKᵀ/√d_k)V; ``"none"`` is the unscaled softmax(QKᵀ)V
   (eq. 1 without its footnote 4), made by multiplying Q by √d_k before the scaled kernel.
-- ``topk`` / ``window``: the seq2seq Transformer with top-k sparse attention (Explicit Sparse
-  Transformer, Zhao et al. 2019) in every attention layer, or local self-attention.
+- ``topk`` / ``random_k`` / ``window``: the seq2seq Transformer with top-k sparse attention
+  (Explicit Sparse Transformer, Zhao et al. 2019) in every attention layer, its random baseline
+  (k keys per query drawn at random), or local self-attention.
 
 The pieces are the existing models' own modules; nothing here changes their equations
 otherwise.
@@ -159,29 +160,31 @@ def vit_digits_ablation(**overrides) -> AblationViT:
 class SparseTransformerConfig(TransformerConfig):
     topk: int | None = None  # every attention layer keeps each query's k largest scores
     window: int | None = None  # self-attention sees keys within this distance (cross-attention sees all)
+    random_k: int | None = None  # every attention layer sees k keys per query drawn at random (the baseline of topk)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for field in ("topk", "window"):
+        for field in ("topk", "window", "random_k"):
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{field} must be a positive whole number or None, got {v!r}")
 
 
 class SparseTransformer(Transformer):
-    """:class:`~attnlab.nn.transformer.Transformer` with top-k or windowed attention."""
+    """:class:`~attnlab.nn.transformer.Transformer` with top-k, random-k or windowed attention."""
 
     def __init__(self, cfg: SparseTransformerConfig) -> None:
         super().__init__(cfg)
         for layer in [*self.encoder.layers, *self.decoder.layers]:
-            layer.self_attn.topk, layer.self_attn.window = cfg.topk, cfg.window
+            layer.self_attn.topk, layer.self_attn.window, layer.self_attn.random_k = cfg.topk, cfg.window, cfg.random_k
             if hasattr(layer, "cross_attn"):
-                layer.cross_attn.topk = cfg.topk
+                layer.cross_attn.topk, layer.cross_attn.random_k = cfg.topk, cfg.random_k
 
 
 @register_model("transformer_multi30k_sparse")
 def transformer_multi30k_sparse(**overrides) -> SparseTransformer:
-    """transformer_multi30k with top-k sparse attention (topk) or local self-attention (window)."""
+    """transformer_multi30k with top-k sparse attention (topk), k random keys per query (random_k) or local
+    self-attention (window)."""
     base = dict(src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True, d_model=256, num_heads=8,
                 num_encoder_layers=3, num_decoder_layers=3, d_ff=512)
     return SparseTransformer(config_from(SparseTransformerConfig, base, overrides, "transformer_multi30k_sparse"))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.nn.masks import causal_mask, check_mask, window_mask
+from attnlab.nn.masks import causal_mask, check_mask, random_key_mask, window_mask
 
 
 def scaled_dot_product_attention(
@@ -196,8 +196,9 @@ class MultiHeadAttention(nn.Module):
     K, V from ``context``). ``proj`` is W_O.
 
     Options: ``qkv_bias``; ``dropout`` on the attention weights; ``topk`` sparse attention;
-    ``window`` local attention (each query sees keys within ``window`` positions); ``causal``
-    as the default for :meth:`forward`.
+    ``window`` local attention (each query sees keys within ``window`` positions);
+    ``random_k``: each query sees ``random_k`` keys drawn at random at every call (the random
+    baseline of top-k attention); ``causal`` as the default for :meth:`forward`.
     """
 
     def __init__(
@@ -210,6 +211,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         topk: int | None = None,
         window: int | None = None,
+        random_k: int | None = None,
         causal: bool = False,
     ) -> None:
         super().__init__()
@@ -219,6 +221,9 @@ class MultiHeadAttention(nn.Module):
             raise ConfigError(f"topk must be >= 1, got {topk}")
         if window is not None and window < 0:
             raise ConfigError(f"window must be >= 0, got {window}")
+        if random_k is not None and random_k < 1:
+            raise ConfigError(f"random_k must be >= 1, got {random_k}")
+        self.random_k = random_k
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout, self.topk, self.window, self.causal = dropout, topk, window, causal
@@ -278,6 +283,10 @@ class MultiHeadAttention(nn.Module):
         if self.window is not None:
             wm = window_mask(tq, tk, self.window, device=x.device)
             mask = wm if mask is None else mask & wm
+        if self.random_k is not None:
+            visible = torch.ones(b, self.num_heads, tq, tk, dtype=torch.bool, device=x.device)  # (B, H, Tq, Tk)
+            visible = visible & causal_mask(tq, tk, device=x.device) if causal else visible
+            mask = random_key_mask(visible if mask is None else visible & mask, self.random_k)
         bias = pos.bias(tq, tk) if (pos is not None and context is None) else None
         res = scaled_dot_product_attention(
             q, k, v, mask=mask, causal=causal, dropout=self.dropout if self.training else 0.0,

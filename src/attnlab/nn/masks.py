@@ -35,6 +35,16 @@ def window_mask(tq: int, tk: int | None = None, window: int = 1, device=None) ->
     return (qpos - kpos).abs() <= window
 
 
+def random_key_mask(allowed: Tensor, k: int) -> Tensor:
+    """Each query keeps k keys drawn uniformly, without replacement, among its ``allowed`` ones
+    (boolean (..., Tq, Tk)); fewer when fewer are allowed. The random-selection baseline of the
+    Explicit Sparse Transformer (k keys per query, not the k highest-scoring). Draws from
+    torch's global generator, anew at every call."""
+    noise = torch.rand(allowed.shape, device=allowed.device).masked_fill(~allowed, -1.0)  # disallowed rank last
+    picked = noise.topk(min(k, allowed.shape[-1]), dim=-1).indices
+    return torch.zeros_like(allowed).scatter_(-1, picked, True) & allowed
+
+
 def padding_mask(valid: Tensor) -> Tensor:
     """Key padding: ``valid`` (B, Tk) bool, True at real tokens -> (B, 1, 1, Tk)."""
     if valid.dim() != 2:
