@@ -101,6 +101,19 @@ def test_predict(run_dir, tmp_path):
     assert cli("predict", run_dir, tmp_path / "rgb_grey.png")[0] == 0
 
 
+def test_a_resnet_trains_evaluates_and_predicts(tmp_path):
+    """The image task trains the registry's CNNs too (the ViT-vs-CNN comparison's ResNet)."""
+    d = tmp_path / "cnn"
+    code, _, err = cli("train", "image", "--model", "resnet_digits", "--epochs", "1",
+                       "--batch-size", "128", "--threads", "1", "--quiet", "--run-dir", d)
+    assert code == 0, err
+    code, out, err = cli("eval", d, "--json")
+    assert code == 0, err
+    assert 0 <= json.loads(out)["accuracy"] <= 1
+    code, out, err = cli("predict", d, digit_png(tmp_path / "d.png"), "--json")
+    assert code == 0 and len(json.loads(out)[0]["top"]) == 5, err
+
+
 def test_resume_finished_run_changes_nothing(run_dir):
     step = json.loads((run_dir / "last.json").read_text())["step"]
     code, out, err = cli("train", "image", "--resume", run_dir, "--quiet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 from attnlab.cli.main import main
 
@@ -21,6 +22,11 @@ def test_short_demo_writes_the_report(tmp_path):
     assert "](explore.html)" in md and (d / "explore.html").read_text().startswith("<!")
     for img in ("curves.png", "confusion.png", "posembed.png", "attention.png"):
         assert f"]({img})" in md
+    link = md.split("[EXPERIMENTS.md](")[1].split(")")[0]  # relative to the report, to this checkout's file
+    assert (d / link).resolve() == (Path(__file__).resolve().parents[1] / "EXPERIMENTS.md")
+    from attnlab.experiments import experiments
+
+    assert all(f"attnlab experiment {name}" in md for name in experiments())
     html = (d / "report.html").read_text()
     assert html.startswith("<!doctype html>") and 'src="posembed.png"' in html
     lines = out.getvalue().strip().splitlines()

@@ -211,6 +211,10 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
         ("p", "**Explore it yourself**: [explore.html](explore.html) is one offline page (no network) with this digit's "
               "attention in every block and head — hover a patch to see where it looks — the rollout, the position "
               "similarity, and one head worked out number by number (Q·Kᵀ, ÷√d_k, softmax, ·V)."),
+        ("h2", "5. The questions, answered by experiment"),
+        ("p", "Every question of the story is a command that trains real models and sets the result against the "
+              "paper's figure. " + experiments_link(run_dir)),
+        ("code", experiment_commands()),
         ("h2", "Reproduce and explore"),
         ("code", "attnlab demo                               # this report again (seeded: same numbers on this machine)\n"
                  f"attnlab eval {run_dir}        # accuracy, top-5, per-class accuracy, confusion matrix\n"
@@ -224,6 +228,29 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
     ]
     md, ht = report.write_report(run_dir, blocks, title="attnlab demo report")
     return {"accuracy": acc, "correct": correct, "count": count, "md": md, "html": ht, "figures": figs}
+
+
+def experiments_link(run_dir: Path) -> str:
+    """Where the full-budget results are: EXPERIMENTS.md of this checkout, linked relative to the
+    report, or the command that lists them when attnlab is installed without its sources."""
+    import os
+
+    import attnlab
+
+    doc = Path(attnlab.__file__).resolve().parents[2] / "EXPERIMENTS.md"
+    if doc.is_file():
+        rel = Path(os.path.relpath(doc, run_dir.resolve())).as_posix()
+        return (f"The full-budget results, with their commands, figures, seed spread and verdicts, are in "
+                f"[EXPERIMENTS.md]({rel}).")
+    return "`attnlab experiment list` names them with their cost; the full-budget results are in the sources' EXPERIMENTS.md."
+
+
+def experiment_commands() -> str:
+    from attnlab.experiments import experiments
+
+    exps = experiments().values()
+    width = max(len(e.name) for e in exps)
+    return "\n".join(f"attnlab experiment {e.name:<{width}}   # {e.question}" for e in exps)
 
 
 def position_structure(model) -> str:

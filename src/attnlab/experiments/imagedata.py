@@ -1,14 +1,12 @@
 """The image task of the experiments: :data:`attnlab.tasks.image.SPEC` with two more data
-options — ``train_size`` and ``test_size``, stratified subsets of the splits — and the small
-ResNet (:mod:`attnlab.models.cnn`) among the models it trains. Its runs are ordinary image
-runs: ``attnlab eval`` and ``runs.load`` read them."""
+options — ``train_size`` and ``test_size``, stratified subsets of the splits. Its runs are
+ordinary image runs: ``attnlab eval`` and ``runs.load`` read them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from attnlab.data import images as D
-from attnlab.models.cnn import ResNet
 from attnlab.tasks import image
 from attnlab.train.config import opt, positive_int
 
@@ -34,5 +32,4 @@ def load_data(dc: ImageSubsetConfig, mcfg, run_dir=None, progress: bool = True, 
     return data
 
 
-SPEC = replace(image.SPEC, data_config=ImageSubsetConfig, load_data=load_data,
-               model_kinds=image.SPEC.model_kinds + (ResNet,))
+SPEC = replace(image.SPEC, data_config=ImageSubsetConfig, load_data=load_data)

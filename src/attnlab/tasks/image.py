@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from attnlab.data import images as D
 from attnlab.data.transforms import Augment, Normalize, channel_stats
 from attnlab.errors import CheckpointError, DataError
+from attnlab.models.cnn import ResNet
 from attnlab.models.vit import VisionTransformer
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
@@ -295,11 +296,11 @@ def predict(run: LoadedRun, inputs: list[str], top_k: int = 5, convert: bool = F
 
 SPEC = TaskSpec(
     name=TASK,
-    help="image classification (ViT) on digits, MNIST, CIFAR-10 or a folder of images",
+    help="image classification (ViT or a small ResNet) on digits, MNIST, CIFAR-10 or a folder of images",
     data_config=ImageDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(VisionTransformer,),
+    model_kinds=(VisionTransformer, ResNet),
     load_extras=load_extras,
     eval_config=ImageEvalConfig,
     evaluate=evaluate,

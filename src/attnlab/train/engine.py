@@ -465,8 +465,7 @@ class Trainer:
                 self.log(f"stopped by --max-minutes {cfg.max_minutes:g} after {done} of the {self.steps_per_epoch} "
                          f"batches of epoch {epoch + 1} (step {self.step}); --resume continues from there")
                 break
-        dist.barrier()
-        self.plot()
+        dist.barrier()  # the last epoch (or the cut one) has drawn curves.png already
         self.write_metrics()
         return {"best": self.best, "metrics": self.history.epochs[-1] if self.history.epochs else {},
                 "elapsed": self.elapsed_now(), "train_time": self.train_time, "steps": self.step,

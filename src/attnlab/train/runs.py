@@ -272,13 +272,14 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """The task's evaluation of a run; results.json and the task's files (pictures, texts such as
     the hypotheses of a translation) go to ``out_dir`` (default ``RUN_DIR/eval/<what was
-    evaluated>``), whose paths are added to the results."""
+    evaluated>``, with ``-int8`` for an int8 model), whose paths are added to the results."""
     from attnlab.viz.common import save_figure
 
     if run.spec.evaluate is None:
         raise ConfigError(f"'attnlab eval' does not support {run.spec.name!r} runs")
     results, files = run.spec.evaluate(run, eval_config, progress)
-    out = Path(out_dir) if out_dir else run.run_dir / "eval" / results.pop("slug", "default")
+    slug = results.pop("slug", "default") + ("-int8" if run.int8 else "")  # int8 scores never replace fp32 ones
+    out = Path(out_dir) if out_dir else run.run_dir / "eval" / slug
     check_output_dir(out)
     for name, content in files.items():  # a picture, or the text of a file such as hypotheses.txt
         if isinstance(content, str):
