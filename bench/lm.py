@@ -387,17 +387,9 @@ def report(args=None) -> str:
             out.append(f"| {r['model']} | {cfg} | {r['params']:,} | {r['epochs']} | {r['train_seconds'] / 60:.1f} min | "
                        f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} |")
         out.append("")
-    copy = RESULTS / "lm-copy-task.json"
-    if copy.exists():
-        c = json.loads(copy.read_text())
-        out += ["### Copy task: accuracy against lag", "",
-                "Command: `attnlab viz gradients --task copy --lag " + " ".join(map(str, c["lags"]))
-                + f" --steps {c.get('steps', 300)} -o bench/results/lm-copy-task.png` (" + c["setup"]
-                + "; chance 12.5 %; each point a fresh model).", "",
-                "| model | " + " | ".join(f"lag {v}" for v in c["lags"]) + " |",
-                "| --- |" + " ---: |" * len(c["lags"])]
-        out += [f"| {k} | " + " | ".join(f"{100 * a:.1f} %" for a in v) + " |" for k, v in c["accuracy"].items()]
-        out += ["", "![copy task](bench/results/lm-copy-task.png)", ""]
+    out += ["### Copy task: accuracy against lag", "",
+            "The copy task is the experiment `attnlab experiment rnn-forgetting`, trained through the one engine; its "
+            "full-budget results (accuracy against lag, gradient against distance) are in EXPERIMENTS.md.", ""]
     if (RESULTS / "lm-gradients.png").exists():
         out += ["### Gradient norm against distance from the loss", "",
                 "Small runs on the first 250,000 characters of Tiny Shakespeare (`head -c 250000 input.txt > ts250k.txt`), "

@@ -220,49 +220,29 @@ def _alignment(run, source: str, target: str | None, layer: int):
 # ---------------------------------------------------------------------- gradients
 def add_gradients(sub) -> None:
     p = sub.add_parser(
-        "gradients", help="gradient norm vs distance back from the loss (RNN/GRU/LSTM/Transformer); the copy task",
+        "gradients", help="gradient norm vs distance back from the loss (RNN/GRU/LSTM/Transformer runs)",
         description="For language-model runs (attnlab train lm) trained on the same text: the norm of the gradient of "
                     "the loss at the last position of a window with respect to the input embedding (or the recurrent "
                     "hidden state, --wrt hidden) at each earlier position, averaged over windows of the validation "
-                    "text: vanishing and exploding gradients as a plot. With --task copy: train small RNN/GRU/LSTM/"
-                    "Transformer models on the copy task at each --lag and plot accuracy against lag (the numbers go "
-                    "to a .json file beside the PNG).",
+                    "text: vanishing and exploding gradients as a plot. The copy task (accuracy against lag, "
+                    "trained from scratch) is the experiment 'attnlab experiment rnn-forgetting'.",
     )
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="language-model run directories (same text)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="language-model run directories (same text)")
     add_output_arguments(p)
-    p.add_argument("--task", choices=("text", "copy"), default="text", help="text (default): gradients of the runs; "
-                                                                          "copy: the copy task")
     p.add_argument("--length", type=positive_int, default=100, metavar="T",
                    help="window length (capped by a Transformer's context) (default: 100)")
     p.add_argument("--windows", type=positive_int, default=16, metavar="N", help="windows to average over (default: 16)")
     p.add_argument("--wrt", choices=("embedding", "hidden"), default="embedding",
                    help="gradient w.r.t. the input embedding (default) or the recurrent hidden state")
-    p.add_argument("--lag", type=positive_int, nargs="+", default=[1, 2, 5, 10, 20, 50], help="copy task: the lags")
-    p.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"],
-                   choices=["rnn", "gru", "lstm", "transformer"], help="copy task: the models")
-    p.add_argument("--steps", type=positive_int, default=300, help="copy task: training steps per model and lag")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which validation windows (default: 0)")
     p.set_defaults(func=run_gradients)
 
 
 def run_gradients(args) -> int:
-    from attnlab.io import atomic_write_json
     from attnlab.viz.common import check_dpi, check_picture_path, save_figure
-    from attnlab.viz.gradients import copy_task_accuracy, plot_copy_accuracy
 
     out = check_picture_path(args.output)
     check_dpi(args.dpi)
-    if args.task == "copy":
-        lags = sorted(set(args.lag))
-        res = copy_task_accuracy(args.models, lags, log=print, steps=args.steps, seed=args.seed)
-        sub = f"{args.steps} training steps per point, batch 32, 8 symbols, 1-layer recurrent / 2-layer Transformer, width 64"
-        path = save_figure(plot_copy_accuracy(res, lags, subtitle=sub), out, dpi=args.dpi)
-        atomic_write_json(path.with_suffix(".json"), {"lags": lags, "accuracy": res, "setup": sub, "seed": args.seed,
-                                                     "steps": args.steps, "models": list(args.models)})
-        print(f"wrote {path} and {path.with_suffix('.json')} (the numbers)")
-        return 0
-    if not args.run_dirs:
-        raise ConfigError("give one or more language-model run directories (or --task copy)")
     curves = gradient_curves(args.run_dirs, args.length, args.windows, args.wrt, args.seed)
     from attnlab.viz.gradients import plot_gradient_norms
 

@@ -18,9 +18,7 @@ Figures are :class:`matplotlib.figure.Figure` objects (no pyplot); save them wit
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -128,61 +126,6 @@ def copy_batch(batch: int, lag: int, outputs: int, symbols: int, generator: torc
     y = torch.full_like(x, -100)
     y[:, lag:] = x[:, : outputs]
     return x, y
-
-
-def make_copy_model(kind: str, symbols: int, length: int, width: int = 64):
-    from attnlab.models.lm import build_lm, lm_config
-
-    if kind == "transformer":
-        return build_lm(lm_config("transformer", vocab_size=symbols, d_model=width, num_layers=2, num_heads=4,
-                                  max_len=length, position="learned"))
-    return build_lm(lm_config(kind, vocab_size=symbols, embed_dim=width, hidden_dim=width, num_layers=1))
-
-
-def train_copy(kind: str, lag: int, *, steps: int = 300, batch: int = 32, outputs: int = 20, symbols: int = 8,
-               width: int = 64, lr: float = 3e-3, seed: int = 0) -> tuple[nn.Module, float]:
-    """Train a fresh model of ``kind`` on the copy task with this ``lag``; (model, test accuracy)."""
-    if lag < 1:
-        raise ConfigError(f"the copy lag must be >= 1, got {lag}")
-    torch.manual_seed(seed)
-    model = make_copy_model(kind, symbols, lag + outputs, width)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed + 1)
-    model.train()
-    for s in range(steps):
-        for grp in opt.param_groups:  # short warm-up, then cosine
-            grp["lr"] = lr * min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps))
-        x, y = copy_batch(batch, lag, outputs, symbols, g)
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = F.cross_entropy(logits.reshape(-1, symbols), y.reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        x, y = copy_batch(512, lag, outputs, symbols, torch.Generator().manual_seed(seed + 12345))
-        out = model(x)
-        pred = (out[0] if isinstance(out, tuple) else out).argmax(-1)
-        keep = y != -100
-        acc = float((pred[keep] == y[keep]).float().mean())
-    return model, acc
-
-
-def copy_task_accuracy(kinds: Sequence[str], lags: Sequence[int], log: Callable[[str], None] | None = None,
-                       **kw) -> dict[str, list[float]]:
-    """Accuracy of each model kind at each lag (a fresh model per point)."""
-    out: dict[str, list[float]] = {}
-    for kind in kinds:
-        out[kind] = []
-        for lag in lags:
-            t = time.perf_counter()
-            _, acc = train_copy(kind, lag, **kw)
-            out[kind].append(acc)
-            if log:
-                log(f"copy task: {kind:11s} lag {lag:4d}: accuracy {100 * acc:5.1f}%  ({time.perf_counter() - t:.1f}s)")
-    return out
 
 
 def plot_copy_accuracy(results: dict[str, list[float]], lags: Sequence[int], symbols: int = 8,
