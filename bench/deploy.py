@@ -5,6 +5,7 @@ graphs, ONNX Runtime. Results go to the Deployment section of BENCHMARKS.md.
     python bench/deploy.py vit --run RUN --dataset mnist   # + int8 vs fp32 top-1 agreement on a trained run's test split
     python bench/deploy.py small               # ViT-Ti/16 and S/16 batch 1: the leanest fp32 paths vs timm eager
     python bench/deploy.py translate           # greedy decoding: int8 decoder vs HF Marian fp32, batch 1 and 32
+    python bench/deploy.py floor               # batch-32 translation: time inside the Linear layers vs the rest
     python bench/deploy.py lm                  # LM generation at batch 1: int8 vs fp32, greedy token agreement
     python bench/deploy.py report              # rewrite the section from the stored results
     python bench/deploy.py notes "one" "two"   # free-text notes under the tables (replaces the old ones)
@@ -253,6 +254,62 @@ def translate(args) -> dict:
     return result
 
 
+def linear_share(decode, model, rounds: int) -> dict:
+    """Median seconds of ``decode()`` and of the part spent inside the model's nn.Linear modules
+    (timed by forward hooks), over ``rounds`` calls."""
+    from torch import nn
+
+    spent = [0.0]
+    started: list[float] = []
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
+            hooks.append(m.register_forward_hook(lambda *_: spent.__setitem__(0, spent[0] + time.perf_counter() - started.pop())))
+    total, inside = [], []
+    with torch.inference_mode():
+        decode()
+        for _ in range(rounds):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            decode()
+            total.append(time.perf_counter() - t0)
+            inside.append(spent[0])
+    for h in hooks:
+        h.remove()
+    t, lin = statistics.median(total), statistics.median(inside)
+    return {"seconds": t, "linear_seconds": lin, "other_seconds": t - lin}
+
+
+def floor(args) -> dict:
+    """Where batch-32 greedy decoding spends its time: inside the nn.Linear modules (what int8
+    makes cheaper) and everything else (attention over the cache, LayerNorm, softmax, the search
+    loop, the cross-attention query projection that runs through F.linear), for HF Marian fp32
+    and attnlab fp32 / int8 with the translate part's model. The bound: HF's time over attnlab's
+    time outside the Linear modules, the speed-up if those cost nothing."""
+    from attnlab.decode.search import SearchConfig, greedy_search
+    from translate import NEW_TOKENS, SRC_LEN, V, build_marian, build_ours
+
+    ctx = context(args)
+    ours, marian = build_ours(), build_marian()
+    q = quantize_int8(copy.deepcopy(ours))
+    scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
+    src = torch.randint(4, V, (args.batch, SRC_LEN), generator=torch.Generator().manual_seed(args.batch))
+
+    def hf():
+        return marian.generate(input_ids=src, attention_mask=torch.ones_like(src), max_new_tokens=NEW_TOKENS,
+                               min_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False, use_cache=True)
+
+    rows = {"HF Marian fp32 (cache)": linear_share(hf, marian, args.rounds),
+            "attnlab fp32 (cache)": linear_share(lambda: greedy_search(ours, src, scfg), ours, args.rounds),
+            "attnlab int8 (cache)": linear_share(lambda: greedy_search(q, src, scfg), q, args.rounds)}
+    hf_s = rows["HF Marian fp32 (cache)"]["seconds"]
+    for r in rows.values():
+        r["speedup"] = hf_s / r["seconds"]
+    return {**ctx, "rounds": args.rounds, "batch": args.batch, "rows": rows, "load_end": round(os.getloadavg()[0], 2),
+            "bound": hf_s / rows["attnlab int8 (cache)"]["other_seconds"]}
+
+
 def bleu(run_dir: str, src: str, ref: str) -> dict:
     """Greedy BLEU of a trained translation run, fp32 and int8 (``attnlab eval --int8``)."""
     import subprocess
@@ -366,6 +423,18 @@ def render(results: dict) -> str:
             out += [f"Batch {b}:", ""] + _table(rows, unit="tok") + [""]
         if "bleu" in r:
             out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {r['bleu']['fp32']}, int8 {r['bleu']['int8']}.", ""]
+    if "floor" in results:
+        r = results["floor"]
+        out += [f"### Translation at batch {r['batch']}: where the time goes", "", _ctx(r),
+                "Same model and decoding as above; time inside the nn.Linear modules measured by forward hooks (median "
+                "of the rounds).", "", "| path | ms per sentence batch | × HF | inside nn.Linear | everything else |",
+                "|---|---:|---:|---:|---:|"]
+        for k, row in r["rows"].items():
+            out.append(f"| {k} | {1e3 * row['seconds']:.0f} | {row['speedup']:.2f} | {1e3 * row['linear_seconds']:.0f} ms "
+                       f"({row['linear_seconds'] / row['seconds']:.0%}) | {1e3 * row['other_seconds']:.0f} ms |")
+        out += ["", f"Bound: even with Linear layers that cost nothing, attnlab's decoding would be at most "
+                    f"{r['bound']:.2f}× HF Marian fp32 at this batch (HF's time over attnlab int8's time outside the "
+                    "Linear modules).", ""]
     for key in ("lm", "lm_run"):
         if key not in results:
             continue
@@ -411,6 +480,8 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--layers", type=int, default=6)
+    p = sub.add_parser("floor", parents=[common])
+    p.add_argument("--batch", type=int, default=32)
     sub.add_parser("report")
     sub.add_parser("notes").add_argument("notes", nargs="*")
     args = ap.parse_args(argv)
@@ -421,7 +492,7 @@ def main(argv=None) -> int:
         write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
         return 0
     torch.set_num_threads(args.threads)
-    result = {"vit": vit, "small": small, "translate": translate, "lm": lm}[args.part](args)
+    result = {"vit": vit, "small": small, "translate": translate, "floor": floor, "lm": lm}[args.part](args)
     if args.no_write:
         print(json.dumps(result, indent=2))
     else:
