@@ -236,7 +236,7 @@ def test_decode_without_causal_mask_sees_the_whole_target():
     src, tgt = torch.randint(1, 9, (2, S)), torch.randint(1, 9, (2, T))
     tgt[1, -2:] = 0
     memory, mmask = model.encode(src)
-    x = model._embed(model.tgt_embed, tgt)
+    x = model.embed(model.tgt_embed, tgt)
     want = model.out(model.decoder(x, memory, padding_mask(tgt != 0), mmask, causal=False, pos=model.pos))
     got = model.decode(tgt, memory, mmask, causal=False)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)

@@ -10,9 +10,11 @@ from attnlab.cli.common import add_int8_argument, one_line_errors
 def register(subparsers) -> None:
     from attnlab.train.config import positive_int
 
-    p = subparsers.add_parser("predict", help="classify images with a trained run: top-5 classes and probabilities",
+    p = subparsers.add_parser("predict", help="run a trained image or detection run on images: classes or boxes",
                               description="Run a run directory's model on input files (images) and print its "
-                                          "predictions: the most likely classes with their probabilities.")
+                                          "predictions: for an image run the most likely classes with their "
+                                          "probabilities; for a detection run the boxes with labels and scores, "
+                                          "also drawn on each image.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="how many classes to show (default: 5)")
@@ -40,14 +42,9 @@ def run(args) -> int:
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
     run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8)
-    if spec.name == "detect":
-        from attnlab.tasks.detect import format_detections
-
-        preds = spec.predict(run_, args.inputs, threshold=args.threshold, convert=args.convert, output_dir=args.output_dir)
-        print(json.dumps(preds, indent=2) if args.json else format_detections(preds))
-        return 0
-    preds = spec.predict(run_, args.inputs, top_k=args.top_k, convert=args.convert)
-    print(json.dumps(preds, indent=2) if args.json else format_predictions(preds))
+    options, fmt = PER_TASK[spec.name]
+    preds = spec.predict(run_, args.inputs, **options(args))
+    print(json.dumps(preds, indent=2) if args.json else fmt(preds))
     return 0
 
 
@@ -60,3 +57,20 @@ def format_predictions(preds: list[dict]) -> str:
             bar = "█" * max(0, round(24 * t["probability"]))
             lines.append(f"  {t['label']:<{w}}  {100 * t['probability']:6.2f}%  {bar}")
     return "\n".join(lines)
+
+
+def format_detections(preds: list[dict]) -> str:
+    lines = []
+    for p in preds:
+        lines.append(f"{p['image']}: {len(p['detections'])} detections (drawn in {p['picture']})")
+        for d in p["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            lines.append(f"  {d['label']:<12} {d['score']:.3f}  box x0={x0:g} y0={y0:g} x1={x1:g} y1={y1:g}")
+    return "\n".join(lines)
+
+
+#: each task's predict options from the command line, and its text format
+PER_TASK = {
+    "image": (lambda a: dict(top_k=a.top_k, convert=a.convert), format_predictions),
+    "detect": (lambda a: dict(threshold=a.threshold, convert=a.convert, output_dir=a.output_dir), format_detections),
+}

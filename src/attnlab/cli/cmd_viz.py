@@ -152,14 +152,16 @@ def run_attention(args) -> int:
         raise ConfigError(f"--std {' '.join(map(str, args.std))}: every standard deviation must be positive")
     if not 0.0 <= args.discard_ratio < 1.0:
         raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
+    from attnlab.models.detr import DETR
+
     model, run = load_any(args.checkpoint, args.seed)
     task = run.spec.name if run is not None else None
     if task == "lm":
         fig = _lm_attention(run, args.input)
     elif task == "translate":
         fig = _alignment(run, args.input, args.target, args.layer)
-    elif task == "detect" or type(model).__name__ == "DETR":
-        from attnlab.tasks.detect import attention_figure  # DETR Fig. 6 and Fig. 3 (issue 12)
+    elif isinstance(model, DETR):
+        from attnlab.tasks.detect import attention_figure  # DETR Fig. 6 and Fig. 3
 
         fig = attention_figure(model, run, args.input)
     else:

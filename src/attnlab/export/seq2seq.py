@@ -73,7 +73,9 @@ class DecoderStepGraph(nn.Module):
                 cross_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m = self.model
         cache = [(TensorCache(self_k[i], self_v[i]), TensorCache(cross_k[i], cross_v[i])) for i in range(len(m.decoder.layers))]
-        x = m._embed(m.tgt_embed, tokens, self_k.shape[-2])  # (B, 1, C) at position T
+        # No target padding mask: greedy decoding feeds the start token and generated tokens, and
+        # search never generates the pad token (decode.search.forbid_special).
+        x = m.embed(m.tgt_embed, tokens, self_k.shape[-2])  # (B, 1, C) at position T
         # Cross-attention reads the cached keys/values; the memory argument only has its shape
         # checked, so an empty (B, 0, C) stand-in keeps it out of the graph's inputs.
         memory = x.new_zeros(x.shape[0], 0, x.shape[-1])

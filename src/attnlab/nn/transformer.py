@@ -135,7 +135,9 @@ class Transformer(nn.Module):
         for emb in {self.src_embed, self.tgt_embed}:
             nn.init.normal_(emb.weight, std=self.cfg.d_model ** -0.5)
 
-    def _embed(self, emb: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
+    def embed(self, emb: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
+        """§3.4-3.5: dropout(E[tokens]·√d_model + PE) for tokens starting at position ``offset``;
+        ``emb`` is ``src_embed`` or ``tgt_embed``.  (B, T) -> (B, T, C)"""
         return self.drop(self.pos.add(emb(tokens) * math.sqrt(self.cfg.d_model), offset))
 
     def src_mask(self, src: Tensor) -> Tensor:
@@ -144,7 +146,7 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, Ts) token ids -> memory (B, Ts, C) and its padding mask (B, 1, 1, Ts)."""
         mask = self.src_mask(src)
-        return self.encoder(self._embed(self.src_embed, src), mask, pos=self.pos), mask
+        return self.encoder(self.embed(self.src_embed, src), mask, pos=self.pos), mask
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None,
                cache: list[tuple[KVCache, KVCache]] | None = None, *, causal: bool = True) -> Tensor:
@@ -158,7 +160,7 @@ class Transformer(nn.Module):
         valid = tgt != self.cfg.pad_id  # (B, Tt)
         if cache is not None:
             valid = cache[0][0].record_valid(valid)  # (B, offset + Tt)
-        x = self._embed(self.tgt_embed, tgt, offset)
+        x = self.embed(self.tgt_embed, tgt, offset)
         self_mask = None if bool(valid.all()) else padding_mask(valid)  # no padding (decoding): the unmasked kernel
         x = self.decoder(x, memory, self_mask, memory_mask, causal=causal, pos=self.pos, cache=cache)
         return self.out(x)

@@ -361,16 +361,6 @@ def attention_figure(model: DETR, run: LoadedRun | None, image_path: str):
                                      "(Fig. 6), encoder self-attention at box centres (Fig. 3)")
 
 
-def format_detections(preds: list[dict]) -> str:
-    lines = []
-    for p in preds:
-        lines.append(f"{p['image']}: {len(p['detections'])} detections (drawn in {p['picture']})")
-        for d in p["detections"]:
-            x0, y0, x1, y1 = d["box"]
-            lines.append(f"  {d['label']:<12} {d['score']:.3f}  box x0={x0:g} y0={y0:g} x1={x1:g} y1={y1:g}")
-    return "\n".join(lines)
-
-
 SPEC = TaskSpec(
     name=TASK,
     help="object detection (DETR) on digit canvases or COCO-format data",
