@@ -93,6 +93,24 @@ def compiled(model):
     return torch.compile(model, dynamic=False)
 
 
+def compiled_linears(model):
+    """torch.compile (inductor, freezing) of each nn.Linear module on its own, in place: the fused
+    int8 kernels of a compiled model without compiling the decoding loop, whose cache grows at
+    every step. A Linear's input shape is the same at every decoding step, so each compiles once
+    per shape. The cross-attention's fused QKV is applied by slicing (F.linear), not called."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+    from torch import nn
+
+    inductor_config.freezing = True
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    # every Linear module is a separate compiled graph of the same code object
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(linears))
+    for m in linears:
+        m.compile(dynamic=False)
+    return model
+
+
 def torch_ao_int8(model):
     """Reference only: the deprecated ``torch.ao.quantization.quantize_dynamic`` (fbgemm int8
     Linear modules) on a copy; cross-attention's fused QKV stays fp32 as in quantize_int8."""
@@ -224,6 +242,7 @@ def translate(args) -> dict:
     ctx = context(args)
     ours, marian = build_ours(), build_marian()
     q, ao = quantize_int8(copy.deepcopy(ours)), torch_ao_int8(ours)
+    qc = compiled_linears(quantize_int8(copy.deepcopy(ours))) if args.compile else None
     scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,6 +258,8 @@ def translate(args) -> dict:
             fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg),
                    "attnlab int8 (cache)": lambda src=src: greedy_search(q, src, scfg),
                    "reference: torch.ao quantize_dynamic (deprecated)": lambda src=src: greedy_search(ao, src, scfg)}
+            if qc is not None:
+                fns["attnlab int8, compiled Linear layers (cache)"] = lambda src=src: greedy_search(qc, src, scfg)
             for k, (enc, step) in pieces.items():
                 fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
                     enc, step, src, self_cache_zeros(ours, b), scfg)
@@ -339,6 +360,7 @@ def lm(args) -> dict:
                                   num_heads=args.d_model // 64, max_len=1024)
         model, what = build_lm(cfg).eval(), f"random weights: {cfg}"
     q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
+    qc = compiled_linears(quantize_int8(copy.deepcopy(model))) if args.compile else None
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.cfg.vocab_size, (1, 16), generator=g) for _ in range(args.prompts)]
 
@@ -362,6 +384,8 @@ def lm(args) -> dict:
                  "ONNX Runtime fp32 step graph": lambda p: exported("fp32", p),
                  "ONNX Runtime int8 step graph": lambda p: exported("int8", p),
                  "reference: torch.ao quantize_dynamic (deprecated)": lambda p: eager(ao, p)}
+        if qc is not None:
+            paths["int8, compiled Linear layers"] = lambda p: eager(qc, p)
         with torch.inference_mode():
             toks = {k: [f(p) for p in prompts] for k, f in paths.items()}  # greedy agreement over all prompts
         res = interleaved({k: (lambda f=f: f(prompts[0])) for k, f in paths.items()}, args.rounds, "fp32 eager (cache)")
