@@ -4,6 +4,8 @@ paper or pre-LN (Xiong et al. 2020; the ViT block)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
@@ -62,43 +64,57 @@ def _out(res):
     return res if isinstance(res, tuple) else (res, None)
 
 
+@dataclass
+class LayerConfig:
+    """The options of an encoder or decoder layer (each layer takes them as keyword arguments)."""
+
+    d_model: int
+    num_heads: int
+    d_ff: int
+    dropout: float = 0.1  # on each branch's output and inside the FFN
+    attn_dropout: float | None = None  # on the attention weights; None: ``dropout``
+    activation: str = "relu"
+    norm_first: bool = False  # pre-LN (True) or the paper's post-LN
+    norm_eps: float = 1e-5
+    bias: bool = True
+    qkv_bias: bool | None = None  # None: ``bias``
+    drop_path: float = 0.0  # stochastic depth of each branch
+    topk: int | None = None  # top-k sparse self-attention
+    window: int | None = None  # local self-attention
+
+    def attention(self, *, causal: bool = False, sparse: bool = True) -> MultiHeadAttention:
+        """A multi-head attention of this layer; ``sparse=False``: without top-k/window (cross-attention)."""
+        return MultiHeadAttention(self.d_model, self.num_heads, bias=self.bias, qkv_bias=self.qkv_bias,
+                                  dropout=self.dropout if self.attn_dropout is None else self.attn_dropout,
+                                  topk=self.topk if sparse else None, window=self.window if sparse else None,
+                                  causal=causal)
+
+    def sublayer(self) -> tuple[nn.LayerNorm, nn.Dropout]:
+        """The LayerNorm and the output dropout around one residual branch."""
+        return nn.LayerNorm(self.d_model, eps=self.norm_eps), nn.Dropout(self.dropout)
+
+    def drop_path_module(self) -> nn.Module:
+        return DropPath(self.drop_path) if self.drop_path > 0 else nn.Identity()
+
+
 class EncoderLayer(nn.Module):
     """Self-attention then feed-forward, each in a residual connection with LayerNorm.
 
     post-LN (paper): x = LN(x + Attn(x));      x = LN(x + FFN(x))
     pre-LN  (ViT):   x = x + Attn(LN(x));      x = x + FFN(LN(x))
-    ``dropout`` acts on each branch's output (and inside the FFN); ``attn_dropout`` on the
-    attention weights; ``drop_path`` drops whole branches per sample.
+    ``options`` are the fields of :class:`LayerConfig`: ``dropout`` acts on each branch's output
+    (and inside the FFN), ``attn_dropout`` on the attention weights, ``drop_path`` drops whole
+    branches per sample.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attn_dropout: float | None = None,
-        activation: str = "relu",
-        norm_first: bool = False,
-        norm_eps: float = 1e-5,
-        bias: bool = True,
-        qkv_bias: bool | None = None,
-        drop_path: float = 0.0,
-        topk: int | None = None,
-        window: int | None = None,
-    ) -> None:
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, **options) -> None:
         super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, bias=bias, qkv_bias=qkv_bias,
-            dropout=dropout if attn_dropout is None else attn_dropout, topk=topk, window=window,
-        )
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, bias)
-        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        cfg = LayerConfig(d_model, num_heads, d_ff, **options)
+        self.norm_first = cfg.norm_first
+        self.self_attn = cfg.attention()
+        self.ff = FeedForward(d_model, d_ff, cfg.activation, cfg.dropout, cfg.bias)
+        (self.norm1, self.drop1), (self.norm2, self.drop2) = cfg.sublayer(), cfg.sublayer()
+        self.drop_path = cfg.drop_path_module()
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, causal: bool = False, pos=None,
                 need_weights: bool = False, cache: KVCache | None = None):
@@ -122,38 +138,19 @@ class DecoderLayer(nn.Module):
     pre-LN:  x = x + SelfAttn(LN(x)); x = x + CrossAttn(LN(x), m); x = x + FFN(LN(x))
     ``cache`` is a (self, cross) pair of :class:`KVCache` for incremental decoding.
     The self-attention is causal unless ``causal=False`` is passed (a layer converted from
-    ``nn.TransformerDecoderLayer`` is not, as PyTorch's without ``tgt_mask``).
+    ``nn.TransformerDecoderLayer`` is not, as PyTorch's without ``tgt_mask``). ``options``: the
+    fields of :class:`LayerConfig`; top-k and window apply to the self-attention only.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attn_dropout: float | None = None,
-        activation: str = "relu",
-        norm_first: bool = False,
-        norm_eps: float = 1e-5,
-        bias: bool = True,
-        qkv_bias: bool | None = None,
-        drop_path: float = 0.0,
-        topk: int | None = None,
-        window: int | None = None,
-    ) -> None:
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, **options) -> None:
         super().__init__()
-        self.norm_first = norm_first
-        adrop = dropout if attn_dropout is None else attn_dropout
-        self.self_attn = MultiHeadAttention(d_model, num_heads, bias=bias, qkv_bias=qkv_bias, dropout=adrop,
-                                            topk=topk, window=window, causal=True)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, bias=bias, qkv_bias=qkv_bias, dropout=adrop)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, bias)
-        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.norm3 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        cfg = LayerConfig(d_model, num_heads, d_ff, **options)
+        self.norm_first = cfg.norm_first
+        self.self_attn = cfg.attention(causal=True)
+        self.cross_attn = cfg.attention(sparse=False)
+        self.ff = FeedForward(d_model, d_ff, cfg.activation, cfg.dropout, cfg.bias)
+        (self.norm1, self.drop1), (self.norm2, self.drop2), (self.norm3, self.drop3) = (cfg.sublayer() for _ in range(3))
+        self.drop_path = cfg.drop_path_module()
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None,
                 *, causal: bool | None = None, pos=None, cache: tuple[KVCache, KVCache] | None = None) -> Tensor:
