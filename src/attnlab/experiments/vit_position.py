@@ -47,7 +47,7 @@ def run(ctx: Context) -> Result:
         learned = runs[k][0].get("model")
         if learned is not None:
             figs[f"posembed_similarity_{k}"] = plot_posembed_similarity(
-                learned, title=f"{KINDS[k].capitalize()} position embeddings: cosine similarity (ViT Fig. 7)")
+                learned, title=f"{KINDS[k][0].upper() + KINDS[k][1:]} position embeddings: cosine similarity (ViT Fig. 7)")
     none = acc["none"]
     beats = {k: mean_std(acc[k])[0] > mean_std(none)[0] for k in KINDS if k != "none"}
     sep = {k: apart(acc[k], none) for k in KINDS if k != "none"}
