@@ -97,7 +97,9 @@ def compiled_linears(model):
     """torch.compile (inductor, freezing) of each nn.Linear module on its own, in place: the fused
     int8 kernels of a compiled model without compiling the decoding loop, whose cache grows at
     every step. A Linear's input shape is the same at every decoding step, so each compiles once
-    per shape. The cross-attention's fused QKV is applied by slicing (F.linear), not called."""
+    per shape. The cross-attention's fused QKV is applied by slicing (F.linear), not called.
+    Wrong outputs for single-row inputs (M = 1: batch-1 decoding steps) with torchao 0.18 and
+    torch 2.14 (two or more rows agree with eager int8 exactly), so it is timed at batch > 1 only."""
     import torch._dynamo
     import torch._inductor.config as inductor_config
     from torch import nn
@@ -258,7 +260,7 @@ def translate(args) -> dict:
             fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg),
                    "attnlab int8 (cache)": lambda src=src: greedy_search(q, src, scfg),
                    "reference: torch.ao quantize_dynamic (deprecated)": lambda src=src: greedy_search(ao, src, scfg)}
-            if qc is not None:
+            if qc is not None and b > 1:  # one row per call (M = 1) gives wrong outputs: see the notes
                 fns["attnlab int8, compiled Linear layers (cache)"] = lambda src=src: greedy_search(qc, src, scfg)
             for k, (enc, step) in pieces.items():
                 fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
@@ -360,7 +362,6 @@ def lm(args) -> dict:
                                   num_heads=args.d_model // 64, max_len=1024)
         model, what = build_lm(cfg).eval(), f"random weights: {cfg}"
     q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
-    qc = compiled_linears(quantize_int8(copy.deepcopy(model))) if args.compile else None
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.cfg.vocab_size, (1, 16), generator=g) for _ in range(args.prompts)]
 
@@ -384,8 +385,6 @@ def lm(args) -> dict:
                  "ONNX Runtime fp32 step graph": lambda p: exported("fp32", p),
                  "ONNX Runtime int8 step graph": lambda p: exported("int8", p),
                  "reference: torch.ao quantize_dynamic (deprecated)": lambda p: eager(ao, p)}
-        if qc is not None:
-            paths["int8, compiled Linear layers"] = lambda p: eager(qc, p)
         with torch.inference_mode():
             toks = {k: [f(p) for p in prompts] for k, f in paths.items()}  # greedy agreement over all prompts
         res = interleaved({k: (lambda f=f: f(prompts[0])) for k, f in paths.items()}, args.rounds, "fp32 eager (cache)")
