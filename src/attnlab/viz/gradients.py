@@ -9,8 +9,8 @@
   (Bengio et al. 1994; Pascanu et al. 2013); in a Transformer every position is one attention
   step away from the loss.
 - The **copy task**: read random symbols, output at time t the symbol read at time t - lag.
-  :func:`copy_task_accuracy` trains a small model of each kind for a fixed number of steps and
-  measures its accuracy; :func:`plot_copy_accuracy` draws accuracy against lag.
+  :func:`copy_batch` draws its sequences and :func:`plot_copy_accuracy` draws accuracy against
+  lag; the models are trained by the ``rnn-forgetting`` experiment, through the engine.
 
 Figures are :class:`matplotlib.figure.Figure` objects (no pyplot); save them with
 :func:`attnlab.viz.common.save_figure`.
