@@ -384,7 +384,7 @@ def line_figure(series: dict, xlabel: str, ylabel: str, title: str, *, logx: boo
         ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="#555555")
     if logx:
         ax.set_xscale("log", base=2)
-    if logy:
+    if logy and any(y > 0 for s in series.values() for y in s[1]):  # a log axis needs a positive value to show
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
