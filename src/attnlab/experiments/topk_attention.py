@@ -1,7 +1,7 @@
 """Top-k sparse attention (Explicit Sparse Transformer, Zhao et al. 2019): the encoder-decoder on
 Multi30k De->En with full attention, or every attention layer keeping only each query's k
-largest scores, and a local-window baseline (self-attention within w positions)
-and random-k baselines (self-attention within w positions; k keys per query drawn at random)
+largest scores, against two baselines: a local window (self-attention within w positions) and
+random-k (every attention layer sees k keys per query drawn at random)
 (``transformer_multi30k_sparse``: ``topk``, ``window``, ``random_k``). Greedy BLEU on the validation set.
 """
 
