@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import BENCHMARKS, command, machine, write_section  # noqa: E402
 from attnlab.checkpoints import save_checkpoint  # noqa: E402
-from attnlab.export import export_model, load_graph, quantize_int8  # noqa: E402
+from attnlab.export import compile_linears, export_model, load_graph, quantize_int8  # noqa: E402
 from attnlab.models import create_model  # noqa: E402
 
 SECTION = "deploy"
@@ -91,26 +91,6 @@ def compiled(model):
 
     inductor_config.freezing = True
     return torch.compile(model, dynamic=False)
-
-
-def compiled_linears(model):
-    """torch.compile (inductor, freezing) of each nn.Linear module on its own, in place: the fused
-    int8 kernels of a compiled model without compiling the decoding loop, whose cache grows at
-    every step. A Linear's input shape is the same at every decoding step, so each compiles once
-    per shape. The cross-attention's fused QKV is applied by slicing (F.linear), not called.
-    Wrong outputs for single-row inputs (M = 1: batch-1 decoding steps) with torchao 0.18 and
-    torch 2.14 (two or more rows agree with eager int8 exactly), so it is timed at batch > 1 only."""
-    import torch._dynamo
-    import torch._inductor.config as inductor_config
-    from torch import nn
-
-    inductor_config.freezing = True
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    # every Linear module is a separate compiled graph of the same code object
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(linears))
-    for m in linears:
-        m.compile(dynamic=False)
-    return model
 
 
 def torch_ao_int8(model):
@@ -244,7 +224,7 @@ def translate(args) -> dict:
     ctx = context(args)
     ours, marian = build_ours(), build_marian()
     q, ao = quantize_int8(copy.deepcopy(ours)), torch_ao_int8(ours)
-    qc = compiled_linears(quantize_int8(copy.deepcopy(ours))) if args.compile else None
+    qc = compile_linears(quantize_int8(copy.deepcopy(ours))) if args.compile else None
     scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,7 +240,7 @@ def translate(args) -> dict:
             fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg),
                    "attnlab int8 (cache)": lambda src=src: greedy_search(q, src, scfg),
                    "reference: torch.ao quantize_dynamic (deprecated)": lambda src=src: greedy_search(ao, src, scfg)}
-            if qc is not None and b > 1:  # one row per call (M = 1) gives wrong outputs: see the notes
+            if qc is not None:
                 fns["attnlab int8, compiled Linear layers (cache)"] = lambda src=src: greedy_search(qc, src, scfg)
             for k, (enc, step) in pieces.items():
                 fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
@@ -316,6 +296,7 @@ def floor(args) -> dict:
     ctx = context(args)
     ours, marian = build_ours(), build_marian()
     q = quantize_int8(copy.deepcopy(ours))
+    qc = compile_linears(quantize_int8(copy.deepcopy(ours)))
     scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
     src = torch.randint(4, V, (args.batch, SRC_LEN), generator=torch.Generator().manual_seed(args.batch))
 
@@ -325,7 +306,8 @@ def floor(args) -> dict:
 
     rows = {"HF Marian fp32 (cache)": linear_share(hf, marian, args.rounds),
             "attnlab fp32 (cache)": linear_share(lambda: greedy_search(ours, src, scfg), ours, args.rounds),
-            "attnlab int8 (cache)": linear_share(lambda: greedy_search(q, src, scfg), q, args.rounds)}
+            "attnlab int8 (cache)": linear_share(lambda: greedy_search(q, src, scfg), q, args.rounds),
+            "attnlab int8, compiled Linear layers (cache)": linear_share(lambda: greedy_search(qc, src, scfg), qc, args.rounds)}
     hf_s = rows["HF Marian fp32 (cache)"]["seconds"]
     for r in rows.values():
         r["speedup"] = hf_s / r["seconds"]
@@ -334,11 +316,12 @@ def floor(args) -> dict:
 
 
 def bleu(run_dir: str, src: str, ref: str) -> dict:
-    """Greedy BLEU of a trained translation run, fp32 and int8 (``attnlab eval --int8``)."""
+    """Greedy BLEU of a trained translation run: fp32, int8 (``attnlab eval --int8``) and int8 with
+    compiled Linear layers (``--int8 --compile``)."""
     import subprocess
 
     out = {}
-    for tag, extra in (("fp32", []), ("int8", ["--int8"])):
+    for tag, extra in (("fp32", []), ("int8", ["--int8"]), ("int8_compiled", ["--int8", "--compile"])):
         cmd = [sys.executable, "-m", "attnlab", "eval", run_dir, "--src", src, "--ref", ref, "--beam", "1", "--json", *extra]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[tag] = json.loads(res.stdout)["bleu"]
@@ -362,6 +345,7 @@ def lm(args) -> dict:
                                   num_heads=args.d_model // 64, max_len=1024)
         model, what = build_lm(cfg).eval(), f"random weights: {cfg}"
     q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
+    qc = compile_linears(quantize_int8(copy.deepcopy(model))) if args.compile else None
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.cfg.vocab_size, (1, 16), generator=g) for _ in range(args.prompts)]
 
@@ -385,6 +369,8 @@ def lm(args) -> dict:
                  "ONNX Runtime fp32 step graph": lambda p: exported("fp32", p),
                  "ONNX Runtime int8 step graph": lambda p: exported("int8", p),
                  "reference: torch.ao quantize_dynamic (deprecated)": lambda p: eager(ao, p)}
+        if qc is not None:
+            paths["int8, compiled Linear layers"] = lambda p: eager(qc, p)
         with torch.inference_mode():
             toks = {k: [f(p) for p in prompts] for k, f in paths.items()}  # greedy agreement over all prompts
         res = interleaved({k: (lambda f=f: f(prompts[0])) for k, f in paths.items()}, args.rounds, "fp32 eager (cache)")
@@ -445,7 +431,9 @@ def render(results: dict) -> str:
         for b, rows in r["batches"].items():
             out += [f"Batch {b}:", ""] + _table(rows, unit="tok") + [""]
         if "bleu" in r:
-            out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {r['bleu']['fp32']}, int8 {r['bleu']['int8']}.", ""]
+            bl = r["bleu"]
+            out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {bl['fp32']}, int8 {bl['int8']}"
+                    + (f", int8 with compiled Linear layers {bl['int8_compiled']}." if "int8_compiled" in bl else "."), ""]
     if "floor" in results:
         r = results["floor"]
         out += [f"### Translation at batch {r['batch']}: where the time goes", "", _ctx(r),

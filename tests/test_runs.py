@@ -296,6 +296,17 @@ if sys.platform != "linux":  # flock and the umask checks are Linux behaviour
     pytestmark = [pytestmark, pytest.mark.skip(reason="Linux only")]
 
 
+def _scores(results: dict) -> dict:
+    """The float results of an eval (the scores, e.g. accuracy or valid.ppl), flattened; timings left out."""
+    out = {}
+    for k, v in results.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _scores(v).items()})
+        elif isinstance(v, float) and "seconds" not in k and "per_s" not in k:
+            out[k] = v
+    return out
+
+
 def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
     """--int8 on the commands that run a model (issue 13): the same run, int8 Linear layers."""
     pytest.importorskip("torchao", reason="int8 needs torchao (the export extra)")
@@ -304,6 +315,10 @@ def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
     assert main(["eval", str(run), "--int8", "--json", "--out", str(tmp_path / "ev")]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["int8"] is True
+    # --compile: the same int8 layers through torch.compile give the same scores
+    assert main(["eval", str(run), "--int8", "--compile", "--json", "--out", str(tmp_path / "evc")]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert _scores(res) and _scores(compiled) == pytest.approx(_scores(res), rel=1e-4)
     if task == "image":
         assert main(["eval", str(run), "--json", "--out", str(tmp_path / "fp32")]) == 0
         fp32 = json.loads(capsys.readouterr().out)

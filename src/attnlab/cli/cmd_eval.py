@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from attnlab.cli.common import add_int8_argument, one_line_errors
+from attnlab.cli.common import add_int8_arguments, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="write results.json and the pictures here (default: RUN_DIR/eval/<what>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_int8_argument(p)
+    add_int8_arguments(p)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="per batch: images (image runs, default 500), windows or rows (lm runs, default: the run's), "
                         "sentences (translate runs, default 64)")
@@ -62,7 +62,7 @@ def run(args) -> int:
     if spec.evaluate is None:
         raise ConfigError(f"'attnlab eval' does not support {spec.name!r} runs")
     ec = eval_config(spec, args)
-    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8)
+    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
     results = runs.evaluate(run_, ec, args.out, progress=not args.quiet)
     print(json.dumps(results, indent=2) if args.json else FORMATS.get(spec.name, format_any)(results))
     return 0

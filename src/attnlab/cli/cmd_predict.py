@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attnlab.cli.common import add_int8_argument, one_line_errors
+from attnlab.cli.common import add_int8_arguments, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                    help="detection runs: keep detections scoring at least P (default: 0.7)")
     p.add_argument("--output-dir", metavar="DIR", help="detection runs: where to draw each image with its boxes, "
                                                       "IMAGE_STEM.boxes.png (default: RUN_DIR/predictions)")
-    add_int8_argument(p)
+    add_int8_arguments(p)
     one_line_errors(p)
     p.set_defaults(func=run)
 
@@ -41,7 +41,7 @@ def run(args) -> int:
     spec = runs.task_of(args.run_dir)
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
-    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8)
+    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
     options, fmt = PER_TASK[spec.name]
     preds = spec.predict(run_, args.inputs, **options(args))
     print(json.dumps(preds, indent=2) if args.json else fmt(preds))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli.common import add_int8_argument, one_line_errors
+from attnlab.cli.common import add_int8_arguments, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train translate'")
     p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
     add_arguments(p, DecodeOptions, "decoding")
-    add_int8_argument(p)
+    add_int8_arguments(p)
     one_line_errors(p)
     p.set_defaults(func=run)
 
@@ -39,7 +39,7 @@ def run(args, stdin=None, stdout=None) -> int:
     if runs.task_of(args.run_dir).name != "translate":
         raise ConfigError(f"{args.run_dir} is not a translation run ('attnlab train translate')")
     opts = from_args(DecodeOptions, args)[0]
-    run_ = runs.load(args.run_dir, args.which, int8=args.int8)
+    run_ = runs.load(args.run_dir, args.which, int8=args.int8, compile=args.compile)
     interactive = stdin.isatty()
     for hyp in iter_translations(run_, read_utf8_lines(stdin), opts, 1 if interactive else opts.batch_size,
                                  progress=not interactive):

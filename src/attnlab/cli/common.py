@@ -65,8 +65,12 @@ def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
     parser.add_argument("--dpi", type=positive_int, default=120, metavar="N", help="resolution of the picture (default: 120)")
 
 
-def add_int8_argument(parser) -> None:
+def add_int8_arguments(parser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="run the model's Linear layers with int8 weights and activations (torchao dynamic "
                              "int8: a quarter of the weight bytes, slightly different numbers; see BENCHMARKS.md "
                              "for its speed)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each Linear layer; with --int8 this fuses the int8 kernels, the "
+                             "fastest path on a CPU (BENCHMARKS.md). Each layer compiles on its first call, "
+                             "which takes seconds, so it pays on long jobs")

@@ -242,9 +242,12 @@ def task_of(run_dir: str | Path) -> TaskSpec:
     return get_spec(rec.get("task", "?"))
 
 
-def load(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu", int8: bool = False) -> LoadedRun:
+def load(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu", int8: bool = False,
+         compile: bool = False) -> LoadedRun:
     """Rebuild a run's model through the registry from its record, load its weights (``best``
-    or ``last``; best falls back to last) and the task's extras."""
+    or ``last``; best falls back to last) and the task's extras. ``int8``: int8 Linear layers
+    (:func:`attnlab.export.quantize_int8`); ``compile``: each Linear layer compiled
+    (:func:`attnlab.export.compile_linears`)."""
     from attnlab.models.registry import create_model
 
     run_dir = Path(run_dir)
@@ -265,6 +268,10 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
         from attnlab.export.int8 import quantize_int8
 
         model = quantize_int8(model)
+    if compile:
+        from attnlab.export.int8 import compile_linears
+
+        model = compile_linears(model)
     extras = spec.load_extras(run_dir, rec) if spec.load_extras else {}
     return LoadedRun(run_dir, which, rec, model, spec, extras, int8)
 
