@@ -50,6 +50,21 @@ def test_cached_logits_match_full_forward():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_token_embeddings_meet_fixed_sinusoids_at_their_scale():
+    """x = √d·E[idx] + PE with E ~ N(0, 1/d) for fixed sinusoids (Vaswani §3.4): the token part has
+    about the unit scale of the sinusoids (RMS 1/√2 per channel), instead of 0.02 against 0.7, where
+    positions drown the tokens. Learned tables keep GPT's 0.02 for both, unscaled."""
+    torch.manual_seed(0)
+    idx = torch.arange(13).repeat(40, 1)
+    sin = TransformerLM(lm_config("transformer", vocab_size=13, d_model=256, num_layers=1, num_heads=4,
+                                  max_len=16, position="sinusoidal"))
+    assert sin.embed_tokens(idx).std().item() == pytest.approx(1.0, rel=0.1)
+    assert sin.pos.table.pow(2).mean().sqrt().item() == pytest.approx(0.5 ** 0.5, rel=0.01)
+    learned = TransformerLM(lm_config("transformer", vocab_size=13, d_model=256, num_layers=1, num_heads=4, max_len=16))
+    assert learned.embed_tokens(idx).std().item() == pytest.approx(0.02, rel=0.1)
+    torch.testing.assert_close(learned.embed_tokens(idx), learned.embed(idx))
+
+
 def test_context_start_jumps_by_half_windows():
     assert [context_start(t, 8) for t in (1, 8, 9, 12, 13, 16, 17)] == [0, 0, 4, 4, 8, 8, 12]
 

@@ -168,12 +168,18 @@ def context_start(total: int, max_len: int) -> int:
 
 
 class TransformerLM(nn.Module):
-    """Decoder-only Transformer: x = E[idx] (+ positions); pre-LN causal blocks; LN; logits = x Eᵀ."""
+    """Decoder-only Transformer: x = E[idx] (+ positions); pre-LN causal blocks; LN; logits = x Eᵀ.
+
+    With fixed sinusoids, x = √d_model · E[idx] + PE and E ~ N(0, 1/d_model) (Vaswani et al. §3.4,
+    fairseq): the sinusoids have unit amplitude, so the tokens are brought to the same scale.
+    Every other kind uses GPT's E ~ N(0, 0.02²) and no scale: a learned table starts at the
+    embeddings' scale, and rotary / relative encodings act inside attention."""
 
     def __init__(self, config: TransformerLMConfig) -> None:
         super().__init__()
         self.cfg = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.embed_scale = math.sqrt(c.d_model) if c.position == "sinusoidal" else 1.0
         self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
@@ -191,14 +197,13 @@ class TransformerLM(nn.Module):
         if c.tie_weights:
             self.head.weight = self.embed.weight
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
+    def _init(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+            nn.init.normal_(m.weight, std=0.02 if self.embed_scale == 1.0 else self.cfg.d_model ** -0.5)
 
     @property
     def is_recurrent(self) -> bool:
@@ -208,7 +213,7 @@ class TransformerLM(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     def embed_tokens(self, idx: Tensor) -> Tensor:
-        return self.embed(idx)
+        return self.embed(idx) * self.embed_scale
 
     def forward_embeddings(self, x: Tensor, cache: list[KVCache] | None = None) -> Tensor:
         """Token embeddings (B, T, C) → logits (B, T, V); with ``cache`` the T tokens follow the
@@ -223,7 +228,7 @@ class TransformerLM(nn.Module):
         """idx (B, T) → logits (B, T, V)."""
         if idx.dim() != 2:
             raise ShapeError(f"expected token ids (B, T), got shape {tuple(idx.shape)}")
-        return self.forward_embeddings(self.embed(idx), cache)
+        return self.forward_embeddings(self.embed_tokens(idx), cache)
 
     def stepper(self, cached: bool = True) -> TransformerLMStepper:
         """The decoding stepper (:mod:`attnlab.decode.stepper`); see :class:`TransformerLMStepper`."""
