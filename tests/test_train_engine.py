@@ -16,7 +16,7 @@ from attnlab.errors import CheckpointError, ConfigError
 from attnlab.train import Plan, TrainConfig, Trainer, TrainingDiverged, make_schedule, noam_peak_lr, param_groups
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.engine import eval_shard, sharded_batches, steps_in_epoch
-from attnlab.train.optim import no_decay_names
+from attnlab.train.optim import Scheduler, no_decay_names
 
 
 class Toy(nn.Module):
@@ -101,6 +101,26 @@ def test_param_groups_exclude_norms_biases_and_embeddings():
     groups = param_groups(m, 0.1)
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
     assert {id(p) for p in groups[0]["params"]} == {id(m.fc1.weight), id(m.head.weight)}
+
+
+def test_param_groups_give_a_prefix_its_own_learning_rate():
+    """lr_scales (DETR's backbone at a tenth of the rate): the prefix's parameters move to groups of
+    their own with lr set, keeping the decay split; the schedule scales every group's own rate."""
+    m = Toy()
+    groups = param_groups(m, 0.1, lr=1e-3, lr_scales={"fc1.": 0.1})
+    by_name = {g["name"]: g for g in groups}
+    assert list(by_name) == ["decay", "no_decay", "fc1.:decay", "fc1.:no_decay"]
+    assert [id(p) for p in by_name["fc1.:decay"]["params"]] == [id(m.fc1.weight)]
+    assert [id(p) for p in by_name["fc1.:no_decay"]["params"]] == [id(m.fc1.bias)]
+    assert by_name["fc1.:decay"]["lr"] == pytest.approx(1e-4) and "lr" not in by_name["decay"]
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    sched = Scheduler(opt, make_schedule("linear", 10, 0, 0.0))
+    for _ in range(5):
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 5e-4, 5e-5, 5e-5])
+    with pytest.raises(ConfigError, match="base lr"):
+        param_groups(m, 0.1, lr_scales={"fc1.": 0.1})
 
 
 def test_schedules():

@@ -109,7 +109,8 @@ class Task(Protocol):
     ``main_metric``), ``metric_label`` (``main_metric``: the plot's title),
     ``metric_percent = True`` (shown as a percentage), and ``state_dict()`` /
     ``load_state_dict(state)`` for state carried across steps that a resumed run needs (the
-    hidden state of truncated back-propagation through time).
+    hidden state of truncated back-propagation through time), and ``lr_scales`` (default
+    none): parameter-name prefix → factor on the learning rate (:func:`attnlab.train.optim.param_groups`).
     """
 
     name: str  # "image", "lm", ...
@@ -228,7 +229,8 @@ class Trainer:
 
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DDP(self.model, device_ids=ids)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.optimizer, cfg.momentum)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.optimizer, cfg.momentum,
+                                         getattr(task, "lr_scales", None))
         self.plan = Plan(batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, rank=self.info.rank,
                          world_size=self.info.world_size, seed=cfg.seed)
         self.steps_per_epoch = task.steps_per_epoch(self.plan)

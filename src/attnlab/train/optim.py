@@ -3,7 +3,8 @@
 - :func:`param_groups` splits parameters into a decayed group (matrices: linear and conv
   weights) and an undecayed one (biases, norm scales and shifts, position embeddings, class
   tokens, ``nn.Embedding`` tables), the usual AdamW recipe (Loshchilov & Hutter 2019; the ViT
-  and BERT training code).
+  and BERT training code); ``lr_scales`` gives parts of the model their own learning rate
+  (DETR: the backbone at a tenth of the transformer's).
 - A schedule is a function ``factor(step) -> float`` that multiplies each group's base learning
   rate. It depends on the step alone, so resuming needs only the step counter.
   ``warmup_cosine`` (ViT), ``warmup_linear``, ``constant`` and ``inverse_sqrt`` (the Transformer
@@ -49,30 +50,45 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return skip
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW parameter groups: ``{"params", "weight_decay"}`` with decay, then without."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW parameter groups ``{"params", "weight_decay", "name"}``: with decay, then without.
+
+    ``lr_scales`` maps a parameter-name prefix (``"backbone."``) to a factor on ``lr``: the
+    parameters under it get groups of their own (``"backbone.:decay"``, ...) with ``"lr"`` set;
+    the first matching prefix wins. Groups left empty are dropped."""
+    scales = dict(lr_scales or {})
+    if scales and lr is None:
+        raise ConfigError("param_groups: lr_scales need the base lr")
     skip = no_decay_names(model)
-    decay, no_decay = [], []
+    groups = {(prefix, decayed): [] for prefix in ["", *scales] for decayed in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name in skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+            prefix = next((k for k in scales if name.startswith(k)), "")
+            groups[prefix, name not in skip].append(p)
+    out = []
+    for (prefix, decayed), params in groups.items():
+        if params or not prefix:  # the two default groups always exist
+            g = {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                 "name": f"{prefix}:" * bool(prefix) + ("decay" if decayed else "no_decay")}
+            if prefix:
+                g["lr"] = lr * scales[prefix]
+            out.append(g)
+    return out
 
 
 OPTIMIZERS = ("adamw", "sgd")
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                    name: str = "adamw", momentum: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over :func:`param_groups`.
+                    name: str = "adamw", momentum: float = 0.0,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over :func:`param_groups` (``lr_scales``: see there).
 
     SGD is the classic recipe of recurrent language models (Zaremba et al. 2014: plain SGD, a
     large rate, gradient clipping); its weight decay is the coupled L2 kind.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr, lr_scales)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     if name == "sgd":
