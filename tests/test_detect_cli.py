@@ -117,6 +117,27 @@ def test_backbone_pretraining_then_frozen():
     assert all(p.requires_grad for p in model.decoder.parameters())
 
 
+def test_a_trained_backbone_learns_at_a_tenth_of_the_rate():
+    """--train-backbone: the backbone keeps training, at --backbone-lr (0.1) times --lr (DETR §4)."""
+    from attnlab.models import create_model
+    from attnlab.tasks.detect import DetectDataConfig, load_data, make_task
+    from attnlab.train import Trainer
+    from attnlab.train.config import TrainConfig
+
+    model = create_model("detr_digits", cnn_widths=(16, 32), d_model=32, num_heads=4, img_size=32, num_encoder_layers=1,
+                         num_decoder_layers=1, d_ff=64, num_queries=4)
+    data = load_data(DetectDataConfig(train_size=16, val_size=4, min_scale=10, max_scale=16, pretrain_backbone=2,
+                                      train_backbone=True), model.cfg)
+    cfg = TrainConfig(lr=1e-3, batch_size=8, epochs=1, warmup_steps=0, schedule="constant")
+    trainer = Trainer(model, make_task(data, model, cfg), cfg, run_dir=None)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    rates = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert len(rates) == len(list(model.parameters()))
+    assert [rates[i] for i in backbone] == pytest.approx([1e-4] * len(backbone))
+    others = [r for i, r in rates.items() if i not in backbone]
+    assert others == pytest.approx([1e-3] * len(others))
+
+
 def test_resume_retraces_the_uninterrupted_run(tmp_path):
     """Canvases are drawn by (epoch, index), so a run cut after its first step (--max-minutes) and
     resumed ends with the weights of the uncut run (the resumed session loads the pretrained

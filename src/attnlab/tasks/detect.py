@@ -28,7 +28,8 @@ from attnlab.detect.coco_eval import coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.detr import DETR
-from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
+from attnlab.train import distributed
+from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, positive_int, unit_float
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
 from attnlab.train.runs import LoadedRun, TaskSpec
 
@@ -56,8 +57,10 @@ class DetectDataConfig:
     pretrain_backbone: int = opt(300, "canvases with a small CNN backbone: first train it for N steps to classify single "
                                       "digits (the paper's backbone comes pretrained on ImageNet); 0 = from scratch",
                                  nonneg_int, metavar="N")
-    train_backbone: bool = opt(False, "keep training a pretrained backbone with the detector (the paper: at a 10x lower "
-                                      "rate; here the one rate), instead of freezing it")
+    train_backbone: bool = opt(False, "keep training a pretrained backbone with the detector (at --backbone-lr), "
+                                      "instead of freezing it")
+    backbone_lr: float = opt(0.1, "the backbone's learning rate as a fraction of --lr, when it trains (--train-backbone, "
+                                  "--init): the paper's 1e-5 against 1e-4", positive_float, metavar="F")
     init: str | None = opt(None, "start from these weights: a run directory, our .safetensors, a Hugging Face DETR "
                                  "directory or an original DETR .pth (a class head for other classes starts fresh); "
                                  "no backbone pretraining then", metavar="PATH")
@@ -83,8 +86,10 @@ class Detection:
     metric_percent = False
 
     def __init__(self, train: DetectionSet | DigitCanvases, val: DetectionSet, classes: list[str], category_ids: list[int],
-                 normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None) -> None:
+                 normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None,
+                 backbone_lr: float = 1.0) -> None:
         self.train, self.val = train, val
+        self.lr_scales = {"backbone.": backbone_lr}  # read by the trainer's optimizer (DETR §4: 1e-5 vs 1e-4)
         self.classes, self.category_ids = list(classes), list(category_ids)
         self.normalize = normalize
         self.train_size = train_size
@@ -138,7 +143,10 @@ class Detection:
         return out
 
     def coco_metrics(self) -> dict[str, float]:
-        dets = sorted(self._detections, key=lambda d: d[0])
+        """COCO AP over the whole validation set: under data parallelism each process scored its
+        share, so the detections of every process are gathered first (every process calls this)."""
+        mine = [(i, {k: v.cpu() if isinstance(v, Tensor) else v for k, v in d.items()}) for i, d in self._detections]
+        dets = sorted((d for part in distributed.all_gather_object(mine) for d in part), key=lambda d: d[0])
         self._detections = []
         gts = []
         for i, _ in dets:
@@ -272,7 +280,7 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
             model.backbone.requires_grad_(False)
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
     return Detection(data.train, data.val, data.classes, data.category_ids, Normalize(mean, std),
-                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info)
+                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr)
 
 
 # --- using a trained run ------------------------------------------------------------------------
