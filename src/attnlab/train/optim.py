@@ -56,7 +56,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
 
     ``lr_scales`` maps a parameter-name prefix (``"backbone."``) to a factor on ``lr``: the
     parameters under it get groups of their own (``"backbone.:decay"``, ...) with ``"lr"`` set;
-    the first matching prefix wins. Groups left empty are dropped."""
+    the first matching prefix wins; a prefix that matches no trainable parameter adds no group."""
     scales = dict(lr_scales or {})
     if scales and lr is None:
         raise ConfigError("param_groups: lr_scales need the base lr")
