@@ -24,8 +24,9 @@ COMMANDS = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
 
 @pytest.mark.slow
 def test_readme_command_tour_runs_as_written(tmp_path, shared_data):
-    """The README's command tour, line by line, in a fresh directory beside the data (the same
-    relative path ../shared/data), with digit.png drawn here. Each command must exit 0."""
+    """The README's command tour, then its deployment commands on the tour's runs, line by line, in
+    a fresh directory beside the data (the same relative path ../shared/data), with digit.png
+    drawn here. Each command must exit 0."""
     import json
     import os
     import subprocess
@@ -34,7 +35,9 @@ def test_readme_command_tour_runs_as_written(tmp_path, shared_data):
     from PIL import Image
 
     tour = next(b for b in COMMANDS if "attnlab demo" in b and "attnlab train" in b)
-    lines = [ln.split("  #")[0].strip() for ln in tour.splitlines() if ln.strip() and not ln.startswith("#")]
+    deploy = next(b for b in COMMANDS if "attnlab export" in b)  # on the tour's runs
+    lines = [ln.split("  #")[0].strip() for b in (tour, deploy) for ln in b.splitlines()
+             if ln.strip() and not ln.startswith("#")]
     lines = [ln for ln in lines if not ln.startswith("attnlab demo")]  # the demo has tests of its own
     work = tmp_path / "repo"
     work.mkdir()
@@ -48,4 +51,5 @@ def test_readme_command_tour_runs_as_written(tmp_path, shared_data):
         assert p.returncode == 0, (line, p.stderr[-2000:])
         assert "Traceback" not in p.stderr, (line, p.stderr[-2000:])
     assert (work / "alignment.png").read_bytes()[:4] == b"\x89PNG"
+    assert (work / "runs" / "digits" / "export" / "vit_digits.onnx").is_file() and (work / "mt.decoder.onnx").is_file()
     assert json.loads((work / "runs" / "digits" / "last.json").read_text())["epoch"] == 4  # the resumed run went on
