@@ -78,8 +78,15 @@ def compile_linears(model: nn.Module) -> nn.Module:
     ``(rows, in_features)`` before the compiled call: with torchao 0.18 and torch 2.14, a compiled
     int8 Linear gives wrong values for a 3-D input holding one row, e.g. ``(1, 1, d)`` in batch-1
     decoding (tests/test_int8.py guards this). Compile last: a copy of the model made afterwards
-    would still call the original's layers."""
+    would still call the original's layers. Two harmless messages of the first compilation are
+    silenced: torchao's hint that its int8 tensors cannot be cached, and a CUDA build's "No CUDA
+    runtime is found"."""
+    import warnings
+
     import torch._dynamo
+
+    warnings.filterwarnings("ignore", message=r".*does not implement _stable_hash_for_caching", category=UserWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     # every layer is a separate compiled graph of the same code (nn.Linear.forward), up to three each
