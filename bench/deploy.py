@@ -85,12 +85,9 @@ def file_mib(paths) -> float:
 
 
 def compiled(model):
-    """torch.compile (inductor) with freezing: weights become constants, Linear layers get
-    pre-packed oneDNN weights and fused epilogues."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)
+    """torch.compile (inductor) of the whole model with freezing: weights become constants, Linear
+    layers get pre-packed oneDNN weights and fused epilogues."""
+    return torch.compile(model, dynamic=False, options={"freezing": True})
 
 
 def torch_ao_int8(model):
@@ -140,6 +137,8 @@ def vit(args) -> dict:
         if args.compile:
             qc = compiled(q)
             fns["attnlab int8 + torch.compile"] = lambda: qc(x)
+            ql = compile_linears(quantize_int8(copy.deepcopy(ours)))
+            fns["attnlab int8, compiled Linear layers (--int8 --compile)"] = lambda: ql(x)
         fns["ONNX Runtime fp32"] = lambda: onnx["fp32"](x)
         fns["ONNX Runtime int8"] = lambda: onnx["int8"](x)
         ao = torch_ao_int8(ours)
