@@ -108,9 +108,9 @@ def test_compiled_int8_decoding_gives_eager_int8_tokens():
         steps = eager.stepper(), fast.stepper()
         new = torch.randint(0, 40, (1, 5))
         for _ in range(6):  # the prompt, then one token (one row) per step
-            a, b = (s.step(new) for s in steps)
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
-            new = a.argmax(-1, keepdim=True)
+            want, got = (s.step(new) for s in steps)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            new = want.argmax(-1, keepdim=True)
 
 
 def test_bad_mode_is_a_config_error():
