@@ -71,6 +71,7 @@ def add_int8_arguments(parser) -> None:
                              "int8: a quarter of the weight bytes, slightly different numbers; see BENCHMARKS.md "
                              "for its speed)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each Linear layer; with --int8 this fuses the int8 kernels, the "
-                             "fastest path on a CPU (BENCHMARKS.md). Each layer compiles on its first call, "
-                             "which takes seconds, so it pays on long jobs")
+                        help="torch.compile each Linear layer; with --int8 this fuses the int8 kernels, faster "
+                             "than eager int8 (BENCHMARKS.md; graphs from 'attnlab export --int8' run in ONNX "
+                             "Runtime are faster still at batch 1). Each layer compiles on its first "
+                             "call, which takes seconds, so it pays on long jobs")
