@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,28 @@ def test_canvas_run_metrics_and_commands(canvas_run, tmp_path, capsys):
     out = tmp_path / "att.png"
     assert main(["viz", "attention", str(canvas_run), str(img), "-o", str(out), "--dpi", "40"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_draws_same_named_images_apart(canvas_run, tmp_path, capsys):
+    """Images with one file name in two folders get a picture each, and the JSON names each one's."""
+    canvases = make_canvases(CanvasConfig(size=32, min_scale=10, max_scale=16), 2, seed=5).images
+    inputs = []
+    for folder, canvas in zip("ab", canvases):
+        (tmp_path / folder).mkdir()
+        inputs.append(tmp_path / folder / "same.png")
+        Image.fromarray(canvas[0].numpy()).save(inputs[-1])
+    out = tmp_path / "drawn"
+    capsys.readouterr()
+    assert main(["predict", str(canvas_run), *map(str, inputs), "--threshold", "0", "--json", "--output-dir", str(out)]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    pictures = [p["picture"] for p in preds]
+    assert [p["image"] for p in preds] == list(map(str, inputs)) and len(set(pictures)) == 2
+    assert sorted(out.iterdir()) == sorted(map(Path, pictures))
+    for image, picture in zip(inputs, pictures):  # each picture is its own image's, drawn alone
+        assert main(["predict", str(canvas_run), str(image), "--threshold", "0", "--json", "--output-dir",
+                     str(tmp_path / image.parent.name)]) == 0
+        alone = json.loads(capsys.readouterr().out)[0]["picture"]
+        assert Path(alone).read_bytes() == Path(picture).read_bytes()
 
 
 def test_init_from_a_run(canvas_run, tmp_path):

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=0.7, metavar="P",
                    help="detection runs: keep detections scoring at least P (default: 0.7)")
     p.add_argument("--output-dir", metavar="DIR", help="detection runs: where to draw each image with its boxes, "
-                                                      "IMAGE_STEM.boxes.png (default: RUN_DIR/predictions)")
+                                                      "IMAGE_STEM.boxes.png, or for images sharing a stem their path "
+                                                      "below a common folder, e.g. a_same.png.boxes.png (default: "
+                                                      "RUN_DIR/predictions)")
     add_int8_arguments(p)
     one_line_errors(p)
     p.set_defaults(func=run)

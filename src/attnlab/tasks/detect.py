@@ -14,6 +14,7 @@ this process only: correct on one process (data-parallel runs would score rank 0
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -324,7 +325,7 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
             output_dir: str | Path | None = None, **_) -> list[dict]:
     """The detections (score >= ``threshold``) of each image file: label, score, box
     [x0, y0, x1, y1] in the file's pixels; each image is drawn with its boxes into
-    ``output_dir`` (default ``RUN_DIR/predictions``) as ``STEM.boxes.png``."""
+    ``output_dir`` (default ``RUN_DIR/predictions``) under the name :func:`picture_names` gives it."""
     from attnlab.data.images import read_images
     from attnlab.train.runs import check_output_dir
     from attnlab.viz.common import save_figure
@@ -339,15 +340,38 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
     originals = [read_images([p], None, run.model.cfg.in_chans, convert)[0] for p in inputs]
     labels = run.extras["labels"]
     out = []
-    for p, img, d in zip(inputs, originals, detect_images(run, x, [tuple(o.shape[-2:]) for o in originals], threshold)):
+    detections = detect_images(run, x, [tuple(o.shape[-2:]) for o in originals], threshold)
+    for p, name, img, d in zip(inputs, picture_names(inputs), originals, detections):
         order = d["scores"].argsort(descending=True)
         d = {k: v[order] for k, v in d.items()}
         picture = save_figure(plot_detections(img, d, labels, f"{Path(p).name}: {len(order)} detections "
-                                              f"(score >= {threshold:g})"), out_dir / f"{Path(p).stem}.boxes.png")
+                                              f"(score >= {threshold:g})"), out_dir / name)
         out.append({"image": str(p), "picture": str(picture), "detections": [
             {"label": labels[int(lab)], "index": int(lab), "score": round(float(sc), 4), "box": [round(float(v), 2) for v in b]}
             for sc, lab, b in zip(d["scores"], d["labels"], d["boxes"])]})
     return out
+
+
+def picture_names(inputs: list[str]) -> list[str]:
+    """The file name of each input's drawing, one per distinct file and always the same for the
+    same inputs: ``STEM.boxes.png``; files sharing a stem are named by their path below the
+    folder they share (``a/same.png`` and ``b/same.png``: ``a_same.png.boxes.png`` and
+    ``b_same.png.boxes.png``); a name still taken (letter case aside) gets ``-2``, ``-3``..."""
+    files = [Path(os.path.abspath(p)) for p in inputs]
+    distinct = list(dict.fromkeys(files))
+    by_stem: dict[str, list[Path]] = {}
+    for f in distinct:
+        by_stem.setdefault(f.stem.casefold(), []).append(f)
+    names: dict[Path, str] = {}
+    for f in distinct:
+        group = by_stem[f.stem.casefold()]
+        base = f.stem if len(group) == 1 else "_".join(f.relative_to(os.path.commonpath(group)).parts)
+        name, n = base, 1
+        while name.casefold() in {v.casefold() for v in names.values()}:
+            n += 1
+            name = f"{base}-{n}"
+        names[f] = name
+    return [f"{names[f]}.boxes.png" for f in files]
 
 
 def attention_figure(model: DETR, run: LoadedRun | None, image_path: str):
