@@ -89,6 +89,8 @@ def test_coco_reader(tmp_path):
      "nope.png, which does not exist"),
     (lambda d: d["annotations"][0].__setitem__("bbox", [35, 3, 10, 20]), "outside its image 0.png"),
     (lambda d: d["annotations"][0].__setitem__("bbox", [2, 3, 0, 20]), "zero-area box"),
+    (lambda d: d["annotations"][0].__setitem__("bbox", [float("nan"), 3, 10, 20]), r"annotation 1 has bbox \[nan, 3, 10, 20\]"),
+    (lambda d: d["annotations"][0].__setitem__("bbox", [2, 3, 10, float("nan")]), "not a finite number"),
     (lambda d: d["annotations"][0].__setitem__("category_id", 99), "unknown category id 99"),
     (lambda d: d["annotations"][0].__setitem__("image_id", 42), "image id 42, which is not in 'images'"),
     (lambda d: d["images"][0].__setitem__("width", 41), "0.png is 40x30 but the JSON says 41x30"),

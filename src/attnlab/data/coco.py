@@ -4,8 +4,8 @@ boxes ``[x, y, w, h]`` in pixels) and a folder of the images it names.
 Everything is checked before anything is used; the first problem is one :class:`DataError` line
 naming the file and the entry: malformed JSON, a missing field, an image file that is missing
 or unreadable or whose size differs from the JSON's, an annotation of an unknown image or
-category id, a zero-area box, a box outside its image. Crowd annotations (``iscrowd: 1``) are
-skipped, as DETR's training does.
+category id, a NaN or infinite box coordinate, a zero-area box, a box outside its image.
+Crowd annotations (``iscrowd: 1``) are skipped, as DETR's training does.
 
 Images are resized to a square ``image_size`` (boxes, kept relative to the image, do not move);
 metrics use each image's original size.
@@ -14,6 +14,7 @@ metrics use each image's original size.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -97,6 +98,8 @@ def read_coco(spec: str, image_size: int, channels: int) -> tuple[DetectionSet, 
             continue
         x, y, bw, bh = (float(v) for v in box)
         name, w, h = images[iid]
+        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+            raise DataError(f"{ann_path}: annotation {aid} has bbox {box} with a coordinate that is not a finite number")
         if bw <= 0 or bh <= 0:
             raise DataError(f"{ann_path}: annotation {aid} has a zero-area box {box} (width and height must be > 0)")
         if x < -SLACK or y < -SLACK or x + bw > w + SLACK or y + bh > h + SLACK:
