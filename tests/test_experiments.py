@@ -79,6 +79,36 @@ def test_arm_is_reused_and_other_settings_refused(tmp_path, one_thread):
         _copy_ctx(tmp_path).train_arm("gru", COPY, dc, {**train, "lr": 1e-3}, "gru_lm_small", args)
 
 
+def test_moved_output_and_data_folders_reuse_arms_and_changed_data_is_refused(tmp_path, monkeypatch, one_thread):
+    """Arms compare their data files by content: moving the output folder or the data directory
+    (another machine) keeps them, changing the data does not."""
+    from attnlab.tasks.lm import SPEC, LMDataConfig
+
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(100))
+    (tmp_path / "data1" / "tinyshakespeare").mkdir(parents=True)
+    (tmp_path / "data1" / "tinyshakespeare" / "input.txt").write_text(text)
+    train = dict(epochs=1, batch_size=4, lr=1e-3, warmup_steps=1)
+    args = {"d_model": 16, "num_heads": 1, "num_layers": 1}
+
+    def arms(ctx: Context) -> list[dict]:
+        files = [ctx.data_file("tinyshakespeare", "input.txt"), ctx.derived_file("slice.txt", lambda: text[:3000])]
+        return [ctx.train_arm(f"lm{i}", SPEC, LMDataConfig(text=str(f), window=8, steps_per_epoch=2), train,
+                              "transformer_lm_ablation", args) for i, f in enumerate(files)]
+
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data1"))
+    first = arms(_copy_ctx(tmp_path / "out1"))
+    (tmp_path / "out1").rename(tmp_path / "out2")
+    (tmp_path / "data1").rename(tmp_path / "data2")
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data2"))
+    again = arms(_copy_ctx(tmp_path / "out2"))
+    for a, b in zip(first, again):
+        assert b["steps"] == a["steps"] == 2 and b["metrics"] == a["metrics"]
+        assert torch.equal(b["model"].head.weight, a["model"].head.weight)
+    (tmp_path / "data2" / "tinyshakespeare" / "input.txt").write_text(text.upper())
+    with pytest.raises(ConfigError, match=r"lm0-s0 was trained with other settings \(text\)"):
+        arms(_copy_ctx(tmp_path / "out2"))
+
+
 def test_numbers_helpers():
     assert pm([1.0]) == "1.00" and pm([1.0, 3.0], 1) == "2.0 ± 1.4"
     assert apart([1.0], [2.0]) is None and apart([1.0, 1.1], [5.0, 5.1]) and apart([1.0, 2.0], [1.5, 2.5]) is False

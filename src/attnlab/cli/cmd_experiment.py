@@ -13,8 +13,12 @@ EPILOG = """examples:
   attnlab experiment sqrt-dk --budget full --seeds 3 -o results/sqrt-dk
 
 Outputs (in -o DIR, default experiments/NAME/BUDGET): results.json, table.md, verdict.md, the
-figures (PNG), README.md, and one run directory per training arm under runs/ (a rerun with the
-same -o reuses the finished arms and resumes a cut one).
+figures (PNG), README.md, and one run directory per training arm under runs/. DIR must be new,
+empty, or written by the same experiment: it writes .attnlab-experiment.json there first, listing
+everything it writes, and refuses any other folder (a notes folder, a non-empty '.', another
+experiment's outputs). A rerun with the same -o reuses the finished arms and resumes a cut one,
+also after DIR was moved (arms compare their data by content); --overwrite removes what the
+experiment wrote in DIR and trains every arm afresh, leaving anything else there alone.
 """
 
 
@@ -35,7 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=nonneg_int, default=1, metavar="N",
                    help="CPU threads for PyTorch (0 = PyTorch's default) (default: 1)")
     p.add_argument("-o", "--output", metavar="DIR", default=None,
-                   help="output directory (default: experiments/NAME/BUDGET)")
+                   help="output directory: new, empty, or one this experiment wrote (default: experiments/NAME/BUDGET)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in DIR: remove what this experiment wrote there (listed in its "
+                        ".attnlab-experiment.json), keep everything else (default: reuse the finished arms)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the verdict")
     one_line_errors(p)
     p.set_defaults(func=run)
@@ -55,7 +62,8 @@ def run(args) -> int:
         return 0
     exp = get_experiment(args.name)
     res = run_experiment(exp, args.budget, args.seeds, args.threads, args.output,
-                         log=None if args.quiet else log_line, progress=not args.quiet, command=argv())
+                         log=None if args.quiet else log_line, progress=not args.quiet, command=argv(),
+                         overwrite=args.overwrite)
     print(f"{exp.name} ({args.budget}, {len(res['seeds'])} seed(s), {res['wall_seconds']:.0f} s)\n")
     print(res["table_markdown"])
     print(res["verdict"])

@@ -6,19 +6,27 @@ An experiment is a function ``run(ctx: Context) -> Result``. Each training arm i
 reused, one cut short is resumed, so a killed experiment continues where it stopped.
 :func:`run_experiment` writes, into ``OUT``:
 
+- ``.attnlab-experiment.json`` (:data:`MARKER`), first: the experiment's name, every file and run
+  directory it writes there (listed before it is written) and the content hash of each arm's data
+  files (compared by content, so a moved ``OUT`` or data directory still reuses its arms);
 - ``results.json``: every number (``data``), the table, the config, the seeds, the software
   versions, the load average, the wall time and the verdict;
 - ``table.md`` (the Markdown table), ``verdict.md``, one PNG per figure, and ``README.md``
   putting them together.
+
+``OUT`` must be new, empty or marked by the same experiment: a user's folder or another
+experiment's is refused, and ``overwrite`` removes only what the marker lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -32,6 +40,8 @@ from attnlab.errors import ConfigError, DataError
 from attnlab.io import atomic_write, atomic_write_json
 
 BUDGETS = ("quick", "full")
+MARKER = ".attnlab-experiment.json"  # marks an experiment's output folder and lists what it wrote there
+MARKER_FORMAT = "attnlab-experiment/1"
 
 
 @dataclass
@@ -66,6 +76,9 @@ class Context:
         self.threads, self.progress = threads, progress
         self._log = log
         self.arms: dict[str, dict] = {}  # arm -> what train_arm returned (without the model)
+        self._marker = read_marker(self.out) or new_marker(exp.name)
+        self._data_files: set[str] = set()  # the data files handed out: arms compare them by content
+        self._sha256: dict[str, str] = {}
 
     @property
     def quick(self) -> bool:
@@ -79,25 +92,53 @@ class Context:
         if self._log is not None:
             self._log(f"[{self.exp.name}] {line}")
 
+    # --- the marker -------------------------------------------------------------------------------
+
+    def wrote(self, *names: str) -> None:
+        """List ``names`` (paths relative to ``out``) in the marker as written by this experiment;
+        called before writing them, so ``overwrite`` finds everything a killed run left."""
+        new = [n for n in names if n not in self._marker["wrote"]]
+        if new:
+            self._marker["wrote"] += new
+            atomic_write_json(self.out / MARKER, self._marker)
+
+    def _trained_on(self, run: str, hashes: dict[str, str]) -> None:
+        """Record in the marker the run directory ``run`` and the content hashes of its data files."""
+        if self._marker["data_sha256"].get(run) != hashes:
+            self._marker["data_sha256"][run] = hashes
+            atomic_write_json(self.out / MARKER, self._marker)
+        self.wrote(run)
+
+    def _data_hashes(self, data: dict) -> dict[str, str]:
+        """SHA-256 of each data option that names a file handed out by this context."""
+        files = {k: v for k, v in data.items() if isinstance(v, str) and v in self._data_files}
+        for v in files.values():
+            if v not in self._sha256:
+                self._sha256[v] = file_sha256(v)
+        return {k: self._sha256[v] for k, v in files.items()}
+
     # --- data -------------------------------------------------------------------------------------
 
     def data_file(self, *parts: str) -> Path:
         """A file of the shared data directory ($ATTNLAB_DATA), which must exist."""
         from attnlab.data.images import data_root
 
-        p = data_root().joinpath(*parts).resolve()  # runs record absolute paths: compare like with like
+        p = data_root().joinpath(*parts).resolve()  # the runs' records name it from any working directory
         if not p.exists():
             raise DataError(f"experiment {self.exp.name} needs {p}; set ATTNLAB_DATA to the data directory "
                             "(see the README)")
+        self._data_files.add(str(p))
         return p
 
     def derived_file(self, name: str, make: Callable[[], str]) -> Path:
         """``OUT/data/name``, written once from ``make()`` (a slice of a corpus, say)."""
         p = (self.out / "data" / name).resolve()
         if not p.exists():
+            self.wrote(f"data/{name}")
             p.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(p, "w") as f:
                 f.write(make())
+        self._data_files.add(str(p))
         return p
 
     def text_slice(self, chars: int | None) -> tuple[Path, float]:
@@ -142,17 +183,23 @@ class Context:
         if spec.finalize_train_config is not None:
             cfg = spec.finalize_train_config(cfg)
         model_args = dict(model_args or {})
-        run_dir = self.out / "runs" / f"{arm}-s{seed}"
+        run = f"runs/{arm}-s{seed}"
+        run_dir = self.out / run
+        data = to_dict(data_config)
+        hashes = self._data_hashes(data)
         resume = ckpt.has_record(run_dir, "last")
         if resume:
             rec = ckpt.read_record(run_dir, "last")
             changed = changed_options(to_dict(cfg), rec.get("train_config") or {})
-            changed += changed_options(to_dict(data_config), rec.get("data_config") or {})
+            changed += changed_data(data, rec.get("data_config") or {}, hashes,
+                                    self._marker["data_sha256"].get(run, {}))
             if rec["model"]["name"] != model or (rec.get("model_args") or {}) != model_args:
                 changed.append("model")
             if changed:
                 raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(changed)}); this budget or "
-                                  "version of the experiment needs a fresh output directory: pass another -o")
+                                  "version of the experiment needs a fresh output directory: pass another -o, or "
+                                  "--overwrite to replace what the experiment wrote there")
+        self._trained_on(run, hashes)
         t0 = time.perf_counter()
         try:
             summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
@@ -233,6 +280,28 @@ def final_val(summary: dict, metric: str) -> float:
     return float((summary.get("metrics") or {}).get(f"val_{metric}", float("nan")))
 
 
+# --- data files -------------------------------------------------------------------------------------
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def changed_data(given: dict, saved: dict, hashes: dict[str, str], trained_on: dict[str, str]) -> list[str]:
+    """The data options of an arm that differ from the ones it was trained with. A data file
+    whose hash was recorded when the arm was trained is compared by content (moving the output
+    folder or the data directory changes its path, not the data), any other option by value."""
+    from attnlab.train.runs import changed_options
+
+    by_content = hashes.keys() & trained_on.keys()
+    changed = changed_options({k: v for k, v in given.items() if k not in by_content}, saved)
+    return sorted(changed + [k for k in by_content if hashes[k] != trained_on[k]])
+
+
 # --- outputs ----------------------------------------------------------------------------------------
 
 def markdown_table(rows: list[dict]) -> str:
@@ -292,6 +361,7 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
 
     exp, out = ctx.exp, ctx.out
     out.mkdir(parents=True, exist_ok=True)
+    ctx.wrote("results.json", "table.md", "verdict.md", "README.md", *(f"{stem}.png" for stem in res.figures))
     figures = {}
     for stem, fig in res.figures.items():
         figures[stem] = save_figure(fig, out / f"{stem}.png").name
@@ -323,25 +393,90 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
 
 def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = None, threads: int = 1,
                    out: str | Path | None = None, log: Callable[[str], None] | None = None, progress: bool = True,
-                   command: list[str] | None = None) -> dict:
+                   command: list[str] | None = None, overwrite: bool = False) -> dict:
     """Run ``exp`` at ``budget`` with seeds 0..seeds-1 (default: the experiment's), write its
-    outputs into ``out`` (default ``experiments/<name>/<budget>``) and return results.json's content."""
-    from attnlab.train.runs import check_output_dir
-
+    outputs into ``out`` (default ``experiments/<name>/<budget>``) and return results.json's content.
+    ``out`` must be new, empty or written by ``exp`` (:func:`claim_output_dir`); ``overwrite``
+    removes what ``exp`` wrote there first, so every arm is trained afresh."""
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; choose quick or full")
     n = exp.seeds[budget] if seeds is None else seeds
     if n < 1:
         raise ConfigError(f"--seeds {n}: give at least one seed")
+    if out is not None and str(out) == "":
+        raise ConfigError("-o '' names no directory; give the output directory (new, empty, or one this "
+                          "experiment wrote)")
     out = Path(out) if out is not None else Path("experiments") / exp.name / budget
-    check_output_dir(out)
+    claim_output_dir(out, exp.name, overwrite)
     if threads:
         torch.set_num_threads(threads)
     started, load_start = time.time(), load_average()
     ctx = Context(exp, budget, range(n), out, threads, log, progress)
-    out.mkdir(parents=True, exist_ok=True)
     res = exp.run(ctx)
     return write_outputs(ctx, res, started, load_start, command)
+
+
+# --- the output folder ------------------------------------------------------------------------------
+
+def new_marker(name: str) -> dict:
+    return {"format": MARKER_FORMAT, "experiment": name, "wrote": [], "data_sha256": {}}
+
+
+def read_marker(out: Path) -> dict | None:
+    """The marker of the output folder ``out``, None if it has none."""
+    p = out / MARKER
+    if not p.exists():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{p} is not readable ({e}); pass another -o") from None
+    if not (isinstance(m, dict) and m.get("format") == MARKER_FORMAT and isinstance(m.get("experiment"), str)
+            and isinstance(m.get("wrote"), list) and isinstance(m.get("data_sha256"), dict)):
+        raise ConfigError(f"{p} is not an attnlab experiment marker ({MARKER_FORMAT}); pass another -o")
+    return m
+
+
+def user_entries(out: Path) -> list[Path]:
+    """What ``out`` holds besides the marker's temporaries (left by a run killed while writing it)."""
+    return [p for p in out.iterdir() if not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
+
+
+def claim_output_dir(out: Path, name: str, overwrite: bool = False) -> None:
+    """Refuse, before anything is written, an output folder that is not new, empty or marked by
+    experiment ``name``; with ``overwrite`` remove what the marker lists. Then write the marker."""
+    from attnlab.train.runs import check_output_dir
+
+    check_output_dir(out)
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is None and out.is_dir() and user_entries(out):
+        raise ConfigError(f"{out} is not empty and was not written by experiment {name} (it has no {MARKER}); "
+                          "refusing to write into it: pass a new or empty -o"
+                          + (" (--overwrite replaces only what the experiment itself wrote)" if overwrite else ""))
+    if marker is not None and marker["experiment"] != name:
+        raise ConfigError(f"{out} holds the outputs of experiment {marker['experiment']}, not {name}; "
+                          "pass another -o")
+    if marker is not None and overwrite:
+        remove_outputs(out, marker["wrote"])
+        marker = None
+    atomic_write_json(out / MARKER, marker or new_marker(name))
+
+
+def remove_outputs(out: Path, wrote: list) -> None:
+    """Remove what an experiment wrote into ``out`` (its marker's list), then the folders that
+    held only that; nothing else in ``out`` is touched."""
+    for rel in wrote:
+        parts = Path(rel).parts if isinstance(rel, str) else ()
+        if not parts or Path(rel).is_absolute() or ".." in parts or parts == (MARKER,):
+            raise ConfigError(f"{out / MARKER} lists {rel!r}, which is not a file it may remove; pass another -o")
+    for rel in wrote:
+        p = out / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+        if p.parent != out and p.parent.is_dir() and not any(p.parent.iterdir()):
+            p.parent.rmdir()
 
 
 def val_curve(summary: dict, metric: str) -> tuple[list[float], list[float]]:
