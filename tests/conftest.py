@@ -7,6 +7,17 @@ import torch
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Per-machine measurements (the int8 backend choice) go to a folder of this test session,
+    never to the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("ATTNLAB_INT8_BACKEND", raising=False)
+    yield
+    mp.undo()
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("ATTNLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 

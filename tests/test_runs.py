@@ -313,8 +313,13 @@ def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
     task, run = trained
     capsys.readouterr()
     assert main(["eval", str(run), "--int8", "--json", "--out", str(tmp_path / "ev")]) == 0
-    res = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    res = json.loads(out.out)
     assert res["int8"] is True
+    # the backend measured fastest on this CPU is recorded and said in one line (stderr: stdout is the result)
+    chosen = res["int8_backend"]
+    assert chosen in ("torchao", "fbgemm", None)
+    assert f"int8 backend {chosen}" in out.err if chosen else "int8 kept fp32" in out.err
     # --compile: the same int8 layers through torch.compile give the same scores
     assert main(["eval", str(run), "--int8", "--compile", "--json", "--out", str(tmp_path / "evc")]) == 0
     compiled = json.loads(capsys.readouterr().out)

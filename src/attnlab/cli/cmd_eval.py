@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from attnlab.cli.common import add_int8_arguments, one_line_errors
+from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -63,6 +63,7 @@ def run(args) -> int:
         raise ConfigError(f"'attnlab eval' does not support {spec.name!r} runs")
     ec = eval_config(spec, args)
     run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
+    note_int8(run_)
     results = runs.evaluate(run_, ec, args.out, progress=not args.quiet)
     print(json.dumps(results, indent=2) if args.json else FORMATS.get(spec.name, format_any)(results))
     return 0

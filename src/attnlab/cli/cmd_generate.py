@@ -50,6 +50,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
+    from attnlab.cli.common import note_int8
     from attnlab.decode.sampling import generate, validate_sampling
     from attnlab.errors import ConfigError, DataError
     from attnlab.train import runs
@@ -59,6 +60,7 @@ def run(args) -> int:
         raise ConfigError(f"{args.run_dir} is not a language-model run ('attnlab train lm'); 'attnlab generate' "
                           "continues text with one")
     run_ = runs.load(args.run_dir, args.which, int8=args.int8, compile=args.compile)
+    note_int8(run_)
     tok = run_.extras["tokenizer"]
     prompt = "\n" if args.prompt is None else args.prompt
     ids = tok.encode(prompt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attnlab.cli.common import add_int8_arguments, one_line_errors
+from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -44,6 +44,7 @@ def run(args) -> int:
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
     run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
+    note_int8(run_)
     options, fmt = PER_TASK[spec.name]
     preds = spec.predict(run_, args.inputs, **options(args))
     print(json.dumps(preds, indent=2) if args.json else fmt(preds))

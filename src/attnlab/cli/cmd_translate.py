@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli.common import add_int8_arguments, one_line_errors
+from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -40,6 +40,7 @@ def run(args, stdin=None, stdout=None) -> int:
         raise ConfigError(f"{args.run_dir} is not a translation run ('attnlab train translate')")
     opts = from_args(DecodeOptions, args)[0]
     run_ = runs.load(args.run_dir, args.which, int8=args.int8, compile=args.compile)
+    note_int8(run_)
     interactive = stdin.isatty()
     for hyp in iter_translations(run_, read_utf8_lines(stdin), opts, 1 if interactive else opts.batch_size,
                                  progress=not interactive):

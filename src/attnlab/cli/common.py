@@ -67,11 +67,18 @@ def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
 
 def add_int8_arguments(parser) -> None:
     parser.add_argument("--int8", action="store_true",
-                        help="run the model's Linear layers with int8 weights and activations (torchao dynamic "
-                             "int8: a quarter of the weight bytes, slightly different numbers; see BENCHMARKS.md "
-                             "for its speed)")
+                        help="run the model's Linear layers with int8 weights and activations: a quarter of the "
+                             "weight bytes, slightly different numbers. The backend (fbgemm or torchao) is the one "
+                             "measured fastest on this CPU at first use (cached); if neither beats fp32 here the "
+                             "model stays fp32. A line on stderr says which; ATTNLAB_INT8_BACKEND=torchao|fbgemm "
+                             "forces one. Speeds per processor: BENCHMARKS.md")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each Linear layer; with --int8 this fuses the int8 kernels, faster "
-                             "than eager int8 (BENCHMARKS.md; graphs from 'attnlab export --int8' run in ONNX "
-                             "Runtime are faster still at batch 1). Each layer compiles on its first "
-                             "call, which takes seconds, so it pays on long jobs")
+                        help="torch.compile each Linear layer (fuses torchao's int8 kernels; fbgemm's int8 layers "
+                             "are not compiled). Each layer compiles on its first call, which takes seconds, so it "
+                             "pays on long jobs; whether it is faster depends on the processor: BENCHMARKS.md")
+
+
+def note_int8(run) -> None:
+    """With ``--int8``: one line on stderr saying which int8 backend runs (or that fp32 was kept)."""
+    if run.int8:
+        sys.stderr.write(run.int8_choice + "\n")

@@ -207,7 +207,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = No
     if fmt not in FORMATS:
         raise UnsupportedError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if int8 and fmt == "pt2":
-        model = quantize_int8(copy.deepcopy(model))
+        model = quantize_int8(copy.deepcopy(model), backend="torchao")  # torch.export traces torchao int8 tensors
     written = []
     for g in graphs_of(model, window=window):
         out = piece_path(path, g.name)

@@ -174,6 +174,10 @@ class DETR(nn.Module):
     different sizes padded to one); None: every pixel is real.
     """
 
+    # Linear layers int8 quantization leaves in fp32 (attnlab.export.int8): :func:`attend` slices
+    # every attention's fused qkv weight into its query, key and value parts.
+    int8_keep_fp32 = ("self_attn.qkv", "cross_attn.qkv")
+
     def __init__(self, cfg: DETRConfig, name: str | None = None) -> None:
         super().__init__()
         self.cfg, self.name = cfg, name

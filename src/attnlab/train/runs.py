@@ -221,7 +221,9 @@ class LoadedRun:
     model: nn.Module
     spec: TaskSpec
     extras: dict = field(default_factory=dict)
-    int8: bool = False  # the Linear layers run in int8 (attnlab.export.int8)
+    int8: bool = False  # int8 was asked for (attnlab.export.int8)
+    int8_backend: str | None = None  # what the Linear layers run: "torchao", "fbgemm", None (fp32)
+    int8_choice: str = ""  # one line: which int8 backend was chosen on this CPU, and why
 
     @property
     def name(self) -> str:
@@ -246,7 +248,8 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
          compile: bool = False) -> LoadedRun:
     """Rebuild a run's model through the registry from its record, load its weights (``best``
     or ``last``; best falls back to last) and the task's extras. ``int8``: int8 Linear layers
-    (:func:`attnlab.export.quantize_int8`); ``compile``: each Linear layer compiled
+    (:func:`attnlab.export.quantize_int8`, the backend fastest on this CPU, fp32 kept if none
+    is faster: ``int8_backend``/``int8_choice`` say which); ``compile``: each Linear layer compiled
     (:func:`attnlab.export.compile_linears`)."""
     from attnlab.models.registry import create_model
 
@@ -264,16 +267,20 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
         raise CheckpointError(f"{run_dir}: its model record does not build a model ({e})") from None
     ckpt.load_into(model, ckpt.load_weights(run_dir, rec), f"{run_dir}/{rec['path']}/{rec['weights']}")
     model = model.to(device).eval()
+    backend, choice = None, ""
     if int8:
-        from attnlab.export.int8 import quantize_int8
+        from attnlab.export.int8 import choose_backend, int8_backend, quantize_int8
 
-        model = quantize_int8(model)
+        chosen = choose_backend()
+        if chosen.backend is not None:
+            model = quantize_int8(model, backend=chosen.backend)
+        backend, choice = int8_backend(model), chosen.describe()
     if compile:
         from attnlab.export.int8 import compile_linears
 
         model = compile_linears(model)
     extras = spec.load_extras(run_dir, rec) if spec.load_extras else {}
-    return LoadedRun(run_dir, which, rec, model, spec, extras, int8)
+    return LoadedRun(run_dir, which, rec, model, spec, extras, int8, backend, choice)
 
 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -294,7 +301,7 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
             results[name.replace(".", "_")] = str(out / name)
         else:
             results[f"{name}_png"] = str(save_figure(content, out / f"{name}.png"))
-    results.update(int8=run.int8, results_json=str(out / "results.json"))
+    results.update(int8=run.int8, int8_backend=run.int8_backend, results_json=str(out / "results.json"))
     atomic_write_json(out / "results.json", results)
     return results
 
