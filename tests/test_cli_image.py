@@ -162,6 +162,8 @@ BAD = {
     "negative option": (lambda t: ["--lr", "-0.1"], "must be a positive number"),
     "infinite option": (lambda t: ["--lr", "inf"], "not a finite number"),
     "bad model arg": (lambda t: ["--model-arg", "depth"], "is not KEY=VALUE"),
+    "unknown option": (lambda t: ["--bogus"],
+                       r"^attnlab train image: error: unrecognized arguments: --bogus \(see attnlab train image --help\)$"),
 }
 
 
@@ -182,6 +184,44 @@ def test_bad_training_input_leaves_runs_intact(case, run_dir, tmp_path):
     code, out, err = cli("train", "image", *TINY, *extra, "--epochs", "1", "--run-dir", run_dir, "--overwrite")
     assert_one_line_error(code, out, err, pattern)
     assert snapshot(run_dir) == before
+
+
+def test_unknown_option_before_the_task_names_the_command(run_dir):
+    before = snapshot(run_dir)
+    code, out, err = cli("train", "--bogus", "image", "--run-dir", run_dir, "--overwrite")
+    assert_one_line_error(code, out, err, r"^attnlab train: error: unrecognized arguments: --bogus \(see attnlab train --help\)$")
+    assert snapshot(run_dir) == before
+
+
+#: ``attnlab viz explore RUN_DIR ...`` on bad input: (the arguments after RUN_DIR from (tmp folder, a
+#: digit image, the page to write), what the one line says)
+BAD_EXPLORE = {
+    "zero std": (lambda t, im, page: [im, "-o", page, "--std", "0"],
+                 r"--std 0.0: every standard deviation must be a positive finite number"),
+    "NaN std": (lambda t, im, page: [im, "-o", page, "--std", "nan"], "must be a positive finite number"),
+    "infinite mean": (lambda t, im, page: [im, "-o", page, "--mean", "inf"], "every mean must be a finite number"),
+    "a mean per RGB channel": (lambda t, im, page: [im, "-o", page, "--mean", "0", "0", "0"],
+                               r"need 1 values \(one per channel\)"),
+    "zero page budget": (lambda t, im, page: [im, "-o", page, "--max-mb", "0"], "--max-mb must be a finite number > 0"),
+    "NaN page budget": (lambda t, im, page: [im, "-o", page, "--max-mb", "nan"], "--max-mb must be a finite number > 0"),
+    "layer out of range": (lambda t, im, page: [im, "-o", page, "--layer", "7"], "block 7 out of range"),
+    "target for a ViT": (lambda t, im, page: [im, "-o", page, "--target", "x"], "translation models only"),
+    "missing image": (lambda t, im, page: [t / "none.png", "-o", page], "no such file"),
+    "corrupt image": (lambda t, im, page: [corrupt_png(t / "c.png"), "-o", page], "cannot read image"),
+    "output is a folder": (lambda t, im, page: [im, "-o", t], "directory"),
+    "output is not a page": (lambda t, im, page: [im, "-o", im], "not an HTML page"),
+    "unknown option": (lambda t, im, page: [im, "-o", page, "--bogus"],
+                       r"^attnlab viz explore: error: unrecognized arguments: --bogus \(see attnlab viz explore --help\)$"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EXPLORE))
+def test_bad_explore_input_changes_nothing(case, run_dir, tmp_path):
+    make_args, pattern = BAD_EXPLORE[case]
+    argv = make_args(tmp_path, digit_png(tmp_path / "d.png"), tmp_path / "page.html")
+    before = snapshot(run_dir), snapshot(tmp_path)
+    assert_one_line_error(*cli("viz", "explore", run_dir, *argv), pattern)
+    assert (snapshot(run_dir), snapshot(tmp_path)) == before
 
 
 def test_existing_run_dir_is_refused(run_dir):

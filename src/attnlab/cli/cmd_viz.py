@@ -145,11 +145,11 @@ def add_attention(sub) -> None:
 
 def run_attention(args) -> int:
     from attnlab.viz.common import check_dpi, check_picture_path, save_figure
+    from attnlab.viz.vit import check_normalization
 
     check_picture_path(args.output)
     check_dpi(args.dpi)
-    if args.std is not None and min(args.std) <= 0:
-        raise ConfigError(f"--std {' '.join(map(str, args.std))}: every standard deviation must be positive")
+    check_normalization(args.mean, args.std)
     if not 0.0 <= args.discard_ratio < 1.0:
         raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
     from attnlab.models.detr import DETR

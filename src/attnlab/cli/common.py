@@ -10,13 +10,23 @@ from attnlab.errors import ConfigError
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make ``parser`` report a bad option in one line (no usage block) and exit with 2."""
+    """Make ``parser`` report a bad option in one line (no usage block) and exit with 2. An
+    unknown option is reported by the (sub)command that was given it, not passed up to the
+    top-level parser, which would print its usage."""
+    parse_known_args = parser.parse_known_args
 
     def error(message: str):
         sys.stderr.write(f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
         raise SystemExit(2)
 
+    def parse_known(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
     parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known  # type: ignore[method-assign]
     return parser
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from attnlab.errors import ConfigError
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
                    help="translation: the worked head's attention: encoder self, decoder self or cross (default: cross)")
     p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
                                                          "(default: ImageNet's for RGB models, none for grey)")
-    p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std to normalise the image with")
+    p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std (> 0) to normalise the image with")
     p.add_argument("--threshold", type=float, default=0.7, help="DETR: show the queries whose score reaches this (the three "
                                                                 "best when none does; default: 0.7)")
     p.add_argument("--max-mb", type=float, default=3.0, help="size budget of the page in MB; past it, evenly spaced layers "
@@ -69,10 +70,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from attnlab.viz import explore
+    from attnlab.viz.vit import check_normalization
 
     explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
-    if args.max_mb <= 0:
-        raise ConfigError(f"--max-mb must be > 0, got {args.max_mb}")
+    if not 0 < args.max_mb < math.inf:
+        raise ConfigError(f"--max-mb must be a finite number > 0, got {args.max_mb}")
+    check_normalization(args.mean, args.std)
     model, tokenizers, random_init, run = load(args)
     kind = family(model)
     if args.target is not None and kind != "translation":

@@ -8,6 +8,7 @@ global state, no display needed); :func:`save_figure` writes it as a PNG atomica
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -121,6 +122,15 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int], in_chans: i
     arr = np.asarray(im, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def check_normalization(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """Refuse ``--mean``/``--std`` values that would turn every input into NaN or infinity: a
+    standard deviation that is not positive and finite, a mean that is not finite."""
+    if std is not None and not all(0 < s < math.inf for s in std):
+        raise ConfigError(f"--std {' '.join(map(str, std))}: every standard deviation must be a positive finite number")
+    if mean is not None and not all(math.isfinite(m) for m in mean):
+        raise ConfigError(f"--mean {' '.join(map(str, mean))}: every mean must be a finite number")
 
 
 def normalize_image(image: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
