@@ -225,6 +225,20 @@ def test_translation_without_target_uses_the_greedy_translation(bpe):
     assert any("greedy" in n for n in d["notes"])
 
 
+def test_translation_page_says_when_it_cuts_the_source_and_target(bpe):
+    mt = tiny_mt(bpe)
+    long = " ".join(["ein hund läuft ."] * 60)
+    n_src, n_tgt = len(bpe.encode(long)), len(bpe.encode(long.replace("ein hund läuft", "a dog runs")))
+    assert n_src > E.MAX_TEXT_TOKENS and n_tgt > E.MAX_TEXT_TOKENS
+    d = E.explore_translation(mt, bpe, bpe, long, long.replace("ein hund läuft", "a dog runs"), label="mt")
+    keep = E.MAX_TEXT_TOKENS - 1  # and the end token
+    assert len(d["text"]["source"]) == len(d["text"]["target"]) == E.MAX_TEXT_TOKENS
+    assert f"The source sentence has {n_src} tokens; the first {keep} are shown." in d["notes"]
+    assert f"The target sentence has {n_tgt} tokens; the first {keep} are shown." in d["notes"]
+    short = E.explore_translation(mt, bpe, bpe, "ein hund läuft .", "a dog runs .", label="mt")
+    assert not any("are shown" in n for n in short["notes"])
+
+
 def test_gru_attention_gives_its_alignment(bpe):
     torch.manual_seed(0)
     gru = GRUAttentionSeq2Seq(GRUAttentionConfig(bpe.vocab_size, bpe.vocab_size, embed_dim=16, hidden_dim=16, attn_dim=16,

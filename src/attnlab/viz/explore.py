@@ -198,6 +198,13 @@ def _worked(set_id: str, layer: int, head: int, mha: MultiHeadAttention, inputs:
         return None
 
 
+def _first(ids: list[int], limit: int, what: str, notes: list[str]) -> list[int]:
+    """The first ``limit`` of ``ids``; when that cuts them, a note on the page says so."""
+    if len(ids) > limit:
+        notes.append(f"The {what} has {len(ids)} tokens; the first {limit} are shown.")
+    return ids[:limit]
+
+
 def _parse_layer(index: int, depth: int, what: str = "layer") -> int:
     if not -depth <= index < depth:
         raise ConfigError(f"{what} {index} out of range for {depth} layers (valid: {-depth}..{depth - 1})")
@@ -267,11 +274,8 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
         raise UnsupportedError(f"{type(model).__name__} has no attention to explore (a recurrent model?); "
                                "the explorer shows Transformer language models")
     notes = []
-    ids = _encode(tokenizer, text, "prompt")
-    limit = min(max_tokens, getattr(model.cfg, "max_len", max_tokens))
-    if len(ids) > limit:
-        notes.append(f"The prompt has {len(ids)} tokens; the first {limit} are shown.")
-        ids = ids[:limit]
+    ids = _first(_encode(tokenizer, text, "prompt"), min(max_tokens, getattr(model.cfg, "max_len", max_tokens)),
+                 "prompt", notes)
     names = [f"blocks.{i}.self_attn" for i in range(len(blocks))]
     layer = _parse_layer(worked[0], len(blocks))
     model.eval()
@@ -305,16 +309,16 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
 
     bos, eos = tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
     pad = src_tokenizer.pad_id if src_tokenizer.pad_id is not None else 0
-    src_ids = _encode(src_tokenizer, source, "source sentence")[: max_tokens - 1] + [src_tokenizer.eos_id]
-    src = torch.tensor([src_ids], device=next(model.parameters()).device)
     notes = []
+    src_ids = _first(_encode(src_tokenizer, source, "source sentence"), max_tokens - 1, "source sentence", notes)
+    src_ids.append(src_tokenizer.eos_id)
+    src = torch.tensor([src_ids], device=next(model.parameters()).device)
     model.eval()
     if target is None:
-        hyp = greedy_search(model, src, bos=bos, eos=eos, pad=pad)[0]
+        hyp = _first(greedy_search(model, src, bos=bos, eos=eos, pad=pad)[0], max_tokens - 1, "translation", notes)
         notes.append("The target is the model's own greedy translation.")
     else:
-        hyp = _encode(tgt_tokenizer, target, "target sentence")
-    hyp = hyp[: max_tokens - 1]
+        hyp = _first(_encode(tgt_tokenizer, target, "target sentence"), max_tokens - 1, "target sentence", notes)
     tgt_in = torch.tensor([[bos] + hyp], device=src.device)
     out_ids = hyp + [eos]
     src_t, tgt_t = _labels(src_tokenizer, src_ids), _labels(tgt_tokenizer, [bos] + hyp)
