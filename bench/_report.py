@@ -18,7 +18,11 @@ HEADER = "# Benchmarks\n\nEach section is written by the script named in it; rer
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+    """The processor (model, the ISA level torch dispatches to, VNNI/AMX: int8 speed depends on
+    them), threads and versions, for the line under every figure."""
+    from attnlab.cpu import describe_cpu
+
+    return (f"{describe_cpu()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 

@@ -58,8 +58,14 @@ def save(part: str, result: dict) -> None:
 
 
 def context(args) -> dict:
-    return {"command": command(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_start": round(os.getloadavg()[0], 2)}
+    """What every part records: the command, the machine (processor included), the date, the load,
+    and the int8 backend ``--int8`` picks on this machine (measured: attnlab.export.int8)."""
+    from attnlab.cpu import cpu_info
+    from attnlab.export.int8 import choose_backend
+
+    choice = choose_backend(refresh=True)
+    return {"command": command(), "machine": machine(), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_start": round(os.getloadavg()[0], 2), "int8_choice": choice.describe(), "int8_backend": choice.backend}
 
 
 def interleaved(fns: dict, rounds: int, base: str) -> dict:
@@ -100,18 +106,13 @@ def compiled(model):
     return run
 
 
-def torch_ao_int8(model):
-    """Reference only: the deprecated ``torch.ao.quantization.quantize_dynamic`` (fbgemm int8
-    Linear modules) on a copy; cross-attention's fused QKV stays fp32 as in quantize_int8."""
-    import warnings
+BACKENDS = ("torchao", "fbgemm")
 
-    from torch import nn
 
-    names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("cross_attn.qkv")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {n: torch.ao.quantization.default_dynamic_qconfig
-                                                                              for n in names}, dtype=torch.qint8)
+def int8_copies(model) -> dict:
+    """``{backend: int8 copy of model}`` for each of quantize_int8's backends (``--int8`` runs the
+    one measured fastest on the machine: ``context()['int8_backend']``)."""
+    return {b: quantize_int8(copy.deepcopy(model), backend=b) for b in BACKENDS}
 
 
 def timm_twin(ours, name: str, tmp: Path):
@@ -134,7 +135,7 @@ def vit(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = timm_twin(ours, args.model, tmp)
-        q = quantize_int8(copy.deepcopy(ours))
+        qs = int8_copies(ours)
         sizes, onnx = {}, {}
         for fmt in ("pt2", "onnx"):
             for int8 in (False, True):
@@ -142,17 +143,16 @@ def vit(args) -> dict:
                 sizes[f"{fmt}_{'int8' if int8 else 'fp32'}_mib"] = file_mib(paths)
                 if fmt == "onnx":
                     onnx["int8" if int8 else "fp32"] = load_graph(paths[0], threads=args.threads)
-        fns = {"timm fp32 eager": lambda: t(x), "attnlab fp32 eager": lambda: ours(x),
-               "attnlab int8 eager (torchao dynamic)": lambda: q(x)}
+        fns = {"timm fp32 eager": lambda: t(x), "attnlab fp32 eager": lambda: ours(x)}
+        for b, q in qs.items():
+            fns[f"attnlab int8 eager, {b}"] = lambda q=q: q(x)
         if args.compile:
-            qc = compiled(q)
-            fns["attnlab int8 + torch.compile"] = lambda: qc(x)
-            ql = compile_linears(quantize_int8(copy.deepcopy(ours)))
-            fns["attnlab int8, compiled Linear layers (--int8 --compile)"] = lambda: ql(x)
+            qc = compiled(qs["torchao"])
+            fns["attnlab int8 torchao + torch.compile"] = lambda: qc(x)
+            ql = compile_linears(quantize_int8(copy.deepcopy(ours), backend="torchao"))
+            fns["attnlab int8 torchao, compiled Linear layers"] = lambda: ql(x)
         fns["ONNX Runtime fp32"] = lambda: onnx["fp32"](x)
         fns["ONNX Runtime int8"] = lambda: onnx["int8"](x)
-        ao = torch_ao_int8(ours)
-        fns["reference: torch.ao quantize_dynamic (deprecated)"] = lambda: ao(x)
         with torch.inference_mode():
             ref = t(x)
             outs = {k: f() for k, f in fns.items()}
@@ -166,28 +166,30 @@ def vit(args) -> dict:
 
 
 def agreement(run_dir: str, dataset: str, threads: int) -> dict:
-    """Top-1 of the fp32 and int8 (torchao dynamic) models of a trained run on its dataset's test split."""
+    """Top-1 of the fp32 and int8 models (each backend, and ONNX Runtime int8) of a trained run on
+    its dataset's test split."""
     from attnlab.data.images import load
     from attnlab.train import runs
 
     run = runs.load(run_dir)
     fp32 = run.model
-    q = quantize_int8(copy.deepcopy(fp32))
+    qs = int8_copies(fp32)
     test = load(dataset, progress=False).test
     norm = run.extras["normalize"]
-    preds = {"fp32": [], "int8": [], "onnx_int8": []}
+    preds = {"fp32": [], "onnx_int8": [], **{b: [] for b in qs}}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         ort_int8 = load_graph(export_model(fp32, Path(tmp) / "q.onnx", int8=True)[0], threads=threads)
         for i in range(0, len(test), 500):
             xb = norm(test.images[i:i + 500])
             preds["fp32"].append(fp32(xb).argmax(-1))
-            preds["int8"].append(q(xb).argmax(-1))
             preds["onnx_int8"].append(ort_int8(xb)[0].argmax(-1))
-    p32, p8, po = (torch.cat(preds[k]) for k in ("fp32", "int8", "onnx_int8"))
-    acc = lambda p: (p == test.labels).float().mean().item()  # noqa: E731
-    return {"run": run_dir, "model": run.name, "dataset": dataset, "images": len(test),
-            "agreement": (p32 == p8).float().mean().item(), "acc_fp32": acc(p32), "acc_int8": acc(p8),
-            "agreement_onnx_int8": (p32 == po).float().mean().item(), "acc_onnx_int8": acc(po)}
+            for b, q in qs.items():
+                preds[b].append(q(xb).argmax(-1))
+    p = {k: torch.cat(v) for k, v in preds.items()}
+    acc = lambda k: (p[k] == test.labels).float().mean().item()  # noqa: E731
+    return {"run": run_dir, "model": run.name, "dataset": dataset, "images": len(test), "acc_fp32": acc("fp32"),
+            "paths": {k: {"agreement": (p["fp32"] == p[k]).float().mean().item(), "accuracy": acc(k)}
+                      for k in p if k != "fp32"}}
 
 
 # --- ViT-Ti/16, S/16 -------------------------------------------------------------------------------
@@ -232,8 +234,8 @@ def translate(args) -> dict:
 
     ctx = context(args)
     ours, marian = build_ours(), build_marian()
-    q, ao = quantize_int8(copy.deepcopy(ours)), torch_ao_int8(ours)
-    qc = compile_linears(quantize_int8(copy.deepcopy(ours))) if args.compile else None
+    qs = int8_copies(ours)
+    qc = compile_linears(quantize_int8(copy.deepcopy(ours), backend="torchao")) if args.compile else None
     scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,11 +248,11 @@ def translate(args) -> dict:
                 return marian.generate(input_ids=src, attention_mask=torch.ones_like(src), max_new_tokens=NEW_TOKENS,
                                        min_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False, use_cache=True)
 
-            fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg),
-                   "attnlab int8 (cache)": lambda src=src: greedy_search(q, src, scfg),
-                   "reference: torch.ao quantize_dynamic (deprecated)": lambda src=src: greedy_search(ao, src, scfg)}
+            fns = {"HF Marian fp32 (cache)": hf, "attnlab fp32 (cache)": lambda src=src: greedy_search(ours, src, scfg)}
+            for bk, q in qs.items():
+                fns[f"attnlab int8 {bk} (cache)"] = lambda src=src, q=q: greedy_search(q, src, scfg)
             if qc is not None:
-                fns["attnlab int8, compiled Linear layers (cache)"] = lambda src=src: greedy_search(qc, src, scfg)
+                fns["attnlab int8 torchao, compiled Linear layers (cache)"] = lambda src=src: greedy_search(qc, src, scfg)
             for k, (enc, step) in pieces.items():
                 fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
                     enc, step, src, self_cache_zeros(ours, b), scfg)
@@ -304,7 +306,7 @@ def floor(args) -> dict:
 
     ctx = context(args)
     ours, marian = build_ours(), build_marian()
-    q = quantize_int8(copy.deepcopy(ours))
+    q = quantize_int8(copy.deepcopy(ours), backend="torchao")  # its layers are nn.Linear, which the hooks time
     scfg = SearchConfig(eos=None, max_len=NEW_TOKENS, max_len_a=0, max_len_b=NEW_TOKENS)
     src = torch.randint(4, V, (args.batch, SRC_LEN), generator=torch.Generator().manual_seed(args.batch))
 
@@ -314,16 +316,16 @@ def floor(args) -> dict:
 
     rows = {"HF Marian fp32 (cache)": linear_share(hf, marian, args.rounds),
             "attnlab fp32 (cache)": linear_share(lambda: greedy_search(ours, src, scfg), ours, args.rounds),
-            "attnlab int8 (cache)": linear_share(lambda: greedy_search(q, src, scfg), q, args.rounds)}
+            "attnlab int8 torchao (cache)": linear_share(lambda: greedy_search(q, src, scfg), q, args.rounds)}
     if args.compile:
-        qc = compile_linears(quantize_int8(copy.deepcopy(ours)))
-        rows["attnlab int8, compiled Linear layers (cache)"] = linear_share(lambda: greedy_search(qc, src, scfg), qc,
+        qc = compile_linears(quantize_int8(copy.deepcopy(ours), backend="torchao"))
+        rows["attnlab int8 torchao, compiled Linear layers (cache)"] = linear_share(lambda: greedy_search(qc, src, scfg), qc,
                                                                             args.rounds)
     hf_s = rows["HF Marian fp32 (cache)"]["seconds"]
     for r in rows.values():
         r["speedup"] = hf_s / r["seconds"]
     return {**ctx, "rounds": args.rounds, "batch": args.batch, "rows": rows, "load_end": round(os.getloadavg()[0], 2),
-            "bound": hf_s / rows["attnlab int8 (cache)"]["other_seconds"]}
+            "bound": hf_s / rows["attnlab int8 torchao (cache)"]["other_seconds"]}
 
 
 def bleu(run_dir: str, src: str, ref: str) -> dict:
@@ -355,8 +357,8 @@ def lm(args) -> dict:
         cfg = TransformerLMConfig(vocab_size=args.vocab, d_model=args.d_model, num_layers=args.layers,
                                   num_heads=args.d_model // 64, max_len=1024)
         model, what = build_lm(cfg).eval(), f"random weights: {cfg}"
-    q, ao = quantize_int8(copy.deepcopy(model)), torch_ao_int8(model)
-    qc = compile_linears(quantize_int8(copy.deepcopy(model))) if args.compile else None
+    qs = int8_copies(model)
+    qc = compile_linears(quantize_int8(copy.deepcopy(model), backend="torchao")) if args.compile else None
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.cfg.vocab_size, (1, 16), generator=g) for _ in range(args.prompts)]
 
@@ -376,12 +378,12 @@ def lm(args) -> dict:
             out = greedy_generate(steps[k], prompt, args.new_tokens, lm_cache_zeros(model, 1), model.cfg.max_len)
             return out[0, prompt.shape[1]:].tolist()
 
-        paths = {"fp32 eager (cache)": lambda p: eager(model, p), "int8 eager (torchao dynamic)": lambda p: eager(q, p),
+        paths = {"fp32 eager (cache)": lambda p: eager(model, p),
+                 **{f"int8 eager, {b}": (lambda p, q=q: eager(q, p)) for b, q in qs.items()},
                  "ONNX Runtime fp32 step graph": lambda p: exported("fp32", p),
-                 "ONNX Runtime int8 step graph": lambda p: exported("int8", p),
-                 "reference: torch.ao quantize_dynamic (deprecated)": lambda p: eager(ao, p)}
+                 "ONNX Runtime int8 step graph": lambda p: exported("int8", p)}
         if qc is not None:
-            paths["int8, compiled Linear layers"] = lambda p: eager(qc, p)
+            paths["int8 torchao, compiled Linear layers"] = lambda p: eager(qc, p)
         with torch.inference_mode():
             toks = {k: [f(p) for p in prompts] for k, f in paths.items()}  # greedy agreement over all prompts
         res = interleaved({k: (lambda f=f: f(prompts[0])) for k, f in paths.items()}, args.rounds, "fp32 eager (cache)")
@@ -408,15 +410,18 @@ def _table(rows: dict, extra: dict | None = None, unit: str = "ms") -> list[str]
 
 
 def _ctx(r: dict) -> str:
+    choice = f" `--int8` here: {r['int8_choice']}." if "int8_choice" in r else ""
     return (f"`{r['command']}` — {r['machine']}, {r['date']}, load average {r['load_start']} at the start, "
-            f"{r['load_end']} at the end.")
+            f"{r['load_end']} at the end.{choice}")
 
 
 def render(results: dict) -> str:
     out = ["## Deployment: int8 weights, exported graphs, ONNX Runtime (CPU)", "",
-           "Written by `bench/deploy.py` (see its docstring). int8: torchao dynamic int8 Linear layers "
-           "(`attnlab.export.quantize_int8`); ONNX Runtime int8: its dynamic quantization of the MatMul/Gemm weights "
-           "(`attnlab export --int8`). Speed-ups are medians of per-round ratios against the first row, in one process.", ""]
+           "Written by `bench/deploy.py` (see its docstring). int8 eager: dynamic int8 Linear layers "
+           "(`attnlab.export.quantize_int8`) with each backend, torchao and fbgemm; `--int8` runs the one measured "
+           "fastest on the machine (named under each table). ONNX Runtime int8: its dynamic quantization of the "
+           "MatMul/Gemm weights (`attnlab export --int8`). Speed-ups are medians of per-round ratios against the first "
+           "row, in one process. Each table names its processor: int8 speed depends on it (VNNI or not).", ""]
     if "vit" in results:
         r = results["vit"]
         out += [f"### {r['model']}, batch 1", "", _ctx(r), ""] + _table(r["rows"], r["max_abs_diff_vs_timm"]) + [""]
@@ -426,10 +431,10 @@ def render(results: dict) -> str:
                    f"{s['onnx_int8_mib']:.0f} MiB ({s['onnx_int8_mib'] / s['onnx_fp32_mib']:.0%}).")
         if "agreement" in r:
             a = r["agreement"]
-            out.append(f"Quality on a trained run (`{a['run']}`, {a['model']}, {a['dataset']} test split, {a['images']} images): "
-                       f"int8 top-1 agrees with fp32 on {a['agreement']:.2%}; accuracy fp32 {a['acc_fp32']:.2%}, "
-                       f"int8 {a['acc_int8']:.2%}" + (f"; ONNX Runtime int8 agrees on {a['agreement_onnx_int8']:.2%}, accuracy "
-                                                       f"{a['acc_onnx_int8']:.2%}." if "acc_onnx_int8" in a else "."))
+            paths = "; ".join(f"{k.replace('_', ' ')} agrees on {v['agreement']:.2%} (accuracy {v['accuracy']:.2%})"
+                              for k, v in a["paths"].items())
+            out.append(f"Quality on a trained run (`{a['run']}`, {a['model']}, {a['dataset']} test split, {a['images']} "
+                       f"images), top-1 against fp32 (accuracy {a['acc_fp32']:.2%}): {paths}.")
         out.append("")
     if "small" in results:
         r = results["small"]

@@ -136,3 +136,23 @@ def test_translate_bench_multi30k_tiny(tmp_path, monkeypatch, capsys, one_thread
     run = json.loads((tmp_path / "runs" / "multi30k-de-en-transformer" / "run.json").read_text())
     assert run["model"]["name"] == "transformer_multi30k" and run["model"]["config"]["d_model"] == 16
     assert committed_outputs() == before  # --no-write
+
+
+def test_deploy_bench_vit_rows_per_int8_backend(capsys, one_thread):
+    """bench/deploy.py's ViT part on a small model: one row per int8 backend, the processor and
+    the backend --int8 picks on it recorded, and the table renders (BENCHMARKS.md untouched)."""
+    pytest.importorskip("timm")
+    pytest.importorskip("torchao")
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(mod)
+    deploy = bench("deploy")
+    before = committed_outputs()
+    assert deploy.main(["vit", "--model", "vit_tiny_patch16_224", "--rounds", "1", "--no-compile", "--no-write"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"attnlab int8 eager, torchao", "attnlab int8 eager, fbgemm"} <= set(res["rows"])
+    assert res["cpu"]["capability"] and res["cpu"]["model"] in res["machine"]
+    assert res["int8_backend"] in ("torchao", "fbgemm", None) and "int8" in res["int8_choice"]
+    assert all(d < 0.5 for d in res["max_abs_diff_vs_timm"].values())
+    text = deploy.render({"vit": res})
+    assert "attnlab int8 eager, fbgemm" in text and res["int8_choice"] in text
+    assert committed_outputs() == before
