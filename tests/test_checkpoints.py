@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -509,6 +510,28 @@ def test_pickle_with_code_is_refused(tmp_path):
         pickle.dump(Payload(marker), f, protocol=2)
     expect_refusal(ours(**P8), tmp_path / "evil.bin")
     assert not marker.exists()
+
+
+def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path):
+    (tmp_path / "notes.pth").write_text("notes on the model: lr 3e-3, 300 epochs\n")
+    (tmp_path / "noise.pth").write_bytes(bytes(range(7, 256)) * 8)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name, what in (("notes.pth", "a text file starting 'notes on the model"),
+                       ("noise.pth", "neither a PyTorch zip archive nor a pickle: it starts with bytes 07 08"),
+                       ("empty.pth", "the file is empty")):
+        msg = expect_refusal(ours(**P8), tmp_path / name, name, "not a checkpoint", what)
+        assert "not trusted" not in msg and "\n" not in msg
+
+
+def test_a_later_pickle_protocol_is_refused_without_torchs_warning(tmp_path, tiny_timm_file):
+    _, sd = tiny_timm_file
+    torch.save(sd, tmp_path / "p4.pth", pickle_protocol=4)  # the safe reader cannot read protocol 4
+    torch.save(sd, tmp_path / "p3.pth", pickle_protocol=3)  # it reads protocol 3, with a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expect_refusal(ours(**P8), tmp_path / "p4.pth", "p4.pth", "pickle protocol 4", "nothing in it was run")
+        attnlab.load_checkpoint(ours(**P8), tmp_path / "p3.pth")
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_timm_training_checkpoint_with_argparse_namespace_loads(tmp_path):

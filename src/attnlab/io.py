@@ -1,15 +1,25 @@
 """Safe file I/O. Every file attnlab writes (checkpoints, metrics, reports) goes through
 :func:`atomic_write` so a crash at any moment leaves either the old file or the new one,
-never half of one. PyTorch files are read with ``torch.load(weights_only=True)`` only, and one
-that pickles anything else is refused with :func:`untrusted_pickle_message`."""
+never half of one. PyTorch files are read with :func:`load_torch_file` only
+(``torch.load(weights_only=True)``): one that pickles anything else is refused with
+:func:`untrusted_pickle_message`, and one that is no PyTorch file at all says so."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
+import pickle
 import secrets
+import warnings
+import zipfile
 from pathlib import Path
+
+from attnlab.errors import CheckpointError
+
+#: the pickle protocol ``torch.save`` writes by default; its safe reader reads no later one fully
+TORCH_PICKLE_PROTOCOL = 2
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:
@@ -82,3 +92,67 @@ def untrusted_pickle_message(path: str | os.PathLike, what: str = "file") -> str
             else "holds something other than")
     return (f"{what} {str(path)!r} is not trusted: it {held} tensors and plain containers; nothing in it was run "
             "(attnlab reads only tensors from PyTorch files: save a state dict, or safetensors)")
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "file"):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only (more
+    inside a ``torch.serialization.safe_globals`` context), without torch's warning about the
+    pickle protocol. What it cannot read is one :class:`CheckpointError` line saying what the file
+    is: not a checkpoint at all, saved with a pickle protocol the safe reader cannot read, not
+    trusted (it pickles other objects: :func:`untrusted_pickle_message`), or damaged."""
+    import torch
+
+    path = Path(path)
+    other = _not_a_torch_file(path)
+    if other:
+        raise CheckpointError(f"cannot read {what} {str(path)!r}: not a checkpoint ({other})")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            protocol = _pickle_protocol(path)
+            if protocol is not None and protocol > TORCH_PICKLE_PROTOCOL:
+                raise CheckpointError(
+                    f"cannot read {what} {str(path)!r}: it was saved with pickle protocol {protocol}, which the safe "
+                    "reader cannot read; nothing in it was run (save it with torch.save's default protocol, or as "
+                    "safetensors)") from None
+            raise CheckpointError(untrusted_pickle_message(path, what)) from None
+        except Exception as e:  # noqa: BLE001 - a truncated zip, a bad magic number, EOF: torch raises many kinds
+            lines = str(e).strip().splitlines()
+            raise CheckpointError(f"cannot read {what} {str(path)!r}: not a readable PyTorch file, it may be truncated "
+                                  f"or corrupt ({type(e).__name__}{': ' + lines[0] if lines else ''})") from None
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """What ``path`` is when it is neither a zip archive (``torch.save``) nor a pickle (a legacy
+    ``torch.save`` file), judged from its first bytes; None when it may be a PyTorch file."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") or head[:1] == b"\x80":  # a zip archive; a pickle's PROTO opcode
+        return None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end is no error
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"a text file starting {(text.strip().splitlines() or [''])[0][:40]!r}"
+    return f"neither a PyTorch zip archive nor a pickle: it starts with bytes {head[:8].hex(' ')}"
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol of the pickle ``torch.load`` reads first (the file itself, or the ``data.pkl``
+    of a zip archive); None when there is none to find."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.rpartition("/")[2] == "data.pkl"), None)
+                head = z.read(name)[:2] if name else b""
+        else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return head[1] if len(head) == 2 and head[:1] == b"\x80" else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from attnlab.errors import CheckpointError
-from attnlab.io import untrusted_pickle_message
+from attnlab.io import load_torch_file
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
@@ -106,16 +105,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def read_torch(path: Path):
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, plus what
-    timm allow-lists (:data:`SAFE_GLOBALS`); any other pickled object (a class instance, a
-    function) is refused, never executed."""
+    """``torch.load`` with ``weights_only=True`` (:func:`attnlab.io.load_torch_file`): tensors and
+    plain containers only, plus what timm allow-lists (:data:`SAFE_GLOBALS`); any other pickled
+    object (a class instance, a function) is refused, never executed."""
     with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise CheckpointError(untrusted_pickle_message(path, "checkpoint")) from None
-        except Exception as e:  # truncated zip, bad magic number, EOF
-            raise _bad(path, f"not a readable PyTorch checkpoint, it may be truncated or corrupt ({_first_line(e)})") from None
+        return load_torch_file(path, "checkpoint")
 
 
 def read_numpy(path: Path) -> dict[str, Tensor]:

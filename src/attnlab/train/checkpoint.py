@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import CheckpointError
-from attnlab.io import atomic_write_bytes, atomic_write_json, save_safetensors_atomic, untrusted_pickle_message
+from attnlab.io import atomic_write_bytes, atomic_write_json, load_torch_file, save_safetensors_atomic
 
 FORMAT = "attnlab-run/1"
 RECORDS = ("last", "best")
@@ -139,13 +138,7 @@ def load_weights(run_dir: str | Path, record: dict, key: str = "weights") -> dic
 def load_state(run_dir: str | Path, record: dict) -> dict:
     if "state" not in record:
         raise CheckpointError(f"the checkpoint {record['path']} has no trainer state (not resumable)")
-    path = Path(run_dir) / record["path"] / record["state"]
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # it holds more than tensors and plain containers
-        raise CheckpointError(untrusted_pickle_message(path, "trainer state")) from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds of errors for bad files
-        raise CheckpointError(f"cannot read trainer state {path}: {e}") from e
+    return load_torch_file(Path(run_dir) / record["path"] / record["state"], "trainer state")
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
