@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -94,3 +95,36 @@ def test_resume_refuses_a_run_without_checkpoint(tmp_path, capsys):
     (tmp_path / "r" / "run.json").write_text("{}")
     assert main(["train", "image", "--resume", str(tmp_path / "r")]) == 2
     assert "stopped before its first save" in capsys.readouterr().err
+
+
+# Run as a process: train, and SIGKILL itself when it is about to rename its temporary file over NAME.
+KILL_AT_RENAME = """
+import os, signal, sys
+from attnlab.cli.main import main
+
+def replace(src, dst, _replace=os.replace):
+    if os.path.basename(dst) == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    _replace(src, dst)
+
+os.replace = replace
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["run.json", "model.safetensors"])
+def test_a_run_killed_in_its_first_write_is_trained_again_with_overwrite(tmp_path, capsys, name):
+    """Killed in its very first write (run.json: only a temporary file is left) or in its first
+    checkpoint, a run has nothing to resume: --resume says so and how to start again, and
+    --overwrite (even without run.json) does."""
+    from attnlab.cli.main import main
+
+    run, args = tmp_path / "run", [*ARGS, "--epochs", "1", "--save-every", "0"]
+    p = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, name, *args, "--run-dir", run], capture_output=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    assert list(run.rglob("*.tmp")) and not (run / "last.json").exists()
+    assert main(["train", "image", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing to resume" in err and "--overwrite" in err
+    assert main([*args, "--run-dir", str(run), "--overwrite"]) == 0
+    assert last_step(run) == 11 and not list(run.rglob("*.tmp"))

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import secrets
 import warnings
 import zipfile
@@ -29,6 +30,12 @@ def _create_beside(path: Path) -> tuple[int, Path]:
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     return os.open(tmp, flags, 0o666), tmp
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as :func:`atomic_write`'s temporary files are (``.NAME.HEX.tmp``):
+    one a process killed in the middle of a write left behind."""
+    return re.fullmatch(r"\..+\.[0-9a-f]{16}\.tmp", Path(path).name) is not None
 
 
 @contextlib.contextmanager

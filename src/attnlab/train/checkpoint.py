@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import CheckpointError
-from attnlab.io import atomic_write_bytes, atomic_write_json, load_torch_file, save_safetensors_atomic
+from attnlab.io import atomic_write_bytes, atomic_write_json, is_temporary, load_torch_file, save_safetensors_atomic
 
 FORMAT = "attnlab-run/1"
 RECORDS = ("last", "best")
@@ -106,10 +106,14 @@ def read_record(run_dir: str | Path, tag: str = "best", check: bool = True) -> d
         raise CheckpointError(f"{run_dir} is not a directory; pass a run directory written by 'attnlab train'")
     p = run_dir / f"{tag}.json"
     if not p.is_file():
+        if killed_before_run_json(run_dir):
+            raise CheckpointError(f"{run_dir} holds only the temporary file of a run killed before it wrote run.json: "
+                                  "nothing to resume or load; train it again with --overwrite")
         if not (run_dir / "run.json").is_file() and not any(has_record(run_dir, t) for t in RECORDS):
             raise CheckpointError(f"{run_dir} is not an attnlab run directory (no run.json, last.json or best.json)")
         raise CheckpointError(f"{run_dir} has no {tag} checkpoint yet ({p.name} is missing): "
-                              "the run stopped before its first save")
+                              "the run stopped before its first save; nothing to resume or load, train it again "
+                              "with --overwrite")
     try:
         rec = json.loads(p.read_text())
     except (OSError, ValueError) as e:
@@ -200,6 +204,13 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / "run.json").is_file() or any(has_record(path, t) for t in RECORDS)
 
 
+def killed_before_run_json(path: str | Path) -> bool:
+    """Whether ``path`` holds nothing but temporary files of killed writes: what a run killed
+    during its very first write (``run.json``) leaves. It is a run directory to overwrite."""
+    entries = list(Path(path).iterdir())
+    return bool(entries) and all(is_temporary(e) for e in entries)
+
+
 def run_weights(path: str | os.PathLike) -> Path | None:
     """The weights file a run directory stands for, or None if ``path`` is not a run.
 
@@ -218,8 +229,9 @@ def run_weights(path: str | os.PathLike) -> Path | None:
 
 
 def check_new_run_dir(path: str | Path, overwrite: bool) -> None:
-    """Refuse an existing directory unless ``overwrite`` (and then only a run directory or an
-    empty one: never an arbitrary folder). Nothing is changed here."""
+    """Refuse an existing directory unless ``overwrite`` (and then only a run directory, one a run
+    killed in its first write left (:func:`killed_before_run_json`), or an empty one: never an
+    arbitrary folder). Nothing is changed here."""
     path = Path(path)
     if not path.exists():
         return
@@ -228,14 +240,15 @@ def check_new_run_dir(path: str | Path, overwrite: bool) -> None:
     if not overwrite:
         raise CheckpointError(f"run directory {path} already exists; pass --overwrite to replace it, "
                               f"--resume {path} to continue it, or choose another --run-dir")
-    if any(path.iterdir()) and not is_run_dir(path):
+    if any(path.iterdir()) and not is_run_dir(path) and not killed_before_run_json(path):
         raise CheckpointError(f"{path} exists and is not an attnlab run directory; refusing to overwrite it")
 
 
 def empty_run_dir(path: str | Path) -> None:
     """Remove what an old run left in ``path`` (checked by :func:`check_new_run_dir`); the
-    directory itself stays, so the :class:`RunLock` held on it stays valid."""
-    for child in Path(path).iterdir():
+    directory itself stays, so the :class:`RunLock` held on it stays valid. ``run.json`` goes
+    last: killed on the way, the directory is still a run directory, to overwrite again."""
+    for child in sorted(Path(path).iterdir(), key=lambda c: c.name == "run.json"):
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
