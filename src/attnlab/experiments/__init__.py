@@ -4,9 +4,11 @@ real data, and sets the measured figure against the paper that made the claim
 
 Each module here is one experiment, named by its question, and is found automatically: it
 defines ``EXPERIMENT``, an :class:`~attnlab.experiments.base.Experiment` (question, anchor,
-cost, default seeds, and ``run(ctx) -> Result``). Training goes through the one run layer
-(:func:`attnlab.train.runs.train`); the outputs are written by
-:func:`~attnlab.experiments.base.run_experiment`.
+cost, default seeds, ``run(ctx) -> Result`` and, stated before the run, the ``rule`` that
+computes its verdict: :mod:`attnlab.experiments.rules`, whose docstring says how to adopt one).
+Training goes through the one run layer (:func:`attnlab.train.runs.train`); the outputs are
+written by :func:`~attnlab.experiments.base.run_experiment`; EXPERIMENTS.md is rebuilt from the
+stored results by :mod:`attnlab.experiments.report` (``attnlab experiment report``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from attnlab.errors import ConfigError, DataError
+from attnlab.experiments.rules import Rule, RuleChange, decide, rule_markdown, rule_record, verdict_text
 from attnlab.io import atomic_write, atomic_write_json
 
 BUDGETS = ("quick", "full")
@@ -47,7 +48,9 @@ MARKER_FORMAT = "attnlab-experiment/1"
 @dataclass
 class Result:
     """What an experiment measured: the table (one row per arm, seeds aggregated), the verdict
-    against its anchor, the figures, every number (``data``) and the settings (``config``)."""
+    against its anchor, the figures, every number (``data``) and the settings (``config``). For an
+    experiment with a rule, ``verdict`` is the reading (numbers, no verdict words): the verdict is
+    computed from the per-seed values the rule names in ``data`` (:mod:`attnlab.experiments.rules`)."""
 
     table: list[dict]
     verdict: str
@@ -65,6 +68,8 @@ class Experiment:
     cost: dict  # {"quick": "...", "full": "..."}: what one run costs on a 2-core CPU
     seeds: dict  # default number of seeds per budget
     run: Callable[[Context], Result]
+    rule: Rule | None = None  # stated before the run; decides the verdict (attnlab.experiments.rules)
+    history: tuple[RuleChange, ...] = ()  # earlier rules, changed after a run, with their verdicts
 
 
 class Context:
@@ -355,7 +360,9 @@ def _jsonable(obj):
 
 
 def write_outputs(ctx: Context, res: Result, started: float, load_start, command: list[str] | None) -> dict:
-    """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``."""
+    """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``; with a
+    rule, the rule goes above the table and its decision (computed from ``res.data``) into
+    results.json (``rule``, ``decision``) and before the reading in verdict.md."""
     from attnlab.train.runs import atomic_write_text
     from attnlab.viz.common import save_figure
 
@@ -366,7 +373,8 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
     for stem, fig in res.figures.items():
         figures[stem] = save_figure(fig, out / f"{stem}.png").name
     table = markdown_table(res.table)
-    verdict = res.verdict.strip()
+    decision = decide(exp.rule, _jsonable(res.data)) if exp.rule else None
+    verdict = verdict_text(exp.rule, decision, res.verdict.strip())
     if res.left_out:
         verdict += "\n\nLeft out: " + "; ".join(res.left_out) + "."
     wall = time.time() - started
@@ -375,6 +383,7 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
         "seeds": ctx.seeds, "threads": ctx.threads, "command": command, "results_dir": str(out), "config": res.config,
         "table": res.table, "table_markdown": table,
         "data": res.data, "arms": ctx.arms, "left_out": res.left_out, "figures": figures, "verdict": verdict,
+        "rule": rule_record(exp.rule, exp.history), "decision": decision and decision.to_json(),
         "train_seconds": round(sum(a.get("elapsed") or 0.0 for a in ctx.arms.values()), 1),  # all arms, all sessions
         "software": software(), "load_average": {"start": load_start, "end": load_average()},
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
@@ -384,7 +393,9 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
     atomic_write_text(out / "verdict.md", verdict + "\n")
     readme = [f"# {exp.name}: {exp.question}", "", f"Budget **{ctx.budget}**, seeds {ctx.seeds}, "
               f"{ctx.threads} thread(s), {wall:.0f} s wall time, load average at start {load_start}.", "",
-              f"Command: `{' '.join(command or [])}`", "", f"Anchor: {exp.anchor}", "", table]
+              f"Command: `{' '.join(command or [])}`", "", f"Anchor: {exp.anchor}", ""]
+    readme += [rule_markdown(exp.rule), ""] if exp.rule else []
+    readme += [table]
     readme += [f"![{stem}]({name})\n" for stem, name in figures.items()]
     readme += ["## Verdict", "", verdict, ""]
     atomic_write_text(out / "README.md", "\n".join(readme))
