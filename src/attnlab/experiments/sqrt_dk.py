@@ -19,7 +19,6 @@ from attnlab.experiments.base import (
     Context,
     Experiment,
     Result,
-    apart,
     final_val,
     fit_power,
     line_figure,
@@ -28,6 +27,7 @@ from attnlab.experiments.base import (
     spread_note,
     val_curve,
 )
+from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange
 
 ORDER = 1
 
@@ -100,39 +100,75 @@ def run(ctx: Context) -> Result:
     es, eu = (mean_std([x["entropy"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
     gs, gu = (mean_std([x["softmax_grad"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
     vs, vu = (mean_std([x["score_var"] for x in init[(m, big)]])[0] for m in ("scaled", "unscaled"))
-    # how the softmax gradient scales with d_k: flat when scaled, falling when unscaled (the claim)
+    # how the softmax gradient scales with d_k: flat when scaled, falling when unscaled
     slope = {m: fit_power(dks, [mean_std([x["softmax_grad"] for x in init[(m, d)]])[0] for d in dks])[0]
              for m in ("scaled", "unscaled")}
-    saturates = eu < 0.5 * es and slope["unscaled"] < -0.2 and abs(slope["scaled"]) < 0.1
-    sep = apart(bpc["scaled"], bpc["unscaled"])
-    ms, mu = mean_std(bpc["scaled"])[0], mean_std(bpc["unscaled"])[0]
-    train_txt = (f"After {train['epochs'] * dc.steps_per_epoch} steps the one-head LM with d_k = {d_model} reaches "
-                 f"{pm(bpc['scaled'], 3)} bpc scaled vs {pm(bpc['unscaled'], 3)} unscaled: "
-                 + ("the scaled model is better by more than the seed spread"
-                    if sep and ms < mu else "the unscaled model is better by more than the seed spread" if sep
-                    else "the difference is within the seed spread (inconclusive)" if sep is False
-                    else f"{'scaled' if ms < mu else 'unscaled'} is lower, but with one seed the spread is unknown")
-                 + ".")
-    verdict = (f"At initialisation with d_k = {big}, unscaled scores have variance {vu:.0f} (≈ d_k, as footnote 4 says) "
+    reading = (f"At initialisation with d_k = {big}, unscaled scores have variance {vu:.0f} (footnote 4: d_k) "
                f"against {vs:.2f} scaled; the mean row entropy is {eu:.2f} nats unscaled vs {es:.2f} scaled "
                f"(uniform: {math.log(keys):.2f}), and the softmax passes back a gradient of norm {gu:.3g} vs {gs:.3g}; "
                f"over d_k = {dks[0]}..{big} that norm scales like d_k^{slope['unscaled']:+.2f} unscaled and "
-               f"d_k^{slope['scaled']:+.2f} scaled. "
-               + ("This agrees with the paper: without the scaling the softmax saturates and its gradient shrinks as "
-                  "d_k grows. " if saturates else "This does not show the saturation the paper describes. ")
-               + train_txt + f" {spread_note(len(ctx.seeds))}.")
+               f"d_k^{slope['scaled']:+.2f} scaled. After {train['epochs'] * dc.steps_per_epoch} steps the one-head LM "
+               f"with d_k = {d_model} reaches {pm(bpc['scaled'], 3)} bpc scaled vs {pm(bpc['unscaled'], 3)} unscaled. "
+               f"{spread_note(len(ctx.seeds))}.")
     data = {"init": {f"{m}/{d}": init[(m, d)] for (m, d) in init}, "val_bpc": bpc, "softmax_grad_slope": slope,
             "curves": {m: [val_curve(r, "bpc") for r in rs] for m, rs in runs.items()}}
     config = {"d_k": dks, "keys": keys, "rows": rows, "lm": {"data": dc.__dict__, "train": train, "model": margs}}
-    return Result(table, verdict, figs, data, config)
+    return Result(table, reading, figs, data, config)
 
+
+RULE = Rule(
+    claim="for large values of d_k, the dot products grow large in magnitude, pushing the softmax function into regions "
+          "where it has extremely small gradients. To counteract this effect, we scale the dot products by 1/√d_k",
+    source="Vaswani et al. 2017, §3.2.1 and its footnote 4 (q, k with independent unit-variance components: q·k has "
+           "variance d_k)",
+    figure="§3.2.1 and fn. 4: Var(q·k) = d_k, the unscaled softmax saturates and its gradient vanishes",
+    comparisons=(
+        Comparison(Metric("mean entropy of an attention row at initialisation, d_k = 1024 (nats)", "higher"),
+                   Arm("scaled", ("init", "scaled/1024", "*", "entropy")),
+                   Arm("unscaled", ("init", "unscaled/1024", "*", "entropy")), ">",
+                   paper="fn. 4: unscaled scores have variance d_k = 1024, scaled ones 1: the unscaled softmax "
+                         "is near one-hot"),
+        Comparison(Metric("‖diag(p) − ppᵀ‖_F per row at initialisation, d_k = 1024 (the softmax's gradient)", "higher"),
+                   Arm("scaled", ("init", "scaled/1024", "*", "softmax_grad")),
+                   Arm("unscaled", ("init", "unscaled/1024", "*", "softmax_grad")), ">",
+                   paper="§3.2.1: “extremely small gradients” without the scaling"),
+        Comparison(Metric("validation bits per character, one-head char LM with d_k = d_model", "lower"),
+                   Arm("scaled", ("val_bpc", "scaled")), Arm("unscaled", ("val_bpc", "unscaled")), "<",
+                   paper="§3.2.1: the scaling counteracts it (the paper trains no unscaled model)"),
+    ),
+)
+
+HISTORY = (
+    RuleChange(
+        fingerprint=None,
+        rule="At d_k = 1024 the softmax “saturates” when the unscaled mean row entropy is below half the scaled one and "
+             "the unscaled softmax-gradient norm below half the scaled one (eu < 0.5·es and gu < 0.5·gs); the trained "
+             "LM was reported, not judged.",
+        verdict="“This does not show the saturation the paper describes” on the first full run (2026-12-03 09:27 UTC, "
+                "2 seeds): gradient norm 0.0795 unscaled vs 0.136 scaled, a ratio of 0.58, not below 0.5.",
+        reason="Revised after that run (commit 9a834bb, 09:34 UTC) to read how the gradient norm scales with d_k instead "
+               "of one ratio; rerun on the same trained arms, the revision turned “does not show” into “agrees”. "
+               "Nothing recorded the change until issue 21.",
+        date="2026-12-03"),
+    RuleChange(
+        fingerprint=None,
+        rule="“Agrees” when, at d_k = 1024, eu < 0.5·es, and the fitted exponent of the gradient norm against d_k is "
+             "below −0.2 unscaled and within ±0.1 scaled: thresholds set by hand after the first run.",
+        verdict="“This agrees with the paper” on the stored run (2 seeds; exponents −0.33 unscaled, +0.00 scaled).",
+        reason="Replaced by the rule above, stated as data before the 3-seed rerun (issue 21): each comparison is "
+               "decided by a 95% Welch interval over seeds instead of thresholds chosen after the results, and the "
+               "trained LM counts.",
+        date="2026-12-07"),
+)
 
 EXPERIMENT = Experiment(
     name="sqrt-dk",
     question="Why divide the attention scores by √d_k?",
-    anchor="Vaswani et al. 2017, §3.2.1 footnote 4: q·k has variance d_k, large values push the softmax into regions "
-           "of extremely small gradients; scaling by 1/√d_k counteracts it",
-    cost={"quick": "≈10 s", "full": "≈6 min"},
-    seeds={"quick": 1, "full": 2},
+    anchor="Vaswani et al. 2017, §3.2.1 and its footnote 4: q·k has variance d_k, large values push the softmax into "
+           "regions of extremely small gradients; scaling by 1/√d_k counteracts it",
+    cost={"quick": "≈10 s", "full": "≈8 min"},
+    seeds={"quick": 1, "full": 3},
     run=run,
+    rule=RULE,
+    history=HISTORY,
 )
