@@ -66,7 +66,7 @@ EXPERIMENT = Experiment(
     anchor="Dosovitskiy et al. 2021, Fig. 3-4: ViTs trail ResNets (BiT) when pre-trained on ImageNet-1k-size data and "
            "overtake them at ImageNet-21k/JFT-300M scale; the CNN's locality and translation equivariance help on "
            "little data",
-    cost={"quick": "≈10 s", "full": "≈40 min"},
-    seeds={"quick": 1, "full": 1},
+    cost={"quick": "≈10 s", "full": "≈90 min"},
+    seeds={"quick": 1, "full": 3},
     run=run,
 )
