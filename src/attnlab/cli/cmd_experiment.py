@@ -1,5 +1,6 @@
 """``attnlab experiment list`` and ``attnlab experiment NAME``: the questions of the Transformer
-story answered by experiment (:mod:`attnlab.experiments`)."""
+story answered by experiment (:mod:`attnlab.experiments`); ``attnlab experiment report``
+rebuilds EXPERIMENTS.md from the stored results."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from attnlab.cli.common import log_line, one_line_errors
 
 EPILOG = """examples:
   attnlab experiment list
+  attnlab experiment report [--check]                 rebuild EXPERIMENTS.md from docs/experiments/ (or compare)
   attnlab experiment sqrt-dk                          quick budget (seconds), one seed
   attnlab experiment sqrt-dk --budget full --seeds 3 -o results/sqrt-dk
 
@@ -30,7 +32,8 @@ def register(subparsers) -> None:
                               description="Run one experiment: train the arms, write the table, figures and a verdict "
                                           "against the paper's figure. 'attnlab experiment list' names them.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", metavar="NAME", help="an experiment, or 'list' to list them")
+    p.add_argument("name", metavar="NAME", help="an experiment, 'list' to list them, or 'report' to rebuild "
+                                                "EXPERIMENTS.md from the stored results")
     p.add_argument("--budget", choices=("quick", "full"), default="quick",
                    help="quick: seconds, to check it runs; full: what the claim needs, up to an hour on 2 CPU cores "
                         "(default: quick)")
@@ -44,6 +47,9 @@ def register(subparsers) -> None:
                    help="start afresh in DIR: remove what this experiment wrote there (listed in its "
                         ".attnlab-experiment.json), keep everything else (default: reuse the finished arms)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the verdict")
+    p.add_argument("--check", action="store_true",
+                   help="with 'report': compare EXPERIMENTS.md with the stored results instead of writing it; exit 1 "
+                        "and show the difference when they differ")
     one_line_errors(p)
     p.set_defaults(func=run)
 
@@ -52,6 +58,8 @@ def run(args) -> int:
     from attnlab.experiments import experiments, get_experiment, run_experiment
     from attnlab.train.runs import argv
 
+    if args.name == "report":
+        return report(args.check)
     if args.name == "list":
         exps = experiments()
         w = max(map(len, exps))
@@ -68,4 +76,17 @@ def run(args) -> int:
     print(res["table_markdown"])
     print(res["verdict"])
     print(f"\noutputs: {res['results_dir']}")
+    return 0
+
+
+def report(check: bool) -> int:
+    """Rebuild EXPERIMENTS.md from docs/experiments/ (or, with ``check``, compare it)."""
+    from attnlab.experiments.report import page_diff, source_root, write_page
+
+    root = source_root()
+    if check:
+        diff = page_diff(root)
+        print(diff or "EXPERIMENTS.md matches the stored results", end="" if diff else "\n")
+        return 1 if diff else 0
+    print(f"wrote {write_page(root)}")
     return 0
