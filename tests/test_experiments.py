@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,15 @@ from attnlab.experiments import experiments, get_experiment, run_experiment
 from attnlab.experiments.base import Context, Experiment, Result, apart, fit_power, markdown_table, pm
 from attnlab.experiments.rnn_forgetting import SPEC as COPY
 from attnlab.experiments.rnn_forgetting import CopyDataConfig
+from attnlab.experiments.rules import VERDICTS, fingerprint, rule_markdown
 from attnlab.models import create_model
 from attnlab.models.registry import config_dict
 
 NEEDS_NO_DATA = {"attention-cost", "rnn-forgetting"}
 KEYS = {"experiment", "question", "anchor", "budget", "seeds", "threads", "command", "config", "table", "table_markdown",
         "data", "arms", "left_out", "figures", "verdict", "software", "load_average", "started_utc", "wall_seconds",
-        "results_dir", "train_seconds"}
+        "results_dir", "train_seconds", "rule", "decision"}
+VERDICT_WORDS = re.compile(r"\b(agree|agrees|disagree|disagrees|inconclusive)\b", re.I)
 ISSUE_11 = {"sqrt-dk", "layernorm-vs-batchnorm", "post-vs-pre-ln", "vit-position", "text-position", "cls-vs-gap",
             "topk-attention", "rnn-forgetting", "attention-cost", "vit-vs-cnn", "ar-vs-nat"}
 
@@ -56,6 +59,11 @@ def test_quick_budget_writes_results(name, tmp_path, request, monkeypatch, one_t
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     readme = (out / "README.md").read_text()
     assert saved["table_markdown"] in readme and all(f"({png})" in readme for png in saved["figures"].values())
+    rule = get_experiment(name).rule
+    if rule is not None:  # the rule above the result, its computed verdict, and a reading without verdict words
+        assert saved["rule"]["fingerprint"] == fingerprint(rule) and rule_markdown(rule) in readme
+        assert saved["decision"]["verdict"] in VERDICTS and verdict.startswith(f"**Verdict: {saved['decision']['verdict']}")
+        assert not VERDICT_WORDS.search(verdict.split("**Reading**")[1])
     if name != "attention-cost":  # every other experiment trains its arms through the run layer
         assert saved["arms"]
         for arm, summary in saved["arms"].items():
