@@ -230,6 +230,7 @@ def small_one(name: str, args) -> dict:
 def translate(args) -> dict:
     from attnlab.decode.search import SearchConfig, greedy_search
     from attnlab.export import greedy_decode, self_cache_zeros
+    from attnlab.export.ctranslate2 import ct2_greedy
     from translate import NEW_TOKENS, SRC_LEN, V, build_marian, build_ours
 
     ctx = context(args)
@@ -241,6 +242,7 @@ def translate(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pieces = {k: [load_graph(p, threads=args.threads) for p in export_model(ours, Path(tmp) / f"{k}.onnx", int8=k == "int8")]
                   for k in ("fp32", "int8")}
+        ct2 = ct2_translators(ours, Path(tmp), args.threads)
         for b in args.batches:
             src = torch.randint(4, V, (b, SRC_LEN), generator=torch.Generator().manual_seed(b))
 
@@ -256,6 +258,8 @@ def translate(args) -> dict:
             for k, (enc, step) in pieces.items():
                 fns[f"ONNX Runtime {k} pieces"] = lambda src=src, enc=enc, step=step, b=b: greedy_decode(
                     enc, step, src, self_cache_zeros(ours, b), scfg)
+            for k, tr in ct2.items():
+                fns[f"CTranslate2 {k}"] = lambda src=src, tr=tr: ct2_greedy(tr, src, NEW_TOKENS, eos=None)
             res = interleaved(fns, args.rounds, "HF Marian fp32 (cache)")
             for r in res.values():
                 r["tokens_per_s"] = b * NEW_TOKENS / r["seconds"]
@@ -266,6 +270,15 @@ def translate(args) -> dict:
     if args.run:
         result["bleu"] = bleu(args.run, args.src, args.ref)
     return result
+
+
+def ct2_translators(model, tmp: Path, threads: int) -> dict:
+    """CTranslate2 translators (fp32 and int8) built from ``model``'s weights
+    (:mod:`attnlab.export.ctranslate2`), ``threads`` threads each."""
+    from attnlab.export.ctranslate2 import load_translator, to_ctranslate2
+
+    return {k: load_translator(to_ctranslate2(model, tmp / f"ct2-{k}", None if k == "fp32" else "int8"),
+                               intra_threads=threads, inter_threads=1) for k in ("fp32", "int8")}
 
 
 def linear_share(decode, model, rounds: int) -> dict:
