@@ -6,9 +6,11 @@ by name like any other (``create_model(name, **config)``).
   (:class:`TokenBatchNorm`, Shen et al. 2020's setting) or removed (``"none"``).
 - ``logit_scale``: ``"sqrt"`` is softmax(QKᵀ/√d_k)V; ``"none"`` is the unscaled softmax(QKᵀ)V
   (eq. 1 without its footnote 4), made by multiplying Q by √d_k before the scaled kernel.
-- ``topk`` / ``random_k`` / ``window``: the seq2seq Transformer with top-k sparse attention
-  (Explicit Sparse Transformer, Zhao et al. 2019) in every attention layer, its random baseline
-  (k keys per query drawn at random), or local self-attention.
+- ``topk`` / ``random_k`` / ``local_k`` / ``window``: the seq2seq Transformer with top-k sparse
+  attention (Explicit Sparse Transformer, Zhao et al. 2019) in every attention layer, its random
+  baseline (k keys per query drawn at random), its local baseline with the same number of keys
+  (each query's k nearest keys by position, :func:`nearest_key_mask`), or local self-attention
+  within a distance (``window``: 2w + 1 keys in the middle of a sentence, cross-attention dense).
 
 The pieces are the existing models' own modules; nothing here changes their equations
 otherwise.
@@ -27,6 +29,7 @@ from attnlab.models.lm import TransformerLM, TransformerLMConfig
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.vit import VisionTransformer, ViTConfig
 from attnlab.nn.attention import MultiHeadAttention
+from attnlab.nn.masks import causal_mask
 from attnlab.nn.transformer import Transformer, TransformerConfig
 
 NORMS = ("layer", "batch", "none")
@@ -161,17 +164,70 @@ class SparseTransformerConfig(TransformerConfig):
     topk: int | None = None  # every attention layer keeps each query's k largest scores
     window: int | None = None  # self-attention sees keys within this distance (cross-attention sees all)
     random_k: int | None = None  # every attention layer sees k keys per query drawn at random (the baseline of topk)
+    local_k: int | None = None  # every attention layer sees each query's k nearest keys (the local baseline of topk)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for field in ("topk", "window", "random_k"):
+        for field in ("topk", "window", "random_k", "local_k"):
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{field} must be a positive whole number or None, got {v!r}")
 
 
+def nearest_key_mask(allowed: Tensor, k: int, qpos: Tensor) -> Tensor:
+    """Each query keeps the k ``allowed`` keys (boolean (..., Tq, Tk)) nearest its position
+    ``qpos`` (Tq,); of two keys equally near, the earlier; fewer when fewer are allowed. The local
+    counterpart of top-k (Zhao et al.'s Window Attention at a given number of attended positions,
+    Table 1): as many keys as top-k keeps, chosen by place instead of by score."""
+    d = qpos[:, None] - torch.arange(allowed.shape[-1], device=allowed.device)[None, :]  # (Tq, Tk): query − key
+    nearness = -(2 * d.abs() + (d < 0).long()).float()  # distinct per row: 0, −1 (left), −2 (right), −3, ...
+    rank = nearness.expand(allowed.shape).masked_fill(~allowed, float("-inf"))
+    picked = rank.topk(min(k, allowed.shape[-1]), dim=-1).indices
+    return torch.zeros_like(allowed).scatter_(-1, picked, True) & allowed
+
+
+def attend_nearest(attn: MultiHeadAttention, k: int, query_start=lambda: 0) -> None:
+    """Make ``attn`` attend to each query's k nearest keys: a forward pre-hook narrows the mask it
+    is called with (padding, and the causal mask when causal) with :func:`nearest_key_mask`.
+    Self-attention places query i at its own position (after a key/value cache's past);
+    cross-attention places target position ``query_start() + i`` at the same source position
+    (the diagonal; ``query_start`` gives a cached decoder step its target position)."""
+
+    def narrow(module: MultiHeadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        x, context = args[0], (args[1] if len(args) > 1 else kwargs.get("context"))
+        mask, cache = kwargs.get("mask"), kwargs.get("cache")
+        b, tq = x.shape[:2]
+        if context is None:  # self-attention: the cache holds the past keys, the queries come last
+            start = len(cache) if cache is not None else 0
+            tk, causal = start + tq, module.causal if kwargs.get("causal") is None else kwargs["causal"]
+        else:
+            start, causal = query_start(), False
+            tk = cache.k.shape[-2] if cache is not None and len(cache) else context.shape[1]
+        allowed = torch.ones(b, 1, tq, tk, dtype=torch.bool, device=x.device)  # (B, 1, Tq, Tk)
+        allowed = allowed if mask is None else allowed & mask
+        allowed = allowed & causal_mask(tq, tk, device=x.device) if causal else allowed
+        qpos = torch.arange(start, start + tq, device=x.device)
+        return args, {**kwargs, "mask": nearest_key_mask(allowed, k, qpos)}
+
+    attn.register_forward_pre_hook(narrow, with_kwargs=True)
+
+
+def _decoder_step(layer: nn.Module):
+    """A function giving the target position of the first query of ``layer``'s current call: the
+    length of its self-attention cache (0 without one), recorded by a pre-hook on the layer."""
+    state = {"start": 0}
+
+    def record(module, args, kwargs):
+        cache = kwargs.get("cache")
+        state["start"] = len(cache[0]) if cache is not None else 0
+
+    layer.register_forward_pre_hook(record, with_kwargs=True)
+    return lambda: state["start"]
+
+
 class SparseTransformer(Transformer):
-    """:class:`~attnlab.nn.transformer.Transformer` with top-k, random-k or windowed attention."""
+    """:class:`~attnlab.nn.transformer.Transformer` with top-k, random-k, nearest-k or windowed
+    attention."""
 
     def __init__(self, cfg: SparseTransformerConfig) -> None:
         super().__init__(cfg)
@@ -179,12 +235,17 @@ class SparseTransformer(Transformer):
             layer.self_attn.topk, layer.self_attn.window, layer.self_attn.random_k = cfg.topk, cfg.window, cfg.random_k
             if hasattr(layer, "cross_attn"):
                 layer.cross_attn.topk, layer.cross_attn.random_k = cfg.topk, cfg.random_k
+            if cfg.local_k is not None:
+                attend_nearest(layer.self_attn, cfg.local_k)
+                if hasattr(layer, "cross_attn"):
+                    attend_nearest(layer.cross_attn, cfg.local_k, _decoder_step(layer))
 
 
 @register_model("transformer_multi30k_sparse")
 def transformer_multi30k_sparse(**overrides) -> SparseTransformer:
-    """transformer_multi30k with top-k sparse attention (topk), k random keys per query (random_k) or local
-    self-attention (window)."""
+    """transformer_multi30k with top-k sparse attention (topk), k random keys per query (random_k), each
+    query's k nearest keys (local_k; all three in every attention layer) or local self-attention within a
+    distance (window)."""
     base = dict(src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True, d_model=256, num_heads=8,
                 num_encoder_layers=3, num_decoder_layers=3, d_ff=512)
     return SparseTransformer(config_from(SparseTransformerConfig, base, overrides, "transformer_multi30k_sparse"))
