@@ -109,7 +109,7 @@ EXPERIMENT = Experiment(
     anchor="Zhao et al., Extremely Sparse Transformer with Top-k Selective Attention (journal version of the Explicit "
            "Sparse Transformer), Table 1, IWSLT 2017 Fr-En BLEU: full 37.10; 2 attended positions: Top-k 36.62, "
            "Window 31.98, Random 2.82 (8 positions: Top-k 37.64, Random 14.55)",
-    cost={"quick": "≈15 s", "full": "≈80 min"},
+    cost={"quick": "≈15 s", "full": "≈85 min"},
     seeds={"quick": 1, "full": 3},
     run=run,
     rule=RULE,
