@@ -1,8 +1,13 @@
 """Autoregressive vs non-autoregressive decoding on Multi30k De->En: quality (BLEU) and latency of
 greedy and beam search with the Transformer, and of mask-predict (Ghazvininejad et al. 2019) —
 trained on the real targets and on the autoregressive model's own translations of the training
-sources (sequence-level knowledge distillation, Kim & Rush 2016, which mask-predict relies
-on) — at batch 1 and batch 64.
+sources (sequence-level knowledge distillation, Kim & Rush 2016) — at batch 1 and batch 64.
+
+The teacher is the autoregressive Transformer of the same run: the student's size, trained as
+long (22 greedy BLEU on the validation set in the stored 1-seed run of 3+3 layers). The paper's students
+learn from a fully trained Transformer far stronger than themselves; that setting is not
+reproduced here, so the distillation comparison tests distillation from a weak teacher of the
+student's size, not the paper's claim in its own conditions.
 
 Every model is a run of the one run layer; the distilled corpus is written next to the runs
 (``OUT/data/distilled-*.en``) and reused when the experiment is run again.
@@ -11,7 +16,7 @@ Every model is a run of the one run layer; the distilled corpus is written next 
 from __future__ import annotations
 
 from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, spread_note
-from attnlab.experiments.post_vs_pre_ln import mt_setup
+from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 
 ORDER = 11
 
@@ -31,16 +36,49 @@ def distill(ctx: Context, teacher: dict, src_file: str, seed: int) -> str:
     return str(ctx.derived_file(f"distilled-s{seed}.en", make))
 
 
+def setup(ctx: Context) -> tuple:
+    """Multi30k De->En with a joint BPE vocabulary; every model 2+2 layers of width 128 at full
+    budget (the reading gives the parameter counts of the runs), 4 epochs."""
+    from attnlab.tasks.translate import TranslateDataConfig
+
+    files = ctx.multi30k(ctx.pick(400, None), ctx.pick(40, None))
+    dc = TranslateDataConfig(**files, bpe_vocab_size=ctx.pick(300, 4000), max_tokens=ctx.pick(1024, 4096))
+    stacks = dict(d_model=ctx.pick(64, 128), num_heads=4, d_ff=ctx.pick(128, 256), dropout=ctx.pick(0.0, 0.1),
+                  num_encoder_layers=2, num_decoder_layers=2)
+    train = dict(epochs=ctx.pick(1, 4), lr=1e-3, warmup_steps=ctx.pick(20, 400), log_every=ctx.pick(5, 50))
+    return dc, stacks, train
+
+
+def vocabulary(dc) -> dict:
+    """The data's vocabulary fields, handed to a mask-predict model explicitly: the run layer gives a
+    model only the data fields at the top of its config, and MaskPredictConfig keeps them inside its
+    Transformer config (without this the mask-predict arms had an 8,000-token vocabulary, the
+    registry default, against the data's 4,000 and the autoregressive model's)."""
+    from attnlab.tasks.translate import load_data
+
+    fields = load_data(dc, progress=False).model_fields
+    return {k: fields[k] for k in ("src_vocab_size", "tgt_vocab_size", "share_embeddings", "pad_id")}
+
+
+#: budget-independent names of the decoders the rule reads (mask-predict at the largest T)
+KEYS = {"greedy": "greedy", "beam 5": "beam5", "raw": "mask_predict_raw", "distilled": "mask_predict_distilled"}
+
+
+def by_key(res: dict, t_hi: int) -> dict:
+    """Each measure (bleu, ms_b1, ms_b64) of the decoders the rule reads, under KEYS' names."""
+    names = {"greedy": "greedy", "beam 5": "beam 5", "raw": f"mask-predict T={t_hi} (raw)",
+             "distilled": f"mask-predict T={t_hi} (distilled)"}
+    return {measure: {KEYS[k]: res[name][measure] for k, name in names.items()} for measure in ("bleu", "ms_b1", "ms_b64")}
+
+
 def run(ctx: Context) -> Result:
     from dataclasses import replace
 
     from attnlab.tasks.translate import SPEC
 
-    dc, size, layers = mt_setup(ctx)
+    dc, stacks, train = setup(ctx)
     latency_n = ctx.pick(8, 100)
     lat = ctx.multi30k(ctx.pick(400, None), latency_n)  # the first sentences of the validation set
-    stacks = {**size, "num_encoder_layers": layers, "num_decoder_layers": layers}
-    train = dict(epochs=ctx.pick(1, 4), lr=1e-3, warmup_steps=ctx.pick(20, 400), log_every=ctx.pick(5, 50))
     iterations = ctx.pick([2], [4, 10])
     decoders = {"greedy": ("ar", dict(beam=1)), "beam 5": ("ar", dict(beam=5))}
     for src_name in ("raw", "distilled"):
@@ -49,9 +87,11 @@ def run(ctx: Context) -> Result:
     res: dict[str, dict[str, list]] = {d: {"bleu": [], "ms_b1": [], "ms_b64": []} for d in decoders}
     for seed in ctx.seeds:
         runs = {"ar": ctx.train_arm("ar", SPEC, dc, train, "transformer_multi30k", stacks, seed=seed)}
-        runs["nat-raw"] = ctx.train_arm("nat-raw", SPEC, dc, train, "mask_predict_multi30k", stacks, seed=seed)
+        runs["nat-raw"] = ctx.train_arm("nat-raw", SPEC, dc, train, "mask_predict_multi30k",
+                                        {**stacks, **vocabulary(dc)}, seed=seed)
         kd = replace(dc, tgt=distill(ctx, runs["ar"], dc.src, seed))
-        runs["nat-distilled"] = ctx.train_arm("nat-distilled", SPEC, kd, train, "mask_predict_multi30k", stacks, seed=seed)
+        runs["nat-distilled"] = ctx.train_arm("nat-distilled", SPEC, kd, train, "mask_predict_multi30k",
+                                              {**stacks, **vocabulary(kd)}, seed=seed)
         for name, (arm, opts) in decoders.items():
             tag = name.replace(" ", "").replace("(", "-").replace(")", "").replace("=", "")
             full = ctx.translation_scores(runs[arm], tag=f"{tag}-b64", **opts, batch_size=64)
@@ -66,38 +106,71 @@ def run(ctx: Context) -> Result:
                                "Quality: autoregressive vs mask-predict"),
             "latency_b1": bar_figure(list(res), [r["ms_b1"] for r in res.values()], "ms per sentence at batch 1",
                                      "Latency at batch 1 (one sentence at a time)")}
-    m = {d: {k: mean_std(v)[0] for k, v in r.items()} for d, r in res.items()}
     t_hi = iterations[-1]
+    params = {arm: ctx.arms.get(f"{arm}-s{ctx.seeds[0]}", {}).get("parameters") for arm in ("ar", "nat-raw")}
+    data = {"decoders": res, **by_key(res, t_hi), "iterations": t_hi, "parameters": params}
+    return Result(table, reading(res, t_hi, params, len(ctx.seeds)), figs, data,
+                  {"data": vars(dc), "model": stacks, "train": train, "iterations": iterations,
+                   "latency_sentences": latency_n,
+                   "distillation": "greedy translations of the training sources by the autoregressive Transformer of "
+                                   "the same seed (the student's size, trained as long): a weak teacher"})
+
+
+def reading(res: dict, t_hi: int, params: dict, n_seeds: int) -> str:
+    """The numbers (no verdict: the rule gives it)."""
+    m = {d: {k: mean_std(v)[0] for k, v in r.items()} for d, r in res.items()}
     raw, kd = m[f"mask-predict T={t_hi} (raw)"], m[f"mask-predict T={t_hi} (distilled)"]
     g, b = m["greedy"], m["beam 5"]
-    verdict = (
-        f"BLEU: greedy {g['bleu']:.2f}, beam 5 {b['bleu']:.2f}, mask-predict T={t_hi} {raw['bleu']:.2f} on raw targets and "
-        f"{kd['bleu']:.2f} with distillation. Latency at batch 1: greedy {g['ms_b1']:.1f} ms/sentence, beam "
-        f"{b['ms_b1']:.1f}, mask-predict {kd['ms_b1']:.1f}; at batch 64: {g['ms_b64']:.2f}, {b['ms_b64']:.2f}, "
-        f"{kd['ms_b64']:.2f}. "
-        + (f"Inconclusive on quality: the autoregressive model reaches only {g['bleu']:.2f} BLEU at this budget. "
-           if g["bleu"] < 5 else
-           ("Distillation helps mask-predict, as Ghazvininejad et al. and Gu et al. report. " if kd["bleu"] > raw["bleu"]
-            else "Distillation does not help mask-predict here, unlike the anchor. ")
-           + ("Mask-predict stays below the autoregressive beam, as in the anchor (27.03 vs 27.74 on WMT'14 En-De). "
-              if kd["bleu"] < b["bleu"] else "Mask-predict matches or beats beam search here. "))
-        + ("Mask-predict is faster than greedy decoding at batch 1, its advantage (a fixed number of parallel passes). "
-           if kd["ms_b1"] < g["ms_b1"] else
-           "Mask-predict is not faster than greedy decoding at batch 1 here (short sentences: T passes cost about as much "
-           "as a greedy decode). ")
-        + spread_note(len(ctx.seeds)) + ".")
-    return Result(table, verdict, figs, {"decoders": res},
-                  {"data": vars(dc), "model": stacks, "train": train, "iterations": iterations,
-                   "latency_sentences": latency_n, "distillation": "greedy translations of the training sources"})
+    size = f"{params['ar']:,} parameters autoregressive, {params['nat-raw']:,} per mask-predict model" \
+        if all(params.values()) else "parameters not recorded"
+    return (f"BLEU: greedy {pm(res['greedy']['bleu'], 2)}, beam 5 {pm(res['beam 5']['bleu'], 2)}, mask-predict T={t_hi} "
+            f"{pm(res[f'mask-predict T={t_hi} (raw)']['bleu'], 2)} on raw targets and "
+            f"{pm(res[f'mask-predict T={t_hi} (distilled)']['bleu'], 2)} on the teacher's translations (distilled − raw "
+            f"{kd['bleu'] - raw['bleu']:+.2f}; mask-predict distilled − beam 5 {kd['bleu'] - b['bleu']:+.2f}, Table 1 of "
+            f"the paper: −0.71). The teacher is the autoregressive model above ({g['bleu']:.2f} greedy BLEU), the "
+            f"student's size, not the paper's fully trained Transformer. Latency per sentence at batch 1: greedy "
+            f"{g['ms_b1']:.1f} ms, beam 5 {b['ms_b1']:.1f}, mask-predict T={t_hi} {kd['ms_b1']:.1f}; at batch 64: "
+            f"{g['ms_b64']:.2f}, {b['ms_b64']:.2f}, {kd['ms_b64']:.2f} ({size}). {spread_note(n_seeds)}.")
 
+
+def _bleu(a: str, b: str, expect: str, paper: str, margin: float = 0.0, effect: float | None = None) -> Comparison:
+    label = {"beam5": "beam 5", "mask_predict_raw": "mask-predict raw", "mask_predict_distilled": "mask-predict distilled"}
+    return Comparison(Metric("BLEU, Multi30k De-En validation set (mask-predict at its largest T: 10 at full budget)",
+                             "higher"), Arm(label[a], ("bleu", a)), Arm(label[b], ("bleu", b)), expect, margin,
+                      paper=paper, paper_effect=effect)
+
+
+RULE = Rule(
+    claim="By applying this strategy for a constant number of iterations, our model … is also able to reach within about "
+          "1 BLEU point of a typical left-to-right transformer model; training with model distillation substantially "
+          "outperforms training on raw data",
+    source="Ghazvininejad et al. 2019 (Mask-Predict), abstract, Table 1 (WMT'14 EN-DE: CMLM with mask-predict, T=10, "
+           "27.03 BLEU; base Transformer with beam search 27.74) and its analysis of model distillation. Not reproduced "
+           "here: the paper's students learn from a fully trained autoregressive Transformer; our teacher is the "
+           "autoregressive model of the same run, of the student's size and training (22 greedy BLEU in the stored "
+           "1-seed run), so the distillation comparison does not test the paper's setting, and a gap to beam search "
+           "is expected from the weak teacher and the short training alone",
+    figure="Table 1, WMT'14 EN-DE: mask-predict T=10 27.03 vs Transformer with beam search 27.74 BLEU",
+    comparisons=(
+        _bleu("mask_predict_distilled", "beam5", "=", "Table 1, WMT'14 EN-DE: 27.03 (T=10) vs 27.74 (beam search): "
+              "“within about 1 BLEU point”", margin=1.0, effect=-0.71),
+        _bleu("mask_predict_distilled", "mask_predict_raw", ">", "distillation “substantially outperforms” raw data "
+              "(the paper's teacher: a fully trained Transformer; ours: one of the student's size)"),
+    ),
+)
 
 EXPERIMENT = Experiment(
     name="ar-vs-nat",
     question="Autoregressive or non-autoregressive decoding: quality and latency, with and without distillation?",
-    anchor="Ghazvininejad et al. 2019 (Mask-Predict), WMT'14 En-De: 27.03 BLEU with T=10 iterations vs 27.74 for the "
-           "autoregressive Transformer with beam search, decoding in a constant number of parallel passes; trained on "
-           "distilled data (raw data costs several BLEU); Gu et al. 2018 and Kim & Rush 2016 on distillation",
-    cost={"quick": "≈25 s", "full": "≈60 min"},
+    anchor="Ghazvininejad et al. 2019 (Mask-Predict), Table 1, WMT'14 En-De: 27.03 BLEU with T=10 iterations vs 27.74 "
+           "for the autoregressive base Transformer with beam search, decoding in a constant number of parallel passes; "
+           "trained on the translations of a stronger autoregressive teacher (distillation outperforms raw data); "
+           "Gu et al. 2018 and Kim & Rush 2016 on distillation. Our teacher is weak (the student's size)",
+    cost={"quick": "≈15 s", "full": "≈75 min"},
     seeds={"quick": 1, "full": 3},
     run=run,
+    rule=RULE,
+    # the model (autoregressive or mask-predict) and the targets (real or distilled); the same 4 epochs over the
+    # distilled targets make other token batches, so a few percent more or fewer optimizer steps
+    variables=("model.name", "data.tgt", "steps"),
 )
