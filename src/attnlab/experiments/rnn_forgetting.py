@@ -1,5 +1,6 @@
 """Why do RNNs forget? The copy task (output at step t the symbol read at t − lag) trained for
-RNN, GRU, LSTM and a Transformer at growing lags, and the norm of the gradient of the last
+RNN, GRU, LSTM and a Transformer of about the same number of parameters (:data:`WIDTHS`) at
+growing lags, and the norm of the gradient of the last
 prediction's loss with respect to each input embedding against its distance from the loss
 (:func:`attnlab.viz.gradients.gradient_norms`), at initialisation and after training.
 
@@ -119,12 +120,32 @@ SPEC = TaskSpec(name="copy", help="the copy task (experiments only)", data_confi
 
 #: Registry models and their overrides: one recurrent layer of ``width``, or a 2-layer Transformer.
 MODELS = {"rnn": "rnn_lm_small", "gru": "gru_lm_small", "lstm": "lstm_lm_small", "transformer": "transformer_lm_char"}
+#: Widths that give the four models about the same number of parameters (the question is the path
+#: a gradient takes, not the size): about the LSTM's at width 36 (11.2k, quick) or 64 (34.3k,
+#: full), within 7%; the Transformer's learned positions grow with the lag (:func:`parameters`).
+WIDTHS = {"quick": {"rnn": 70, "gru": 42, "lstm": 36, "transformer": 20},
+          "full": {"rnn": 128, "gru": 74, "lstm": 64, "transformer": 36}}
 
 
 def model_args(kind: str, width: int) -> dict:
     if kind == "transformer":
         return {"d_model": width, "num_layers": 2, "num_heads": 4, "position": "learned"}
     return {"embed_dim": width, "hidden_dim": width, "num_layers": 1}
+
+
+def span(values: list[int]) -> str:
+    """'34,312', or '33,300-36,720' when the values differ."""
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
+def parameters(kind: str, width: int, dc: CopyDataConfig) -> int:
+    """The parameters of ``kind`` at ``width`` on the copy task ``dc`` (built on the meta device)."""
+    from attnlab.models.registry import probe_model
+
+    model = probe_model(MODELS[kind], vocab_size=dc.symbols, **model_args(kind, width),
+                        **({"max_len": dc.lag + dc.outputs} if kind == "transformer" else {}))
+    return sum(p.numel() for p in model.parameters())
 
 
 def last_loss_windows(dc: CopyDataConfig, n: int) -> Tensor:
@@ -137,7 +158,7 @@ def last_loss_windows(dc: CopyDataConfig, n: int) -> Tensor:
 
 def run(ctx: Context) -> Result:
     lags = ctx.pick([2, 6], [5, 10, 20, 50, 100])
-    width = ctx.pick(32, 64)
+    widths = WIDTHS[ctx.budget]
     steps, epochs = ctx.pick(10, 100), ctx.pick(1, 6)
     train = dict(epochs=epochs, batch_size=32, lr=3e-3, min_lr=1e-5, warmup_steps=20, weight_decay=0.0, clip_grad=1.0,
                  log_every=20)
@@ -146,28 +167,31 @@ def run(ctx: Context) -> Result:
     for kind in KINDS:
         for lag in lags:
             dc = CopyDataConfig(lag=lag, outputs=ctx.pick(10, 20), steps_per_epoch=steps, eval_size=ctx.pick(128, 512))
-            runs = [ctx.train_arm(f"{kind}-lag{lag}", SPEC, dc, train, MODELS[kind], model_args(kind, width), seed=s)
-                    for s in ctx.seeds]
+            runs = [ctx.train_arm(f"{kind}-lag{lag}", SPEC, dc, train, MODELS[kind], model_args(kind, widths[kind]),
+                                  seed=s) for s in ctx.seeds]
             acc[kind].append([final_val(r, "acc") for r in runs])
             trained[kind] = runs[0]["model"]  # the longest lag's model, seed 0
     # gradient norm against distance, at initialisation (every seed) and after training at the longest lag (seed 0),
     # in float64: through 100 recurrent steps it falls below float32's range
     dc = CopyDataConfig(lag=lags[-1], outputs=ctx.pick(10, 20))
     windows = last_loss_windows(dc, ctx.pick(32, 256))
-    init = {kind: [init_gradients(kind, width, dc, windows, s) for s in ctx.seeds] for kind in KINDS}
+    init = {kind: [init_gradients(kind, widths[kind], dc, windows, s) for s in ctx.seeds] for kind in KINDS}
+    params = {kind: [parameters(kind, widths[kind], CopyDataConfig(lag=lag, outputs=dc.outputs)) for lag in lags]
+              for kind in KINDS}
     grads = {"init": {k: v[0] for k, v in init.items()},
              "trained": {k: gradient_norms(copy.deepcopy(trained[k]).double(), windows).tolist() for k in KINDS}}
 
     near, longest = lags[len(lags) // 2 - 1], lags[-1]  # two distances at which to read the gradient's decay
     ratio = {k: {d: grads["init"][k][d] / grads["init"][k][0] for d in (near, longest)} for k in KINDS}
-    table = [{"model": k, **{f"lag {lag} acc %": pm(a, 1, 100) for lag, a in zip(lags, acc[k])},
+    table = [{"model": k, "width": widths[k], "parameters": span(params[k]),
+              **{f"lag {lag} acc %": pm(a, 1, 100) for lag, a in zip(lags, acc[k])},
               **{f"‖grad‖ at distance {d} / at 0 (init)": f"{ratio[k][d]:.2e}" for d in (near, longest)}}
              for k in KINDS]
     mean_acc = {k: [mean_std(a)[0] for a in acc[k]] for k in KINDS}
     figs = {
         "copy_accuracy": plot_copy_accuracy(mean_acc, lags, symbols=dc.symbols,
-                                            subtitle=f"{epochs * steps} steps of batch 32, width {width}; mean of "
-                                                     f"{len(ctx.seeds)} seed(s)"),
+                                            subtitle=f"{epochs * steps} steps of batch 32, parameters matched "
+                                                     f"(≈{params['lstm'][0]:,}); mean of {len(ctx.seeds)} seed(s)"),
         "gradient_vs_distance_init": plot_gradient_norms({k: torch.tensor(v) for k, v in grads["init"].items()},
                                                          title="Gradient reach at initialisation",
                                                          subtitle=f"copy sequences of {dc.lag + dc.outputs} steps"),
@@ -185,13 +209,15 @@ def run(ctx: Context) -> Result:
         + ". At initialisation (seed 0, float64) the gradient reaching back, relative to the gradient at distance 0: "
         + ", ".join(f"{k} {ratio[k][near]:.1e} at {near} and {ratio[k][longest]:.1e} at {longest} steps" for k in KINDS)
         + f". Averaged over the lags, copy accuracy is {', '.join(f'{k} {100 * mean(mean_acc[k]):.1f}%' for k in KINDS)} "
-        + f"after {epochs * steps} steps. {spread_note(len(ctx.seeds))}.")
-    data = {"accuracy": acc, "gradient_norms": grads, "lags": lags,
+        + f"after {epochs * steps} steps. Parameters: "
+        + ", ".join(f"{k} {span(params[k])}" for k in KINDS)
+        + f" (widths {', '.join(f'{k} {widths[k]}' for k in KINDS)}). {spread_note(len(ctx.seeds))}.")
+    data = {"accuracy": acc, "gradient_norms": grads, "lags": lags, "parameters": params,
             "mean_accuracy": {k: [mean(a[i] for a in acc[k]) for i in range(len(ctx.seeds))] for k in KINDS},
             "gradient_reach_log10": {k: [math.log10(g[longest] / g[0]) if g[longest] > 0 else float("-inf")
                                          for g in init[k]] for k in KINDS}}
     return Result(table, reading, figs, data,
-                  {"lags": lags, "width": width, "train": train, "steps": epochs * steps, "models": MODELS,
+                  {"lags": lags, "widths": widths, "train": train, "steps": epochs * steps, "models": MODELS,
                    "gradients": "float64"})
 
 
@@ -256,4 +282,6 @@ EXPERIMENT = Experiment(
     run=run,
     rule=RULE,
     history=HISTORY,
+    # the model and the lag; the Transformer's learned positions cover lag + outputs (model.max_len)
+    variables=("model.name", "data.lag", "model.max_len"),
 )
