@@ -96,6 +96,7 @@ UNSUPPORTED = {
     "relative": dict(position="relative"),
     "post-LN final norm": dict(final_norm=True),
     "top-k attention": dict(cls=SparseTransformer, cfg_cls=SparseTransformerConfig, topk=4),
+    "nearest-k attention": dict(cls=SparseTransformer, cfg_cls=SparseTransformerConfig, local_k=2),
 }
 
 

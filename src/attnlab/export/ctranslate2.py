@@ -83,8 +83,10 @@ def check_supported(model: Transformer) -> None:
     if not cfg.norm_first and _final_norm(model):
         raise UnsupportedError("CTranslate2 has no final LayerNorm after a post-LN stack (final_norm=True with norm_first=False)")
     for name, m in model.named_modules():
-        if isinstance(m, MultiHeadAttention) and (m.topk, m.window, m.random_k) != (None, None, None):
-            raise UnsupportedError(f"CTranslate2 computes full attention only; {name} has top-k, window or random-k attention")
+        # top-k, window or random-k attributes, or a pre-hook that narrows the mask (nearest-k, models/ablations.py)
+        if isinstance(m, MultiHeadAttention) and ((m.topk, m.window, m.random_k) != (None, None, None) or m._forward_pre_hooks):
+            raise UnsupportedError(f"CTranslate2 computes full attention only; {name} has top-k, window, random-k "
+                                   "or nearest-k attention")
 
 
 def _final_norm(model: Transformer) -> bool:
