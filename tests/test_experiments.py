@@ -1,7 +1,9 @@
 """attnlab experiment: every experiment at quick budget writes what it promises (results.json with
 its keys, the Markdown table, PNG figures, a verdict that names its anchor's terms and the seed
 spread, one run directory per arm); arms are reused and refused through the run layer; the
-ablation models compute what they claim. The outcomes are not checked here (EXPERIMENTS.md)."""
+ablation models compute what they claim; the arms of every experiment differ only in the variables
+it declares (issue 21, point 4). Each experiment runs once at quick budget per session
+(``quick_runs``), shared by the tests that read it. The outcomes are not checked here (EXPERIMENTS.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,19 @@ import torch
 from attnlab.cli.main import main
 from attnlab.errors import ConfigError
 from attnlab.experiments import experiments, get_experiment, run_experiment
-from attnlab.experiments.base import Context, Experiment, Result, apart, fit_power, markdown_table, pm
+from attnlab.experiments.base import (
+    Context,
+    Experiment,
+    Result,
+    apart,
+    arm_differences,
+    declared,
+    fit_power,
+    markdown_table,
+    pm,
+    setup_differences,
+    undeclared_differences,
+)
 from attnlab.experiments.rnn_forgetting import SPEC as COPY
 from attnlab.experiments.rnn_forgetting import CopyDataConfig
 from attnlab.experiments.rules import VERDICTS, fingerprint, rule_markdown
@@ -40,12 +54,36 @@ def test_list_names_every_experiment(capsys):
         assert name in out and e.question in out and e.cost["quick"] in out
 
 
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory):
+    """``quick_runs(name)``: (output folder, results) of experiment ``name`` at quick budget with its
+    default seeds, on one thread, run when a test first asks for it and then shared."""
+    from conftest import data_dir
+
+    runs: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict]:
+        if name not in runs:
+            mp, threads = pytest.MonkeyPatch(), torch.get_num_threads()
+            if name not in NEEDS_NO_DATA:
+                if not data_dir().is_dir():
+                    pytest.skip(f"shared data not found at {data_dir()} (set ATTNLAB_DATA to its path)")
+                mp.setenv("ATTNLAB_DATA", str(data_dir()))
+            torch.set_num_threads(1)
+            try:
+                out = tmp_path_factory.mktemp("quick") / name
+                runs[name] = (out, run_experiment(get_experiment(name), "quick", out=out, progress=False))
+            finally:
+                torch.set_num_threads(threads)
+                mp.undo()
+        return runs[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", sorted(ISSUE_11))
-def test_quick_budget_writes_results(name, tmp_path, request, monkeypatch, one_thread):
-    if name not in NEEDS_NO_DATA:
-        monkeypatch.setenv("ATTNLAB_DATA", str(request.getfixturevalue("shared_data")))
-    out = tmp_path / name
-    res = run_experiment(get_experiment(name), "quick", out=out, progress=False)
+def test_quick_budget_writes_results(name, quick_runs):
+    out, res = quick_runs(name)
     saved = json.loads((out / "results.json").read_text())
     assert KEYS <= set(saved) and saved["experiment"] == name and saved["budget"] == "quick" and saved["seeds"] == [0]
     assert saved["software"]["torch"] == torch.__version__ and saved["wall_seconds"] > 0
@@ -68,6 +106,60 @@ def test_quick_budget_writes_results(name, tmp_path, request, monkeypatch, one_t
         assert saved["arms"]
         for arm, summary in saved["arms"].items():
             assert (out / "runs" / arm / "run.json").is_file() and summary["run_dir"] == str(out / "runs" / arm)
+
+
+# --- arms differ only in what is studied (issue 21, point 4) ----------------------------------------
+
+@pytest.mark.parametrize("name", sorted(ISSUE_11))
+def test_arms_differ_only_in_the_declared_variables(name, quick_runs):
+    """Every pair of arms of one seed differs only in the experiment's declared variables, and each
+    declared variable does vary (attention-cost trains no arm: it declares none)."""
+    exp = get_experiment(name)
+    _, res = quick_runs(name)
+    differences = arm_differences(res["arms"])
+    varied = sorted({f for fields in differences.values() for f in fields})
+    if exp.variables is None:
+        pytest.xfail(f"{name} declares no variables yet (Experiment.variables); its arms differ in {varied}")
+    assert undeclared_differences(exp.variables, res["arms"]) == []
+    assert [v for v in exp.variables if not any(declared(f, [v]) for f in varied)] == []
+    assert bool(exp.variables) == bool(res["arms"])
+
+
+def _planted(res: dict, tmp_path: Path, arm: str, part: str, key: str, value) -> dict:
+    """The arms of ``res`` with their records copied and ``arm``'s ``part`` (train_config,
+    data_config or the model config) changed at ``key``."""
+    arms = {}
+    for name, summary in res["arms"].items():
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("run.json", "last.json"):
+            rec = json.loads((Path(summary["run_dir"]) / f).read_text())
+            if name == arm:
+                (rec["model"]["config"] if part == "model" else rec[part])[key] = value
+            (d / f).write_text(json.dumps(rec))
+        arms[name] = {**summary, "run_dir": str(d)}
+    return arms
+
+
+@pytest.mark.parametrize("part, key, value", [("train_config", "lr", 0.5), ("model", "d_ff", 8),
+                                              ("data_config", "window", 7)])
+def test_a_planted_difference_is_caught(quick_runs, tmp_path, part, key, value):
+    """One text-position arm given another learning rate, FFN width or context: every pair with it
+    differs in that field besides the position encoding, and the check names it."""
+    exp = get_experiment("text-position")
+    _, res = quick_runs("text-position")
+    arm = sorted(res["arms"])[0]
+    found = undeclared_differences(exp.variables, _planted(res, tmp_path, arm, part, key, value))
+    field_ = {"train_config": "train", "data_config": "data", "model": "model"}[part] + f".{key}"
+    assert len(found) == len(res["arms"]) - 1 and all(arm in line and line.endswith(field_) for line in found)
+
+
+def test_setup_differences():
+    a = {"task": "image", "model.name": "vit", "model.depth": 4, "train.lr": 1e-3, "steps": 10}
+    assert setup_differences(a, {**a, "train.lr": 3e-4, "steps": 12}) == ["steps", "train.lr"]
+    assert setup_differences(a, {**a, "model.name": "resnet", "model.width": 8}) == ["model.name"]
+    assert setup_differences(a, {**a, "data.lag": 3}) == ["data.lag"]
+    assert declared("data.lag", ["data"]) and declared("train.lr", ["train.lr"]) and not declared("train.lr_x", ["train.lr"])
 
 
 def _copy_ctx(tmp_path: Path) -> Context:
@@ -147,6 +239,19 @@ def test_unscaled_attention_is_softmax_of_raw_scores():
     scaled.load_state_dict(m.state_dict())
     _, ws = scaled.blocks[0].self_attn(x, causal=True, need_weights=True)
     torch.testing.assert_close(ws, (scores / 4.0).softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["none", "sinusoidal", "learned", "rotary", "relative"])
+def test_one_token_embedding_recipe_for_every_position(position):
+    """text-position's arms: an explicit recipe gives every position kind the same token embeddings
+    (scaled: √d · E with E ~ N(0, 1/d); gpt: E ~ N(0, 0.02²)); the record names the default one."""
+    for recipe, scale, std in (("scaled", 8.0, 64 ** -0.5), ("gpt", 1.0, 0.02)):
+        m = create_model("transformer_lm_char", d_model=64, position=position, embedding=recipe)
+        assert m.embed_scale == scale and float(m.embed.weight.detach().std()) == pytest.approx(std, rel=0.1)
+    default = create_model("transformer_lm_char", position=position).cfg.embedding
+    assert default == ("scaled" if position == "sinusoidal" else "gpt")
+    with pytest.raises(ConfigError, match="embedding"):
+        create_model("transformer_lm_char", position=position, embedding="xavier")
 
 
 @pytest.mark.parametrize("name", ["transformer_lm_ablation", "vit_digits_ablation"])

@@ -447,7 +447,7 @@ def arm_setup(summary: dict) -> dict:
     from attnlab.train import checkpoint as ckpt
 
     run_dir = Path(summary["run_dir"])
-    rec = ckpt.read_record(run_dir, "last") if ckpt.has_record(run_dir, "last") else \
+    rec = ckpt.read_record(run_dir, "last", check=False) if ckpt.has_record(run_dir, "last") else \
         json.loads((run_dir / "run.json").read_text())
     setup = {"task": rec.get("task"), "model.name": rec["model"]["name"], **_flat("model", rec["model"]["config"]),
              **_flat("train", rec.get("train_config")), **_flat("data", rec.get("data_config"))}

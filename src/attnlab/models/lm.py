@@ -58,6 +58,9 @@ class RecurrentLMConfig:
             raise ConfigError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
 
 
+EMBEDDINGS = ("scaled", "gpt")
+
+
 @dataclass
 class TransformerLMConfig:
     vocab_size: int = 65
@@ -71,8 +74,13 @@ class TransformerLMConfig:
     activation: str = "gelu"
     tie_weights: bool = True
     bias: bool = True
+    embedding: str | None = None  # token embeddings: scaled | gpt (default: scaled with sinusoids, else gpt)
 
     def __post_init__(self) -> None:
+        if self.embedding is None:  # the record names the recipe the model uses
+            self.embedding = "scaled" if self.position == "sinusoidal" else "gpt"
+        if self.embedding not in EMBEDDINGS:
+            raise ConfigError(f"unknown embedding recipe {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
         if min(self.vocab_size, self.d_model, self.num_layers, self.num_heads, self.max_len) < 1:
             raise ConfigError("vocab_size, d_model, num_layers, num_heads and max_len must all be >= 1")
         if self.d_model % self.num_heads:
@@ -170,16 +178,18 @@ def context_start(total: int, max_len: int) -> int:
 class TransformerLM(nn.Module):
     """Decoder-only Transformer: x = E[idx] (+ positions); pre-LN causal blocks; LN; logits = x Eᵀ.
 
-    With fixed sinusoids, x = √d_model · E[idx] + PE and E ~ N(0, 1/d_model) (Vaswani et al. §3.4,
-    fairseq): the sinusoids have unit amplitude, so the tokens are brought to the same scale.
-    Every other kind uses GPT's E ~ N(0, 0.02²) and no scale: a learned table starts at the
-    embeddings' scale, and rotary / relative encodings act inside attention."""
+    Two token-embedding recipes (``embedding``): ``scaled``, x = √d_model · E[idx] (+ PE) with
+    E ~ N(0, 1/d_model) (Vaswani et al. §3.4, fairseq), which brings the tokens to the unit amplitude
+    of fixed sinusoids; ``gpt``, E ~ N(0, 0.02²) and no scale (a learned table starts at the
+    embeddings' scale, rotary / relative encodings act inside attention). The default is ``scaled``
+    with sinusoids and ``gpt`` otherwise; an experiment comparing position encodings sets one
+    recipe for all of them."""
 
     def __init__(self, config: TransformerLMConfig) -> None:
         super().__init__()
         self.cfg = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.embed_scale = math.sqrt(c.d_model) if c.position == "sinusoidal" else 1.0
+        self.embed_scale = math.sqrt(c.d_model) if c.embedding == "scaled" else 1.0
         self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
