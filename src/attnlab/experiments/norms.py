@@ -104,4 +104,5 @@ EXPERIMENT = Experiment(
     seeds={"quick": 1, "full": 3},
     run=run,
     rule=RULE,
+    variables=("model.norm",),  # LayerNorm, BatchNorm or none, in the LM and in the ViT
 )

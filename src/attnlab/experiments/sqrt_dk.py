@@ -170,5 +170,6 @@ EXPERIMENT = Experiment(
     seeds={"quick": 1, "full": 3},
     run=run,
     rule=RULE,
+    variables=("model.logit_scale",),  # scaled or unscaled scores, nothing else
     history=HISTORY,
 )
