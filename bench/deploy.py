@@ -268,7 +268,7 @@ def translate(args) -> dict:
               "model": "random weights, d_model 512, 6+6 layers, FFN 2048, vocabulary 8000, source length 20, "
                        f"{NEW_TOKENS} new tokens"}
     if args.run:
-        result["bleu"] = bleu(args.run, args.src, args.ref)
+        result["bleu"], result["bleu_run"] = bleu(args.run, args.src, args.ref), args.run
     return result
 
 
@@ -342,16 +342,50 @@ def floor(args) -> dict:
 
 
 def bleu(run_dir: str, src: str, ref: str) -> dict:
-    """Greedy BLEU of a trained translation run: fp32, int8 (``attnlab eval --int8``) and int8 with
-    compiled Linear layers (``--int8 --compile``)."""
+    """Greedy BLEU of a trained translation run: fp32, int8 with each backend (``attnlab eval
+    --int8``, the backend forced by ATTNLAB_INT8_BACKEND), torchao int8 with compiled Linear
+    layers (``--int8 --compile``), and CTranslate2 fp32 / int8 built from the run's weights."""
     import subprocess
 
     out = {}
-    for tag, extra in (("fp32", []), ("int8", ["--int8"]), ("int8_compiled", ["--int8", "--compile"])):
-        cmd = [sys.executable, "-m", "attnlab", "eval", run_dir, "--src", src, "--ref", ref, "--beam", "1", "--json", *extra]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    for tag, extra, backend in (("fp32", [], None), ("int8_fbgemm", ["--int8"], "fbgemm"),
+                                ("int8_torchao", ["--int8"], "torchao"),
+                                ("int8_torchao_compiled", ["--int8", "--compile"], "torchao")):
+        env = {**os.environ, **({"ATTNLAB_INT8_BACKEND": backend} if backend else {})}
+        cmd = [sys.executable, "-m", "attnlab", "eval", run_dir, "--src", src, "--ref", ref, "--beam", "1", "--json",
+               "--out", str(Path(tempfile.mkdtemp()) / tag), *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[tag] = json.loads(res.stdout)["bleu"]
+    for quantization in (None, "int8"):
+        out[f"ct2_{quantization or 'fp32'}"] = ct2_bleu(run_dir, src, ref, quantization)
     return out
+
+
+def ct2_bleu(run_dir: str, src: str, ref: str, quantization: str | None, batch: int = 64) -> float:
+    """Greedy BLEU of the run's model exported to CTranslate2: sources encoded and decoded as
+    ``attnlab eval`` does (sorted by length, batches of ``batch``), each batch decoding at most
+    1.5 x its longest source + 10 tokens (attnlab's limit per sentence)."""
+    from attnlab.data.parallel import pad_to, read_lines
+    from attnlab.export.ctranslate2 import ct2_greedy, load_translator, to_ctranslate2
+    from attnlab.tasks.translate import score
+    from attnlab.train import runs
+
+    run = runs.load(run_dir)
+    src_tok, tgt_tok = run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]
+    lines, refs = read_lines(src), read_lines(ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = load_translator(to_ctranslate2(run.model, Path(tmp) / "ct2", quantization, bos=tgt_tok.bos_id,
+                                            eos=tgt_tok.eos_id, unk=tgt_tok.unk_id), intra_threads=1)
+        todo = sorted(((i, src_tok.encode(s.strip()) + [src_tok.eos_id]) for i, s in enumerate(lines)), key=lambda x: len(x[1]))
+        hyps = [""] * len(lines)
+        for b in range(0, len(todo), batch):
+            chunk = todo[b:b + batch]
+            longest = max(len(ids) for _, ids in chunk)
+            out = ct2_greedy(tr, pad_to([ids for _, ids in chunk], src_tok.pad_id), int(1.5 * longest + 10),
+                             bos=tgt_tok.bos_id, eos=tgt_tok.eos_id, pad=src_tok.pad_id)
+            for (i, _), h in zip(chunk, out):
+                hyps[i] = tgt_tok.decode(h).strip()
+    return score(hyps, refs)["bleu"]
 
 
 # --- language model --------------------------------------------------------------------------------
@@ -460,9 +494,8 @@ def render(results: dict) -> str:
         for b, rows in r["batches"].items():
             out += [f"Batch {b}:", ""] + _table(rows, unit="tok") + [""]
         if "bleu" in r:
-            bl = r["bleu"]
-            out += [f"BLEU (greedy) of `{r['command']}`'s run: fp32 {bl['fp32']}, int8 {bl['int8']}"
-                    + (f", int8 with compiled Linear layers {bl['int8_compiled']}." if "int8_compiled" in bl else "."), ""]
+            out += [f"BLEU (greedy, test_2016_flickr) of the trained run `{r['bleu_run']}`: "
+                    + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r["bleu"].items()) + ".", ""]
     if "floor" in results:
         r = results["floor"]
         out += [f"### Translation at batch {r['batch']}: where the time goes", "", _ctx(r),
