@@ -3,6 +3,8 @@ on it), torch.export programs (.pt2) and ONNX, each checked against the eager ou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -232,12 +234,6 @@ def image_run(tmp_path_factory):
     return tmp / "img"
 
 
-def one_error_line(capsys, rc):
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_export_run_pt2_and_onnx(image_run, capsys):
     from attnlab.train import runs
 
@@ -261,14 +257,81 @@ def test_cli_export_model_name(tmp_path, capsys):
     assert out.is_file() and "m.pt2" in capsys.readouterr().out
 
 
-def test_cli_export_refuses_bad_targets_in_one_line(tmp_path, capsys):
-    precious = tmp_path / "notes.pt2"
-    precious.write_text("not an export")
-    err = one_error_line(capsys, main(["export", "vit_digits", "-o", str(precious)]))
-    assert "not a pt2 export" in err and precious.read_text() == "not an export"
-    assert "is a directory" in one_error_line(capsys, main(["export", "vit_digits", "--format", "pt2", "-o", str(tmp_path)]))
-    assert "must end in .onnx" in one_error_line(capsys, main(["export", "vit_digits", "--format", "onnx", "-o",
-                                                               str(tmp_path / "m.pt2")]))
-    assert "cannot tell the format" in one_error_line(capsys, main(["export", "vit_digits", "-o", str(tmp_path / "m.bin")]))
-    assert "registered model name" in one_error_line(capsys, main(["export", "no_such_model"]))
-    assert not (tmp_path / "m.pt2").exists()
+# The train commands' bad-input helpers: one line, non-zero exit, no traceback; folders hashed.
+from test_cli_image import assert_one_line_error, cli, snapshot  # noqa: E402
+
+
+def text_file(path):
+    path.write_text("my notes")
+    return path
+
+
+def zip_with_json(path):
+    """A zip holding a .json member: what the export check took for an export before it read our record."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes/models/model.json", "{}")
+    return path
+
+
+def foreign_onnx(path):
+    """A valid ONNX model that attnlab did not write."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])), path)
+    return path
+
+
+BAD_EXPORTS = {  # name -> (arguments after "export" given a folder and a run, the line's pattern)
+    "a text file as target": (lambda t, r: ["vit_digits", "-o", text_file(t / "a.pt2")], "was not exported by attnlab"),
+    "a zip holding json as target": (lambda t, r: ["vit_digits", "-o", zip_with_json(t / "a.pt2")],
+                                     "was not exported by attnlab"),
+    "an ONNX model not ours as target": (lambda t, r: ["vit_digits", "-o", foreign_onnx(t / "a.onnx")],
+                                         "was not exported by attnlab"),
+    "a directory as target": (lambda t, r: ["vit_digits", "--format", "pt2", "-o", t], "is a directory"),
+    "suffix of another format": (lambda t, r: ["vit_digits", "--format", "onnx", "-o", t / "m.pt2"], "must end in .onnx"),
+    "unknown suffix": (lambda t, r: ["vit_digits", "-o", t / "m.bin"], "cannot tell the format"),
+    "unknown model": (lambda t, r: ["no_such_model", "-o", t / "m.pt2"], "registered model name"),
+    "huge image size": (lambda t, r: ["vit_digits", "--model-arg", "img_size=100000", "-o", t / "m.pt2"],
+                        r"holds [\d.]+ GiB of weights .* this machine has \d+ GiB"),
+    "huge recurrent window": (lambda t, r: ["rnn_lm_small", "--window", "100000", "-o", t / "m.pt2"],
+                              "too long for a recurrent model's graph.*at most 1024"),
+    "--model-arg for a run": (lambda t, r: [r, "--model-arg", "depth=2", "-o", t / "m.pt2"], "drop --model-arg"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EXPORTS))
+def test_bad_export_input_is_one_line_and_changes_nothing(case, image_run, tmp_path):
+    make_args, pattern = BAD_EXPORTS[case]
+    argv = make_args(tmp_path, image_run)
+    before = snapshot(tmp_path), snapshot(image_run)
+    assert_one_line_error(*cli("export", *argv), pattern)
+    assert (snapshot(tmp_path), snapshot(image_run)) == before
+
+
+def test_unwritable_folder_is_refused_before_exporting_naming_the_users_path(tmp_path, monkeypatch):
+    """A read-only folder (simulated: this suite may run as root, which writes anywhere) is found
+    before any tracing, and the line names the user's path, not a temporary one."""
+    import os
+
+    from attnlab.export import graph
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mkdir, open_ = os.mkdir, os.open
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: denied(p) if Path(p).parent == ro else mkdir(p, *a, **k))
+    monkeypatch.setattr(os, "open", lambda p, flags, *a, **k: denied(p) if Path(p).parent == ro and flags & os.O_CREAT
+                        else open_(p, flags, *a, **k))
+    traced = []
+    monkeypatch.setattr(graph, "export_program", lambda g: traced.append(g))
+    code, out, err = cli("export", "vit_digits", "--model-arg", "depth=1", "-o", ro / "m.pt2")
+    assert_one_line_error(code, out, err, f"cannot write {ro / 'm.pt2'}: Permission denied")
+    assert ".tmp" not in err and not traced and list(ro.iterdir()) == []

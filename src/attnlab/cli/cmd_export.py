@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import zipfile
 from pathlib import Path
 
 EPILOG = """examples:
@@ -40,14 +39,16 @@ def register(subparsers) -> None:
                    help="onnx or pt2 (default: from the suffix of -o, else onnx)")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="the file to write (default: RUN/export/<model>[.int8].<format>, or <model>[.int8].<format> "
-                        "here for a model name)")
+                        "here for a model name); an existing file is replaced only if attnlab exported it")
     p.add_argument("--int8", action="store_true", help="int8 weights for the Linear layers (pt2: torchao dynamic int8; "
                                                        "onnx: ONNX Runtime dynamic quantization)")
     p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint of a run (default: best)")
     p.add_argument("--window", type=positive_int, default=64, metavar="T",
-                   help="tokens per window of a recurrent language model's graph (default: 64)")
+                   help="tokens per window of a recurrent language model's graph (default: 64, at most 1024: "
+                        "the graph is unrolled token by token)")
     p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
-                   help="for a model name: override a field of its config, e.g. --model-arg num_classes=10 (repeatable)")
+                   help="for a model name only (a run keeps its own settings): override a field of its config, "
+                        "e.g. --model-arg num_classes=10 (repeatable)")
     one_line_errors(p)
     p.set_defaults(func=run)
 
@@ -92,10 +93,14 @@ def _load(args):
     """(model, name, default output directory) of a run directory, checkpoint or model name."""
     from attnlab.cli.common import parse_model_args
     from attnlab.errors import ConfigError
-    from attnlab.models.registry import create_model, is_model
+    from attnlab.export.graph import check_exportable
+    from attnlab.models.registry import create_model, is_model, probe_model
     from attnlab.train.checkpoint import is_run_dir
 
     src = Path(args.source)
+    if args.model_arg and src.exists():
+        raise ConfigError(f"--model-arg is for a registered model name; {args.source!r} is exported with the settings "
+                          "it was trained with: drop --model-arg")
     if src.is_dir() and is_run_dir(src):
         from attnlab.train import runs
 
@@ -106,32 +111,22 @@ def _load(args):
 
         return load_model(src), src.stem, Path(".")
     if is_model(args.source):
-        return create_model(args.source, **parse_model_args(args.model_arg)).eval(), args.source, Path(".")
+        overrides = parse_model_args(args.model_arg)
+        check_exportable(probe_model(args.source, **overrides), args.window)  # before allocating any weights
+        return create_model(args.source, **overrides).eval(), args.source, Path(".")
     raise ConfigError(f"{args.source!r} is not a run directory, a checkpoint or a registered model name "
                       "('attnlab models' lists the names)")
 
 
 def _check_target(path: Path, fmt: str) -> None:
-    """Refuse a directory, a suffix that is not the format's, or an existing file that is not an export."""
+    """Refuse a directory, a suffix that is not the format's, or an existing file that attnlab did
+    not export (recognised by the record every export writes into its graphs, not by its layout)."""
     from attnlab.errors import ConfigError
+    from attnlab.export.graph import read_export_record
 
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give -o a file name ending in {SUFFIX[fmt]}")
     if path.suffix != SUFFIX[fmt]:
         raise ConfigError(f"{path}: a {fmt} file must end in {SUFFIX[fmt]}")
-    if path.exists() and not _is_export(path, fmt):
-        raise ConfigError(f"{path} exists and is not a {fmt} export; it is left untouched: choose another -o")
-
-
-def _is_export(path: Path, fmt: str) -> bool:
-    if fmt == "pt2":
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("models/model.json") or n.endswith(".json") for n in z.namelist())
-    try:
-        import onnx
-
-        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
-    except Exception:  # not a protobuf ONNX model (or no onnx to tell): not ours to overwrite
-        return False
+    if path.exists() and read_export_record(path) is None:
+        raise ConfigError(f"{path} exists and was not exported by attnlab; it is left untouched: choose another -o")

@@ -21,30 +21,59 @@ What is exported (:func:`graphs_of`):
 (dynamic int8 Linear layers, torchao; loading one needs torchao installed). ONNX files are
 exported in fp32, then ONNX Runtime's dynamic quantization turns the weights of MatMul/Gemm
 nodes with a constant weight into int8 (per output channel), the same layers as on the torch side.
+
+All or nothing: :func:`export_model` writes every graph of a model into a private folder beside
+the target (``.attnlab-export-<pid>-<random>.tmp``, on the same filesystem), then renames them
+into place. Every graph records one ``attnlab_export`` entry (ONNX metadata, a ``.pt2`` extra
+file): the format version, an export id shared by the graphs of one export, and the names of the
+set; :func:`load_graph` refuses a graph whose set is incomplete or mixes two exports, and the
+next export removes the folder of a killed one.
+
+Untrusted files: ``torch.export.load`` runs Python from a ``.pt2`` archive in four places
+(pickled payloads, shape guards, symbolic-shape strings given to ``sympy.sympify``, and node
+targets resolved by name). :func:`load_graph` reads the archive's members first, without running
+any of them, and refuses one that holds such code unless the caller passes ``trusted=True``.
+Pickled payloads that torch's weights-only unpickler accepts (tensors, and torchao's int8
+tensors, which torchao registers as safe) pass, so attnlab's own int8 programs load untrusted.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
+import io
+import json
 import logging
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+import warnings
+import zipfile
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
+from torch.export.pt2_archive import constants as pt2
 
-from attnlab.errors import UnsupportedError
+from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.export.int8 import _torchao_quantization, quantize_int8
 from attnlab.export.lm import LMStepGraph, lm_cache_zeros
 from attnlab.export.seq2seq import DecoderStepGraph, EncoderGraph, self_cache_zeros
-from attnlab.io import atomic_write, atomic_write_bytes
 from attnlab.nn.transformer import Transformer
 
 FORMATS = ("onnx", "pt2")
+RECORD_KEY = "attnlab_export"  # ONNX metadata key, and "<key>.json" among a .pt2 archive's extra files
+RECORD_VERSION = 1
+STAGING_PREFIX = ".attnlab-export-"  # + "<pid>-<random>.tmp": the folder an export writes into first
+# torch.export unrolls a recurrent model's window step by step: 1024 tokens take one to two
+# minutes to export (2 CPU cores), and the time grows faster than the window.
+MAX_RECURRENT_WINDOW = 1024
 
 
 @dataclass
@@ -86,10 +115,34 @@ def _is_lm(model: nn.Module) -> bool:
     return isinstance(model, (RecurrentLM, TransformerLM))
 
 
+def check_exportable(model: nn.Module, window: int = 64, batch: int = 2) -> None:
+    """Refuse (:class:`ConfigError`), before anything is traced, an export that cannot finish: a
+    recurrent model's ``window`` over :data:`MAX_RECURRENT_WINDOW`, or weights and example input
+    over a third of this machine's memory (tracing, the exported program and its file each hold
+    the weights). ``model`` may be a meta-device probe
+    (:func:`attnlab.models.registry.probe_model`), to check settings before building them."""
+    if _is_lm(model) and model.is_recurrent and window > MAX_RECURRENT_WINDOW:
+        raise ConfigError(f"a window of {window} tokens is too long for a recurrent model's graph, which is unrolled "
+                          f"token by token: give at most {MAX_RECURRENT_WINDOW} (--window)")
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    example = 0
+    if _is_vit(model):
+        size = model.cfg.img_size
+        h, w = (size, size) if isinstance(size, int) else size
+        example = batch * model.cfg.in_chans * h * w * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 3 * (weights + example) > memory:
+        raise ConfigError(f"{type(model).__name__} with these settings holds {(weights + example) / 2**30:.1f} GiB of "
+                          f"weights and example input; exporting needs about three times that and this machine has "
+                          f"{memory / 2**30:.0f} GiB: choose smaller settings")
+
+
 def graphs_of(model: nn.Module, batch: int = 2, window: int = 64) -> list[Graph]:
     """The graphs that export ``model`` (in eval mode), with example inputs of batch ``batch``
     (>= 2: torch.export specialises a dimension whose example size is 0 or 1). ``window``: the
-    fixed number of tokens a recurrent language model's graph takes."""
+    fixed number of tokens a recurrent language model's graph takes, at most
+    :data:`MAX_RECURRENT_WINDOW`."""
+    check_exportable(model, window, batch)
     model.eval()
     b = Dim("batch", min=1, max=4096)
     if _is_vit(model):
@@ -140,41 +193,42 @@ def export_program(g: Graph) -> torch.export.ExportedProgram:
         return torch.export.export(g.module, g.args, dynamic_shapes=g.dynamic_shapes(), strict=True)
 
 
-def save_pt2(g: Graph, path: str | os.PathLike) -> None:
-    """Write the graph's ``torch.export`` program to ``path`` (atomically)."""
+def save_pt2(g: Graph, path: str | os.PathLike, record: str | None = None) -> None:
+    """Write the graph's ``torch.export`` program to ``path`` (fsynced; :func:`export_model` makes
+    it appear atomically), with ``record`` as its ``attnlab_export.json`` extra file."""
     program = export_program(g)
-    with atomic_write(path) as f:
-        torch.export.save(program, f)
+    extra = {f"{RECORD_KEY}.json": record} if record is not None else None
+    with open(path, "wb") as f:
+        torch.export.save(program, f, extra_files=extra)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # Weights above this size go to a "<file>.data" beside the .onnx file (protobuf caps one file at 2 GB).
 ONNX_INLINE_LIMIT = 1 << 30
 
 
-def save_onnx(g: Graph, path: str | os.PathLike, int8: bool = False) -> None:
-    """Write the graph as ONNX (torch.onnx.export with dynamo=True) to ``path``; ``int8``: with
-    ONNX Runtime's dynamic int8 quantization of the MatMul/Gemm weights. Weights over
-    :data:`ONNX_INLINE_LIMIT` bytes go to ``<path>.data`` beside it (ONNX Runtime finds it there);
-    each file is replaced atomically, the weights file first."""
+def save_onnx(g: Graph, path: str | os.PathLike, int8: bool = False, record: str | None = None) -> None:
+    """Write the graph as ONNX (torch.onnx.export with dynamo=True) to ``path``, with ``record``
+    as its ``attnlab_export`` metadata; ``int8``: with ONNX Runtime's dynamic int8 quantization of
+    the MatMul/Gemm weights (an fp32 file ``fp32.<name>`` is written beside ``path`` first and
+    removed: :func:`export_model` gives each export a folder of its own). Weights over
+    :data:`ONNX_INLINE_LIMIT` bytes go to ``<path>.data`` beside it (ONNX Runtime finds it there)."""
     _require("onnx", "onnxscript", *(["onnxruntime"] if int8 else []))
     program = torch.onnx.export(export_program(g), (), dynamo=True, input_names=g.input_names, output_names=g.output_names,
                                 verbose=False)
+    if record is not None:
+        program.model.metadata_props[RECORD_KEY] = record  # ONNX Runtime's quantization keeps it
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     nbytes = sum(t.numel() * t.element_size() for t in [*g.module.parameters(), *g.module.buffers()])
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        fp32 = Path(tmp) / ("fp32.onnx" if int8 else path.name)
-        program.save(fp32, external_data=nbytes > ONNX_INLINE_LIMIT)
-        out = fp32
-        if int8:
-            out = Path(tmp) / path.name
-            _quantize_onnx(fp32, out, external=nbytes / 4 > ONNX_INLINE_LIMIT)
-            for f in Path(tmp).glob("fp32.onnx*"):
-                f.unlink()
-        data = out.with_name(out.name + ".data")
-        if data.exists():
-            os.replace(data, path.with_name(data.name))
-        atomic_write_bytes(path, out.read_bytes())
+    if not int8:
+        program.save(path, external_data=nbytes > ONNX_INLINE_LIMIT)
+        return
+    fp32 = path.with_name(f"fp32.{path.name}")
+    program.save(fp32, external_data=nbytes > ONNX_INLINE_LIMIT)
+    _quantize_onnx(fp32, path, external=nbytes / 4 > ONNX_INLINE_LIMIT)
+    for f in path.parent.glob(f"{fp32.name}*"):
+        f.unlink()
 
 
 def _quantize_onnx(src: Path, dst: Path, external: bool) -> None:
@@ -202,50 +256,236 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = No
     returns the graph files written (two for the encoder–decoder Transformer: ``<stem>.encoder<suffix>``
     and ``<stem>.decoder<suffix>``; for a Transformer LM the window graph at ``path`` and
     ``<stem>.step<suffix>``); an ONNX file over 1 GiB of weights has its ``<file>.data`` beside it.
-    ``int8`` quantizes a copy of the model; ``model`` is unchanged. ``window``: see :func:`graphs_of`."""
-    fmt = fmt or Path(path).suffix.lstrip(".")
+    ``int8`` quantizes a copy of the model; ``model`` is unchanged. ``window``: see :func:`graphs_of`.
+
+    The graphs are written into a private folder beside ``path`` first (created before any
+    tracing, so an unwritable location is refused at once, naming ``path``), then renamed into
+    place; each records the export's id (see the module docstring)."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".")
     if fmt not in FORMATS:
         raise UnsupportedError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if int8 and fmt == "pt2":
-        model = quantize_int8(copy.deepcopy(model), backend="torchao")  # torch.export traces torchao int8 tensors
-    written = []
-    for g in graphs_of(model, window=window):
-        out = piece_path(path, g.name)
-        if fmt == "pt2":
-            save_pt2(g, out)
+    graphs = graphs_of(model, window=window)
+    with _staging(path) as folder:
+        if int8 and fmt == "pt2":
+            quantized = quantize_int8(copy.deepcopy(model), backend="torchao")  # torch.export traces torchao int8 tensors
+            graphs = graphs_of(quantized, window=window)
+        export_id = uuid.uuid4().hex
+        names = [g.name for g in graphs]
+        targets = [piece_path(path, name) for name in names]
+        for g, target in zip(graphs, targets):
+            record = json.dumps({"version": RECORD_VERSION, "export_id": export_id, "graph": g.name, "graphs": names})
+            if fmt == "pt2":
+                save_pt2(g, folder / target.name, record)
+            else:
+                save_onnx(g, folder / target.name, int8=int8, record=record)
+        _move_in(folder, targets)
+    return targets
+
+
+@contextlib.contextmanager
+def _staging(path: Path) -> Iterator[Path]:
+    """A new private folder beside ``path`` to write an export into, removed on exit. Removes the
+    folders that killed exports left there first. An unwritable location (or a write failing
+    later) is a one-line :class:`ConfigError` naming ``path``."""
+    parent = path.parent
+    _remove_stale_staging(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
+    try:
+        yield folder
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: name the user's path, not ours
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Remove the staging folders in ``parent`` whose export process is gone (killed)."""
+    for folder in parent.glob(f"{STAGING_PREFIX}*.tmp"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _move_in(folder: Path, targets: list[Path]) -> None:
+    """Rename the staged graphs (and any ``.data`` weights) onto ``targets``, one after another in
+    the microseconds after the whole export is written; then fsync the directory."""
+    for target in targets:
+        data = folder / f"{target.name}.data"
+        if data.exists():
+            os.replace(data, target.with_name(data.name))
+        os.replace(folder / target.name, target)
+    with contextlib.suppress(OSError):
+        fd = os.open(targets[0].parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------- the export record
+def read_export_record(path: str | os.PathLike) -> dict | None:
+    """The ``attnlab_export`` record of a graph attnlab exported (``version``, ``export_id``,
+    ``graph``, ``graphs``), or None for any other file. Reads metadata only: nothing in the file
+    is unpickled or run, and an ONNX graph is not parsed."""
+    path = Path(path)
+    try:
+        if path.suffix == ".onnx":
+            text = _onnx_metadata(path, RECORD_KEY)
+        elif path.suffix == ".pt2":
+            with zipfile.ZipFile(path) as z:
+                text = z.read(_archive_names(z)[f"{pt2.EXTRA_DIR}{RECORD_KEY}.json"])
         else:
-            save_onnx(g, out, int8=int8)
-        written.append(out)
-    return written
+            return None
+        record = json.loads(text)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
+    ok = (isinstance(record, dict) and record.get("version") == RECORD_VERSION and isinstance(record.get("export_id"), str)
+          and isinstance(record.get("graphs"), list) and record.get("graph") in record["graphs"])
+    return record if ok else None
 
 
-def load_graph(path: str | os.PathLike, threads: int | None = None) -> Callable[..., tuple[Tensor, ...]]:
+def _onnx_metadata(path: Path, key: str) -> str | None:
+    """The value of ``key`` in an ONNX file's ``metadata_props`` (ModelProto field 14), read by
+    skipping the other top-level fields (the graph is never parsed). ValueError: not protobuf."""
+    with open(path, "rb") as f:
+        for entry in _proto_fields(f, os.fstat(f.fileno()).st_size, 14):
+            fields = dict(_proto_fields(io.BytesIO(entry), len(entry), 1, 2, numbered=True))
+            if fields.get(1) == key.encode():
+                return fields.get(2, b"").decode()
+    return None
+
+
+def _proto_fields(f, end: int, *wanted: int, numbered: bool = False) -> Iterator:
+    """The length-delimited fields numbered ``wanted`` of a protobuf message read from ``f`` up to
+    ``end`` (their bytes, or (number, bytes) with ``numbered``), the others skipped."""
+    while f.tell() < end:
+        key = _varint(f)
+        number, wire = key >> 3, key & 7
+        if wire == 0:  # a varint
+            _varint(f)
+            continue
+        if wire not in (1, 2, 5):
+            raise ValueError("not a protobuf message")
+        size = _varint(f) if wire == 2 else {1: 8, 5: 4}[wire]
+        if f.tell() + size > end:
+            raise ValueError("not a protobuf message")
+        if number in wanted:
+            data = f.read(size)
+            yield (number, data) if numbered else data
+        else:
+            f.seek(size, 1)
+
+
+def _varint(f) -> int:
+    value = 0
+    for shift in range(0, 64, 7):
+        b = f.read(1)
+        if not b:
+            raise ValueError("truncated varint")
+        value |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return value
+    raise ValueError("varint too long")
+
+
+def _archive_names(z: zipfile.ZipFile) -> dict[str, str]:
+    """A ``.pt2`` archive's member names inside its top folder -> the zip member names (torch
+    reads only the members under the first member's top folder)."""
+    names = z.namelist()
+    prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
+    return {n[len(prefix):]: n for n in names if prefix and n.startswith(prefix)}
+
+
+def _check_set(path: Path, record: dict) -> None:
+    """Refuse a graph whose other graphs (by attnlab's names: ``m.encoder.onnx`` beside
+    ``m.decoder.onnx``) are missing or come from another export: a killed export's torn set."""
+    name, suffix = record["graph"], path.suffix
+    tail = f".{name}{suffix}" if name else suffix
+    if len(record["graphs"]) < 2 or not path.name.endswith(tail):
+        return
+    base = path.with_name(path.name[:-len(tail)] + suffix)
+    for other in (piece_path(base, n) for n in record["graphs"] if n != name):
+        found = read_export_record(other) if other.exists() else None
+        if found is None or found["export_id"] != record["export_id"]:
+            why = "is missing" if not other.exists() else "comes from another export"
+            raise DataError(f"{path} belongs with {other}, which {why} (an interrupted export?): export again")
+
+
+# ---------------------------------------------------------------------- loading
+def load_graph(path: str | os.PathLike, threads: int | None = None, trusted: bool = False) -> Callable[..., tuple[Tensor, ...]]:
     """A function running an exported graph: tensors in (in the graph's input order), a tuple of
     tensors out. ``.onnx`` files run in ONNX Runtime (``threads`` intra-op threads), ``.pt2``
-    programs as ``torch.export`` modules. ``torch.export.load`` unpickles what it cannot store as
-    plain tensors (an int8 program's torchao weights), so load only ``.pt2`` files you trust, as
-    with any pickle; an ONNX file holds no code."""
+    programs as ``torch.export`` modules. A graph of a multi-graph export is refused
+    (:class:`DataError`) if its companions are missing or from another export.
+
+    ``trusted``: a ``.pt2`` archive can hold Python that loading or calling it runs (see the
+    module docstring); unless ``trusted=True``, one that does is refused (:class:`DataError`)
+    before anything in it runs. Pass ``trusted=True`` only for files you would run as code. An
+    ONNX file holds no code. A file that is not a graph is a one-line :class:`DataError`."""
     path = Path(path)
-    if path.suffix == ".onnx":
-        _require("onnxruntime")
-        import onnxruntime as ort
+    if path.suffix not in (".onnx", ".pt2"):
+        raise UnsupportedError(f"{path}: a graph file ends in .onnx or .pt2")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    record = read_export_record(path)
+    if record is not None:
+        _check_set(path, record)
+    return _load_onnx(path, threads) if path.suffix == ".onnx" else _load_pt2(path, trusted)
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
 
-        def run_onnx(*args: Tensor) -> tuple[Tensor, ...]:
-            outs = session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})
-            return tuple(torch.from_numpy(o) for o in outs)
+def _load_onnx(path: Path, threads: int | None) -> Callable[..., tuple[Tensor, ...]]:
+    _require("onnxruntime")
+    import onnxruntime as ort
 
-        return run_onnx
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
     try:
-        _torchao_quantization()  # registers the int8 operators an int8 program calls
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's InvalidProtobuf, Fail, ...: the file is not a model it runs
+        raise DataError(f"{path} is not an ONNX model ONNX Runtime can run: {_first_line(e)}") from None
+    names = [i.name for i in session.get_inputs()]
+
+    def run_onnx(*args: Tensor) -> tuple[Tensor, ...]:
+        outs = session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})
+        return tuple(torch.from_numpy(o) for o in outs)
+
+    return run_onnx
+
+
+def _load_pt2(path: Path, trusted: bool) -> Callable[..., tuple[Tensor, ...]]:
+    try:
+        _torchao_quantization()  # registers the int8 operators an int8 program calls, and its tensors as safe to unpickle
     except UnsupportedError:
         pass  # an fp32 program does not need them
-    module = torch.export.load(path).module()
+    with open(path, "rb") as f:  # one open file for the check and the load: the checked bytes are the loaded ones
+        try:
+            with zipfile.ZipFile(f) as z:
+                _check_archive(z, path, trusted)
+        except zipfile.BadZipFile:
+            raise DataError(f"{path} is not a torch.export program (.pt2): not a zip archive") from None
+        f.seek(0)
+        try:
+            with _quiet("torch.export"):  # it logs a traceback before raising
+                module = torch.export.load(f).module()
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
+            raise DataError(f"{path} is not a torch.export program this PyTorch can load: {_first_line(e)}") from None
 
     def run_pt2(*args: Tensor) -> tuple[Tensor, ...]:
         with torch.no_grad():
@@ -254,6 +494,175 @@ def load_graph(path: str | os.PathLike, threads: int | None = None) -> Callable[
 
     return run_pt2
 
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence ``logger`` (and its children) for the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _first_line(e: Exception) -> str:
+    """The first non-blank line of an exception's message, at most 200 characters."""
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+# ---------------------------------------------------------------------- untrusted .pt2 archives
+def _check_archive(z: zipfile.ZipFile, path: Path, trusted: bool) -> None:
+    """Refuse (:class:`DataError`) a zip that is not a ``torch.export`` archive and, unless
+    ``trusted``, one holding code; reads the members, runs nothing."""
+    names = _archive_names(z)
+    models = [n for n in names if n.startswith(pt2.MODELS_DIR) and n.endswith(".json")]
+    if pt2.ARCHIVE_VERSION_PATH not in names or not models:
+        raise DataError(f"{path} is not a torch.export program (.pt2): it lacks the archive's "
+                        f"{pt2.ARCHIVE_VERSION_PATH} or {pt2.MODELS_DIR}*.json")
+    if trusted:
+        return
+    try:
+        reason = _code_in_archive(z, names, models)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise DataError(f"{path} is not a torch.export program (.pt2): its layout is damaged or unknown") from None
+    if reason:
+        raise DataError(f"{path} is not trusted: it {reason}; nothing in it was run "
+                        "(trusted=True loads it: only for a file you would run as code)")
+
+
+def _code_in_archive(z: zipfile.ZipFile, names: dict[str, str], models: list[str]) -> str | None:
+    """What in the archive would run Python when loaded or called, or None: compiled code, pickles
+    that torch's weights-only unpickler refuses, or code in the programs' JSON."""
+    if len(names) != len(z.namelist()):
+        return "has members outside its top folder or twice"
+    if any(n.startswith((pt2.AOTINDUCTOR_DIR, pt2.EXECUTORCH_DIR)) for n in names):
+        return "holds compiled code (AOTInductor)"
+    for m in models:
+        model = m[len(pt2.MODELS_DIR):-len(".json")]
+        if f"{pt2.WEIGHTS_DIR}{model}.pt" in names or f"{pt2.CONSTANTS_DIR}{model}.pt" in names:
+            return "pickles its weights (an old .pt2 layout)"
+        for config, folder in ((pt2.WEIGHTS_CONFIG_FILENAME_FORMAT, pt2.WEIGHTS_DIR),
+                               (pt2.CONSTANTS_CONFIG_FILENAME_FORMAT, pt2.CONSTANTS_DIR)):
+            for payload in json.loads(z.read(names[config.format(model)]))["config"].values():
+                member = folder + payload["path_name"]
+                if folder == pt2.CONSTANTS_DIR and not payload["path_name"].startswith(pt2.TENSOR_CONSTANT_FILENAME_PREFIX):
+                    return f"pickles a Python object ({member})"
+                if payload["use_pickle"] and not _weights_only(z.read(names[member])):
+                    return f"pickles Python objects besides tensors ({member})"
+        sample = pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
+        if sample in names and not _weights_only(z.read(names[sample])):
+            return f"pickles Python objects besides tensors ({sample})"
+        reason = _code_in_program(json.loads(z.read(names[m])))
+        if reason:
+            return reason
+    return None
+
+
+def _weights_only(data: bytes) -> bool:
+    """Whether torch's weights-only unpickler (which calls nothing but an allowlist) accepts
+    ``data``: tensors, plain containers and classes registered as safe (torchao's int8 tensors)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # noqa: BLE001 - any refusal or damage: not plain tensors
+        return False
+    return True
+
+
+# The callables of symbolic shapes a program may name besides operator overloads.
+_SYM_FUNCTION = re.compile(r"_operator\.(add|sub|mul|truediv|floordiv|mod|pow|neg|pos|eq|ne|lt|le|gt|ge|and_|or_|not_|"
+                           r"getitem)|math\.(trunc|floor|ceil)|torch\._?sym_[a-z_]+")
+_SYMBOL = re.compile(r"[a-z]+[0-9]+")  # torch's shape symbols: s0, s11, u3
+_SHAPE_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+_SHAPE_MODULES = {"torch": re.compile(r"_?sym_[a-z_]+"), "math": re.compile(r"floor|ceil|trunc|sqrt|log2")}
+_SYMPY_CLASSES = frozenset({"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Abs", "Eq", "Ne", "Lt", "Le",
+                            "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan", "Equality",
+                            "Unequality", "And", "Or", "Not", "floor", "ceiling", "Piecewise", "ExprCondPair", "oo",
+                            "true", "false"})
+
+
+def _code_in_program(program: dict) -> str | None:
+    """What in a serialized ExportedProgram would run as Python, or None. torch executes its shape
+    guards as code, evaluates its symbolic shapes with ``sympy.sympify`` and resolves its node
+    targets by name; each must be a plain shape expression or a registered operator."""
+    for guard in program.get("guards_code") or ():
+        if not isinstance(guard, str) or not _plain_expression(guard, ()):
+            return f"has a shape guard that is not a plain comparison ({str(guard)[:60]!r})"
+    sympy_names = _SYMPY_CLASSES | _torch_sympy_functions()
+    for key, value in _strings(program):
+        if key in ("target", "as_operator") and not _is_operator(value):
+            return f"calls {value[:60]!r}, which is not a tensor operator"
+        if key == "expr_str" and not _plain_expression(value, sympy_names):
+            return f"has a symbolic shape that is not a plain expression ({value[:60]!r})"
+    return None
+
+
+def _strings(obj, key: str | None = None) -> Iterator[tuple[str | None, str]]:
+    """(key, value) of every string in nested JSON (a list's items under the list's key)."""
+    if isinstance(obj, str):
+        yield key, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v, key)
+
+
+def _torch_sympy_functions() -> frozenset[str]:
+    import sympy
+    from torch.utils._sympy import functions
+
+    return frozenset(n for n, v in vars(functions).items()
+                     if isinstance(v, type) and issubclass(v, sympy.Basic) and v.__module__ == functions.__name__)
+
+
+def _is_operator(target: str) -> bool:
+    """Whether a node target names a registered operator overload (``torch.ops.<ns>.<op>.<overload>``)
+    or an arithmetic function of symbolic shapes; resolved with getattr only, nothing called."""
+    if _SYM_FUNCTION.fullmatch(target):
+        return True
+    parts = target.split(".")
+    if len(parts) != 5 or parts[:2] != ["torch", "ops"]:
+        return False
+    op = torch.ops
+    for part in parts[2:]:
+        op = getattr(op, part, None)
+    return isinstance(op, torch._ops.OpOverload)
+
+
+_PLAIN_NODES = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Subscript, ast.keyword, ast.boolop,
+                ast.operator, ast.unaryop, ast.cmpop, ast.expr_context)
+
+
+def _plain_expression(text: str, functions: Collection[str]) -> bool:
+    """Whether ``text`` is a Python expression that only computes: numbers, identifier strings,
+    arithmetic, comparisons, shape symbols, ``L[...]`` subscripts, ``.size()``-like methods,
+    ``torch.sym_max``-like and ``math.floor``-like functions, and calls of ``functions`` by name.
+    No other name, attribute or call, so evaluating it reaches no other code."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):  # "torch", "math": only through the attributes allowed below
+            ok = node.id in functions or node.id in ("L", "inf", *_SHAPE_MODULES) or bool(_SYMBOL.fullmatch(node.id))
+        elif isinstance(node, ast.Attribute):
+            module = node.value.id if isinstance(node.value, ast.Name) else None
+            ok = node.attr in _SHAPE_METHODS or bool(module in _SHAPE_MODULES and _SHAPE_MODULES[module].fullmatch(node.attr))
+        elif isinstance(node, ast.Constant):
+            ok = isinstance(node.value, (int, float)) or (isinstance(node.value, str) and node.value.isidentifier())
+        elif isinstance(node, ast.Call):  # an attribute called is checked as an attribute
+            ok = isinstance(node.func, ast.Attribute) or (isinstance(node.func, ast.Name) and node.func.id in functions)
+        else:
+            ok = isinstance(node, _PLAIN_NODES)
+        if not ok:
+            return False
+    return True
 
 def _require(*modules: str) -> None:
     import importlib.util
