@@ -5,6 +5,7 @@ graphs, ONNX Runtime. Results go to the Deployment section of BENCHMARKS.md.
     python bench/deploy.py vit --run RUN --dataset mnist   # + int8 vs fp32 top-1 agreement on a trained run's test split
     python bench/deploy.py small               # ViT-Ti/16 and S/16 batch 1: the leanest fp32 paths vs timm eager
     python bench/deploy.py translate           # greedy decoding: int8 decoder vs HF Marian fp32, batch 1 and 32
+    python bench/deploy.py bleu --run RUN      # greedy BLEU of a trained translation run: fp32, each int8 backend, CTranslate2
     python bench/deploy.py floor               # batch-32 translation: time inside the Linear layers vs the rest
     python bench/deploy.py lm                  # LM generation at batch 1: int8 vs fp32, greedy token agreement
     python bench/deploy.py report              # rewrite the section from the stored results
@@ -555,6 +556,10 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=6)
     p = sub.add_parser("floor", parents=[common])
     p.add_argument("--batch", type=int, default=32)
+    p = sub.add_parser("bleu", help="BLEU of a trained translation run per path, added to the translate part's results")
+    p.add_argument("--run", required=True, help="a trained translation run")
+    p.add_argument("--src", default="../shared/data/multi30k/test_2016_flickr.de.gz")
+    p.add_argument("--ref", default="../shared/data/multi30k/test_2016_flickr.en.gz")
     sub.add_parser("report")
     sub.add_parser("notes").add_argument("notes", nargs="*")
     args = ap.parse_args(argv)
@@ -562,6 +567,11 @@ def main(argv=None) -> int:
         results = load_results()
         if args.part == "notes":
             results["notes"] = args.notes
+        write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
+        return 0
+    if args.part == "bleu":  # quality, not speed: kept beside the translate part's timing
+        results = load_results()
+        results.setdefault("translate", {}).update(bleu=bleu(args.run, args.src, args.ref), bleu_run=args.run)
         write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
         return 0
     torch.set_num_threads(args.threads)
