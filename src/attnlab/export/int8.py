@@ -12,11 +12,13 @@ run time:
 - ``"fbgemm"``: PyTorch's own dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``,
   the fbgemm/x86 kernels; per-tensor activations): fast with AVX2 alone.
 
-``backend="auto"`` (the default, and what every ``--int8`` command runs) measures the Linear
-layers of each backend against fp32 once on this machine (a few matmuls, about a second) and
-caches the result per processor, thread count and library version
-(``$ATTNLAB_CACHE_DIR``, default ``~/.cache/attnlab``). It picks the fastest; if no int8 backend
-beats fp32 it keeps fp32 (int8 is for speed here, and never makes a model slower).
+``backend="auto"`` (the default, and what every ``--int8`` command runs) measures each
+backend's Linear layer against fp32 on this machine at the model's own layer width (the most
+common in/out size of its Linear layers; one row, as in decoding, and 128 rows, as in a batch or
+an image; a few calls, about a second) and caches the result per processor, thread count,
+library version and width (``$ATTNLAB_CACHE_DIR``, default ``~/.cache/attnlab``). It picks the
+fastest; if no int8 backend beats fp32 it keeps fp32 (int8 is for speed here, and never makes a
+model slower: at 128 wide, per-call costs outweigh the arithmetic int8 saves).
 ``ATTNLAB_INT8_BACKEND=torchao|fbgemm`` forces one. :func:`int8_backend` says which one a
 model holds.
 
@@ -55,9 +57,8 @@ from attnlab.errors import ConfigError, UnsupportedError
 INT8_MODES = ("dynamic", "weight")
 INT8_BACKENDS = ("torchao", "fbgemm")
 BACKEND_ENV = "ATTNLAB_INT8_BACKEND"
-# The shapes the choice is measured on: one decoding step (a 768-wide projection of one token)
-# and a ViT-B/16 image's MLP input layer (197 tokens, 768 -> 3072).
-PROBE_SHAPES = ((1, 768, 768), (197, 768, 3072))
+PROBE_ROWS = (1, 128)  # rows a Linear layer is measured at: one decoding step; a batch or an image's tokens
+DEFAULT_WIDTH = (768, 768)  # (in, out) measured when no model is given (ViT-B's attention projections)
 
 
 def _torchao_quantization():
@@ -122,7 +123,7 @@ def quantize_int8(model: nn.Module, mode: str = "dynamic", backend: str = "auto"
             raise ConfigError("weight-only int8 is torchao's; use backend 'torchao' or 'auto'")
         backend = "torchao"
     elif backend == "auto":
-        backend = choose_backend().backend
+        backend = choose_backend(linear_width(model)).backend
     model.eval().requires_grad_(False)
     if backend == "torchao":
         _torchao_quantize(model, mode)
@@ -189,14 +190,15 @@ def _rows_first(linear, in_features: int):
 
 @dataclass
 class BackendChoice:
-    """The int8 backend picked for this machine (None: keep fp32, no int8 backend is faster), the
-    measured speed of each backend's Linear layers against fp32 (geometric mean over
-    ``PROBE_SHAPES``; 2.0 = twice as fast), the processor, and how it was decided."""
+    """The int8 backend picked for this machine and layer width (None: keep fp32, no int8 backend
+    is faster), the measured speed of each backend's Linear layer against fp32 (geometric mean
+    over ``PROBE_ROWS``; 2.0 = twice as fast), the processor, and how it was decided."""
 
     backend: str | None
     speedup: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
     how: str = "measured"  # "measured", "cached" or "forced" (ATTNLAB_INT8_BACKEND)
+    width: tuple = DEFAULT_WIDTH  # the (in, out) features measured
 
     def describe(self) -> str:
         """One line: ``int8 backend fbgemm (measured on this CPU: fbgemm 2.41x, torchao 0.04x fp32; AMD EPYC ...)``."""
@@ -206,7 +208,8 @@ class BackendChoice:
             return f"int8 backend {self.backend} (set by {BACKEND_ENV})"
         speeds = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(self.speedup.items(), key=lambda kv: -kv[1]))
         what = f"int8 backend {self.backend}" if self.backend else "int8 kept fp32: no int8 backend is faster here"
-        return f"{what} ({self.how} on this CPU: {speeds} fp32's speed; {describe_cpu(self.cpu)})"
+        return (f"{what} ({self.how} on this CPU for {self.width[0]}x{self.width[1]} Linear layers: {speeds} "
+                f"fp32's speed; {describe_cpu(self.cpu)})")
 
 
 def cache_dir() -> Path:
@@ -217,7 +220,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnlab"
 
 
-def _machine_key(cpu: dict) -> str:
+def linear_width(model: nn.Module) -> tuple[int, int]:
+    """The most common (in_features, out_features) of ``model``'s Linear layers (DEFAULT_WIDTH if
+    it has none): the width the int8 backends are measured at for it."""
+    from collections import Counter
+
+    sizes = Counter((m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear))
+    return sizes.most_common(1)[0][0] if sizes else DEFAULT_WIDTH
+
+
+def _machine_key(cpu: dict, width: tuple[int, int]) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -225,14 +237,14 @@ def _machine_key(cpu: dict) -> str:
     except PackageNotFoundError:
         torchao = "none"
     return (f"{cpu['model']}|{cpu['capability']}|{','.join(cpu['flags'])}|{cpu['torch_threads']} threads|"
-            f"torch {torch.__version__}|torchao {torchao}")
+            f"torch {torch.__version__}|torchao {torchao}|{width[0]}x{width[1]}")
 
 
-def choose_backend(refresh: bool = False, measure=None) -> BackendChoice:
-    """The fastest int8 backend for this processor and thread count: ``$ATTNLAB_INT8_BACKEND`` if
-    set; else the cached measurement of this machine; else measured now (``measure()``:
-    backend -> speed against fp32, default :func:`measure_backends`) and cached. ``refresh``
-    measures again. None when no int8 backend is faster than fp32."""
+def choose_backend(width: tuple[int, int] = DEFAULT_WIDTH, refresh: bool = False, measure=None) -> BackendChoice:
+    """The fastest int8 backend for this processor, thread count and Linear ``width`` (in, out):
+    ``$ATTNLAB_INT8_BACKEND`` if set; else the cached measurement; else measured now
+    (``measure(width)``: backend -> speed against fp32, default :func:`measure_backends`) and
+    cached. ``refresh`` measures again. None when no int8 backend is faster than fp32."""
     from attnlab.cpu import cpu_info
 
     cpu = cpu_info()
@@ -240,17 +252,17 @@ def choose_backend(refresh: bool = False, measure=None) -> BackendChoice:
     if forced:
         if forced not in INT8_BACKENDS:
             raise ConfigError(f"{BACKEND_ENV}={forced!r} is not an int8 backend; choose {' or '.join(INT8_BACKENDS)}")
-        return BackendChoice(forced, cpu=cpu, how="forced")
-    key, path = _machine_key(cpu), cache_dir() / "int8-backends.json"
+        return BackendChoice(forced, cpu=cpu, how="forced", width=tuple(width))
+    key, path = _machine_key(cpu, width), cache_dir() / "int8-backends.json"
     cache = _read_cache(path)
     if not refresh and isinstance(cache.get(key), dict) and isinstance(cache[key].get("speedup"), dict):
         speedup, how = cache[key]["speedup"], "cached"
     else:
-        speedup, how = (measure or measure_backends)(), "measured"
+        speedup, how = (measure or measure_backends)(width), "measured"
         cache[key] = {"speedup": speedup, "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _write_cache(path, cache)
     best = max(speedup, key=speedup.get, default=None)
-    return BackendChoice(best if best is not None and speedup[best] > 1.0 else None, speedup, cpu, how)
+    return BackendChoice(best if best is not None and speedup[best] > 1.0 else None, speedup, cpu, how, tuple(width))
 
 
 def _read_cache(path: Path) -> dict:
@@ -271,21 +283,20 @@ def _write_cache(path: Path, cache: dict) -> None:
         pass
 
 
-def measure_backends(shapes=PROBE_SHAPES, max_seconds: float = 0.3) -> dict[str, float]:
-    """Each available int8 backend's Linear layer against fp32 on this machine: the geometric
-    mean over ``shapes`` (rows, in, out) of fp32 time / int8 time, each the best of a few
+def measure_backends(width: tuple[int, int] = DEFAULT_WIDTH, rows=PROBE_ROWS, max_seconds: float = 0.3) -> dict[str, float]:
+    """Each available int8 backend's Linear layer of ``width`` (in, out) against fp32 on this
+    machine: the geometric mean over ``rows`` of fp32 time / int8 time, each the best of a few
     interleaved calls (fewer when a call is slow: a slow path shows in one call)."""
     backends = [b for b in INT8_BACKENDS if b != "torchao" or _has_torchao()]
     logs = {b: 0.0 for b in backends}
     torch.manual_seed(0)
+    fp32 = nn.Sequential(nn.Linear(*width)).eval()
+    layers = {"fp32": fp32, **{b: quantize_int8(copy.deepcopy(fp32), backend=b) for b in backends}}
     with torch.inference_mode():
-        for rows, d_in, d_out in shapes:
-            fp32 = nn.Sequential(nn.Linear(d_in, d_out)).eval()
-            layers = {"fp32": fp32, **{b: quantize_int8(copy.deepcopy(fp32), backend=b) for b in backends}}
-            x = torch.randn(rows, d_in)
-            best = _best_times(layers, x, max_seconds)
+        for n in rows:
+            best = _best_times(layers, torch.randn(n, width[0]), max_seconds)
             for b in backends:
-                logs[b] += torch.log(torch.tensor(best["fp32"] / best[b])).item() / len(shapes)
+                logs[b] += torch.log(torch.tensor(best["fp32"] / best[b])).item() / len(rows)
     return {b: round(float(torch.tensor(v).exp()), 3) for b, v in logs.items()}
 
 

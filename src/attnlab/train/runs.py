@@ -269,9 +269,9 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
     model = model.to(device).eval()
     backend, choice = None, ""
     if int8:
-        from attnlab.export.int8 import choose_backend, int8_backend, quantize_int8
+        from attnlab.export.int8 import choose_backend, int8_backend, linear_width, quantize_int8
 
-        chosen = choose_backend()
+        chosen = choose_backend(linear_width(model))
         if chosen.backend is not None:
             model = quantize_int8(model, backend=chosen.backend)
         backend, choice = int8_backend(model), chosen.describe()
