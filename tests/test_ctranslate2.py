@@ -2,7 +2,9 @@
 logits) equal attnlab's eager greedy search; int8 agrees with fp32 on most tokens; what
 CTranslate2 cannot compute is refused in one line."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,9 +117,37 @@ def test_other_models_bad_folder_quantization_and_padding_are_refused(tmp_path):
     model = random_model()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="new or empty folder"):
+    with pytest.raises(ConfigError, match="did not export"):
         to_ctranslate2(model, tmp_path / "full")
+    assert [f.name for f in (tmp_path / "full").iterdir()] == ["keep.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        to_ctranslate2(model, tmp_path / "file")
     with pytest.raises(ConfigError, match="quantization"):
         to_ctranslate2(model, tmp_path / "q", "int3")
     with pytest.raises(ShapeError, match="right-padded"):
         source_tokens(torch.tensor([[0, 5, 6]]), pad=0)
+
+
+def test_export_is_all_or_nothing_and_replaces_only_its_own_folder(tmp_path, monkeypatch):
+    """A second export replaces the first (its record says attnlab wrote it); an export that fails
+    while writing leaves the previous folder as it was and no temporary folder behind."""
+    import attnlab.export.ctranslate2 as ct2
+
+    model = random_model()
+    out = to_ctranslate2(model, tmp_path / "m.ct2")
+    first = json.loads((out / ct2.RECORD).read_text())["export_id"]
+    to_ctranslate2(model, out, "int8")
+    second = json.loads((out / ct2.RECORD).read_text())
+    assert second["export_id"] != first and second["quantization"] == "int8"
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def broken_save(self, path):
+        (Path(path) / "model.bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(ct2.transformer_spec_of(model, bos=1, eos=2, unk=None)), "save", broken_save)
+    with pytest.raises(OSError):
+        to_ctranslate2(model, out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.ct2"]

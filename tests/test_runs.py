@@ -338,6 +338,26 @@ def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
         assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_export_ctranslate2_of_every_run(trained, tmp_path, capsys):
+    """`attnlab export RUN --format ctranslate2`: a translation run becomes a CTranslate2 folder
+    whose fp32 greedy tokens equal the eager model's (the command checks and says so); a second
+    export replaces it; a run CTranslate2 cannot hold is refused in one line."""
+    pytest.importorskip("ctranslate2", reason="CTranslate2 export needs the export extra")
+    task, run = trained
+    out = tmp_path / "m.ct2"
+    capsys.readouterr()
+    code = main(["export", str(run), "--format", "ctranslate2", "-o", str(out)])
+    printed = capsys.readouterr()
+    if task != "translate":
+        assert code != 0 and not out.exists() and len(printed.err.strip().splitlines()) == 1
+        return
+    assert code == 0
+    same, total = (int(n) for n in printed.out.split("sources: ")[1].split(" equal")[0].split(" of "))
+    assert same == total > 0
+    assert main(["export", str(run), "-o", str(out), "--int8"]) == 0  # the .ct2 suffix picks the format
+    assert "int8" in (out / "attnlab_export.json").read_text()
+
+
 def test_a_task_builds_exactly_the_registry_entry_it_names(tmp_path):
     """`train translate` without --model builds transformer_multi30k: the registry's config, with
     only the fields the data decides changed."""

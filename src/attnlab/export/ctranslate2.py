@@ -15,6 +15,11 @@ relative positions, top-k / windowed / random-k attention, a final LayerNorm aft
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -37,6 +42,8 @@ ACTIVATIONS = {"relu": "RELU", "gelu": "GELU", "gelu_tanh": "GELUTanh", "silu": 
 #: Position encodings added to the embeddings, which CTranslate2 takes as a table.
 ADDED_POSITIONS = ("sinusoidal", "learned", "none")
 _SEARCH = SearchConfig()
+#: The file in a CTranslate2 folder that says attnlab wrote it (what -o may replace).
+RECORD = "attnlab_export.json"
 
 
 def _require_ctranslate2() -> None:
@@ -46,8 +53,11 @@ def _require_ctranslate2() -> None:
 
 def to_ctranslate2(model: Transformer, out_dir: str | Path, quantization: str | None = None, *,
                    bos: int = _SEARCH.bos, eos: int = _SEARCH.eos, unk: int | None = None) -> Path:
-    """Write ``model`` as a CTranslate2 model in ``out_dir`` (new or empty); returns the folder.
+    """Write ``model`` as a CTranslate2 model in the folder ``out_dir``; returns the folder.
 
+    ``out_dir`` must be new, empty, or a CTranslate2 folder attnlab wrote (its ``RECORD`` file),
+    which is replaced. The folder is written beside ``out_dir`` under a private name and renamed
+    into place, so a killed export leaves the old folder or the new one, never half of one.
     ``quantization``: None (fp32) or a CTranslate2 weight type (``int8``, ``int8_float32``,
     ``int16``, ``float16``, ``bfloat16``); the loaded model computes in it by default.
     ``bos``/``eos``/``unk``: our start, end and unknown token ids (``unk=None``: the model has
@@ -60,14 +70,42 @@ def to_ctranslate2(model: Transformer, out_dir: str | Path, quantization: str | 
         raise ConfigError(f"unknown CTranslate2 quantization {quantization!r}; choose one of "
                           f"{', '.join(model_spec.ACCEPTED_MODEL_TYPES)}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} is not a new or empty folder; choose another output folder for the CTranslate2 model")
+    check_target(out)
     spec = transformer_spec_of(model, bos=bos, eos=eos, unk=unk)
     spec.validate()
     spec.optimize(quantization=quantization)
-    out.mkdir(parents=True, exist_ok=True)
-    spec.save(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        spec.save(str(staging))
+        record = {"version": 1, "export_id": uuid.uuid4().hex, "format": "ctranslate2", "quantization": quantization,
+                  "bos": bos, "eos": eos, "unk": unk, "vocabulary": "token ids written as strings: '0' .. 'V-1'"}
+        (staging / RECORD).write_text(json.dumps(record) + "\n")
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def check_target(out: Path) -> None:
+    """Refuse (one line) an output that is a file, or a non-empty folder attnlab did not export."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; a CTranslate2 model is a folder: choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file():
+        raise ConfigError(f"{out} is a folder attnlab did not export to CTranslate2; it is left untouched: "
+                          "choose another output folder")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename the finished folder ``staging`` to ``out``; an old ``out`` (empty, or our export) is
+    renamed aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(out, old)
+    os.rename(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_supported(model: Transformer) -> None:
