@@ -53,7 +53,9 @@ def load_results() -> dict:
 
 
 def save(part: str, result: dict) -> None:
-    results = load_results()
+    """Store ``result`` as ``part`` and rewrite the section. Parts measured before figures named
+    their processor (no ``cpu`` key) are dropped: a table must say what it ran on."""
+    results = {k: v for k, v in load_results().items() if k == "notes" or (isinstance(v, dict) and "cpu" in v)}
     results[part] = result
     write_section(SECTION, render(results) + f"\n<!-- data: {json.dumps(results)} -->\n")
 
@@ -477,7 +479,7 @@ def render(results: dict) -> str:
         out.append(f"File sizes: .pt2 fp32 {s['pt2_fp32_mib']:.0f} MiB, int8 {s['pt2_int8_mib']:.0f} MiB "
                    f"({s['pt2_int8_mib'] / s['pt2_fp32_mib']:.0%}); ONNX fp32 {s['onnx_fp32_mib']:.0f} MiB, int8 "
                    f"{s['onnx_int8_mib']:.0f} MiB ({s['onnx_int8_mib'] / s['onnx_fp32_mib']:.0%}).")
-        if "agreement" in r:
+        if "paths" in r.get("agreement", {}):
             a = r["agreement"]
             paths = "; ".join(f"{k.replace('_', ' ')} agrees on {v['agreement']:.2%} (accuracy {v['accuracy']:.2%})"
                               for k, v in a["paths"].items())
@@ -494,7 +496,7 @@ def render(results: dict) -> str:
         out += ["### Translation: greedy decoding with the key/value cache", "", _ctx(r), f"Model: {r['model']}.", ""]
         for b, rows in r["batches"].items():
             out += [f"Batch {b}:", ""] + _table(rows, unit="tok") + [""]
-        if "bleu" in r:
+        if "bleu" in r and "bleu_run" in r:
             out += [f"BLEU (greedy, test_2016_flickr) of the trained run `{r['bleu_run']}`: "
                     + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r["bleu"].items()) + ".", ""]
     if "floor" in results:

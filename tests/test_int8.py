@@ -232,3 +232,21 @@ def test_int8_export_is_small_and_close(tmp_path, fmt):
     ref = m(x)
     (y,) = load_graph(f8)(x)
     assert 0 < rel_err(y, ref) < 0.05
+
+
+def test_torchao_import_says_nothing():
+    """torchao logs a warning for each prebuilt kernel library it cannot load (e.g. its CUDA-only
+    ``_C_mxfp8`` built for another Python) and a pytree deprecation; `--int8` shows none of them.
+    The failure is provoked here (``torch.ops.load_library`` raising), in a fresh process with
+    logging configured as an application would."""
+    import subprocess
+    import sys
+
+    code = ("import logging, torch; logging.basicConfig()\n"
+            "def refuse(path): raise OSError('undefined symbol: _ZN3c10')\n"
+            "torch.ops.load_library = refuse\n"
+            "from attnlab.export.int8 import _torchao_quantization; _torchao_quantization()\n"
+            "import torchao; assert torchao.__version__\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
