@@ -177,6 +177,6 @@ def test_resume_retraces_the_uninterrupted_run(tmp_path):
     rec = ckpt.read_record(tmp_path / "b", "last")
     assert rec["step"] == 4 and rec["backbone_pretraining"]["steps"] == 2  # the first session's, kept
     wa, wb = (ckpt.load_weights(d, ckpt.read_record(d, "last")) for d in (tmp_path / "a", tmp_path / "b"))
-    # float rounding may differ (the pretraining of the first session leaves oneDNN in another state); a step
-    # done differently moves weights by ~lr = 1e-3
-    assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # float rounding may differ (the pretraining of the first session leaves oneDNN in another state): up to
+    # 1.6e-5 measured on an AVX-512 machine; a step done differently moves weights by ~lr = 1e-3
+    assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4

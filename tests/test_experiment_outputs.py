@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from attnlab.experiments import run_experiment
-from attnlab.experiments.base import MARKER, Experiment, Result
+from attnlab.experiments.base import Experiment, Result
+from attnlab.experiments.outputs import MARKER
 from conftest import data_dir
 from test_cli_image import assert_one_line_error, cli, snapshot
 

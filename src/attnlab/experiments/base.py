@@ -6,7 +6,7 @@ An experiment is a function ``run(ctx: Context) -> Result``. Each training arm i
 reused, one cut short is resumed, so a killed experiment continues where it stopped.
 :func:`run_experiment` writes, into ``OUT``:
 
-- ``.attnlab-experiment.json`` (:data:`MARKER`), first: the experiment's name, every file and run
+- ``.attnlab-experiment.json`` (:data:`attnlab.experiments.outputs.MARKER`), first: the experiment's name, every file and run
   directory it writes there (listed before it is written) and the content hash of each arm's data
   files (compared by content, so a moved ``OUT`` or data directory still reuses its arms);
 - ``results.json``: every number (``data``), the table, the config, the seeds, the software
@@ -15,7 +15,9 @@ reused, one cut short is resumed, so a killed experiment continues where it stop
   putting them together.
 
 ``OUT`` must be new, empty or marked by the same experiment: a user's folder or another
-experiment's is refused, and ``overwrite`` removes only what the marker lists.
+experiment's is refused, and ``overwrite`` removes only what the marker lists
+(:mod:`attnlab.experiments.outputs`). Arms must differ only in the experiment's declared
+variables (:mod:`attnlab.experiments.arms`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -37,12 +38,11 @@ from pathlib import Path
 import torch
 
 from attnlab.errors import ConfigError, DataError
+from attnlab.experiments.outputs import MARKER, claim_output_dir, new_marker, read_marker
 from attnlab.experiments.rules import Rule, RuleChange, decide, rule_markdown, rule_record, verdict_text
 from attnlab.io import atomic_write, atomic_write_json
 
 BUDGETS = ("quick", "full")
-MARKER = ".attnlab-experiment.json"  # marks an experiment's output folder and lists what it wrote there
-MARKER_FORMAT = "attnlab-experiment/1"
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Experiment:
     run: Callable[[Context], Result]
     rule: Rule | None = None  # stated before the run; decides the verdict (attnlab.experiments.rules)
     history: tuple[RuleChange, ...] = ()  # earlier rules, changed after a run, with their verdicts
-    # what its arms study: the set-up fields (arm_setup's dotted paths, e.g. "model.position",
+    # what its arms study: the set-up fields (experiments.arms.arm_setup's dotted paths, e.g. "model.position",
     # "train.lr") in which two arms of one seed may differ; None: not declared yet
     variables: tuple[str, ...] | None = None
 
@@ -428,135 +428,6 @@ def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = N
     ctx = Context(exp, budget, range(n), out, threads, log, progress)
     res = exp.run(ctx)
     return write_outputs(ctx, res, started, load_start, command)
-
-
-# --- arms and the variables they study --------------------------------------------------------------
-
-NOT_SETUP = ("train.seed", "train.threads", "train.device")  # differ between seeds and machines, not arms
-
-
-def _flat(prefix: str, d: dict) -> dict:
-    return {f"{prefix}.{k}": list(v) if isinstance(v, tuple) else v for k, v in (d or {}).items()}
-
-
-def arm_setup(summary: dict) -> dict:
-    """How an arm was set up, as flat dotted paths: ``task``, ``model.name``, ``model.<field>`` (the
-    model's whole config, defaults included), ``train.<field>``, ``data.<field>`` from its run's last
-    checkpoint record (run.json for a run that never saved one), plus ``steps``, the optimizer steps it
-    trained (absent when it diverged). The seed, threads and device (:data:`NOT_SETUP`) are left out."""
-    from attnlab.train import checkpoint as ckpt
-
-    run_dir = Path(summary["run_dir"])
-    rec = ckpt.read_record(run_dir, "last", check=False) if ckpt.has_record(run_dir, "last") else \
-        json.loads((run_dir / "run.json").read_text())
-    setup = {"task": rec.get("task"), "model.name": rec["model"]["name"], **_flat("model", rec["model"]["config"]),
-             **_flat("train", rec.get("train_config")), **_flat("data", rec.get("data_config"))}
-    if not summary.get("diverged") and summary.get("steps") is not None:
-        setup["steps"] = summary["steps"]
-    return {k: v for k, v in setup.items() if k not in NOT_SETUP}
-
-
-def setup_differences(a: dict, b: dict) -> list[str]:
-    """The fields in which two arm set-ups differ. Arms of two different models differ in
-    ``model.name`` only: their configs are not field for field comparable."""
-    keys = sorted(a.keys() | b.keys())
-    if a.get("model.name") != b.get("model.name"):
-        keys = [k for k in keys if not k.startswith("model.")] + ["model.name"]
-    return sorted({k for k in keys if a.get(k, "(absent)") != b.get(k, "(absent)")})
-
-
-def arm_differences(arms: dict) -> dict[tuple[str, str], list[str]]:
-    """For every pair of arms of one seed and one task (``arms``: results.json's, arm -> summary with
-    its ``run_dir``): the set-up fields in which they differ. Arms of different tasks answer different
-    parts of a question (the LM and the ViT of layernorm-vs-batchnorm) and are not paired."""
-    from itertools import combinations
-
-    setups = {arm: arm_setup(s) for arm, s in arms.items()}
-    groups: dict[tuple, list[str]] = {}
-    for arm in arms:  # train_arm names a run <arm>-s<seed>
-        seed = arm.rsplit("-s", 1)[1] if "-s" in arm else ""
-        groups.setdefault((seed, setups[arm]["task"]), []).append(arm)
-    return {(a, b): setup_differences(setups[a], setups[b])
-            for members in groups.values() for a, b in combinations(sorted(members), 2)}
-
-
-def declared(field_: str, variables: Sequence[str]) -> bool:
-    """Whether ``field_`` is one of ``variables`` or lies below one (``data`` covers ``data.lag``)."""
-    return any(field_ == v or field_.startswith(v + ".") for v in variables)
-
-
-def undeclared_differences(variables: Sequence[str], arms: dict) -> list[str]:
-    """'a vs b: field, ...' for every pair of arms (:func:`arm_differences`) that differ in a field
-    not among ``variables``: arms must differ only in what the experiment studies (issue 21, point 4)."""
-    out = []
-    for (a, b), fields in arm_differences(arms).items():
-        extra = [f for f in fields if not declared(f, variables)]
-        if extra:
-            out.append(f"{a} vs {b}: {', '.join(extra)}")
-    return out
-
-
-# --- the output folder ------------------------------------------------------------------------------
-
-def new_marker(name: str) -> dict:
-    return {"format": MARKER_FORMAT, "experiment": name, "wrote": [], "data_sha256": {}}
-
-
-def read_marker(out: Path) -> dict | None:
-    """The marker of the output folder ``out``, None if it has none."""
-    p = out / MARKER
-    if not p.exists():
-        return None
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{p} is not readable ({e}); pass another -o") from None
-    if not (isinstance(m, dict) and m.get("format") == MARKER_FORMAT and isinstance(m.get("experiment"), str)
-            and isinstance(m.get("wrote"), list) and isinstance(m.get("data_sha256"), dict)):
-        raise ConfigError(f"{p} is not an attnlab experiment marker ({MARKER_FORMAT}); pass another -o")
-    return m
-
-
-def user_entries(out: Path) -> list[Path]:
-    """What ``out`` holds besides the marker's temporaries (left by a run killed while writing it)."""
-    return [p for p in out.iterdir() if not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
-
-
-def claim_output_dir(out: Path, name: str, overwrite: bool = False) -> None:
-    """Refuse, before anything is written, an output folder that is not new, empty or marked by
-    experiment ``name``; with ``overwrite`` remove what the marker lists. Then write the marker."""
-    from attnlab.train.runs import check_output_dir
-
-    check_output_dir(out)
-    marker = read_marker(out) if out.is_dir() else None
-    if marker is None and out.is_dir() and user_entries(out):
-        raise ConfigError(f"{out} is not empty and was not written by experiment {name} (it has no {MARKER}); "
-                          "refusing to write into it: pass a new or empty -o"
-                          + (" (--overwrite replaces only what the experiment itself wrote)" if overwrite else ""))
-    if marker is not None and marker["experiment"] != name:
-        raise ConfigError(f"{out} holds the outputs of experiment {marker['experiment']}, not {name}; "
-                          "pass another -o")
-    if marker is not None and overwrite:
-        remove_outputs(out, marker["wrote"])
-        marker = None
-    atomic_write_json(out / MARKER, marker or new_marker(name))
-
-
-def remove_outputs(out: Path, wrote: list) -> None:
-    """Remove what an experiment wrote into ``out`` (its marker's list), then the folders that
-    held only that; nothing else in ``out`` is touched."""
-    for rel in wrote:
-        parts = Path(rel).parts if isinstance(rel, str) else ()
-        if not parts or Path(rel).is_absolute() or ".." in parts or parts == (MARKER,):
-            raise ConfigError(f"{out / MARKER} lists {rel!r}, which is not a file it may remove; pass another -o")
-    for rel in wrote:
-        p = out / rel
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-        if p.parent != out and p.parent.is_dir() and not any(p.parent.iterdir()):
-            p.parent.rmdir()
 
 
 def val_curve(summary: dict, metric: str) -> tuple[list[float], list[float]]:
