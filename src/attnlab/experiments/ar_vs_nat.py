@@ -15,7 +15,7 @@ Every model is a run of the one run layer; the distilled corpus is written next 
 
 from __future__ import annotations
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, small_translation, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 
 ORDER = 11
@@ -39,14 +39,7 @@ def distill(ctx: Context, teacher: dict, src_file: str, seed: int) -> str:
 def setup(ctx: Context) -> tuple:
     """Multi30k De->En with a joint BPE vocabulary; every model 2+2 layers of width 128 at full
     budget (the reading gives the parameter counts of the runs), 4 epochs."""
-    from attnlab.tasks.translate import TranslateDataConfig
-
-    files = ctx.multi30k(ctx.pick(400, None), ctx.pick(40, None))
-    dc = TranslateDataConfig(**files, bpe_vocab_size=ctx.pick(300, 4000), max_tokens=ctx.pick(1024, 4096))
-    stacks = dict(d_model=ctx.pick(64, 128), num_heads=4, d_ff=ctx.pick(128, 256), dropout=ctx.pick(0.0, 0.1),
-                  num_encoder_layers=2, num_decoder_layers=2)
-    train = dict(epochs=ctx.pick(1, 4), lr=1e-3, warmup_steps=ctx.pick(20, 400), log_every=ctx.pick(5, 50))
-    return dc, stacks, train
+    return small_translation(ctx, epochs=(1, 4))
 
 
 def vocabulary(dc) -> dict:

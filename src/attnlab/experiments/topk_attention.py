@@ -14,7 +14,7 @@ same model, data and training. Greedy BLEU on the validation set.
 
 from __future__ import annotations
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, small_translation, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 
 ORDER = 7
@@ -30,14 +30,7 @@ def setup(ctx: Context) -> tuple:
     """Data, model and training settings shared by every arm: Multi30k De->En with a joint BPE
     vocabulary and a 2+2-layer Transformer of width 128 (full budget; Table 1's models have two
     layers in the encoder and the decoder), 3 epochs."""
-    from attnlab.tasks.translate import TranslateDataConfig
-
-    files = ctx.multi30k(ctx.pick(400, None), ctx.pick(40, None))
-    dc = TranslateDataConfig(**files, bpe_vocab_size=ctx.pick(300, 4000), max_tokens=ctx.pick(1024, 4096))
-    model = dict(d_model=ctx.pick(64, 128), num_heads=4, d_ff=ctx.pick(128, 256), dropout=ctx.pick(0.0, 0.1),
-                 num_encoder_layers=2, num_decoder_layers=2)
-    train = dict(epochs=ctx.pick(1, 3), lr=1e-3, warmup_steps=ctx.pick(20, 400), log_every=ctx.pick(5, 50))
-    return dc, model, train
+    return small_translation(ctx, epochs=(1, 3))
 
 
 def train_arms(ctx: Context, dc, model: dict, train: dict) -> dict[str, list[dict]]:
