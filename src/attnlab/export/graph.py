@@ -234,13 +234,9 @@ def _quantize_onnx(src: Path, dst: Path, external: bool) -> None:
     """ONNX Runtime's dynamic int8 quantization of the weights of MatMul/Gemm nodes (per output channel)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
-    try:
+    with _quiet("", logging.ERROR):  # quantize_dynamic logs advice on the root logger
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
                          use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.setLevel(level)
 
 
 def piece_path(path: str | os.PathLike, name: str) -> Path:
@@ -487,15 +483,16 @@ def _load_pt2(path: Path, trusted: bool) -> Callable[..., tuple[Tensor, ...]]:
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """Silence ``logger`` (and its children) for the block."""
+def _quiet(logger: str, level: int = logging.CRITICAL) -> Iterator[None]:
+    """Show only records of ``level`` and above from ``logger`` ("" the root) and its children
+    during the block."""
     log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    before = log.level
+    log.setLevel(level)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.setLevel(before)
 
 
 def _first_line(e: Exception) -> str:

@@ -222,12 +222,18 @@ class LoadedRun:
     spec: TaskSpec
     extras: dict = field(default_factory=dict)
     int8: bool = False  # int8 was asked for (attnlab.export.int8)
-    int8_backend: str | None = None  # what the Linear layers run: "torchao", "fbgemm", None (fp32)
     int8_choice: str = ""  # one line: which int8 backend was chosen on this CPU, and why
 
     @property
     def name(self) -> str:
         return self.record["model"]["name"]
+
+    @property
+    def int8_backend(self) -> str | None:
+        """What the Linear layers run: "torchao", "fbgemm", or None (fp32)."""
+        from attnlab.export.int8 import int8_backend
+
+        return int8_backend(self.model) if self.int8 else None
 
 
 def which_checkpoint(run_dir: str | Path, which: str = "best") -> str:
@@ -267,20 +273,20 @@ def load(run_dir: str | Path, which: str = "best", device: str | torch.device = 
         raise CheckpointError(f"{run_dir}: its model record does not build a model ({e})") from None
     ckpt.load_into(model, ckpt.load_weights(run_dir, rec), f"{run_dir}/{rec['path']}/{rec['weights']}")
     model = model.to(device).eval()
-    backend, choice = None, ""
+    choice = ""
     if int8:
-        from attnlab.export.int8 import choose_backend, int8_backend, linear_width, quantize_int8
+        from attnlab.export.int8 import choose_backend, linear_width, quantize_int8
 
         chosen = choose_backend(linear_width(model))
         if chosen.backend is not None:
             model = quantize_int8(model, backend=chosen.backend)
-        backend, choice = int8_backend(model), chosen.describe()
+        choice = chosen.describe()
     if compile:
         from attnlab.export.int8 import compile_linears
 
         model = compile_linears(model)
     extras = spec.load_extras(run_dir, rec) if spec.load_extras else {}
-    return LoadedRun(run_dir, which, rec, model, spec, extras, int8, backend, choice)
+    return LoadedRun(run_dir, which, rec, model, spec, extras, int8, choice)
 
 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
