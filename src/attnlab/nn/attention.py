@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.nn.masks import causal_mask, check_mask, random_key_mask, window_mask
+from attnlab.nn.masks import causal_mask, check_mask, off_diagonal_mask, random_key_mask, window_mask
 
 
 def scaled_dot_product_attention(
@@ -199,6 +199,9 @@ class MultiHeadAttention(nn.Module):
     ``window`` local attention (each query sees keys within ``window`` positions);
     ``random_k``: each query sees ``random_k`` keys drawn at random at every call (the random
     baseline of top-k attention); ``causal`` as the default for :meth:`forward`.
+    Locality Self-Attention (Lee et al. 2021) is two options: ``learned_scale``, a learnable
+    scale per head in place of 1/√d_k (the inverse of the paper's temperature τ, initialised at
+    1/√d_k), and ``exclude_self``, a self-attention in which no token attends to itself.
     """
 
     def __init__(
@@ -213,6 +216,8 @@ class MultiHeadAttention(nn.Module):
         window: int | None = None,
         random_k: int | None = None,
         causal: bool = False,
+        learned_scale: bool = False,
+        exclude_self: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -229,6 +234,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout, self.topk, self.window, self.causal = dropout, topk, window, causal
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias if qkv_bias is None else qkv_bias)
         self.proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.exclude_self = exclude_self
+        self.scale = nn.Parameter(torch.full((num_heads,), self.head_dim ** -0.5)) if learned_scale else None  # (H,)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -283,14 +290,20 @@ class MultiHeadAttention(nn.Module):
         if self.window is not None:
             wm = window_mask(tq, tk, self.window, device=x.device)
             mask = wm if mask is None else mask & wm
+        if self.exclude_self and context is None:
+            om = off_diagonal_mask(tq, tk, device=x.device)
+            mask = om if mask is None else mask & om
         if self.random_k is not None:
             visible = torch.ones(b, self.num_heads, tq, tk, dtype=torch.bool, device=x.device)  # (B, H, Tq, Tk)
             visible = visible & causal_mask(tq, tk, device=x.device) if causal else visible
             mask = random_key_mask(visible if mask is None else visible & mask, self.random_k)
         bias = pos.bias(tq, tk) if (pos is not None and context is None) else None
+        scale = None
+        if self.scale is not None:  # (s_h q) kᵀ = s_h (q kᵀ): the learned scale rides on the queries
+            q, scale = q * self.scale.to(q.dtype)[:, None, None], 1.0
         res = scaled_dot_product_attention(
             q, k, v, mask=mask, causal=causal, dropout=self.dropout if self.training else 0.0,
-            need_weights=need_weights, bias=bias, topk=self.topk,
+            need_weights=need_weights, bias=bias, topk=self.topk, scale=scale,
         )
         out, weights = res if need_weights else (res, None)
         out = self.proj(out.transpose(1, 2).reshape(b, tq, c))  # concat heads, then W_O

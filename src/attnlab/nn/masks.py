@@ -35,6 +35,15 @@ def window_mask(tq: int, tk: int | None = None, window: int = 1, device=None) ->
     return (qpos - kpos).abs() <= window
 
 
+def off_diagonal_mask(tq: int, tk: int | None = None, device=None) -> Tensor:
+    """(Tq, Tk) mask that hides from each query its own position (right-aligned as in
+    :func:`causal_mask`): a token may attend to every token but itself. The diagonal masking of
+    Locality Self-Attention (Lee et al. 2021, "Vision Transformer for Small-Size Datasets")."""
+    tk = tq if tk is None else tk
+    qpos = torch.arange(tq, device=device)[:, None] + (tk - tq)
+    return qpos != torch.arange(tk, device=device)[None, :]
+
+
 def random_key_mask(allowed: Tensor, k: int) -> Tensor:
     """Each query keeps k keys drawn uniformly, without replacement, among its ``allowed`` ones
     (boolean (..., Tq, Tk)); fewer when fewer are allowed. The random-selection baseline of the
