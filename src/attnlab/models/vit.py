@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.registry import config_from, register_model
+from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import EncoderLayer
 from attnlab.nn.position import (
     LearnedPositionalEmbedding,
@@ -74,6 +76,9 @@ class ViTConfig:
     norm_eps: float = 1e-6
     weight_init: str = "trunc_normal"  # "trunc_normal" (timm) or "jax" (the JAX reference)
     dynamic_img_size: bool = False  # accept other image sizes by resampling the position grid
+    # Lee et al. 2021, "Vision Transformer for Small-Size Datasets":
+    spt: bool = False  # Shifted Patch Tokenization in place of patch_embed
+    lsa: bool = False  # Locality Self-Attention: a learned scale per head, no token attends to itself
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +128,14 @@ class ViTConfig:
         choose("pos_embed", POS_EMBEDS)
         choose("patch_embed", PATCH_EMBEDS)
         choose("weight_init", WEIGHT_INITS)
+        for field in ("spt", "lsa"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"ViTConfig.{field} must be true or false, got {getattr(self, field)!r}")
+        if self.spt and self.patch_embed != "conv":
+            raise ConfigError(f"ViTConfig.spt=True is a patch embedding of its own; leave patch_embed at 'conv', "
+                              f"not {self.patch_embed!r}")
+        if self.spt and self.patch_size < 2:
+            raise ConfigError("ViTConfig.spt=True shifts by half a patch and needs patch_size >= 2")
         if self.global_pool == "token" and not self.class_token:
             raise ConfigError("ViTConfig.global_pool='token' needs class_token=True; use global_pool='avg' without a class token")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
@@ -155,6 +168,13 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def flatten_patches(x: Tensor, p: int) -> Tensor:
+    """Cut images into P x P patches, each flattened as (p1 p2 c).  (B, C_in, H, W) -> (B, Gh*Gw, P*P*C_in)"""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, Gh, Gw, p1, p2, C_in)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
 class LinearPatchEmbed(nn.Module):
     """Flatten each patch as (p1 p2 c), then LayerNorm, Linear, LayerNorm (the lucidrains
     ``vit-pytorch`` patch embedding)."""
@@ -168,11 +188,32 @@ class LinearPatchEmbed(nn.Module):
         self.norm_out = nn.LayerNorm(embed_dim, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, Gh*Gw, C)
-        b, c, h, w = x.shape
-        p = self.patch_size
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, Gh, Gw, p1, p2, C_in)
-        x = x.reshape(b, (h // p) * (w // p), p * p * c)  # (B, Gh*Gw, p*p*C_in)
-        return self.norm_out(self.proj(self.norm_in(x)))
+        return self.norm_out(self.proj(self.norm_in(flatten_patches(x, self.patch_size))))
+
+
+class ShiftedPatchEmbed(nn.Module):
+    """Shifted Patch Tokenization (Lee et al. 2021, "Vision Transformer for Small-Size Datasets"):
+    the image and four copies of it shifted diagonally by half a patch, s = P // 2 (zeros fill
+    what is shifted in), concatenated on the channels; then patches flattened as (p1 p2 c),
+    LayerNorm, Linear. Copy order: shifted by (+s, +s), (+s, -s), (-s, +s), (-s, -s) pixels
+    (down, right), as the authors' code."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.patch_size, self.shift = patch_size, patch_size // 2
+        patch_dim = patch_size * patch_size * 5 * in_chans
+        self.norm = nn.LayerNorm(patch_dim, eps=eps)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+
+    def shifted(self, x: Tensor) -> Tensor:
+        """[x, its four diagonal shifts] on the channels.  (B, C_in, H, W) -> (B, 5*C_in, H, W)"""
+        s, (h, w) = self.shift, x.shape[-2:]
+        pad = F.pad(x, (s, s, s, s))  # (B, C_in, H + 2s, W + 2s)
+        copies = [pad[..., dy:dy + h, dx:dx + w] for dy, dx in ((0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s))]
+        return torch.cat([x, *copies], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, Gh*Gw, C)
+        return self.proj(self.norm(flatten_patches(self.shifted(x), self.patch_size)))
 
 
 class PreLogits(nn.Module):
@@ -262,7 +303,9 @@ class VisionTransformer(nn.Module):
         self.patch_size = cfg.patch_size
         self.num_features = self.embed_dim = c
 
-        if cfg.patch_embed == "conv":
+        if cfg.spt:
+            self.patch_embed = ShiftedPatchEmbed(cfg.patch_size, cfg.in_chans, c)
+        elif cfg.patch_embed == "conv":
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, c)
         else:
             self.patch_embed = LinearPatchEmbed(cfg.patch_size, cfg.in_chans, c, eps=cfg.norm_eps)
@@ -291,6 +334,10 @@ class VisionTransformer(nn.Module):
                          qkv_bias=cfg.qkv_bias, drop_path=dp)
             for dp in drop_path_schedule(cfg.drop_path_rate, cfg.depth)
         )
+        if cfg.lsa:
+            for block in self.blocks:
+                block.self_attn = MultiHeadAttention(c, cfg.num_heads, qkv_bias=cfg.qkv_bias, dropout=cfg.attn_drop_rate,
+                                                     learned_scale=True, exclude_self=True)
         # timm's layout: "token" pooling normalises all tokens (norm); "avg" pooling normalises
         # the average (fc_norm).
         final_norm = nn.LayerNorm(c, eps=cfg.norm_eps)
