@@ -17,10 +17,13 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from attnlab.errors import CheckpointError
+from attnlab.errors import CheckpointError, ConfigError
 
 #: the pickle protocol ``torch.save`` writes by default; its safe reader reads no later one fully
 TORCH_PICKLE_PROTOCOL = 2
+
+#: the stable phrase of every refusal of an untrusted PyTorch pickle (tests and callers match on it)
+UNTRUSTED_PICKLE = "is not trusted and nothing in it was run"
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:
@@ -69,6 +72,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse, before any work is written, an output directory that is a file or not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} exists and is not a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write into {probe}: permission denied; choose another output directory")
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
@@ -84,10 +104,11 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
 
 
 def untrusted_pickle_message(path: str | os.PathLike, what: str = "file") -> str:
-    """The one line for a PyTorch file that ``torch.load(weights_only=True)`` refused: it is not
-    trusted and nothing in it was run. Names the Python objects it would build, read from the pickle
-    without running it (``torch.serialization.get_unsafe_globals_in_checkpoint``; call this inside
-    the same ``safe_globals`` context as the load, so allowed ones are not named). Never advises
+    """The one line for a PyTorch file that ``torch.load(weights_only=True)`` refused, carrying
+    :data:`UNTRUSTED_PICKLE` whatever else its wording says. Names the Python objects it would
+    build, read from the pickle without running it
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``; call this inside the same
+    ``safe_globals`` context as the load, so allowed ones are not named). Never advises
     ``weights_only=False``: that would run the file's code."""
     import torch
 
@@ -97,7 +118,7 @@ def untrusted_pickle_message(path: str | os.PathLike, what: str = "file") -> str
         found = []
     held = (f"pickles Python objects ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}) besides" if found
             else "holds something other than")
-    return (f"{what} {str(path)!r} is not trusted: it {held} tensors and plain containers; nothing in it was run "
+    return (f"{what} {str(path)!r} {UNTRUSTED_PICKLE}: it {held} tensors and plain containers "
             "(attnlab reads only tensors from PyTorch files: save a state dict, or safetensors)")
 
 

@@ -59,6 +59,26 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
+def close_names(name: str, n: int = 5) -> list[str]:
+    """Registered names close to ``name``, at most ``n``: those it begins or names a
+    ``_``-separated part of (``gru`` -> ``gru_lm_small``), else difflib's close matches (typos)."""
+    _load_all()
+    names = sorted(_REGISTRY)
+    key = name.lower()
+    parts = [m for m in names if key and (m.startswith(key) or f"_{key}_" in f"_{m}_")]
+    return parts[:n] or difflib.get_close_matches(key, names, n=n, cutoff=0.5)
+
+
+def _check_name(name: str) -> None:
+    """ConfigError for a name that is not registered, naming the close ones and where the list is."""
+    _load_all()
+    if name in _REGISTRY:
+        return
+    close = close_names(name)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"unknown model {name!r}; {hint}'attnlab models' lists every name (in Python: list_models())")
+
+
 def is_model(name: str) -> bool:
     """True if ``name`` is a registered model name."""
     _load_all()
@@ -71,11 +91,7 @@ def create_model(name: str, **overrides: Any) -> Any:
 
     Build on another device with a device context: ``with torch.device("meta"): ...``.
     """
-    _load_all()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see list_models() for the names"
-        raise ConfigError(f"unknown model {name!r}{hint}")
+    _check_name(name)
     model = _REGISTRY[name](**overrides)
     if getattr(model, "name", None) is None:
         model.name = name  # what a checkpoint records so that load_model can rebuild it
@@ -96,9 +112,7 @@ def probe_model(name: str, **overrides: Any) -> Any:
 
 def model_doc(name: str) -> str:
     """The docstring of the registered builder ``name`` (what the configuration is)."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; see list_models() for the names")
+    _check_name(name)
     return (_REGISTRY[name].__doc__ or "").strip()
 
 

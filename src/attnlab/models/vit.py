@@ -614,7 +614,10 @@ def _register_timm_names() -> None:
         def build(_name=name, _base=base, **overrides):
             return _vit(_name, overrides, **_base)
 
+        label = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}[name.split("_")[1]]
         build.__qualname__ = build.__name__ = name
+        build.__doc__ = (f"ViT-{label}/{base['patch_size']} at {base['img_size']} pixels: {base['embed_dim']} wide, "
+                         f"{base['depth']} blocks, {base['num_heads']} heads, a 1000-class head (timm's name and layout).")
         register_model(name)(build)
 
 
