@@ -171,10 +171,10 @@ def vit(args) -> dict:
 def agreement(run_dir: str, dataset: str, threads: int) -> dict:
     """Top-1 of the fp32 and int8 models (each backend, and ONNX Runtime int8) of a trained run on
     its dataset's test split."""
+    from attnlab import runs
     from attnlab.data.images import load
-    from attnlab.train import runs
 
-    run = runs.load(run_dir)
+    run = runs.open(run_dir)
     fp32 = run.model
     qs = int8_copies(fp32)
     test = load(dataset, progress=False).test
@@ -368,12 +368,12 @@ def ct2_bleu(run_dir: str, src: str, ref: str, quantization: str | None, batch: 
     """Greedy BLEU of the run's model exported to CTranslate2: sources encoded and decoded as
     ``attnlab eval`` does (sorted by length, batches of ``batch``), each batch decoding at most
     1.5 x its longest source + 10 tokens (attnlab's limit per sentence)."""
+    from attnlab import runs
     from attnlab.data.parallel import pad_to, read_lines
     from attnlab.export.ctranslate2 import ct2_greedy, load_translator, to_ctranslate2
     from attnlab.tasks.translate import score
-    from attnlab.train import runs
 
-    run = runs.load(run_dir)
+    run = runs.open(run_dir)
     src_tok, tgt_tok = run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]
     lines, refs = read_lines(src), read_lines(ref)
     with tempfile.TemporaryDirectory() as tmp:
@@ -399,9 +399,9 @@ def lm(args) -> dict:
 
     ctx = context(args)
     if args.run:
-        from attnlab.train import runs
+        from attnlab import runs
 
-        model, what = runs.load(args.run, "last").model, args.run
+        model, what = runs.open(args.run, "last").model, args.run
     else:
         torch.manual_seed(0)
         cfg = TransformerLMConfig(vocab_size=args.vocab, d_model=args.d_model, num_layers=args.layers,

@@ -40,13 +40,12 @@ def load_note() -> str:
 
 
 def bench_train(minutes: float, threads: int, out: Path, epochs: int, train_size: int) -> tuple[str, dict]:
+    from attnlab.runs import train, train_config
     from attnlab.tasks import get_spec
-    from attnlab.train.config import TrainConfig
-    from attnlab.train.runs import train
 
     spec = get_spec("detect")
     dc = spec.data_config(train_size=train_size)
-    cfg = TrainConfig(**{**spec.train_defaults, "epochs": epochs, "max_minutes": minutes, "threads": threads})
+    cfg = train_config(spec, {"epochs": epochs, "max_minutes": minutes, "threads": threads})
     run_dir = out / f"detect-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     before = load_note()
     t0 = time.perf_counter()
@@ -106,13 +105,13 @@ def bench_overfit(steps: int, threads: int) -> str:
 def bench_infer(rounds: int, threads: int) -> str:
     import transformers
 
-    from attnlab.checkpoints.detr import load_detr
+    from attnlab.checkpoints import load_checkpoint
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     hf = transformers.DetrForObjectDetection(transformers.DetrConfig(use_pretrained_backbone=False, num_labels=91)).eval()
     ours = create_model("detr_resnet50").eval()
-    load_detr(ours, hf.state_dict())
+    load_checkpoint(ours, hf.state_dict())
     x = torch.randn(1, 3, 800, 800)
     with torch.inference_mode():
         diff = (ours(x)["boxes"] - hf(pixel_values=x).pred_boxes).abs().max().item()

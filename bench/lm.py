@@ -160,9 +160,9 @@ def budget_run(dc, name: str, model: str, model_args: dict, cfg, budget: float, 
     """Train the registry's ``model`` (with ``model_args``) for ``budget`` seconds of training
     time: the learning rate warms up over ``cfg.warmup_steps`` steps, then follows a cosine by
     the fraction of the budget used."""
+    from attnlab import runs
     from attnlab.models.registry import count_parameters
     from attnlab.tasks import lm
-    from attnlab.train import runs
     from attnlab.train.checkpoint import seed_everything
     from attnlab.train.engine import Trainer
 
@@ -247,8 +247,8 @@ PTB_MODELS = {  # bench name: (registry name, field overrides)
 
 
 def ptb(args) -> dict:
+    from attnlab import runs
     from attnlab.tasks import lm
-    from attnlab.train import runs
     from attnlab.train.config import TrainConfig
 
     d = data_root() / "ptb"
@@ -275,7 +275,7 @@ def ptb(args) -> dict:
         seconds = time.perf_counter() - t
         ev = {}
         for which in ("last", "best"):
-            run = runs.load(run_dir, which)
+            run = runs.open(run_dir, which)
             same = which == "best" and run.record["path"] == ev["last"]["path"]
             ev[which] = ev["last"] if same else {"path": run.record["path"], **runs.evaluate(
                 run, lm.LMEvalConfig(), run_dir / "eval" / which, progress=False)}

@@ -78,13 +78,13 @@ def test_lm_bench_models_are_the_recorded_ones():
 
 
 def test_train_image_bench_on_digits(tmp_path, capsys, one_thread):
-    from attnlab.train import runs
+    from attnlab import runs
 
     bench("train_image").main(["mnist", "--epochs", "1", "--dataset", "digits", "--out", str(tmp_path), "--threads", "1"])
     res = json.loads((tmp_path / "bench-mnist-digits.json").read_text())
     assert res["runs"]["ours"]["parameters"] == 539_914  # the MNIST recipe's 0.54M
     assert 0.0 <= res["runs"]["ours"]["final_acc"] <= 1.0
-    assert runs.load(tmp_path / "bench-mnist-digits-ours").name == "vit_cifar"  # a run every command reads
+    assert runs.open(tmp_path / "bench-mnist-digits-ours").name == "vit_cifar"  # a run every command reads
     assert "| ours | 1 |" in capsys.readouterr().out
 
 

@@ -66,12 +66,13 @@ def test_loss_equals_hugging_face(one_thread):
     HF's loss function on our outputs (HF's model with auxiliary_loss=True computes another
     function, see checkpoints/detr.hf_config)."""
     from attnlab.checkpoints import detr as D
+    from attnlab.checkpoints import load_checkpoint
     from test_detr import hf_tiny
 
     transformers_loss = pytest.importorskip("transformers.loss.loss_for_object_detection")
     hf = hf_tiny(aux=False)
     ours = create_model("detr_resnet50", **{**D.config_from_hf(hf.config.to_dict()), "aux_loss": False}).eval()
-    D.load_detr(ours, hf.state_dict())
+    load_checkpoint(ours, hf.state_dict())
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 3, 64, 96, generator=g)
     targets = targets_for(3, g)
@@ -82,7 +83,7 @@ def test_loss_equals_hugging_face(one_thread):
     assert h.loss.item() > 1.0  # a loss that is not trivially small
 
     aux = create_model("detr_resnet50", **{**D.config_from_hf(hf.config.to_dict()), "aux_loss": True}).eval()
-    D.load_detr(aux, hf.state_dict())
+    load_checkpoint(aux, hf.state_dict())
     with torch.no_grad():
         out = aux(x)
         classes = torch.stack([a["logits"] for a in out["aux"]] + [out["logits"]])

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.checkpoints import detect_format, load_checkpoint, load_model, save_checkpoint
 from attnlab.checkpoints import detr as D
-from attnlab.checkpoints import load_checkpoint, load_model
 from attnlab.errors import CheckpointError, ConfigError, ShapeError
 from attnlab.models import create_model
 from attnlab.models.detr import DETR, sine_position_2d
@@ -66,7 +66,7 @@ def assert_close(out, logits, boxes):
 def test_hf_to_ours_equal_outputs(one_thread):
     hf = hf_tiny()
     ours = create_model("detr_resnet50", **D.config_from_hf(hf.config.to_dict())).eval()
-    report = D.load_detr(ours, hf.state_dict())  # transformers >= 5 in-memory names
+    report = load_checkpoint(ours, hf.state_dict())  # transformers >= 5 in-memory names
     assert report["format"] == "hf_detr" and report["loaded"] == len(ours.state_dict())
     x, mask = images_and_mask()
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_ours_to_hf_from_pretrained(tmp_path, one_thread):
     torch.manual_seed(3)
     ours = create_model("detr_resnet50", **TINY).eval()
     randomize(ours)
-    D.save_detr(ours, tmp_path / "hf", "hf_detr")
+    save_checkpoint(ours, tmp_path / "hf", format="hf_detr")
     hf = transformers.DetrForObjectDetection.from_pretrained(tmp_path / "hf").eval()
     x, mask = images_and_mask()
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_original_layout_both_ways(tmp_path, one_thread):
     torch.manual_seed(4)
     ours = create_model("detr_resnet50", **TINY).eval()
     randomize(ours)
-    path = D.save_detr(ours, tmp_path / "detr-tiny.pth", "detr")
+    path = save_checkpoint(ours, tmp_path / "detr-tiny.pth", format="detr")
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"model"} and "backbone.0.body.layer4.2.conv3.weight" in raw["model"]
     assert "transformer.decoder.layers.1.multihead_attn.in_proj_weight" in raw["model"]
@@ -198,7 +198,7 @@ def test_key_maps_round_trip():
         # Hugging Face: q, k, v apart, two more weights and two more biases for each of the 2 + 2 * 2 attentions
         assert len(theirs) == len(sd) + (4 * 6 if to is D.ours_to_hf else 0)
         assert set(back(theirs)) == set(sd)
-    assert D.detect(D.ours_to_hf(sd)) == "hf_detr" and D.detect(D.ours_to_original(sd)) == "detr"
+    assert detect_format(D.ours_to_hf(sd)) == "hf_detr" and detect_format(D.ours_to_original(sd)) == "detr"
 
 
 def test_load_refuses_wrong_shapes_and_keeps_model():
@@ -207,15 +207,15 @@ def test_load_refuses_wrong_shapes_and_keeps_model():
     other = create_model("detr_resnet50", **{**TINY, "num_classes": 7})
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(CheckpointError, match="wrong shapes.*class_embed.weight.*Nothing was loaded"):
-        D.load_detr(other, D.ours_to_hf(small.state_dict()))
+        load_checkpoint(other, D.ours_to_hf(small.state_dict()))
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
     # fine-tuning on other classes: the class head keeps the model's own weights, the rest is loaded
-    report = D.load_detr(other, D.ours_to_hf(small.state_dict()), new_head=True)
+    report = load_checkpoint(other, D.ours_to_hf(small.state_dict()), new_head="class_embed.")
     assert report["new_head"] == ["class_embed.weight", "class_embed.bias"]
     assert torch.equal(other.class_embed.weight, before["class_embed.weight"])
     assert torch.equal(other.query_embed.weight, small.query_embed.weight)
-    with pytest.raises(CheckpointError, match="not a DETR checkpoint"):
-        D.load_detr(other, {"conv.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="not a Vision Transformer or DETR checkpoint in a known layout"):
+        load_checkpoint(other, {"conv.weight": torch.zeros(1)})
 
 
 def test_small_model_shapes_and_aux():

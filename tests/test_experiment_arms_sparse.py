@@ -158,8 +158,8 @@ def test_copy_task_models_have_about_the_same_parameters(budget):
 
 def test_mask_predict_arms_get_the_datas_vocabulary(tmp_path):
     from attnlab.experiments.ar_vs_nat import vocabulary
+    from attnlab.runs import build_model
     from attnlab.tasks.translate import SPEC, TranslateDataConfig, load_data
-    from attnlab.train.runs import build_model
 
     words = "ein hund läuft über die wiese a dog runs over the meadow eine katze schläft a cat sleeps".split()
     g = torch.Generator().manual_seed(0)

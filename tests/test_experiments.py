@@ -97,6 +97,25 @@ def test_quick_budget_writes_results(name, quick_runs):
             assert (out / "runs" / arm / "run.json").is_file() and summary["run_dir"] == str(out / "runs" / arm)
 
 
+@pytest.mark.parametrize("name", sorted(ISSUE_11 - {"attention-cost"}))
+def test_every_run_an_experiment_writes_reopens(name, quick_runs, capsys):
+    """Every arm re-opens through the run layer's front door and load_model, with its own task
+    (the copy task and the image subsets are declared in experiments/); `attnlab eval` reads the
+    first arm, a copy-task run included (issue 22, item 2)."""
+    import attnlab
+    from attnlab import runs
+
+    out, _ = quick_runs(name)
+    arms = sorted((out / "runs").iterdir())
+    for run_dir in arms:
+        run = runs.open(run_dir)
+        rec = json.loads((run_dir / "run.json").read_text())
+        assert run.spec.name == rec["task"] and run.spec.module == rec.get("task_module", "")
+        assert type(attnlab.load_model(run_dir)) is type(run.model)
+    assert main(["eval", str(arms[0]), "--json", "--quiet", "--out", str(out / "eval-check")]) == 0
+    assert json.loads(capsys.readouterr().out)["results_json"] == str(out / "eval-check" / "results.json")
+
+
 # --- arms differ only in what is studied (issue 21, point 4) ----------------------------------------
 
 @pytest.mark.parametrize("name", sorted(ISSUE_11))

@@ -420,12 +420,12 @@ def runs(tmp_path_factory):
 
 
 def test_cli_explores_runs(runs, tmp_path, image_file):
-    from attnlab.train import runs as run_layer
+    from attnlab import runs as run_layer
 
     out = tmp_path / "img.html"
     assert main(["viz", "explore", str(runs / "img"), str(image_file), "-o", str(out)]) == 0
     img = _page_data(out.read_text(encoding="utf-8"))
-    loaded = run_layer.load(runs / "img")
+    loaded = run_layer.open(runs / "img")
     assert img["meta"]["random_init"] is False and img["grid"] == list(loaded.model.grid_size)
     assert {p["label"] for p in img["predictions"]} <= {str(x) for x in loaded.extras["labels"]}
     assert main(["viz", "explore", str(runs / "lm"), "to be or", "-o", str(tmp_path / "lm.html")]) == 0
@@ -469,10 +469,10 @@ def detr_run(tmp_path_factory):
 
 
 def test_detr_data_are_the_models_numbers(detr_run):
+    from attnlab import runs as run_layer
     from attnlab.detect.coco_eval import postprocess
-    from attnlab.train import runs as run_layer
 
-    run = run_layer.load(detr_run / "detr")
+    run = run_layer.open(detr_run / "detr")
     model, img = run.model, canvas_image()
     d = E.explore_detr(model, img, run.extras["normalize"], run.extras["labels"], label="detr", threshold=0.0, worked=(0, 1))
     with torch.no_grad():
@@ -529,13 +529,13 @@ def test_detr_page_keeps_its_budget():
 
 
 def test_cli_explores_a_detr_run_and_a_random_detr(detr_run, tmp_path):
-    from attnlab.train import runs as run_layer
+    from attnlab import runs as run_layer
 
     out = tmp_path / "detr.html"
     assert main(["viz", "explore", str(detr_run / "detr"), str(detr_run / "canvas.png"), "-o", str(out),
                  "--threshold", "0.05", "--layer", "1", "--head", "1"]) == 0
     d = _page_data(out.read_text(encoding="utf-8"))
-    labels = run_layer.load(detr_run / "detr").extras["labels"]
+    labels = run_layer.open(detr_run / "detr").extras["labels"]
     assert d["kind"] == "detr" and d["meta"]["random_init"] is False and d["threshold"] == 0.05
     assert {q["label"] for q in d["queries"]} <= set(labels) and (d["worked"]["layer"], d["worked"]["head"]) == (1, 1)
     assert out.stat().st_size <= 3_000_000

@@ -235,9 +235,9 @@ def image_run(tmp_path_factory):
 
 
 def test_cli_export_run_pt2_and_onnx(image_run, capsys):
-    from attnlab.train import runs
+    from attnlab import runs
 
-    model = runs.load(image_run).model
+    model = runs.open(image_run).model
     x = torch.randn(3, 1, 8, 8)
     assert main(["export", str(image_run), "--format", "pt2"]) == 0
     out = image_run / "export" / "vit_digits.pt2"

@@ -213,9 +213,9 @@ MODELS = {"lstm": ("lstm_lm_small", {"hidden_dim": 24, "embed_dim": 24, "num_lay
 
 
 def _train(tmp_path, model, epochs, resume=False, name="run", save_every=0, **data):
+    from attnlab.runs import train
     from attnlab.tasks.lm import SPEC, LMDataConfig
     from attnlab.train.config import TrainConfig
-    from attnlab.train.runs import train
 
     text = tmp_path / "t.txt"
     if not text.exists():
@@ -242,7 +242,7 @@ def test_training_learns_a_repetitive_text(tmp_path, model):
 def test_resume_retraces_the_uninterrupted_run_with_the_carried_state(tmp_path, monkeypatch):
     """Stop mid-epoch (after a mid-epoch save), resume: the weights equal those of the run that did not
     stop, which needs the carried hidden state to be saved and restored."""
-    from attnlab.train.runs import load
+    from attnlab.runs import open as load
 
     full = _train(tmp_path, "gru", 2, name="full", save_every=4)
     calls = {"n": 0}
@@ -272,9 +272,9 @@ def test_window_longer_than_the_split_is_a_data_error(tmp_path):
 
 def test_real_text_smoke(shared_data, tmp_path):
     """A slice of Tiny Shakespeare: a small Transformer gets well below the unigram entropy."""
+    from attnlab.runs import train
     from attnlab.tasks.lm import SPEC, LMDataConfig
     from attnlab.train.config import TrainConfig
-    from attnlab.train.runs import train
 
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:40000]
     (tmp_path / "ts.txt").write_text(text)

@@ -15,8 +15,10 @@ import torch
 from PIL import Image
 
 import attnlab
+from attnlab import runs
+from attnlab.checkpoints.rundir import weights_file
 from attnlab.cli.main import main
-from attnlab.train import Plan, runs
+from attnlab.train import Plan
 from attnlab.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,12 +102,12 @@ def test_every_reading_command_reads_the_run(trained, tmp_path, capsys, monkeypa
 def test_load_model_rebuilds_any_run_alone(trained):
     """The weights carry the model's registry name and config: load_model needs nothing else."""
     _, run = trained
-    loaded = runs.load(run)
+    loaded = runs.open(run)
     model = attnlab.load_model(run)
     assert type(model) is type(loaded.model) and model.name == loaded.name
     for k, v in loaded.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
-    weights = ckpt.run_weights(f"{run}:last")
+    weights = weights_file(f"{run}:last")
     again = attnlab.create_model(loaded.name, **loaded.record["model"]["config"])
     assert attnlab.load_checkpoint(again, weights)["format"] == "attnlab"
 
@@ -282,7 +284,7 @@ def test_options_of_another_task_are_refused(trained, capsys):
 
 def test_file_modes_follow_the_umask(trained):
     _, run = trained
-    for p in (run / "run.json", run / "last.json", run / "metrics.csv", ckpt.run_weights(run)):
+    for p in (run / "run.json", run / "last.json", run / "metrics.csv", weights_file(run)):
         assert oct(os.stat(p).st_mode & 0o777) == oct(0o666 & ~_umask()), p
 
 
@@ -365,7 +367,7 @@ def test_a_task_builds_exactly_the_registry_entry_it_names(tmp_path):
 
     args = [a for a in train_args("translate", tmp_path) if a not in _margs(TRANSFORMER)]
     assert main(args + ["--run-dir", str(tmp_path / "r")]) == 0
-    rec = runs.load(tmp_path / "r").record
+    rec = runs.open(tmp_path / "r").record
     data = {"src_vocab_size", "tgt_vocab_size", "share_embeddings", "pad_id"}
     ref = config_dict(attnlab.create_model("transformer_multi30k", src_vocab_size=rec["vocab_size"][0],
                                            tgt_vocab_size=rec["vocab_size"][1]))

@@ -284,7 +284,7 @@ def test_read_record_errors(tmp_path):
 
 
 def test_load_into_explains_mismatch():
-    with pytest.raises(CheckpointError, match="different architecture.*shape mismatch"):
+    with pytest.raises(CheckpointError, match="different architecture.*wrong shapes"):
         ckpt.load_into(Toy(d=8), Toy(d=6).state_dict(), "other.safetensors")
 
 

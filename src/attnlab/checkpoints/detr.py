@@ -19,8 +19,8 @@ Our names are :class:`attnlab.models.detr.DETR`'s; the tables below rename both 
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +30,6 @@ from attnlab.checkpoints.keys import Renames, block_indices
 from attnlab.errors import CheckpointError, UnsupportedError
 
 HF, ORIGINAL = "hf_detr", "detr"
-FORMATS = (HF, ORIGINAL)
 
 _E, _D = "encoder.{i}.", "decoder.{i}."
 _HE, _HD = "model.encoder.layers.{i}.", "model.decoder.layers.{i}."
@@ -104,14 +103,6 @@ _SIGNATURES = {HF: re.compile(r"^(model\.(backbone\.conv_encoder|input_projectio
                                     r"bbox_embed\.)")}
 
 
-def detect(keys) -> str | None:
-    """``hf_detr`` or ``detr`` for a DETR checkpoint's keys, else None."""
-    keys = list(keys)
-    scores = {f: sum(bool(p.match(k)) for k in keys) for f, p in _SIGNATURES.items()}
-    best = max(scores, key=scores.get)
-    return best if scores[best] else None
-
-
 def _skip(key: str) -> bool:
     return key.endswith("num_batches_tracked")  # frozen BN keeps no counter
 
@@ -155,12 +146,6 @@ def original_to_ours(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def ours_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return ORIGINAL_RENAMES.export(state, "the original DETR layout")
-
-
-def to_ours(tensors: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
-    if fmt not in FORMATS:
-        raise CheckpointError(f"unknown DETR checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return hf_to_ours(tensors) if fmt == HF else original_to_ours(tensors)
 
 
 # --- configs -------------------------------------------------------------------------------------
@@ -208,10 +193,9 @@ def config_from_hf(config: dict, source: str = "config.json") -> dict:
             "num_queries": config.get("num_queries", 100), "num_classes": len(labels) if labels else 91}
 
 
-def config_from_tensors(tensors: dict[str, Tensor], fmt: str) -> dict:
-    """DETRConfig fields read off the shapes of a checkpoint without a config (the number of heads
-    cannot be: 8, the paper's, unless overridden)."""
-    ours = to_ours(tensors, fmt)
+def config_from_tensors(ours: dict[str, Tensor]) -> dict:
+    """DETRConfig fields read off the shapes of a checkpoint without a config (its tensors in our
+    names; the number of heads cannot be read: 8, the paper's, unless overridden)."""
     try:
         q, d = ours["query_embed.weight"].shape
         return {"backbone": "resnet50", "d_model": d, "num_queries": q,
@@ -222,90 +206,54 @@ def config_from_tensors(tensors: dict[str, Tensor], fmt: str) -> dict:
         raise CheckpointError(f"the DETR checkpoint has no {e.args[0]} (in our names); is it complete?") from None
 
 
-# --- loading and saving --------------------------------------------------------------------------
+# --- the two layouts as checkpoint adapters ------------------------------------------------------
 
-def is_detr(raw, fmt: str | None = None) -> bool:
-    """Whether the generic loader should hand ``raw`` (a RawCheckpoint) to this module: a DETR
-    layout asked for, or detected in a file that is not in our own format."""
-    from attnlab.checkpoints import ours
+class Layout:
+    """One DETR layout as an adapter of :mod:`attnlab.checkpoints` (the same interface as the
+    ViT adapters: ``NAME``, ``score``, ``to_ours``, plus ``model_config`` for ``load_model`` and
+    ``tensors``/``write`` for ``save_checkpoint``)."""
 
-    if fmt is not None:
-        return fmt in FORMATS
-    return ours.CONFIG_KEY not in raw.metadata and detect(raw.tensors) is not None
+    def __init__(self, name: str, read: Callable, export: Callable) -> None:
+        self.NAME, self._read, self._export = name, read, export
 
+    def score(self, keys) -> int:
+        return sum(bool(_SIGNATURES[self.NAME].match(k)) for k in keys)
 
-def load_detr_model(source, *, return_report: bool = False, **overrides):
-    """Build ``detr_resnet50`` with the shapes of a DETR checkpoint (its config.json when it has
-    one, else its tensors' shapes) and load it; eval mode."""
-    from attnlab.checkpoints.load import as_raw
-    from attnlab.models.registry import create_model
+    def to_ours(self, tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+        out = self._read(tensors)
+        return out, {k: k for k in out}
 
-    raw = as_raw(source)
-    fmt = detect(raw.tensors)
-    if raw.config is not None and raw.config.get("model_type") == "detr":
-        cfg = config_from_hf(raw.config, raw.config_path or raw.source)
-    else:
-        cfg = config_from_tensors(raw.tensors, fmt)
-    model = create_model("detr_resnet50", **{**cfg, **overrides})
-    report = load_detr(model, raw, fmt)
-    model.eval()
-    return (model, report) if return_report else model
+    def model_config(self, raw) -> tuple[str, dict]:
+        """(registry name, DETRConfig fields) of a checkpoint: its config.json when it has one,
+        else its tensors' shapes."""
+        if raw.config is not None and raw.config.get("model_type") == "detr":
+            return "detr_resnet50", config_from_hf(raw.config, raw.config_path or raw.source)
+        return "detr_resnet50", config_from_tensors(self.to_ours(raw.tensors)[0])
 
+    def tensors(self, model: nn.Module) -> dict[str, Tensor]:
+        """``model``'s weights under this layout's names; UnsupportedError if it cannot hold them."""
+        from attnlab.models.detr import DETR
 
+        if not isinstance(model, DETR):
+            raise UnsupportedError(f"the {self.NAME} layout holds DETR models only")
+        if self.NAME == HF:
+            hf_config(model.cfg)  # refuses what Hugging Face's DETR cannot express
+        return self._export(model.state_dict())
 
-def load_detr(model: nn.Module, source, fmt: str | None = None, new_head: bool = False) -> dict:
-    """Load a DETR checkpoint (file, Hugging Face directory or state dict) of either layout, or
-    our own (a run directory, our .safetensors), into ``model``; every key and shape is checked
-    before anything is copied (always strictly: a missing or unexpected key is refused).
-    ``new_head``: a class head of another size (other classes) keeps the model's own, fresh
-    weights, for fine-tuning. Returns a report."""
-    from attnlab.checkpoints import ours
-    from attnlab.checkpoints.load import SHOW, as_raw
+    def write(self, model: nn.Module, tensors: dict[str, Tensor], path: Path) -> Path:
+        """``hf_detr``: a directory (model.safetensors + config.json); ``detr``: the original
+        ``torch.save({"model": state_dict})`` file, tensors only. Returns the weights file."""
+        from attnlab.io import atomic_write, atomic_write_json, save_safetensors_atomic
 
-    raw = as_raw(source)
-    fmt = fmt or (ours.NAME if ours.CONFIG_KEY in raw.metadata else detect(raw.tensors))
-    if fmt is None:
-        raise CheckpointError(f"checkpoint {raw.source!r} is not a DETR checkpoint in a known layout "
-                              f"({', '.join(FORMATS)}); first keys: {', '.join(list(raw.tensors)[:SHOW])}")
-    tensors = dict(raw.tensors) if fmt == ours.NAME else to_ours(raw.tensors, fmt)
-    kept = []
-    if new_head:
-        for k, own in model.state_dict().items():
-            if k.startswith("class_embed.") and k in tensors and tensors[k].shape != own.shape:
-                tensors[k] = own
-                kept.append(k)
-    sd = model.state_dict()
-    missing = [k for k in sd if k not in tensors]
-    unexpected = [k for k in tensors if k not in sd]
-    wrong = [f"{k}: checkpoint {tuple(t.shape)}, model {tuple(sd[k].shape)}" for k, t in tensors.items()
-             if k in sd and t.shape != sd[k].shape]
-    problems = [f"{what} ({len(v)}): {', '.join(v[:SHOW])}" for what, v in
-                (("wrong shapes", wrong), ("missing keys", missing), ("unexpected keys", unexpected)) if v]
-    if problems:
-        raise CheckpointError(f"checkpoint {raw.source!r} ({fmt} layout) does not fit {type(model).__name__} "
-                              f"{getattr(model, 'name', '')!r}: " + "; ".join(problems) + ". Nothing was loaded.")
-    model.load_state_dict(tensors)
-    return {"format": fmt, "source": raw.source, "file_format": raw.file_format, "loaded": len(tensors) - len(kept),
-            "new_head": kept, "notes": list(raw.notes)}
-
-
-def save_detr(model: nn.Module, path: str | os.PathLike, fmt: str) -> Path:
-    """Write ``model`` (a DETR) as a Hugging Face directory (``hf_detr``: model.safetensors +
-    config.json) or an original-layout file (``detr``: ``torch.save({"model": state_dict})``,
-    tensors only). Returns the weights file."""
-    from attnlab.io import atomic_write, atomic_write_json, save_safetensors_atomic
-
-    path = Path(path)
-    state = model.state_dict()
-    if fmt == HF:
-        config = hf_config(model.cfg)
-        path.mkdir(parents=True, exist_ok=True)
-        weights = path / "model.safetensors"
-        save_safetensors_atomic(ours_to_hf(state), weights, metadata={"format": "pt"})
-        atomic_write_json(path / "config.json", config)
-        return weights
-    if fmt == ORIGINAL:
+        if self.NAME == HF:
+            path.mkdir(parents=True, exist_ok=True)
+            save_safetensors_atomic(tensors, path / "model.safetensors", metadata={"format": "pt"})
+            atomic_write_json(path / "config.json", hf_config(model.cfg))
+            return path / "model.safetensors"
         with atomic_write(path, "wb") as f:
-            torch.save({"model": ours_to_original(state)}, f)
+            torch.save({"model": tensors}, f)
         return path
-    raise UnsupportedError(f"unknown DETR checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+HF_LAYOUT = Layout(HF, hf_to_ours, ours_to_hf)
+ORIGINAL_LAYOUT = Layout(ORIGINAL, original_to_ours, ours_to_original)

@@ -1,15 +1,18 @@
-"""Loading a checkpoint of any supported layout into one of our Vision Transformers.
+"""Loading a checkpoint of any supported layout into one of our models.
 
 The steps, each in its own function:
 
-1. read the file (:func:`attnlab.checkpoints.io.read_checkpoint`);
+1. read the file (:func:`attnlab.checkpoints.io.read_checkpoint`; a run directory is read at
+   its best or last checkpoint, :func:`attnlab.checkpoints.rundir.locate`);
 2. detect its layout from its key names (:func:`detect_format`);
 3. rename and reshape its tensors into our layout (the adapter's ``to_ours``);
-4. compare the result with the model: config (heads, LayerNorm eps, ...), key names and
-   shapes; a learned position embedding of another grid is resampled bicubically
-   (:func:`plan_load`). Any problem raises one :class:`CheckpointError` naming the
-   offending keys and shapes, before anything is copied;
-5. only then copy the tensors into the model (and adopt the checkpoint's LayerNorm eps).
+4. compare a ViT checkpoint's config with the model's (heads, LayerNorm eps, ...);
+5. :func:`load_into`, the one strict loader (every load goes through it: a foreign file, a run
+   being resumed, a fine-tuning start): key names, shapes and dtypes checked against the model,
+   a learned position embedding of another grid resampled bicubically, a class head of another
+   size left fresh when asked (``new_head``). Any problem raises one :class:`CheckpointError`
+   naming the offending keys and shapes, before anything is copied; only then are the tensors
+   copied in (and the checkpoint's LayerNorm eps adopted).
 
 LayerNorm eps policy: a checkpoint that carries its config (Hugging Face ``config.json``,
 ours) states the eps its weights were trained with (1e-12 for Hugging Face, 1e-6 for timm
@@ -27,12 +30,15 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from attnlab.checkpoints import detr, hf, jax, ours, timm, torchvision
+from attnlab.checkpoints import hf, jax, ours, timm, torchvision
+from attnlab.checkpoints.detr import HF_LAYOUT, ORIGINAL_LAYOUT
 from attnlab.checkpoints.io import RawCheckpoint, read_checkpoint, unwrap
 from attnlab.checkpoints.keys import block_indices
+from attnlab.checkpoints.rundir import weights_file
 from attnlab.errors import AttnlabError, CheckpointError, ConfigError, UnsupportedError
 
-ADAPTERS = {m.NAME: m for m in (ours, timm, torchvision, hf, jax)}
+#: one adapter per layout: NAME, score(keys), to_ours(tensors) (and model_config(raw) for load_model)
+ADAPTERS = {a.NAME: a for a in (ours, timm, torchvision, hf, jax, HF_LAYOUT, ORIGINAL_LAYOUT)}
 FORMATS = tuple(ADAPTERS)
 SHOW = 5  # offending keys named in an error message
 
@@ -54,7 +60,7 @@ def detect_format(keys, config: dict | None = None) -> str:
     scores = {name: a.score(keys) for name, a in ADAPTERS.items()}
     best = max(scores, key=scores.get)
     if scores[best] == 0:
-        raise CheckpointError(f"not a Vision Transformer checkpoint in a known layout ({', '.join(FORMATS)}): "
+        raise CheckpointError(f"not a Vision Transformer or DETR checkpoint in a known layout ({', '.join(FORMATS)}): "
                               f"{_what_is_it(keys, config)}first keys: {', '.join(keys[:SHOW])}")
     return best
 
@@ -117,9 +123,11 @@ def _arch_hints(ck: dict[str, Tensor], sd: dict[str, Tensor]) -> list[str]:
     return hints
 
 
-def check_config(model: nn.Module, fmt: str, raw: RawCheckpoint) -> tuple[list[str], float | None, dict | None]:
-    """Compare the config a checkpoint carries with the model's: (mismatches, the checkpoint's
-    LayerNorm eps or None, the checkpoint's config in our field names or None)."""
+def check_config(model: nn.Module, fmt: str, raw: RawCheckpoint,
+                 ignore: tuple[str, ...] = ()) -> tuple[list[str], float | None, dict | None]:
+    """Compare the config a checkpoint carries with the model's, but for the fields ``ignore``:
+    (mismatches, the checkpoint's LayerNorm eps or None, the checkpoint's config in our field
+    names or None)."""
     cfg = getattr(model, "cfg", None)
     theirs = None
     if fmt == "attnlab":
@@ -133,11 +141,11 @@ def check_config(model: nn.Module, fmt: str, raw: RawCheckpoint) -> tuple[list[s
         return [], None, theirs
     bad = []
     for f in ARCH_FIELDS:
-        if f not in theirs or not hasattr(cfg, f):
+        if f not in theirs or not hasattr(cfg, f) or f in ignore:
             continue
         a, b = theirs[f], getattr(cfg, f)
         if f == "img_size":
-            continue  # a different grid is resampled, see plan_load
+            continue  # a different grid is resampled, see _plan
         if f == "num_classes" and fmt == "hf":
             continue  # HF's num_labels default is arbitrary; the head's shape decides
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b):
@@ -148,16 +156,15 @@ def check_config(model: nn.Module, fmt: str, raw: RawCheckpoint) -> tuple[list[s
     return bad, (None if eps is None else float(eps)), theirs
 
 
-def plan_load(model: nn.Module, tensors: dict[str, Tensor], origin: dict[str, str], *, strict: bool = True,
-              old_grid: tuple[int, int] | None = None) -> tuple[dict[str, Tensor], dict, list[str]]:
-    """Match converted tensors against the model's state dict.
-
-    Returns (tensors to copy, report entries, problems). Missing and unexpected keys are
-    problems under ``strict``; wrong shapes always are, except a learned position embedding
-    of another patch grid, which is resampled to the model's grid.
-    """
+def _plan(model: nn.Module, tensors: dict[str, Tensor], origin: dict[str, str], strict: bool,
+          old_grid: tuple[int, int] | None, new_head: str | None) -> tuple[dict[str, Tensor], dict, list[str]]:
+    """Match tensors in our names against the model's state dict: (tensors to copy, report
+    entries, problems). Missing and unexpected keys are problems under ``strict``; wrong shapes
+    always are, except a learned position embedding of another patch grid (resampled to the
+    model's) and a tensor under ``new_head`` (left out: the model keeps its own)."""
     sd = model.state_dict()
-    report: dict = {}
+    report: dict = {"new_head": []}
+    kept = [k for k, t in tensors.items() if new_head and k.startswith(new_head) and k in sd and _shape(t) != _shape(sd[k])]
     missing = [k for k in sd if k not in tensors]
     unexpected = [k for k in tensors if k not in sd]
     wrong, out = [], {}
@@ -165,7 +172,9 @@ def plan_load(model: nn.Module, tensors: dict[str, Tensor], origin: dict[str, st
         if k not in sd:
             continue
         want = sd[k]
-        if _shape(t) == _shape(want):
+        if k in kept:
+            report["new_head"].append(k)
+        elif _shape(t) == _shape(want):
             out[k] = t
         elif k == "pos_embed.weight" and t.dim() == 3 and want.dim() == 3 and t.shape[-1] == want.shape[-1]:
             try:
@@ -187,7 +196,7 @@ def plan_load(model: nn.Module, tensors: dict[str, Tensor], origin: dict[str, st
     if problems:
         hints = _arch_hints(tensors, sd)
         if strict and len(unexpected) > len(tensors) // 2:
-            hints.insert(0, "most of its keys mean nothing to this model; is it a Vision Transformer at all?")
+            hints.insert(0, f"most of its keys mean nothing to this model; is it a {type(model).__name__} at all?")
         problems = hints + problems
     report["missing"], report["unexpected"] = missing, [_named(k, origin) for k in unexpected]
     return out, report, problems
@@ -224,9 +233,7 @@ def as_raw(source) -> RawCheckpoint:
         tensors, notes = unwrap(source, "<state dict>")
         return RawCheckpoint(tensors=tensors, source="<state dict>", file_format="state dict", notes=notes)
     if isinstance(source, (str, os.PathLike)):
-        from attnlab.train.checkpoint import run_weights
-
-        return read_checkpoint(run_weights(source) or source)
+        return read_checkpoint(weights_file(source) or source)
     raise CheckpointError(f"cannot load a checkpoint from a {type(source).__name__}; pass a path or a state dict")
 
 
@@ -246,34 +253,57 @@ def _model_eps(model: nn.Module) -> float | None:
     return next((float(m.eps) for m in model.modules() if isinstance(m, nn.LayerNorm)), None)
 
 
+def load_into(model: nn.Module, tensors: dict[str, Tensor], source: str, *, origin: dict[str, str] | None = None,
+              strict: bool = True, old_grid: tuple[int, int] | None = None, new_head: str | None = None,
+              problems: list[str] | None = None) -> dict:
+    """The one strict loader: copy ``tensors`` (in our names) into ``model`` once every key,
+    shape and dtype is checked (see :func:`_plan`); ``problems`` found before (a config that
+    differs) are refused with those found here. ``new_head``: a key prefix (``"head."``,
+    ``"class_embed."``) whose tensors of another shape are left out, so the model keeps its own
+    fresh head (fine-tuning on other classes). Raises one CheckpointError naming ``source`` and
+    the offending keys; the model is then unchanged. Returns the report entries (``loaded``,
+    ``resampled_pos_embed``, ``missing``, ``unexpected``, ``new_head``, ``dtypes``)."""
+    out, report, found = _plan(model, tensors, origin or {}, strict, old_grid, new_head)
+    found = list(problems or []) + found
+    if found:
+        raise CheckpointError(f"{source} does not fit {_model_name(model)} (it is from a different architecture): "
+                              + "; ".join(found) + ". Nothing was loaded.")
+    with torch.no_grad():
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
+        params.update(dict(model.named_buffers(remove_duplicate=False)))
+        for k, t in out.items():
+            params[k].copy_(t)
+    return {"loaded": len(out), "resampled_pos_embed": report.get("resampled_pos_embed"), "missing": report["missing"],
+            "unexpected": report["unexpected"], "new_head": report["new_head"],
+            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in out.values()})}
+
+
 def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: str | None = None,
-                    adopt_eps: bool = True) -> dict:
+                    adopt_eps: bool = True, new_head: str | None = None) -> dict:
     """Load a checkpoint into ``model`` (in place) and return a report.
 
     ``source``: a file (``.safetensors``; ``.bin``/``.pth``/``.pt`` read with
     ``torch.load(weights_only=True)``; a JAX ``.npz``), a directory holding
-    ``model.safetensors`` or ``pytorch_model.bin`` (+ ``config.json``), or a state dict.
-    ``format``: one of :data:`FORMATS` to skip detection. ``strict=False`` tolerates missing
-    and unexpected keys (listed in the report) but never wrong shapes.
+    ``model.safetensors`` or ``pytorch_model.bin`` (+ ``config.json``), a run directory
+    (``RUN_DIR``, ``RUN_DIR:last``), or a state dict. ``format``: one of :data:`FORMATS` to skip
+    detection. ``strict=False`` tolerates missing and unexpected keys (listed in the report)
+    but never wrong shapes. ``new_head``: see :func:`load_into`.
 
     The report: ``format``, ``source``, ``file_format``, ``loaded`` (tensor count),
     ``resampled_pos_embed`` (``{"from": grid, "to": grid, ...}`` or None), ``norm_eps``
     (``{"from", "to"}`` if the model's LayerNorm eps was changed, else None), ``missing``,
-    ``unexpected``, ``dtypes``, ``notes``.
+    ``unexpected``, ``new_head`` (the keys left fresh), ``dtypes``, ``notes``.
 
     Raises :class:`CheckpointError` naming the offending keys and shapes; the model is then
     unchanged.
     """
     raw = as_raw(source)
-    if detr.is_detr(raw, format):  # DETR layouts have their own adapter (checkpoints/detr.py, issue 12)
-        return detr.load_detr(model, raw, format)
     fmt = format or _format_of(raw)
     if fmt not in ADAPTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     tensors, origin = ADAPTERS[fmt].to_ours(raw.tensors)
 
-    where = f"checkpoint {raw.source!r} ({fmt} layout)"
-    bad, eps, theirs = check_config(model, fmt, raw)
+    bad, eps, theirs = check_config(model, fmt, raw, ignore=("num_classes",) if new_head else ())
     old_grid = None
     if theirs is not None and "img_size" in theirs and "patch_size" in theirs:
         h, w = hf._pair(theirs["img_size"])
@@ -289,18 +319,9 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     if fmt == "jax" and "norm.weight" in tensors and hasattr(model, "fc_norm") and isinstance(model.fc_norm, nn.LayerNorm):
         bad.append("the JAX checkpoint normalises all tokens before pooling (encoder_norm); this model pools first "
                    "and normalises the average (fc_norm, global_pool='avg'), which is not the same function")
-    out, report, problems = plan_load(model, tensors, origin, strict=strict, old_grid=old_grid)
-    if bad:
-        problems = [f"config mismatch ({len(bad)}): {'; '.join(bad)}"] + problems
-    if problems:
-        raise CheckpointError(f"{where} does not fit {_model_name(model)}: " + "; ".join(problems)
-                              + ". Nothing was loaded.")
-
-    with torch.no_grad():
-        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
-        params.update(dict(model.named_buffers(remove_duplicate=False)))
-        for k, t in out.items():
-            params[k].copy_(t)
+    problems = [f"config mismatch ({len(bad)}): {'; '.join(bad)}"] if bad else []
+    report = load_into(model, tensors, f"checkpoint {raw.source!r} ({fmt} layout)", origin=origin, strict=strict,
+                       old_grid=old_grid, new_head=new_head, problems=problems)
     if eps_change is not None:
         _set_eps(model, eps)
 
@@ -308,18 +329,8 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     if fmt == "hf" and raw.config is None:
         notes.append("no config.json beside the weights: LayerNorm eps, heads and image size were not checked "
                      "(Hugging Face ViTs use layer_norm_eps=1e-12)")
-    return {
-        "format": fmt,
-        "source": raw.source,
-        "file_format": raw.file_format,
-        "loaded": len(out),
-        "resampled_pos_embed": report.get("resampled_pos_embed"),
-        "norm_eps": eps_change,
-        "missing": report["missing"],
-        "unexpected": report["unexpected"],
-        "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in out.values()}),
-        "notes": notes,
-    }
+    return {"format": fmt, "source": raw.source, "file_format": raw.file_format, **report, "norm_eps": eps_change,
+            "notes": notes}
 
 
 def _model_name(model: nn.Module) -> str:
@@ -331,8 +342,9 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
     """Build the model a checkpoint describes and load it.
 
     Works for checkpoints that carry their config: ours (safetensors metadata or a JSON of the
-    same stem; a run directory of ``attnlab train`` is one, for every model family) and Hugging
-    Face ViT directories (``config.json``, whose ``layer_norm_eps`` becomes our ``norm_eps``).
+    same stem; a run directory of ``attnlab train`` is one, for every model family), Hugging
+    Face ViT directories (``config.json``, whose ``layer_norm_eps`` becomes our ``norm_eps``)
+    and DETR checkpoints of either layout (``detr_resnet50`` with the checkpoint's shapes).
     ``overrides`` change config fields, e.g. ``img_size=384`` to resample the position embedding
     to a larger grid. A model name saved in our metadata that is
     registered (:func:`attnlab.models.create_model`) is built through the registry, so other
@@ -340,13 +352,13 @@ def load_model(source, *, strict: bool = True, return_report: bool = False, **ov
     eval mode (and the report when ``return_report``).
     """
     raw = as_raw(source)
-    if detr.is_detr(raw):  # a Hugging Face or original DETR checkpoint (checkpoints/detr.py, issue 12)
-        return detr.load_detr_model(raw, return_report=return_report, **overrides)
     fmt = _format_of(raw)
     cfg, name = ours.config_of(raw.metadata, raw.config, raw.source)
     if cfg is None and raw.config is not None and fmt == "hf":
         cfg = _hf_config(raw)
         name = "hf_vit"
+    if cfg is None and hasattr(ADAPTERS[fmt], "model_config"):
+        name, cfg = ADAPTERS[fmt].model_config(raw)
     if cfg is None:
         raise CheckpointError(
             f"checkpoint {raw.source!r} ({fmt} layout) does not carry its model config; build the model with "

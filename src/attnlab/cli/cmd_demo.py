@@ -67,10 +67,11 @@ def run(args) -> int:
 
     import torch
 
+    from attnlab import runs
     from attnlab.data import images as D
     from attnlab.models.registry import count_parameters, create_model, model_config
     from attnlab.tasks import image
-    from attnlab.train import TrainConfig, runs
+    from attnlab.train import TrainConfig
 
     t_start = time.perf_counter()
     cfg = TrainConfig(epochs=args.epochs, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], warmup_epochs=RECIPE["warmup_epochs"],
@@ -90,7 +91,7 @@ def run(args) -> int:
                          overwrite=args.overwrite, log=log, progress=not args.quiet, command=runs.argv())
     if log:
         say("\nwriting the report (test accuracy, confusion matrix, position embeddings, attention maps)...")
-    best = runs.load(run_dir, "best")
+    best = runs.open(run_dir, "best")
     test = D.load("digits", progress=False).test
     epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"]
     rep = build_report(run_dir, best, test, epochs, cfg, summary["elapsed"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
+from attnlab.cli.common import add_int8_arguments, add_which_argument, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,9 @@ def register(subparsers) -> None:
                               description="Evaluate a run directory's model with its task's evaluation (by default on "
                                           "the data it was trained with) and write results.json (and pictures) under "
                                           "RUN_DIR/eval/<what>/ or --out.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train' (RUN_DIR:last: its last "
+                                                      "checkpoint)")
+    add_which_argument(p)
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--out", metavar="DIR", help="write results.json and the pictures here (default: RUN_DIR/eval/<what>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -45,24 +46,22 @@ def eval_config(spec, args):
     from attnlab.tasks import task_specs
     from attnlab.train.config import from_args
 
-    mine = {f.name for f in dataclasses.fields(spec.eval_config)} | {"batch_size"}
+    mine = {f.name for f in dataclasses.fields(spec.eval_config or object)} | {"batch_size"}
     others = {f.name for s in task_specs().values() if s.eval_config for f in dataclasses.fields(s.eval_config)} - mine
     wrong = sorted(k for k in others if getattr(args, k, None) is not None)
     if wrong:
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to {spec.name!r} runs")
-    return from_args(spec.eval_config, args)[0]
+    return from_args(spec.eval_config, args)[0] if spec.eval_config else None
 
 
 def run(args) -> int:
-    from attnlab.errors import ConfigError
+    from attnlab import runs
     from attnlab.train import distributed as dist
-    from attnlab.train import runs
 
     spec = runs.task_of(args.run_dir)
-    if spec.evaluate is None:
-        raise ConfigError(f"'attnlab eval' does not support {spec.name!r} runs")
     ec = eval_config(spec, args)
-    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
+    run_ = runs.open(args.run_dir, args.which, device=dist.resolve_device(args.device), int8=args.int8,
+                     compile=args.compile)
     note_int8(run_)
     results = runs.evaluate(run_, ec, args.out, progress=not args.quiet)
     print(json.dumps(results, indent=2) if args.json else FORMATS.get(spec.name, format_any)(results))

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from attnlab.experiments import experiments, get_experiment, run_experiment
-    from attnlab.train.runs import argv
+    from attnlab.runs import argv
 
     if args.name == "report":
         return report(args.check)

@@ -29,7 +29,7 @@ SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "ctranslate2": ".ct2"}
 
 
 def register(subparsers) -> None:
-    from attnlab.cli.common import one_line_errors
+    from attnlab.cli.common import add_which_argument, one_line_errors
     from attnlab.train.config import positive_int
 
     p = subparsers.add_parser("export", help="export a run or a registered model to ONNX or a torch.export program (.pt2)",
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         "here for a model name); an existing file is replaced only if attnlab exported it")
     p.add_argument("--int8", action="store_true", help="int8 weights for the Linear layers (pt2: torchao dynamic int8; "
                                                        "onnx: ONNX Runtime dynamic quantization; ctranslate2: its int8)")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint of a run (default: best)")
+    add_which_argument(p)
     p.add_argument("--window", type=positive_int, default=64, metavar="T",
                    help="tokens per window of a recurrent language model's graph (default: 64, at most 1024: "
                         "the graph is unrolled token by token)")
@@ -99,32 +99,18 @@ def _format_of(output: str | None) -> str:
 
 def _load(args):
     """(model, name, default output directory, the run's extras such as its tokenizers) of a run
-    directory, checkpoint or model name."""
+    directory, checkpoint or model name (:func:`attnlab.runs.open`); a model name's config is
+    checked exportable before any weights are allocated."""
+    from attnlab import runs
     from attnlab.cli.common import parse_model_args
-    from attnlab.errors import ConfigError
     from attnlab.export.graph import check_exportable
-    from attnlab.models.registry import create_model, is_model, probe_model
-    from attnlab.train.checkpoint import is_run_dir
+    from attnlab.models.registry import is_model, probe_model
 
-    src = Path(args.source)
-    if args.model_arg and src.exists():
-        raise ConfigError(f"--model-arg is for a registered model name; {args.source!r} is exported with the settings "
-                          "it was trained with: drop --model-arg")
-    if src.is_dir() and is_run_dir(src):
-        from attnlab.train import runs
-
-        run_ = runs.load(src, args.which)
-        return run_.model, run_.name, src / "export", run_.extras
-    if src.exists():
-        from attnlab.checkpoints import load_model
-
-        return load_model(src), src.stem, Path("."), {}
-    if is_model(args.source):
-        overrides = parse_model_args(args.model_arg)
-        check_exportable(probe_model(args.source, **overrides), args.window)  # before allocating any weights
-        return create_model(args.source, **overrides).eval(), args.source, Path("."), {}
-    raise ConfigError(f"{args.source!r} is not a run directory, a checkpoint or a registered model name "
-                      "('attnlab models' lists the names)")
+    overrides = parse_model_args(args.model_arg)
+    if is_model(args.source) and not Path(args.source).exists():
+        check_exportable(probe_model(args.source, **overrides), args.window)
+    run_ = runs.open(args.source, args.which, model_args=overrides)
+    return run_.model, run_.name, (run_.run_dir / "export" if run_.run_dir else Path(".")), run_.extras
 
 
 def _check_target(path: Path, fmt: str) -> None:

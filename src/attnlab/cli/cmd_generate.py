@@ -23,7 +23,7 @@ def _top_p(s: str) -> float:
 
 
 def register(subparsers) -> None:
-    from attnlab.cli.common import add_int8_arguments, one_line_errors
+    from attnlab.cli.common import add_int8_arguments, add_which_argument, one_line_errors
     from attnlab.train.config import nonneg_float, nonneg_int, positive_int
 
     p = subparsers.add_parser("generate", help="continue a prompt with a trained language model (attnlab train lm)",
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=_top_p, default=None, metavar="P",
                    help="nucleus sampling: among the most likely tokens holding probability P, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same text (default: 0)")
-    p.add_argument("--which", choices=("best", "last"), default="last", help="which checkpoint (default: last)")
+    add_which_argument(p, default="last")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slow; for comparison)")
     add_int8_arguments(p)
     one_line_errors(p)
@@ -50,16 +50,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
+    from attnlab import runs
     from attnlab.cli.common import note_int8
     from attnlab.decode.sampling import generate, validate_sampling
     from attnlab.errors import ConfigError, DataError
-    from attnlab.train import runs
 
     validate_sampling(args.temperature, args.top_k, args.top_p)
     if runs.task_of(args.run_dir).name != "lm":
         raise ConfigError(f"{args.run_dir} is not a language-model run ('attnlab train lm'); 'attnlab generate' "
                           "continues text with one")
-    run_ = runs.load(args.run_dir, args.which, int8=args.int8, compile=args.compile)
+    run_ = runs.open(args.run_dir, args.which, default="last", int8=args.int8, compile=args.compile)
     note_int8(run_)
     tok = run_.extras["tokenizer"]
     prompt = "\n" if args.prompt is None else args.prompt

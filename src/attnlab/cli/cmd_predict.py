@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
+from attnlab.cli.common import add_int8_arguments, add_which_argument, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="how many classes to show (default: 5)")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
+    add_which_argument(p)
     p.add_argument("--convert", action="store_true", help="convert colour images to greyscale for greyscale models "
                                                           "(otherwise they are refused)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda, cuda:N or auto")
@@ -36,14 +36,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from attnlab import runs
     from attnlab.errors import ConfigError
     from attnlab.train import distributed as dist
-    from attnlab.train import runs
 
     spec = runs.task_of(args.run_dir)
     if spec.predict is None:
         raise ConfigError(f"'attnlab predict' does not support {spec.name!r} runs")
-    run_ = runs.load(args.run_dir, args.which, dist.resolve_device(args.device), int8=args.int8, compile=args.compile)
+    run_ = runs.open(args.run_dir, args.which, device=dist.resolve_device(args.device), int8=args.int8,
+                     compile=args.compile)
     note_int8(run_)
     options, fmt = PER_TASK[spec.name]
     preds = spec.predict(run_, args.inputs, **options(args))

@@ -1,6 +1,6 @@
 """``attnlab train TASK ...``: one sub-command per task of :mod:`attnlab.tasks`, each built from
 the task's data config, the model options and :class:`~attnlab.train.config.TrainConfig` (with
-the task's own defaults), and run by :func:`attnlab.train.runs.train`."""
+the task's own defaults), and run by :func:`attnlab.runs.train`."""
 
 from __future__ import annotations
 
@@ -62,25 +62,17 @@ def options_from_args(spec, args):
     """(data config, train config, model name, model overrides) from the parsed options; a
     resumed run takes its own, and an option given that would change what it computes is refused."""
     from attnlab.errors import ConfigError
+    from attnlab.runs import resume_conflicts, saved_options, train_config
     from attnlab.train.config import TrainConfig, from_args
-    from attnlab.train.runs import changed_options, resume_base
 
-    base = resume_base(spec, args.resume) if args.resume else None
+    base = saved_options(spec, args.resume) if args.resume else None
     dc, given_d = from_args(spec.data_config, args, base["data"] if base else None)
-    train_base = {**spec.train_defaults, **(base["train"] if base else {})}
-    if args.warmup_epochs is not None and args.warmup_steps is None:
-        train_base.pop("warmup_steps", None)  # the warm-up asked for in epochs replaces the default in steps
-    cfg, given_t = from_args(TrainConfig, args, train_base)
-    if spec.finalize_train_config is not None:
-        cfg = spec.finalize_train_config(cfg)
+    given_t = {k: getattr(args, k) for k in from_args(TrainConfig, args)[1]}
+    cfg = train_config(spec, given_t, base["train"] if base else None)
     model, model_args = args.model, parse_model_args(args.model_arg)
     if base:
-        changed = changed_options({k: getattr(dc, k) for k in given_d}, base["data"])
-        changed += changed_options({k: getattr(cfg, k) for k in given_t}, base["train"])
-        if model is not None and model != base["model"]:
-            changed.append("model")
-        if any(base["model_args"].get(k, object()) != v for k, v in model_args.items()):
-            changed.append("model_arg")
+        changed = resume_conflicts(base, data={k: getattr(dc, k) for k in given_d}, train=given_t, model=model,
+                                   model_args={**base["model_args"], **model_args})
         if changed:
             raise ConfigError(f"--resume continues {args.resume} with its own settings; these options differ from the "
                               "run's: " + ", ".join("--" + k.replace("_", "-") for k in changed))
@@ -89,8 +81,8 @@ def options_from_args(spec, args):
 
 
 def run(spec, args) -> int:
+    from attnlab.runs import argv, train
     from attnlab.train import distributed as dist
-    from attnlab.train.runs import argv, train
 
     dc, cfg, model, model_args = options_from_args(spec, args)
     name = model or spec.default_model

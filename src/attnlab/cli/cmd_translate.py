@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli.common import add_int8_arguments, note_int8, one_line_errors
+from attnlab.cli.common import add_int8_arguments, add_which_argument, note_int8, one_line_errors
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         epilog="example:\n  attnlab translate runs/translate-transformer_multi30k-... --beam 5 < test.de > hyp.en",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train translate'")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
+    add_which_argument(p)
     add_arguments(p, DecodeOptions, "decoding")
     add_int8_arguments(p)
     one_line_errors(p)
@@ -29,9 +29,9 @@ def register(subparsers) -> None:
 
 
 def run(args, stdin=None, stdout=None) -> int:
+    from attnlab import runs
     from attnlab.errors import ConfigError
     from attnlab.tasks.translate import DecodeOptions, iter_translations, read_utf8_lines
-    from attnlab.train import runs
     from attnlab.train.config import from_args
 
     stdin = stdin or sys.stdin.buffer
@@ -39,7 +39,7 @@ def run(args, stdin=None, stdout=None) -> int:
     if runs.task_of(args.run_dir).name != "translate":
         raise ConfigError(f"{args.run_dir} is not a translation run ('attnlab train translate')")
     opts = from_args(DecodeOptions, args)[0]
-    run_ = runs.load(args.run_dir, args.which, int8=args.int8, compile=args.compile)
+    run_ = runs.open(args.run_dir, args.which, int8=args.int8, compile=args.compile)
     note_int8(run_)
     interactive = stdin.isatty()
     for hyp in iter_translations(run_, read_utf8_lines(stdin), opts, 1 if interactive else opts.batch_size,

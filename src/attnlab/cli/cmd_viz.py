@@ -8,8 +8,6 @@ checkpoint file or a run directory (``RUN_DIR``, ``RUN_DIR:last``).
 from __future__ import annotations
 
 import argparse
-import difflib
-from pathlib import Path
 
 from attnlab.cli.common import add_output_arguments, one_line_errors
 from attnlab.errors import ConfigError
@@ -51,37 +49,15 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def load_any(spec: str, seed: int = 0):
-    """(model in eval mode, the run it comes from or None): a registered name (random init,
-    seeded), a run directory, or a checkpoint file that carries its config."""
-    import torch
-
-    from attnlab.checkpoints import load_model
-    from attnlab.models import create_model, is_model, list_models
-    from attnlab.train import checkpoint as ckpt
-    from attnlab.train import runs
-
-    if is_model(spec):
-        torch.manual_seed(seed)
-        return create_model(spec).eval(), None
-    base, _, tag = spec.rpartition(":")
-    if ckpt.is_run_dir(spec) or (tag in ckpt.RECORDS and ckpt.is_run_dir(base)):
-        run = runs.load(base if tag in ckpt.RECORDS and base else spec, tag if tag in ckpt.RECORDS else "best")
-        return run.model, run
-    if Path(spec).exists():
-        return load_model(spec), None
-    close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; 'attnlab models' lists the names"
-    raise ConfigError(f"{spec!r} is neither a model name nor an existing checkpoint file or run directory{hint}")
-
-
 def load_vit(spec: str, seed: int = 0, what: str = "these pictures"):
+    """The run layer's :func:`attnlab.runs.open` of ``spec``, refused unless it is a Vision Transformer."""
+    from attnlab import runs
     from attnlab.models import VisionTransformer
 
-    model, run = load_any(spec, seed)
-    if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"{spec!r} is a {type(model).__name__}; {what} need a Vision Transformer")
-    return model, run
+    run = runs.open(spec, seed=seed)
+    if not isinstance(run.model, VisionTransformer):
+        raise ConfigError(f"{spec!r} is a {type(run.model).__name__}; {what} need a Vision Transformer")
+    return run
 
 
 # ---------------------------------------------------------------------- posembed
@@ -103,9 +79,9 @@ def run_posembed(args) -> int:
 
     check_picture_path(args.output)
     check_dpi(args.dpi)
-    model, run = load_vit(args.checkpoint, args.seed, "position-embedding pictures")
-    fig = plot_posembed_similarity(model)
-    if run is None and not Path(args.checkpoint).exists():
+    run = load_vit(args.checkpoint, args.seed, "position-embedding pictures")
+    fig = plot_posembed_similarity(run.model)
+    if run.random_init:
         fig.suptitle(f"{args.checkpoint} (random init, seed {args.seed})", fontsize=10)
     print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")
     return 0
@@ -152,10 +128,11 @@ def run_attention(args) -> int:
     check_normalization(args.mean, args.std)
     if not 0.0 <= args.discard_ratio < 1.0:
         raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
+    from attnlab import runs
     from attnlab.models.detr import DETR
 
-    model, run = load_any(args.checkpoint, args.seed)
-    task = run.spec.name if run is not None else None
+    run = runs.open(args.checkpoint, seed=args.seed)
+    model, task = run.model, (run.spec.name if run.spec is not None else None)
     if task == "lm":
         fig = _lm_attention(run, args.input)
     elif task == "translate":
@@ -163,7 +140,7 @@ def run_attention(args) -> int:
     elif isinstance(model, DETR):
         from attnlab.tasks.detect import attention_figure  # DETR Fig. 6 and Fig. 3
 
-        fig = attention_figure(model, run, args.input)
+        fig = attention_figure(model, run if run.spec is not None else None, args.input)
     else:
         fig = _vit_attention(model, run, args)
     print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")
@@ -257,13 +234,13 @@ def gradient_curves(run_dirs: list[str], length: int, windows: int, wrt: str, se
     """Gradient norm against distance for each language-model run; the runs must share one text."""
     import torch
 
+    from attnlab import runs
     from attnlab.tasks.lm import LMDataConfig, read_corpus
-    from attnlab.train import runs
     from attnlab.viz.gradients import gradient_norms, model_kind, text_windows
 
     curves, texts = {}, {}
     for rd in run_dirs:
-        run = runs.load(rd, "last")
+        run = runs.open(rd, default="last")
         if run.spec.name != "lm":
             raise ConfigError(f"{rd} is a {run.spec.name!r} run; 'viz gradients' reads language-model runs")
         d = run.record["data_config"]

@@ -75,6 +75,13 @@ def add_output_arguments(parser, what: str = "the PNG file to write") -> None:
     parser.add_argument("--dpi", type=positive_int, default=120, metavar="N", help="resolution of the picture (default: 120)")
 
 
+def add_which_argument(parser, default: str = "best") -> None:
+    """``--which best|last``: the checkpoint of a run, when RUN_DIR does not name it (RUN_DIR:last)."""
+    parser.add_argument("--which", choices=("best", "last"), default=None,
+                        help=f"which checkpoint of the run (default: {default}; RUN_DIR:best or RUN_DIR:last says the "
+                             "same, give one of the two)")
+
+
 def add_int8_arguments(parser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="run the model's Linear layers with int8 weights and activations: a quarter of the "

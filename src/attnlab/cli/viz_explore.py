@@ -139,37 +139,36 @@ def family(model) -> str:
 
 
 def load(args):
-    """(model in eval mode, tokenizers, random_init, run or None) from a registered name (with
-    its tokenizers' vocabulary sizes for a text model, and --weights if given), a run directory
-    (RUN_DIR, RUN_DIR:last) or a checkpoint file; text models get their tokenizer(s) from the run
-    or the options."""
+    """(model in eval mode, tokenizers, random_init, run or None) from :func:`attnlab.runs.open`: a
+    registered name (with its tokenizers' vocabulary sizes for a text model, and --weights if
+    given), a run directory (RUN_DIR, RUN_DIR:last) or a checkpoint file; text models get their
+    tokenizer(s) from the run or the options."""
     import torch
 
-    from attnlab.cli.cmd_viz import load_any
+    from attnlab import runs
     from attnlab.models import create_model, is_model
 
     spec = args.model
-    if is_model(spec):
+    if is_model(spec) and not Path(spec).exists():
         with torch.device("meta"):  # the family (and so which tokenizers) before allocating weights
             kind = family(create_model(spec))
         tokenizers = _tokenizers(args, kind)
-        torch.manual_seed(args.seed)
-        model = create_model(spec, **_vocab_overrides(kind, tokenizers))
+        model = runs.open(spec, seed=args.seed, model_args=_vocab_overrides(kind, tokenizers)).model
         if args.weights is not None:
             from attnlab.checkpoints import load_checkpoint
 
             load_checkpoint(model, args.weights)
-        return model.eval(), tokenizers, args.weights is None, None
+        return model, tokenizers, args.weights is None, None
     if args.weights is not None:
         raise ConfigError("--weights goes with a registered model name (MODEL builds the model, --weights fills it)")
-    model, run = load_any(spec, args.seed)
-    kind = family(model)
-    extras = run.extras if run is not None else {}
-    if kind == "lm" and "tokenizer" in extras:
-        return model, extras["tokenizer"], False, run
-    if kind == "translation" and "src_tokenizer" in extras:
-        return model, (extras["src_tokenizer"], extras["tgt_tokenizer"]), False, run
-    return model, _tokenizers(args, kind), False, run
+    run = runs.open(spec, seed=args.seed)
+    kind = family(run.model)
+    trained = run if run.spec is not None else None
+    if kind == "lm" and "tokenizer" in run.extras:
+        return run.model, run.extras["tokenizer"], False, trained
+    if kind == "translation" and "src_tokenizer" in run.extras:
+        return run.model, (run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]), False, trained
+    return run.model, _tokenizers(args, kind), False, trained
 
 
 def _tokenizers(args, kind: str):

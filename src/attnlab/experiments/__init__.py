@@ -6,7 +6,7 @@ Each module here is one experiment, named by its question, and is found automati
 defines ``EXPERIMENT``, an :class:`~attnlab.experiments.base.Experiment` (question, anchor,
 cost, default seeds, ``run(ctx) -> Result`` and, stated before the run, the ``rule`` that
 computes its verdict: :mod:`attnlab.experiments.rules`, whose docstring says how to adopt one).
-Training goes through the one run layer (:func:`attnlab.train.runs.train`); the outputs are
+Training goes through the one run layer (:func:`attnlab.runs.train`); the outputs are
 written by :func:`~attnlab.experiments.base.run_experiment`; EXPERIMENTS.md is rebuilt from the
 stored results by :mod:`attnlab.experiments.report` (``attnlab experiment report``).
 """

@@ -24,8 +24,8 @@ ORDER = 11
 def distill(ctx: Context, teacher: dict, src_file: str, seed: int) -> str:
     """The teacher's greedy translations of the training sources, one per line (written once)."""
     from attnlab.data.parallel import read_lines
+    from attnlab.runs import open as load
     from attnlab.tasks.translate import DecodeOptions, translate_lines
-    from attnlab.train.runs import load
 
     def make() -> str:
         run = load(teacher["run_dir"])

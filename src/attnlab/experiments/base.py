@@ -2,7 +2,7 @@
 the data files, and the outputs.
 
 An experiment is a function ``run(ctx: Context) -> Result``. Each training arm is a run of
-:func:`attnlab.train.runs.train` in ``OUT/runs/<arm>-s<seed>``: an arm already finished is
+:func:`attnlab.runs.train` in ``OUT/runs/<arm>-s<seed>``: an arm already finished is
 reused, one cut short is resumed, so a killed experiment continues where it stopped.
 :func:`run_experiment` writes, into ``OUT``:
 
@@ -181,28 +181,23 @@ class Context:
         """Train (or reuse, or resume) the run ``OUT/runs/<arm>-s<seed>`` through the run layer.
         Returns the engine's summary (``model`` is the trained model) plus ``run_dir``; an arm
         whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``."""
-        from attnlab.train import checkpoint as ckpt
-        from attnlab.train.config import TrainConfig, to_dict
+        from attnlab.checkpoints.rundir import has_record
+        from attnlab.runs import resume_conflicts, saved_options, train_config
+        from attnlab.runs import train as train_run
+        from attnlab.train.config import to_dict
         from attnlab.train.engine import TrainingDiverged
-        from attnlab.train.runs import changed_options
-        from attnlab.train.runs import train as train_run
 
-        cfg = TrainConfig(**{**spec.train_defaults, **train, "seed": seed, "threads": self.threads})
-        if spec.finalize_train_config is not None:
-            cfg = spec.finalize_train_config(cfg)
+        cfg = train_config(spec, {**train, "seed": seed, "threads": self.threads})
         model_args = dict(model_args or {})
         run = f"runs/{arm}-s{seed}"
         run_dir = self.out / run
         data = to_dict(data_config)
         hashes = self._data_hashes(data)
-        resume = ckpt.has_record(run_dir, "last")
+        resume = has_record(run_dir, "last")
         if resume:
-            rec = ckpt.read_record(run_dir, "last")
-            changed = changed_options(to_dict(cfg), rec.get("train_config") or {})
-            changed += changed_data(data, rec.get("data_config") or {}, hashes,
-                                    self._marker["data_sha256"].get(run, {}))
-            if rec["model"]["name"] != model or (rec.get("model_args") or {}) != model_args:
-                changed.append("model")
+            saved = saved_options(spec, run_dir)
+            changed = resume_conflicts(saved, data={}, train=to_dict(cfg), model=model, model_args=model_args)
+            changed += changed_data(data, saved["data"], hashes, self._marker["data_sha256"].get(run, {}))
             if changed:
                 raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(changed)}); this budget or "
                                   "version of the experiment needs a fresh output directory: pass another -o, or "
@@ -231,8 +226,9 @@ class Context:
         TranslateEvalConfig fields), computed once and kept in ``RUN_DIR/eval/<tag>``. At quick
         budget decoding stops after ``decode_limits()`` tokens (a barely trained model never ends
         its sentences)."""
+        from attnlab.runs import evaluate
+        from attnlab.runs import open as open_run
         from attnlab.tasks.translate import TranslateEvalConfig
-        from attnlab.train.runs import evaluate, load
 
         if summary.get("diverged"):
             return {"bleu": float("nan"), "chrf": float("nan")}
@@ -240,7 +236,7 @@ class Context:
         out = Path(summary["run_dir"]) / "eval" / (tag or "-".join(f"{k}{v}" for k, v in sorted(decode.items())) or "default")
         if (out / "results.json").exists():
             return json.loads((out / "results.json").read_text())
-        return evaluate(load(summary["run_dir"]), ec, out, progress=self.progress)
+        return evaluate(open_run(summary["run_dir"]), ec, out, progress=self.progress)
 
 
 def small_translation(ctx: Context, epochs: tuple[int, int]) -> tuple:
@@ -318,7 +314,7 @@ def changed_data(given: dict, saved: dict, hashes: dict[str, str], trained_on: d
     """The data options of an arm that differ from the ones it was trained with. A data file
     whose hash was recorded when the arm was trained is compared by content (moving the output
     folder or the data directory changes its path, not the data), any other option by value."""
-    from attnlab.train.runs import changed_options
+    from attnlab.runs import changed_options
 
     by_content = hashes.keys() & trained_on.keys()
     changed = changed_options({k: v for k, v in given.items() if k not in by_content}, saved)
@@ -381,7 +377,7 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
     """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``; with a
     rule, the rule goes above the table and its decision (computed from ``res.data``) into
     results.json (``rule``, ``decision``) and before the reading in verdict.md."""
-    from attnlab.train.runs import atomic_write_text
+    from attnlab.io import atomic_write_text
     from attnlab.viz.common import save_figure
 
     exp, out = ctx.exp, ctx.out

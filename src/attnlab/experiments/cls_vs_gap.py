@@ -44,8 +44,9 @@ def cls_setup(ctx: Context):
 def test_split_accuracy(summary: dict, progress: bool = False) -> float:
     """Accuracy of a trained arm's last checkpoint on its dataset's whole test split (``attnlab
     eval``), computed once and kept in ``RUN_DIR/eval/test-last``."""
+    from attnlab.runs import evaluate
+    from attnlab.runs import open as load
     from attnlab.tasks.image import ImageEvalConfig
-    from attnlab.train.runs import evaluate, load
 
     if summary.get("diverged"):
         return math.nan

@@ -1,13 +1,14 @@
 """The image task of the experiments: :data:`attnlab.tasks.image.SPEC` with two more data
 options — ``train_size`` and ``test_size``, stratified subsets of the splits. Its runs are
-ordinary image runs: ``attnlab eval`` and ``runs.load`` read them."""
+image runs that record this module (:func:`attnlab.tasks.register_spec`): ``attnlab eval``,
+``attnlab predict`` and ``runs.open`` read them as image runs, and resuming one keeps its subsets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from attnlab.data import images as D
-from attnlab.tasks import image
+from attnlab.tasks import image, register_spec
 from attnlab.train.config import opt, positive_int
 
 
@@ -32,4 +33,4 @@ def load_data(dc: ImageSubsetConfig, mcfg, run_dir=None, progress: bool = True, 
     return data
 
 
-SPEC = replace(image.SPEC, data_config=ImageSubsetConfig, load_data=load_data)
+SPEC = register_spec(replace(image.SPEC, data_config=ImageSubsetConfig, load_data=load_data), __name__)

@@ -42,7 +42,7 @@ def user_entries(out: Path) -> list[Path]:
 def claim_output_dir(out: Path, name: str, overwrite: bool = False) -> None:
     """Refuse, before anything is written, an output folder that is not new, empty or marked by
     experiment ``name``; with ``overwrite`` remove what the marker lists. Then write the marker."""
-    from attnlab.train.runs import check_output_dir
+    from attnlab.io import check_output_dir
 
     check_output_dir(out)
     marker = read_marker(out) if out.is_dir() else None

@@ -187,7 +187,7 @@ def page_diff(root: Path) -> str:
 
 
 def write_page(root: Path) -> Path:
-    from attnlab.train.runs import atomic_write_text
+    from attnlab.io import atomic_write_text
 
     atomic_write_text(root / PAGE, build_page(root))
     return root / PAGE

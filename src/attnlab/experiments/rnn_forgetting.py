@@ -5,7 +5,7 @@ prediction's loss with respect to each input embedding against its distance from
 (:func:`attnlab.viz.gradients.gradient_norms`), at initialisation and after training.
 
 The copy task is a task of the one engine (:class:`CopyTask`, :data:`SPEC`): every arm is a run
-of :func:`attnlab.train.runs.train`, its batches drawn from (seed, epoch, step), so a cut arm
+of :func:`attnlab.runs.train`, its batches drawn from (seed, epoch, step), so a cut arm
 resumes exactly.
 """
 
@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from attnlab.experiments.base import Context, Experiment, Result, final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange
 from attnlab.models.lm import RecurrentLM, TransformerLM
+from attnlab.tasks import TaskSpec, register_spec
 from attnlab.train.config import TrainConfig, opt, positive_int
 from attnlab.train.engine import Plan
-from attnlab.train.runs import TaskSpec
 from attnlab.viz.gradients import copy_batch, gradient_norms, plot_copy_accuracy, plot_gradient_norms
 
 ORDER = 8
@@ -115,8 +115,9 @@ def load_data(dc: CopyDataConfig, mcfg=None, run_dir=None, progress: bool = True
                     {"vocab_size": dc.symbols, "max_len": dc.lag + dc.outputs})
 
 
-SPEC = TaskSpec(name="copy", help="the copy task (experiments only)", data_config=CopyDataConfig, load_data=load_data,
-                make_task=lambda data, model, cfg: CopyTask(data.config), model_kinds=(RecurrentLM, TransformerLM))
+SPEC = register_spec(TaskSpec(name="copy", help="the copy task (experiments only)", data_config=CopyDataConfig,
+                              load_data=load_data, make_task=lambda data, model, cfg: CopyTask(data.config),
+                              model_kinds=(RecurrentLM, TransformerLM)), __name__)
 
 #: Registry models and their overrides: one recurrent layer of ``width``, or a 2-layer Transformer.
 MODELS = {"rnn": "rnn_lm_small", "gru": "gru_lm_small", "lstm": "lstm_lm_small", "transformer": "transformer_lm_char"}

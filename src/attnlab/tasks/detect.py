@@ -29,10 +29,10 @@ from attnlab.detect.coco_eval import coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.detr import DETR
+from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, positive_int, unit_float
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
-from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "detect"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -165,7 +165,7 @@ class Detection:
 
 @dataclass
 class DetectData:
-    """The data of a run, as the run layer sees it (:class:`attnlab.train.runs.TaskData`)."""
+    """The data of a run, as the run layer sees it (:class:`attnlab.tasks.spec.TaskData`)."""
 
     config: DetectDataConfig
     train: DetectionSet | DigitCanvases
@@ -236,9 +236,9 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
         raise DataError(f"unknown detection dataset {dc.dataset!r}; use digits-canvas, mnist-canvas[:DIR] or "
                         "coco:ANNOTATIONS.json:IMAGE_DIR")
     if run_dir is not None:  # resuming: the backbone was pretrained in the first session, its weights are in the run
-        from attnlab.train import checkpoint as ckpt
+        from attnlab.checkpoints.rundir import read_record
 
-        info["backbone_pretraining"] = ckpt.read_record(run_dir, "last").get("backbone_pretraining")
+        info["backbone_pretraining"] = read_record(run_dir, "last").get("backbone_pretraining")
     train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
     info["dataset"] = {"spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc, "train_size": train_size,
                        "val_size": len(val), "image_size": size}
@@ -271,9 +271,10 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     dc = data.config
     mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
     if dc.init:
-        from attnlab.checkpoints.detr import load_detr
+        from attnlab.checkpoints import load_checkpoint
 
-        data.info["init"] = {k: v for k, v in load_detr(model, dc.init, new_head=True).items() if k != "notes"}
+        report = load_checkpoint(model, dc.init, new_head="class_embed.")  # other classes: a fresh class head
+        data.info["init"] = {k: report[k] for k in ("format", "source", "file_format", "loaded", "new_head")}
     elif dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
         if "backbone_pretraining" not in data.info:  # (a resumed run loads the pretrained weights instead)
             data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone)
@@ -327,7 +328,7 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
     [x0, y0, x1, y1] in the file's pixels; each image is drawn with its boxes into
     ``output_dir`` (default ``RUN_DIR/predictions``) under the name :func:`picture_names` gives it."""
     from attnlab.data.images import read_images
-    from attnlab.train.runs import check_output_dir
+    from attnlab.io import check_output_dir
     from attnlab.viz.common import save_figure
     from attnlab.viz.detection import plot_detections
 

@@ -3,7 +3,7 @@
 Data pipeline: uint8 images in memory -> (training) random crop with zero padding and/or
 horizontal flip, drawn per sample from a generator seeded by (seed, epoch, step) -> float,
 ``(x / 255 - mean) / std`` with the per-channel mean and std of the training images (stored in
-the run) -> model. The run sequence itself is :mod:`attnlab.train.runs`.
+the run) -> model. The run sequence itself is :mod:`attnlab.runs`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from torch import Tensor, nn
 
 from attnlab.data import images as D
 from attnlab.data.transforms import Augment, Normalize, channel_stats
-from attnlab.errors import CheckpointError, DataError
+from attnlab.errors import DataError
 from attnlab.models.cnn import ResNet
 from attnlab.models.vit import VisionTransformer
-from attnlab.train import checkpoint as ckpt
+from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
 from attnlab.train.metrics import confusion_matrix, per_class_accuracy, topk_correct
-from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "image"
 AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")
@@ -154,7 +153,7 @@ def load_splits(spec: str, size: tuple[int, int], in_chans: int, progress: bool)
 
 @dataclass
 class ImageData:
-    """The splits of a run, as the run layer sees them (:class:`attnlab.train.runs.TaskData`)."""
+    """The splits of a run, as the run layer sees them (:class:`attnlab.tasks.spec.TaskData`)."""
 
     config: ImageDataConfig
     splits: D.ImageSplits
@@ -209,25 +208,11 @@ def make_task(data: ImageData, model: nn.Module, cfg: TrainConfig) -> ImageClass
 
 
 def init_from(model: nn.Module, path: str) -> None:
-    """Load starting weights; a classifier head of another shape is left freshly initialised."""
-    p = Path(path)
-    if p.is_dir():
-        rec = ckpt.read_record(p, "best" if ckpt.has_record(p, "best") else "last")
-        sd = ckpt.load_weights(p, rec)
-    elif p.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    """Load starting weights (a run directory or a checkpoint file); a classifier head of another
+    shape is left freshly initialised."""
+    from attnlab.checkpoints import load_checkpoint
 
-        try:
-            sd = load_file(str(p))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{p}: not a readable .safetensors file ({e})") from e
-    else:
-        raise CheckpointError(f"--init {p}: no such file or run directory")
-    own = model.state_dict()
-    for k in [k for k in sd if k.startswith("head.") and k in own and sd[k].shape != own[k].shape]:
-        sd[k] = own[k]
-    ckpt.load_into(model, sd, str(p))
+    load_checkpoint(model, path, new_head="head.")
 
 
 # --- using a trained run ------------------------------------------------------------------------

@@ -52,9 +52,9 @@ from attnlab.data.text import (
 from attnlab.data.tokenizers import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.lm import RecurrentLM, TransformerLM
+from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
 from attnlab.train.engine import Plan, evaluation_sums, model_device
-from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "lm"
 TOKENIZER_FILE = "tokenizer.json"
@@ -258,7 +258,7 @@ def read_corpus(dc: LMDataConfig) -> TextCorpus:
 
 @dataclass
 class LMData:
-    """A tokenized corpus, as the run layer sees it (:class:`attnlab.train.runs.TaskData`)."""
+    """A tokenized corpus, as the run layer sees it (:class:`attnlab.tasks.spec.TaskData`)."""
 
     config: LMDataConfig
     corpus: TextCorpus

@@ -33,9 +33,9 @@ from attnlab.decode.search import SearchConfig, translate_ids
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
 from attnlab.nn import Transformer
+from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_int
 from attnlab.train.engine import model_device
-from attnlab.train.runs import LoadedRun, TaskSpec
 
 TASK = "translate"
 
@@ -234,7 +234,7 @@ def _abs(p: str | None) -> str | None:
 
 @dataclass
 class TranslateData:
-    """An encoded parallel corpus, as the run layer sees it (:class:`attnlab.train.runs.TaskData`)."""
+    """An encoded parallel corpus, as the run layer sees it (:class:`attnlab.tasks.spec.TaskData`)."""
 
     config: TranslateDataConfig
     train: EncodedCorpus

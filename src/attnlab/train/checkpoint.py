@@ -1,4 +1,5 @@
-"""The run directory's checkpoint format.
+"""Writing a run directory's checkpoints, for the engine (reading one, and the one strict loader,
+live in :mod:`attnlab.checkpoints.rundir` and :mod:`attnlab.checkpoints.load`).
 
 A run directory holds::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import random
 import shutil
@@ -34,13 +34,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from attnlab.checkpoints.load import load_into
+from attnlab.checkpoints.rundir import (
+    FORMAT,
+    RECORDS,
+    has_record,
+    is_run_dir,
+    killed_before_run_json,
+    load_weights,
+    read_record,
+)
 from attnlab.errors import CheckpointError
-from attnlab.io import atomic_write_bytes, atomic_write_json, is_temporary, load_torch_file, save_safetensors_atomic
+from attnlab.io import atomic_write_bytes, atomic_write_json, load_torch_file, save_safetensors_atomic
 
-FORMAT = "attnlab-run/1"
-RECORDS = ("last", "best")
+#: what the engine reads of a run directory, besides what it writes here
+__all__ = ["FORMAT", "RECORDS", "has_record", "read_record", "load_weights", "load_into", "save", "load_state",
+           "rng_state", "set_rng_state", "seed_everything", "check_new_run_dir", "empty_run_dir", "RunLock"]
 
 
 def step_dir_name(step: int) -> str:
@@ -95,73 +105,10 @@ def collect_garbage(run_dir: str | Path) -> None:
             tmp.unlink()
 
 
-def has_record(run_dir: str | Path, tag: str = "last") -> bool:
-    return (Path(run_dir) / f"{tag}.json").is_file()
-
-
-def read_record(run_dir: str | Path, tag: str = "best", check: bool = True) -> dict:
-    """The record ``tag`` ("last" or "best") of a run directory, checked to name existing files."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} is not a directory; pass a run directory written by 'attnlab train'")
-    p = run_dir / f"{tag}.json"
-    if not p.is_file():
-        if killed_before_run_json(run_dir):
-            raise CheckpointError(f"{run_dir} holds only the temporary file of a run killed before it wrote run.json: "
-                                  "nothing to resume or load; train it again with --overwrite")
-        if not (run_dir / "run.json").is_file() and not any(has_record(run_dir, t) for t in RECORDS):
-            raise CheckpointError(f"{run_dir} is not an attnlab run directory (no run.json, last.json or best.json)")
-        raise CheckpointError(f"{run_dir} has no {tag} checkpoint yet ({p.name} is missing): "
-                              "the run stopped before its first save; nothing to resume or load, train it again "
-                              "with --overwrite")
-    try:
-        rec = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{p} is not readable JSON ({e})") from e
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT or "path" not in rec:
-        raise CheckpointError(f"{p} is not an attnlab checkpoint record (format {FORMAT})")
-    if check:
-        d = run_dir / rec["path"]
-        for key in ("weights", "state", "train_weights"):
-            if key in rec and not (d / rec[key]).is_file():
-                raise CheckpointError(f"{p} names {d / rec[key]}, which is missing")
-    return rec
-
-
-def load_weights(run_dir: str | Path, record: dict, key: str = "weights") -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(run_dir) / record["path"] / record[key]
-    try:
-        return load_file(str(path))
-    except (OSError, SafetensorError, ValueError) as e:
-        raise CheckpointError(f"cannot read weights {path}: {e}") from e
-
-
 def load_state(run_dir: str | Path, record: dict) -> dict:
     if "state" not in record:
         raise CheckpointError(f"the checkpoint {record['path']} has no trainer state (not resumable)")
     return load_torch_file(Path(run_dir) / record["path"] / record["state"], "trainer state")
-
-
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state_dict)`` that explains a mismatch in one line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[0]}")
-        if missing:
-            parts.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-        raise CheckpointError(f"{source} is from a different architecture than the model: {'; '.join(parts)}")
-    model.load_state_dict(state_dict)
 
 
 # --- random number generators ------------------------------------------------------------------
@@ -198,35 +145,6 @@ def seed_everything(seed: int) -> None:
 
 
 # --- run directories ---------------------------------------------------------------------------
-
-def is_run_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "run.json").is_file() or any(has_record(path, t) for t in RECORDS)
-
-
-def killed_before_run_json(path: str | Path) -> bool:
-    """Whether ``path`` holds nothing but temporary files of killed writes: what a run killed
-    during its very first write (``run.json``) leaves. It is a run directory to overwrite."""
-    entries = list(Path(path).iterdir())
-    return bool(entries) and all(is_temporary(e) for e in entries)
-
-
-def run_weights(path: str | os.PathLike) -> Path | None:
-    """The weights file a run directory stands for, or None if ``path`` is not a run.
-
-    ``RUN_DIR`` means its best checkpoint (its last if it has no best yet); ``RUN_DIR:last`` and
-    ``RUN_DIR:best`` choose."""
-    text = str(path)
-    which = None
-    for tag in RECORDS:
-        if text.endswith(":" + tag) and is_run_dir(text[: -len(tag) - 1]):
-            text, which = text[: -len(tag) - 1], tag
-    if not is_run_dir(text):
-        return None
-    which = which or ("best" if has_record(text, "best") else "last")
-    rec = read_record(text, which)
-    return Path(text) / rec["path"] / rec["weights"]
-
 
 def check_new_run_dir(path: str | Path, overwrite: bool) -> None:
     """Refuse an existing directory unless ``overwrite`` (and then only a run directory, one a run
