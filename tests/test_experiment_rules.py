@@ -246,6 +246,10 @@ def test_a_changed_stored_number_changes_the_page(docs_copy):
     assert "**agrees" in next(line for line in build_page(docs_copy).splitlines() if line.startswith("| [`sqrt-dk`]"))
     res["data"]["val_bpc"]["unscaled"] = res["data"]["val_bpc"]["scaled"]  # unscaled as good as scaled: no longer agrees
     f.write_text(json.dumps(res))
+    with pytest.raises(ConfigError, match="stored the verdict 'agrees' under the current rule"):
+        build_page(docs_copy)  # a number edited by hand under the verdict it gave is refused
+    res["decision"]["verdict"] = "inconclusive"  # as a rerun with these numbers would have stored it
+    f.write_text(json.dumps(res))
     page = build_page(docs_copy)
     assert page != (ROOT / PAGE).read_text()
     row = next(line for line in page.splitlines() if line.startswith("| [`sqrt-dk`]"))

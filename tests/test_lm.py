@@ -301,3 +301,27 @@ def test_stepper_select_reorders_rows_like_decoding_them_apart(name):
         alone = m.stepper(cached=True)
         alone.step(prompts[p : p + 1])
         torch.testing.assert_close(both[row : row + 1], alone.step(nxt[row : row + 1]), atol=1e-5, rtol=1e-5)
+
+
+def test_lstm_forget_bias_sets_only_the_forget_gate():
+    # PyTorch's gate order is (i, f, g, o): b_f = b_if + b_hf is the second quarter of each bias
+    m = create_model("lstm_lm_small", vocab_size=11, embed_dim=6, hidden_dim=5, num_layers=2, forget_bias=1.0)
+    ref = create_model("lstm_lm_small", vocab_size=11, embed_dim=6, hidden_dim=5, num_layers=2)
+    for k in range(2):
+        b_ih, b_hh = getattr(m.rnn, f"bias_ih_l{k}"), getattr(m.rnn, f"bias_hh_l{k}")
+        assert torch.equal(b_ih[5:10], torch.ones(5)) and torch.equal(b_hh[5:10], torch.zeros(5))
+        assert (b_ih[:5].abs() <= 0.1).all() and (b_ih[10:].abs() <= 0.1).all()  # the other gates keep uniform(-r, r)
+    assert (ref.rnn.bias_ih_l0[5:10].abs() <= 0.1).all()
+    with pytest.raises(ConfigError, match="forget gate"):
+        create_model("gru_lm_small", vocab_size=11, forget_bias=1.0)
+
+
+def test_transformer_lm_position_std_sets_the_learned_table_scale():
+    torch.manual_seed(0)
+    small = create_model("transformer_lm_char", vocab_size=11, d_model=64, num_layers=1, max_len=256, position="learned")
+    big = create_model("transformer_lm_char", vocab_size=11, d_model=64, num_layers=1, max_len=256, position="learned",
+                       position_std=1.0)
+    assert abs(float(small.pos.weight.std()) - 0.02) < 0.003
+    assert 0.8 < float(big.pos.weight.std()) < 0.95  # truncated at ±2: std ≈ 0.88
+    with pytest.raises(ConfigError, match="position_std"):
+        create_model("transformer_lm_char", vocab_size=11, position_std=0.0)

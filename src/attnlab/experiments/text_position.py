@@ -19,6 +19,8 @@ LMs) under ``gpt``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from attnlab.experiments.base import (
     Context,
     Experiment,
@@ -31,11 +33,14 @@ from attnlab.experiments.base import (
     spread_note,
     val_curve,
 )
-from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
+from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange, canonical
 
 ORDER = 5
 KINDS = ("none", "sinusoidal", "learned", "rotary", "relative")
 RECIPES = ("gpt", "scaled")  # TransformerLMConfig.embedding
+#: The arm testing the proposed cause of "sinusoidal below learned" under the scaled recipe: there the tokens
+#: enter at unit scale while a learned table starts at std 0.02; this one starts at std 1 (TransformerLMConfig.position_std)
+CAUSE = "learned, std 1"
 
 
 def lm_setup(ctx: Context):
@@ -70,7 +75,10 @@ def bpc_reading(bpc: dict[str, list[float]]) -> str:
             f"{gap(arm('rotary', 'gpt'), arm('learned', 'gpt'))} bpc and none − learned "
             f"{gap(arm('none', 'gpt'), arm('learned', 'gpt'))} bpc under GPT's "
             f"({gap(arm('rotary', 'scaled'), arm('learned', 'scaled'))} and "
-            f"{gap(arm('none', 'scaled'), arm('learned', 'scaled'))} under the scaled recipe).")
+            f"{gap(arm('none', 'scaled'), arm('learned', 'scaled'))} under the scaled recipe). The learned table started "
+            f"at the tokens' scale (std 1, the scaled recipe): {pm(bpc[arm(CAUSE, 'scaled')], 4)} bpc, "
+            f"{gap(arm(CAUSE, 'scaled'), arm('sinusoidal', 'scaled'))} against sinusoids and "
+            f"{gap(arm(CAUSE, 'scaled'), arm('learned', 'scaled'))} against the table started at std 0.02.")
 
 
 def run(ctx: Context) -> Result:
@@ -80,10 +88,15 @@ def run(ctx: Context) -> Result:
     runs = {arm(k, r): [ctx.train_arm(f"lm-{k}-{r}", SPEC, dc, train, "transformer_lm_char",
                                       {**margs, "position": k, "embedding": r}, seed=s) for s in ctx.seeds]
             for r in RECIPES for k in KINDS}
+    runs[arm(CAUSE, "scaled")] = [ctx.train_arm("lm-learned-scaled-std1", SPEC, dc, train, "transformer_lm_char",
+                                                {**margs, "position": "learned", "embedding": "scaled",
+                                                 "position_std": 1.0}, seed=s) for s in ctx.seeds]
     bpc = {a: [final_val(x, "bpc") for x in rs] for a, rs in runs.items()}
-    table = [{"position encoding": k, **{f"val bits/char ({r})": pm(bpc[arm(k, r)], 4) for r in RECIPES},
-              **{f"val perplexity ({r})": pm([final_val(x, "ppl") for x in runs[arm(k, r)]], 3) for r in RECIPES}}
-             for k in KINDS]
+    table = [{"position encoding": k, **{f"val bits/char ({r})": pm(bpc[arm(k, r)], 4) if arm(k, r) in runs else "—"
+                                         for r in RECIPES},
+              **{f"val perplexity ({r})": pm([final_val(x, "ppl") for x in runs[arm(k, r)]], 3) if arm(k, r) in runs
+                 else "—" for r in RECIPES}}
+             for k in (*KINDS, CAUSE)]
     figs = {"bpc": bar_figure(list(runs), [bpc[a] for a in runs], "validation bits per character",
                               "Char LM position encodings (Tiny Shakespeare)",
                               subtitle="position / token-embedding recipe (gpt: E ~ N(0, 0.02²); scaled: √d_model · E, "
@@ -122,7 +135,22 @@ RULE = Rule(
                    paper="RoFormer Fig. 3 (right): lower loss with RoPE at the same number of steps (curves, no number)"),
         Comparison(BPC, _bpc("none", "gpt"), _bpc("learned", "gpt"), "=", margin=0.1,
                    paper="Haviv et al.: “still competitive”; the paper states no margin, ours is 0.1 bpc (about 4%)"),
+        Comparison(BPC, _bpc(CAUSE, "scaled"), _bpc("sinusoidal", "scaled"), "=", margin=0.03,
+                   paper="the cause test of the first comparison: Table 3 (E) again, with the learned table started at "
+                         "the tokens' scale (std 1) instead of 0.02; margin 0.03 bpc as above"),
     ),
+)
+
+HISTORY = (
+    RuleChange(
+        fingerprint="4975e65e84db524b",
+        rule=canonical(replace(RULE, comparisons=RULE.comparisons[:3])),  # the rule above without its fourth comparison
+        verdict="disagrees (session 7, 3 seeds: sinusoidal − learned under the scaled recipe −0.28 bpc [−0.34, −0.23]; "
+                "rotary − learned −0.14 [−0.17, −0.11], agrees; none − learned +0.28 [+0.25, +0.31])",
+        reason="Issue 21, point 6: a result that disagrees with its paper gets the arm that tests the proposed cause. "
+               "The first comparison's proposed cause is the learned table's initial scale (std 0.02 against "
+               "unit-scale tokens in the scaled recipe); the fourth comparison tests it. The first three are unchanged.",
+        date="2026-12-07"),
 )
 
 EXPERIMENT = Experiment(
@@ -132,9 +160,11 @@ EXPERIMENT = Experiment(
            "identical results” (25.7 vs 25.8 BLEU, 4.92 perplexity both); Su et al. 2021 (RoFormer) §4.4.2, Fig. 3: "
            "RoPE gives “rapid convergence and lower loss” in a character-level LM; Haviv et al. 2022: causal LMs "
            "without positional encodings are “still competitive with standard models”",
-    cost={"quick": "≈10 s", "full": "≈70 min (5 encodings x 2 embedding recipes x 3 seeds, 750 steps each)"},
+    cost={"quick": "≈10 s", "full": "≈75 min (5 encodings x 2 embedding recipes x 3 seeds, plus the learned table "
+                                    "started at std 1, 750 steps each)"},
     seeds={"quick": 1, "full": 3},
     run=run,
     rule=RULE,
-    variables=("model.position", "model.embedding"),
+    history=HISTORY,
+    variables=("model.position", "model.embedding", "model.position_std"),
 )

@@ -44,6 +44,7 @@ class RecurrentLMConfig:
     tie_weights: bool = False     # share the embedding and the read-out (needs embed_dim == hidden_dim)
     nonlinearity: str = "tanh"    # for cell="rnn": tanh | relu
     init_range: float = 0.1       # uniform(-r, r) initialisation of all weights, as in Zaremba et al.
+    forget_bias: float | None = None  # LSTM: the forget gate's initial bias (Jozefowicz et al. 2015: 1); None: uniform
 
     def __post_init__(self) -> None:
         if self.cell not in RECURRENT_CELLS:
@@ -56,6 +57,8 @@ class RecurrentLMConfig:
             raise ConfigError(f"weight tying needs embed_dim == hidden_dim, got {self.embed_dim} and {self.hidden_dim}")
         if self.nonlinearity not in ("tanh", "relu"):
             raise ConfigError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
+        if self.forget_bias is not None and self.cell != "lstm":
+            raise ConfigError(f"forget_bias is an LSTM setting; cell {self.cell!r} has no forget gate")
 
 
 EMBEDDINGS = ("scaled", "gpt")
@@ -75,6 +78,7 @@ class TransformerLMConfig:
     tie_weights: bool = True
     bias: bool = True
     embedding: str | None = None  # token embeddings: scaled | gpt (default: scaled with sinusoids, else gpt)
+    position_std: float = 0.02    # learned positions: the table's initial std (truncated normal, cut at ±2)
 
     def __post_init__(self) -> None:
         if self.embedding is None:  # the record names the recipe the model uses
@@ -89,6 +93,8 @@ class TransformerLMConfig:
             raise ConfigError(f"unknown position encoding {self.position!r}; choose one of {', '.join(POSITION_KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.position_std > 0:
+            raise ConfigError(f"position_std must be > 0, got {self.position_std}")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
 
@@ -114,6 +120,11 @@ class RecurrentLM(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -c.init_range, c.init_range)
         nn.init.zeros_(self.head.bias)
+        if c.forget_bias is not None:  # b_f = b_if + b_hf: the second quarter of PyTorch's gate order (i, f, g, o)
+            h = c.hidden_dim
+            for k in range(c.num_layers):
+                nn.init.constant_(getattr(self.rnn, f"bias_ih_l{k}")[h:2 * h], c.forget_bias)
+                nn.init.zeros_(getattr(self.rnn, f"bias_hh_l{k}")[h:2 * h])
         if c.tie_weights:
             self.head.weight = self.embed.weight
 
@@ -190,7 +201,8 @@ class TransformerLM(nn.Module):
         self.cfg = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.embed_scale = math.sqrt(c.d_model) if c.embedding == "scaled" else 1.0
-        self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len)
+        self.pos = make_position(c.position, dim=c.d_model, num_heads=c.num_heads, max_len=c.max_len,
+                                 learned_std=c.position_std)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             EncoderLayer(c.d_model, c.num_heads, c.d_ff, dropout=c.dropout, activation=c.activation,

@@ -244,12 +244,13 @@ class RotaryEmbedding2D(PositionEncoding):
 POSITION_KINDS = ("sinusoidal", "learned", "rotary", "relative", "none")
 
 
-def make_position(kind: str, *, dim: int, num_heads: int, max_len: int = 1024) -> PositionEncoding:
-    """Build a 1-D position encoding by name: one of :data:`POSITION_KINDS`."""
+def make_position(kind: str, *, dim: int, num_heads: int, max_len: int = 1024, learned_std: float = 0.02) -> PositionEncoding:
+    """Build a 1-D position encoding by name: one of :data:`POSITION_KINDS` (``learned_std``: the
+    initial std of a learned table)."""
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(dim, max_len)
     if kind == "learned":
-        return LearnedPositionalEmbedding(max_len, dim)
+        return LearnedPositionalEmbedding(max_len, dim, std=learned_std)
     if kind == "rotary":
         return RotaryEmbedding(dim // num_heads)
     if kind == "relative":
