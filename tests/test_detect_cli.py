@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -164,19 +166,62 @@ def test_a_trained_backbone_learns_at_a_tenth_of_the_rate():
 def test_resume_retraces_the_uninterrupted_run(tmp_path):
     """Canvases are drawn by (epoch, index), so a run cut after its first step (--max-minutes) and
     resumed ends with the weights of the uncut run (the resumed session loads the pretrained
-    backbone from the run instead of pretraining it again)."""
+    backbone from the run instead of pretraining it again). The budget, spent before the
+    pretraining's first step ends, cuts that at one step too: the uncut run pretrains one step."""
     from attnlab.train import checkpoint as ckpt
 
     base = ["train", "detect", "--model", "detr_digits", *margs(TINY), "--train-size", "32", "--val-size", "8",
-            "--batch-size", "16", "--min-scale", "10", "--max-scale", "16", "--pretrain-backbone", "2", "--threads", "1",
-            "--quiet"]
-    assert main(base + ["--epochs", "2", "--run-dir", str(tmp_path / "a")]) == 0
-    assert main(base + ["--epochs", "2", "--max-minutes", "0.00001", "--run-dir", str(tmp_path / "b")]) == 0
+            "--batch-size", "16", "--min-scale", "10", "--max-scale", "16", "--threads", "1", "--quiet", "--epochs", "2"]
+    assert main(base + ["--pretrain-backbone", "1", "--run-dir", str(tmp_path / "a")]) == 0
+    assert main(base + ["--pretrain-backbone", "2", "--max-minutes", "0.00001", "--run-dir", str(tmp_path / "b")]) == 0
     assert ckpt.read_record(tmp_path / "b", "last")["step"] == 1
     assert main(["train", "detect", "--resume", str(tmp_path / "b"), "--max-minutes", "0", "--quiet"]) == 0
     rec = ckpt.read_record(tmp_path / "b", "last")
-    assert rec["step"] == 4 and rec["backbone_pretraining"]["steps"] == 2  # the first session's, kept
+    assert rec["step"] == 4  # the first session's pretraining, kept:
+    assert rec["backbone_pretraining"] | {"seconds": 0} == {"steps": 1, "asked": 2, "stopped_by_time": True,
+                                                             "last_batch_accuracy": ANY, "seconds": 0}
     wa, wb = (ckpt.load_weights(d, ckpt.read_record(d, "last")) for d in (tmp_path / "a", tmp_path / "b"))
     # float rounding may differ (the pretraining of the first session leaves oneDNN in another state): up to
     # 1.6e-5 measured on an AVX-512 machine; a step done differently moves weights by ~lr = 1e-3
     assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_max_minutes_covers_the_backbone_pretraining(tmp_path, capsys):
+    """--max-minutes counts the whole command: a pretraining far longer than the budget stops at
+    it, the detector then stops after its first step; both stops are recorded and reported."""
+    budget, asked = 0.02, 20000  # 1.2 s; 20,000 pretraining steps take minutes
+    t0 = time.perf_counter()
+    assert main(["train", "detect", "--model", "detr_digits", *margs(TINY), "--train-size", "32", "--val-size", "8",
+                 "--batch-size", "16", "--min-scale", "10", "--max-scale", "16", "--pretrain-backbone", str(asked),
+                 "--threads", "1", "--max-minutes", str(budget), "--run-dir", str(tmp_path / "run")]) == 0
+    assert time.perf_counter() - t0 < 60 * budget + 45  # slack: loading, the cut epoch's evaluation, saving
+    rec = json.loads((tmp_path / "run" / "last.json").read_text())
+    pre = rec["backbone_pretraining"]
+    assert pre["stopped_by_time"] and 1 <= pre["steps"] < asked and pre["asked"] == asked
+    assert rec["step"] == 1 and json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"][-1]["cut"] == 1
+    out = capsys.readouterr().out
+    assert f"backbone pretrained: stopped by --max-minutes after {pre['steps']} of {asked} steps" in out
+    assert "stopped by --max-minutes 0.02 after 1 of the 2 batches of epoch 1" in out
+
+
+def test_eval_prints_a_summary(canvas_run, capsys):
+    """Like the other tasks' evaluations: what was scored, then AP, AP50, AP75 and the set loss."""
+    assert main(["eval", str(canvas_run), "--quiet", "--out", str(canvas_run / "eval-summary")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    r = json.loads((canvas_run / "eval-summary" / "results.json").read_text())
+    assert lines[0] == (f"{canvas_run} ({r['checkpoint']}) on digits-canvas: 16 images in {r['seconds']:.1f} s "
+                        "(batches of 100)")
+    assert lines[1] == (f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}   "
+                        "(COCO evaluator; IoU 0.5:0.95, 0.5, 0.75)")
+    assert lines[2] == f"  set loss {r['loss']:.4f}   class {r['ce']:.4f}   L1 {r['l1']:.4f}   GIoU {r['giou']:.4f}"
+    assert lines[3:] == [f"  results: {canvas_run / 'eval-summary' / 'results.json'}"]
+
+
+def test_train_help_states_the_tasks_warmup(capsys):
+    """detect warms up for 200 steps: its --help says so, and that --warmup-epochs is unused unless given."""
+    with pytest.raises(SystemExit):
+        main(["train", "detect", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = text.split("--warmup-epochs X ")[1].split(" --warmup-steps N ")[0]
+    assert epochs == "linear warm-up length in epochs (default: unused, --warmup-steps 200 applies unless this is given)"
+    assert "(overrides --warmup-epochs) (default: 200)" in text

@@ -46,7 +46,8 @@ def eval_config(spec, args):
     from attnlab.tasks import task_specs
     from attnlab.train.config import from_args
 
-    mine = {f.name for f in dataclasses.fields(spec.eval_config or object)} | {"batch_size"}
+    mine = {f.name for f in dataclasses.fields(spec.eval_config)} if spec.eval_config else set()
+    mine |= {"batch_size"}
     others = {f.name for s in task_specs().values() if s.eval_config for f in dataclasses.fields(s.eval_config)} - mine
     wrong = sorted(k for k in others if getattr(args, k, None) is not None)
     if wrong:
@@ -112,9 +113,19 @@ def format_translate(res: dict) -> str:
     ])
 
 
+def format_detect(r: dict) -> str:
+    return "\n".join([
+        f"{r['run_dir']} ({r['checkpoint']}) on {r['dataset']}: {r['images']} images in {r['seconds']:.1f} s "
+        f"(batches of {r['batch_size']})",
+        f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}   (COCO evaluator; IoU 0.5:0.95, 0.5, 0.75)",
+        f"  set loss {r['loss']:.4f}   class {r['ce']:.4f}   L1 {r['l1']:.4f}   GIoU {r['giou']:.4f}",
+        f"  results: {r['results_json']}",
+    ])
+
+
 def format_any(res: dict) -> str:
     """A task without its own format: its scalar results, one per line."""
     return "\n".join(f"  {k}: {v}" for k, v in res.items() if isinstance(v, (str, int, float)))
 
 
-FORMATS = {"image": format_image, "lm": format_lm, "translate": format_translate}
+FORMATS = {"image": format_image, "lm": format_lm, "translate": format_translate, "detect": format_detect}

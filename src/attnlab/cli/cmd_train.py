@@ -41,12 +41,21 @@ def register(subparsers) -> None:
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(tp, spec.data_config, "data")
         add_model_arguments(tp, spec.default_model, PATTERNS.get(name, "'*'"))
-        add_arguments(tp, TrainConfig, "training", defaults=spec.train_defaults)
+        add_arguments(tp, TrainConfig, "training", defaults=help_defaults(spec.train_defaults))
         add_run_arguments(tp)
         one_line_errors(tp)
         tp.set_defaults(func=partial(run, spec))
     one_line_errors(p)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def help_defaults(train_defaults: dict) -> dict:
+    """The task's training defaults as its --help shows them: where the task counts the warm-up in
+    steps, --warmup-epochs is unused unless given (giving it drops the task's --warmup-steps)."""
+    shown = dict(train_defaults)
+    if train_defaults.get("warmup_steps") is not None:
+        shown["warmup_epochs"] = f"unused, --warmup-steps {train_defaults['warmup_steps']} applies unless this is given"
+    return shown
 
 
 def add_run_arguments(parser) -> None:

@@ -32,7 +32,7 @@ from attnlab.models.detr import DETR
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, positive_int, unit_float
-from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
+from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, progress_bar, sharded_batches, steps_in_epoch
 
 TASK = "detect"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -88,8 +88,9 @@ class Detection:
 
     def __init__(self, train: DetectionSet | DigitCanvases, val: DetectionSet, classes: list[str], category_ids: list[int],
                  normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None,
-                 backbone_lr: float = 1.0) -> None:
+                 backbone_lr: float = 1.0, budget_start: float | None = None) -> None:
         self.train, self.val = train, val
+        self.budget_start = budget_start  # read by the trainer: --max-minutes counts the pretraining too
         self.lr_scales = {"backbone.": backbone_lr}  # read by the trainer's optimizer (DETR §4: 1e-5 vs 1e-4)
         self.classes, self.category_ids = list(classes), list(category_ids)
         self.normalize = normalize
@@ -175,10 +176,13 @@ class DetectData:
     info: dict
     title: str
     model_fields: dict = field(default_factory=dict)
+    progress: bool = False  # show the backbone pretraining's progress bar
+    budget_start: float = field(default_factory=time.perf_counter)  # when the command began reading its data
 
     def describe(self) -> str:
         ds = self.info["dataset"]
-        return f"{ds['train']} training / {ds['val_size']:,} validation images"
+        pre = self.info.get("backbone_pretraining")
+        return f"{ds['train']} training / {ds['val_size']:,} validation images" + (f"; {pretraining_line(pre)}" if pre else "")
 
     def write_files(self, run_dir: Path) -> None:
         pass
@@ -201,6 +205,7 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
     becomes the model's ``num_classes``."""
     from attnlab.data.coco import read_coco
 
+    t0 = time.perf_counter()
     size = int(mcfg.img_size)
     if _is_canvas(dc.dataset):
         if dc.val_dataset:
@@ -242,20 +247,24 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
     train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
     info["dataset"] = {"spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc, "train_size": train_size,
                        "val_size": len(val), "image_size": size}
-    return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={"num_classes": len(classes)})
+    return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={"num_classes": len(classes)},
+                      progress=progress, budget_start=t0)
 
 
-def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3) -> dict:
+def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
+                      deadline: float | None = None, progress: bool = False) -> dict:
     """Train the backbone alone to classify the digit of single-digit canvases (global max pool,
     a linear head thrown away afterwards): the stand-in for DETR's ImageNet-pretrained ResNet.
-    Deterministic given the global seed; canvases of their own stream (seed 1). Returns its
-    last batch accuracy and seconds."""
+    Deterministic given the global seed; canvases of their own stream (seed 1). Stops early once
+    ``time.perf_counter()`` passes ``deadline`` (the end of --max-minutes). Returns the steps done
+    and asked, whether the deadline stopped it, its last batch accuracy and seconds."""
     t0 = time.perf_counter()
     one = DigitCanvases(replace(canvases, min_digits=1, max_digits=1), "train", seed=1)
     head = nn.Linear(model.backbone.out_channels, len(one.classes))
     opt_ = torch.optim.AdamW([*model.backbone.parameters(), *head.parameters()], lr=lr)
-    acc = 0.0
-    for step in range(steps):
+    acc, done = 0.0, 0
+    bar = progress_bar(range(steps), steps, "pretraining the backbone", progress)
+    for step in bar:
         s = one.take(range(step * batch_size, (step + 1) * batch_size))
         y = torch.cat(s.labels)
         logits = head(model.backbone(s.images.float() / 255).amax((2, 3)))
@@ -263,8 +272,22 @@ def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_siz
         opt_.zero_grad(set_to_none=True)
         loss.backward()
         opt_.step()
-        acc = float((logits.argmax(-1) == y).float().mean())
-    return {"steps": steps, "last_batch_accuracy": round(acc, 4), "seconds": round(time.perf_counter() - t0, 1)}
+        acc, done = float((logits.argmax(-1) == y).float().mean()), step + 1
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"loss {float(loss.detach()):.4f}  accuracy {100 * acc:.0f}%")
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    if hasattr(bar, "close"):
+        bar.close()
+    return {"steps": done, "asked": steps, "stopped_by_time": done < steps, "last_batch_accuracy": round(acc, 4),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def pretraining_line(pre: dict) -> str:
+    """The backbone pretraining of a run, in words, for the training log."""
+    how = (f"stopped by --max-minutes after {pre['steps']} of {pre['asked']} steps" if pre.get("stopped_by_time")
+           else f"{pre['steps']} steps")
+    return f"backbone pretrained: {how} in {pre['seconds']:.0f} s (last batch accuracy {100 * pre['last_batch_accuracy']:.0f}%)"
 
 
 def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection:
@@ -277,12 +300,15 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
         data.info["init"] = {k: report[k] for k in ("format", "source", "file_format", "loaded", "new_head")}
     elif dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
         if "backbone_pretraining" not in data.info:  # (a resumed run loads the pretrained weights instead)
-            data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone)
+            deadline = data.budget_start + 60 * cfg.max_minutes if cfg.max_minutes else None
+            data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone,
+                                                                  deadline=deadline, progress=data.progress)
         if not dc.train_backbone:
             model.backbone.requires_grad_(False)
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
     return Detection(data.train, data.val, data.classes, data.category_ids, Normalize(mean, std),
-                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr)
+                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
+                     budget_start=data.budget_start)
 
 
 # --- using a trained run ------------------------------------------------------------------------
@@ -310,7 +336,7 @@ def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tup
     seconds = time.perf_counter() - t0
     slug = (ec.dataset or dc.val_dataset or dc.dataset).split(":")[0] + "-val"
     return {"slug": slug, "run_dir": str(run.run_dir), "checkpoint": rec["path"], "dataset": ec.dataset or dc.dataset,
-            "images": int(sums["count"]), **s, "seconds": round(seconds, 3)}, {}
+            "images": int(sums["count"]), "batch_size": ec.batch_size, **s, "seconds": round(seconds, 3)}, {}
 
 
 @torch.no_grad()

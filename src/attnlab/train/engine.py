@@ -109,8 +109,11 @@ class Task(Protocol):
     ``main_metric``), ``metric_label`` (``main_metric``: the plot's title),
     ``metric_percent = True`` (shown as a percentage), and ``state_dict()`` /
     ``load_state_dict(state)`` for state carried across steps that a resumed run needs (the
-    hidden state of truncated back-propagation through time), and ``lr_scales`` (default
-    none): parameter-name prefix → factor on the learning rate (:func:`attnlab.train.optim.param_groups`).
+    hidden state of truncated back-propagation through time), ``lr_scales`` (default
+    none): parameter-name prefix → factor on the learning rate (:func:`attnlab.train.optim.param_groups`),
+    and ``budget_start`` (default: when training starts): the ``time.perf_counter()`` at which
+    this command's ``--max-minutes`` began, for a task that works before training (a backbone's
+    pretraining), so the budget covers that work too.
     """
 
     name: str  # "image", "lm", ...
@@ -192,7 +195,8 @@ def evaluation_sums(task: Task, model: nn.Module, batches, device: torch.device,
     return sums
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool, leave: bool = False):
+def progress_bar(iterable, total: int, desc: str, enabled: bool, leave: bool = False):
+    """A tqdm bar over ``iterable`` counting steps (shown on a terminal only), or the iterable itself."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -254,6 +258,7 @@ class Trainer:
         self.train_time = 0.0
         self.samples = 0
         self._t0 = time.perf_counter()
+        self._budget_start: float | None = getattr(task, "budget_start", None)
         self._log_sums: dict[str, Tensor] = {}
         self._log_n = 0
 
@@ -436,8 +441,8 @@ class Trainer:
             plan = replace(self.plan, epoch=epoch, start_step=self.step_in_epoch)
             t_epoch = time.perf_counter()
             n_before = self.samples
-            bar = _progress(self.task.train_batches(plan), self.steps_per_epoch - self.step_in_epoch,
-                            f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
+            bar = progress_bar(self.task.train_batches(plan), self.steps_per_epoch - self.step_in_epoch,
+                               f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
             for micro in bar:
                 t = time.perf_counter()
                 sums = self._optimizer_step(micro)
@@ -475,11 +480,13 @@ class Trainer:
                 "run_dir": str(self.run_dir) if self.run_dir else None}
 
     def _out_of_time(self) -> bool:
-        """--max-minutes of this session have run out (rank 0's clock decides, so every process
-        stops at the same step). A resumed run gets its own --max-minutes."""
+        """--max-minutes of this session have run out, counted from the task's ``budget_start``
+        when it worked before training (rank 0's clock decides, so every process stops at the
+        same step). A resumed run gets its own --max-minutes."""
         if not self.cfg.max_minutes:
             return False
-        late = self.session_seconds() > self.cfg.max_minutes * 60
+        before = 0.0 if self._budget_start is None else max(0.0, self._t0 - self._budget_start)
+        late = before + self.session_seconds() > self.cfg.max_minutes * 60
         self.stopped_by_time = bool(dist.broadcast_object(late)) if self.info.distributed else late
         return self.stopped_by_time
 
