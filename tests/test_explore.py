@@ -23,7 +23,8 @@ from attnlab.models.lm import build_lm, lm_config
 from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq
 from attnlab.nn import Transformer, TransformerConfig
 from attnlab.viz import explore as E
-from attnlab.viz.vit import normalize_image, posembed_similarity
+from attnlab.data.transforms import default_normalization
+from attnlab.viz.vit import posembed_similarity
 
 CORPUS = ["a dog runs .", "ein hund läuft .", "the cat sleeps .", "die katze schläft .", "a man reads a book .",
           "ein mann liest ein buch ."] * 4
@@ -40,8 +41,10 @@ def tiny_vit(**kw) -> VisionTransformer:
 
 
 def picture(size: int = 32) -> torch.Tensor:
+    """uint8 (3, size, size): two ramps and a disc."""
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return torch.stack([xx / (size - 1), yy / (size - 1), ((xx - size / 2) ** 2 + (yy - size / 2) ** 2 < size).float()])
+    x = torch.stack([xx / (size - 1), yy / (size - 1), ((xx - size / 2) ** 2 + (yy - size / 2) ** 2 < size).float()])
+    return (x * 255).round().to(torch.uint8)
 
 
 def tiny_lm(tok, position="rotary"):
@@ -102,7 +105,7 @@ def test_pack_attention_keeps_8_bits_of_each_row():
 def test_vit_data_are_the_models_numbers():
     vit, img = tiny_vit(), picture()
     d = E.explore_vit(vit, img, label="tiny", random_init=True, worked=(0, 2))
-    x = normalize_image(img, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))[None]
+    x = (img[None] / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     with torch.no_grad():
         maps = vit.get_attention_maps(x)
     attn = E.unpack_attention(d["sets"][0]["attention"])
@@ -126,7 +129,7 @@ def test_worked_head_check_catches_a_wrong_head():
     vit, img = tiny_vit(), picture()
     mha = vit.blocks[1].self_attn
     with E.keep_inputs(mha) as inputs, torch.no_grad():
-        maps = vit.get_attention_maps(normalize_image(img, None, None)[None])
+        maps = vit.get_attention_maps(img[None] / 255)
     assert len(inputs) == 1
     assert E.worked_head(mha, inputs[0], maps[1], 1)["check"] < 1e-6
     assert E.worked_head(mha, inputs[0], maps[1][:, [0, 0, 0, 0]], 1)["check"] > 1e-3  # head 0's weights: caught
@@ -156,7 +159,7 @@ def test_vit_over_budget_keeps_evenly_spaced_blocks_and_says_so():
 def test_size_budget_vit_tiny_224_all_12_blocks(tmp_path):
     torch.manual_seed(0)
     vit = create_model("vit_tiny_patch16_224").eval()
-    img = torch.rand(3, 224, 224)
+    img = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)
     path = E.write_page(E.explore_vit(vit, img, label="vit_tiny_patch16_224", random_init=True), tmp_path / "tiny.html")
     data = _page_data(path.read_text(encoding="utf-8"))
     assert data["sets"][0]["layers"] == list(range(12))
@@ -363,9 +366,9 @@ def test_cli_vit_weights_from_a_file(tmp_path, image_file, fmt):
     assert main(["viz", "explore", *argv, "-o", str(out)]) == 0
     data = _page_data(out.read_text(encoding="utf-8"))
     assert data["meta"]["random_init"] is False
-    from attnlab.viz.vit import load_image
+    from attnlab.data.images import read_model_images
 
-    ref = E.explore_vit(vit, load_image(image_file, 28, 1), label="x")
+    ref = E.explore_vit(vit, read_model_images([image_file], vit, convert=True)[0], label="x")
     assert data["sets"][0]["attention"]["q"] == ref["sets"][0]["attention"]["q"]  # the loaded weights, not a fresh init
 
 
@@ -503,8 +506,8 @@ def test_detr_data_are_the_models_numbers(detr_run):
 
 def test_detr_worked_head_value_input_matters():
     model, img = tiny_detr(), canvas_image()
-    norm, labels = E.detr_defaults(model)
-    d = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0)
+    norm = default_normalization(model)
+    d = E.explore_detr(model, img, label="d", threshold=0.0)
     v = floats(d["worked"]["v"], 64, 8)
     mem = model.encode(norm(img[None]))[0][0]
     wv = model.decoder[-1].cross_attn.qkv.weight[32:48][:8]  # head 0's rows of W_V
@@ -514,12 +517,11 @@ def test_detr_worked_head_value_input_matters():
 
 def test_detr_page_keeps_its_budget():
     model, img = tiny_detr(), canvas_image()
-    norm, labels = E.detr_defaults(model)
-    full = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0)
+    full = E.explore_detr(model, img, label="d", threshold=0.0)
     size = len(E.render_page(full).encode("utf-8"))
     assert size <= E.BUDGET_BYTES and not any("MB" in n for n in full["notes"])
     budget = size - E.packed_bytes([2, 64, 64]) // 2  # not one layer of every encoder head fits any more
-    cut = E.explore_detr(model, img, norm, labels, label="d", threshold=0.0, budget=budget)
+    cut = E.explore_detr(model, img, label="d", threshold=0.0, budget=budget)
     assert len(E.render_page(cut).encode("utf-8")) <= budget
     enc = next(s for s in cut["sets"] if s["id"] == "enc")
     assert enc["heads_mean"] and enc["attention"]["shape"][1] == 1 and any("mean of its heads" in n for n in cut["notes"])
@@ -551,10 +553,9 @@ def test_size_budget_detr_resnet50_at_800():
     (the worst case for PNG): the page stays under 3 MB and says what it left out."""
     torch.manual_seed(0)
     model = create_model("detr_resnet50").eval()
-    norm, labels = E.detr_defaults(model)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    d = E.explore_detr(model, torch.randint(0, 256, (3, 800, 800), dtype=torch.uint8), norm, labels, label="detr_resnet50",
+    d = E.explore_detr(model, torch.randint(0, 256, (3, 800, 800), dtype=torch.uint8), label="detr_resnet50",
                        random_init=True)
     torch.set_num_threads(n)
     size = len(E.render_page(d).encode("utf-8"))

@@ -169,8 +169,7 @@ def test_translation_page_steps(browser, tmp_path):
 
 def test_detr_page_query_clicks_and_encoder_hover(browser, tmp_path):
     model = tiny_detr()
-    norm, labels = E.detr_defaults(model)
-    data = E.explore_detr(model, canvas_image(), norm, labels, label="tiny-detr", random_init=True, threshold=0.0)
+    data = E.explore_detr(model, canvas_image(), label="tiny-detr", random_init=True, threshold=0.0)
     o = Opened(browser, E.write_page(data, tmp_path / "detr.html")).ready()
     page = o.page
     assert page.is_visible("#random-init")

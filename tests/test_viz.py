@@ -11,17 +11,10 @@ from PIL import Image
 
 from attnlab.checkpoints import save_checkpoint
 from attnlab.cli.main import main
-from attnlab.errors import ConfigError, DataError
+from attnlab.errors import ConfigError, ShapeError
 from attnlab.models import VisionTransformer, ViTConfig, create_model
 from attnlab.viz.common import figure_to_png, save_figure
-from attnlab.viz.vit import (
-    attention_summary,
-    load_image,
-    normalize_image,
-    plot_attention,
-    plot_posembed_similarity,
-    posembed_similarity,
-)
+from attnlab.viz.vit import attention_summary, plot_attention, plot_posembed_similarity, posembed_similarity
 
 
 def small(**kw) -> VisionTransformer:
@@ -80,10 +73,11 @@ def test_plot_posembed_renders_a_png(tmp_path):
 
 def test_attention_summary_matches_the_model():
     m = small(depth=3)
-    img = torch.rand(3, 16, 16)
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
     s = attention_summary(m, img, block=1)
     assert s["heads"].shape == (4, 4, 4) and s["rollout"].shape == (4, 4) and s["block"] == 1
-    x = normalize_image(img, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))[None]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((img / 255 - mean) / std)[None]  # ImageNet's statistics: the default of an RGB model
     maps = m.get_attention_maps(x)
     torch.testing.assert_close(s["heads"], maps[1][0, :, 0, 1:].reshape(4, 4, 4))
     torch.testing.assert_close(s["rollout"], m.attention_rollout(maps)[0])
@@ -93,34 +87,22 @@ def test_attention_summary_matches_the_model():
 
 def test_attention_summary_keeps_train_mode_and_handles_avg_models():
     m = small(class_token=False, global_pool="avg").train()
-    s = attention_summary(m, torch.rand(3, 16, 16))
+    s = attention_summary(m, torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8))
     assert m.training and s["heads"].shape == (4, 4, 4) and s["block"] == 1
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(in_chans=1, class_token=False, global_pool="avg", num_classes=0)])
 def test_plot_attention_renders(kw):
     m = small(**kw)
-    img = torch.rand(m.cfg.in_chans, 16, 16)
+    img = torch.randint(0, 256, (m.cfg.in_chans, 16, 16), dtype=torch.uint8)
     png = figure_to_png(plot_attention(m, img, class_names=list("abcde")), dpi=50)
     im = decode(png)
     assert im.size[0] > 300 and im.size[1] > 200
 
 
-def test_load_image_resizes_and_converts(rgb_png):
-    x = load_image(rgb_png, 16, 3)
-    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    assert x[0, 8, 8] > 0.8  # the red disc in the middle
-    g = load_image(rgb_png, (8, 12), 1)
-    assert g.shape == (1, 8, 12)
-
-
-def test_load_image_errors(tmp_path):
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not an image at all")
-    with pytest.raises(DataError, match="cannot read image"):
-        load_image(bad, 16)
-    with pytest.raises(DataError, match="no such file"):
-        load_image(tmp_path / "missing.png", 16)
+def test_attention_summary_wants_a_uint8_image():
+    with pytest.raises(ShapeError, match="uint8 image"):
+        attention_summary(small(), torch.rand(3, 16, 16))
 
 
 # ---------------------------------------------------------------------- command line

@@ -136,7 +136,7 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
                                     run_dir / "attention.png")
     i0 = picks[min(3, len(picks) - 1)]
     figs["attention_heads"] = save_figure(
-        plot_attention(model, x[i0].float() / 255.0, mean=normalize.mean, std=normalize.std, class_names=labels,
+        plot_attention(model, x[i0], normalize, class_names=labels,
                        title=f"One test digit, head by head (true class {labels[int(y[i0])]})"),
         run_dir / "attention_heads.png")
     wrong = (pred != y).nonzero().flatten()
@@ -147,8 +147,8 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
                                        run_dir / "mistakes.png")
     from attnlab.viz.explore import explore_vit, write_page
 
-    figs["explore"] = write_page(explore_vit(model, x[i0].float() / 255.0, label=f"{run.name}, test digit {labels[int(y[i0])]}",
-                                             mean=normalize.mean, std=normalize.std, class_names=labels),
+    figs["explore"] = write_page(explore_vit(model, x[i0], normalize, label=f"{run.name}, test digit {labels[int(y[i0])]}",
+                                             class_names=labels),
                                  run_dir / "explore.html")
     pos = position_structure(model)
     ink = ink_share(model, x[picks], normalize)

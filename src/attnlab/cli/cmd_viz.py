@@ -121,11 +121,9 @@ def add_attention(sub) -> None:
 
 def run_attention(args) -> int:
     from attnlab.viz.common import check_dpi, check_picture_path, save_figure
-    from attnlab.viz.vit import check_normalization
 
     check_picture_path(args.output)
     check_dpi(args.dpi)
-    check_normalization(args.mean, args.std)
     if not 0.0 <= args.discard_ratio < 1.0:
         raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
     from attnlab import runs
@@ -148,18 +146,19 @@ def run_attention(args) -> int:
 
 
 def _vit_attention(model, run, args):
+    from attnlab.data.images import read_model_images
+    from attnlab.data.transforms import choose_normalization
     from attnlab.models import VisionTransformer
-    from attnlab.viz.vit import load_image, plot_attention
+    from attnlab.viz.vit import plot_attention
 
     if not isinstance(model, VisionTransformer):
         raise ConfigError(f"{args.checkpoint!r} is a {type(model).__name__}; attention pictures are drawn for Vision "
                           "Transformers, language-model runs and translation runs")
-    image = load_image(args.input, model.cfg.img_size, model.cfg.in_chans)
-    mean, std = args.mean, args.std
-    if run is not None and mean is None and std is None and "normalize" in run.extras:
-        mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
-    return plot_attention(model, image, block=args.block, mean=mean, std=std,
-                          discard_ratio=args.discard_ratio, head_fusion=args.head_fusion)
+    extras = run.extras  # a run's own normalisation and class names
+    normalize = choose_normalization(model, extras.get("normalize"), args.mean, args.std)
+    image = read_model_images([args.input], model, convert=True)[0]
+    return plot_attention(model, image, normalize, block=args.block, discard_ratio=args.discard_ratio,
+                          head_fusion=args.head_fusion, class_names=extras.get("labels"))
 
 
 def _lm_attention(run, text: str):

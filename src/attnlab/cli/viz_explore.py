@@ -57,9 +57,10 @@ def add_parser(sub) -> None:
     p.add_argument("--head", type=int, default=0, help="the worked head's head (default: 0)")
     p.add_argument("--attention", choices=("enc", "dec", "cross"), default="cross",
                    help="translation: the worked head's attention: encoder self, decoder self or cross (default: cross)")
-    p.add_argument("--mean", type=float, nargs="+", help="ViT: per-channel mean to normalise the image with "
-                                                         "(default: ImageNet's for RGB models, none for grey)")
-    p.add_argument("--std", type=float, nargs="+", help="ViT: per-channel std (> 0) to normalise the image with")
+    p.add_argument("--mean", type=float, nargs="+", help="ViT, DETR: per-channel mean to normalise the image with "
+                                                         "(default: a run's own, else ImageNet's for RGB models and "
+                                                         "[0, 1] pixels for grey)")
+    p.add_argument("--std", type=float, nargs="+", help="ViT, DETR: per-channel std (> 0) to normalise the image with")
     p.add_argument("--threshold", type=float, default=0.7, help="DETR: show the queries whose score reaches this (the three "
                                                                 "best when none does; default: 0.7)")
     p.add_argument("--max-mb", type=float, default=3.0, help="size budget of the page in MB; past it, evenly spaced layers "
@@ -70,38 +71,29 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from attnlab.viz import explore
-    from attnlab.viz.vit import check_normalization
 
     explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
     if not 0 < args.max_mb < math.inf:
         raise ConfigError(f"--max-mb must be a finite number > 0, got {args.max_mb}")
-    check_normalization(args.mean, args.std)
     model, tokenizers, random_init, run = load(args)
     kind = family(model)
     if args.target is not None and kind != "translation":
         raise ConfigError("--target is for translation models only")
     worked, budget = (args.layer, args.head), int(args.max_mb * 1e6)
     label = args.model
-    if kind == "vit":
-        from attnlab.viz.vit import load_image
+    if kind in ("vit", "detr"):
+        from attnlab.data.images import read_model_images
+        from attnlab.data.transforms import choose_normalization
 
-        image = load_image(args.input, model.cfg.img_size, model.cfg.in_chans)
-        mean, std, names = args.mean, args.std, None
-        if run is not None:  # the run's own normalisation and class names
-            names = run.extras.get("labels")
-            if mean is None and std is None and "normalize" in run.extras:
-                mean, std = run.extras["normalize"].mean, run.extras["normalize"].std
-        data = explore.explore_vit(model, image, label=label, random_init=random_init, mean=mean, std=std,
-                                   worked=worked, class_names=names, budget=budget)
-    elif kind == "detr":
-        from attnlab.data.images import read_images
-
-        s = int(model.cfg.img_size)
-        image = read_images([args.input], (s, s), model.cfg.in_chans, convert=True)[0]
-        normalize, labels = ((run.extras["normalize"], run.extras["labels"]) if run is not None
-                             else explore.detr_defaults(model))
-        data = explore.explore_detr(model, image, normalize, labels, label=label, random_init=random_init,
-                                    threshold=args.threshold, worked=worked, budget=budget)
+        extras = run.extras if run is not None else {}  # a run's own normalisation and class names
+        normalize = choose_normalization(model, extras.get("normalize"), args.mean, args.std)
+        image = read_model_images([args.input], model, convert=True)[0]
+        if kind == "vit":
+            data = explore.explore_vit(model, image, normalize, label=label, random_init=random_init, worked=worked,
+                                       class_names=extras.get("labels"), budget=budget)
+        else:
+            data = explore.explore_detr(model, image, normalize, extras.get("labels"), label=label,
+                                        random_init=random_init, threshold=args.threshold, worked=worked, budget=budget)
     elif kind == "lm":
         data = explore.explore_lm(model, tokenizers, args.input, label=label, random_init=random_init,
                                   worked=worked, budget=budget)

@@ -464,11 +464,14 @@ def open_image(path: str | Path):
     except IsADirectoryError:
         raise DataError(f"{path} is a directory, not an image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read the image ({e}); is it corrupt or truncated?") from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read image {path}: {reason}; is it corrupt or truncated?") from e
 
 
 def image_to_tensor(im, size: tuple[int, int] | None, channels: int) -> torch.Tensor:
-    """uint8 (C, H, W)."""
+    """uint8 (C, H, W): alpha composited on white (:func:`to_mode`), then resized to ``size``
+    (H, W) with Pillow's antialiased bilinear filter, the one the training data is resized with
+    (:func:`resize`), so a trained model reads a file as it read its training images."""
     from PIL import Image
 
     im = to_mode(im, channels)
@@ -545,9 +548,23 @@ def load_folder(path: Path, image_size=None, channels: int | None = None) -> Ima
     return ImageSplits("folder", f"folder:{path}", train, test, notes=notes)
 
 
-def read_images(paths: list[str], size: tuple[int, int], in_chans: int, convert: bool = False) -> torch.Tensor:
-    """uint8 (N, C, H, W) from image files. A colour image for a greyscale model is refused
-    unless ``convert`` (greyscale images are repeated into RGB for colour models)."""
+def model_image_size(model) -> tuple[int, int]:
+    """(H, W) of the images ``model`` reads (its config's ``img_size``)."""
+    s = model.cfg.img_size
+    return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+
+def read_model_images(paths: list[str], model, convert: bool = False) -> torch.Tensor:
+    """uint8 (N, C, H, W): image files as ``model`` reads them, at its size and channels; the one
+    path from a user's image file to a model (predict, viz attention, viz explore). Normalise
+    with :func:`attnlab.data.transforms.choose_normalization`."""
+    return read_images(paths, model_image_size(model), int(model.cfg.in_chans), convert)
+
+
+def read_images(paths: list[str], size: tuple[int, int] | None, in_chans: int, convert: bool = False) -> torch.Tensor:
+    """uint8 (N, C, H, W) from image files (:func:`image_to_tensor`; ``size`` None keeps each
+    file's own). A colour image for a greyscale model is refused unless ``convert`` (greyscale
+    images are repeated into RGB for colour models)."""
     xs = []
     for p in paths:
         im = open_image(p)

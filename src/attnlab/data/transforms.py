@@ -1,12 +1,22 @@
 """Image transforms on uint8 batches: training augmentation (random crop with zero padding,
-horizontal flip) and normalisation ``(x / 255 - mean) / std`` with per-channel statistics of
-the training images."""
+horizontal flip) and normalisation ``(x / 255 - mean) / std``, with the per-channel statistics
+of a run's training images or, for a model without a run, :func:`default_normalization`.
+:func:`choose_normalization` is the one rule for which of them reads an image."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from attnlab.errors import ConfigError
+
+#: ImageNet's per-channel mean and std (fractions of 255), what RGB models without a run's own use
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Augment:
@@ -75,3 +85,30 @@ class Normalize:
             self._cache[key] = (1.0 / (255.0 * std), -mean / std)
         a, b = self._cache[key]
         return torch.addcmul(b, x.float(), a)
+
+
+def default_normalization(model) -> Normalize:
+    """The normalisation of a model that brings no statistics of its own (a registered name, a
+    checkpoint file): ImageNet's mean and std for an RGB model, pixels in [0, 1] otherwise."""
+    c = int(model.cfg.in_chans)
+    return Normalize(IMAGENET_MEAN, IMAGENET_STD) if c == 3 else Normalize([0.0] * c, [1.0] * c)
+
+
+def choose_normalization(model, own: Normalize | None = None, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None) -> Normalize:
+    """How an image is normalised for ``model``: ``mean``/``std`` when either is given (the other
+    0 or 1 per channel), else ``own`` (a run's, from its training images), else
+    :func:`default_normalization`. Values that would make every input NaN or infinite, or a
+    count other than one per channel, raise ConfigError."""
+    if mean is None and std is None:
+        return own if own is not None else default_normalization(model)
+    c = int(model.cfg.in_chans)
+    mean, std = list(mean) if mean is not None else [0.0] * c, list(std) if std is not None else [1.0] * c
+    if not all(math.isfinite(m) for m in mean):
+        raise ConfigError(f"--mean {' '.join(map(str, mean))}: every mean must be a finite number")
+    if not all(0 < s < math.inf for s in std):
+        raise ConfigError(f"--std {' '.join(map(str, std))}: every standard deviation must be a positive finite number")
+    if len(mean) != c or len(std) != c:
+        raise ConfigError(f"--mean and --std need {c} values (one per channel), "
+                          f"got {len(mean)} and {len(std)}")
+    return Normalize(mean, std)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.data.canvases import CanvasConfig, DetectionSet, DigitCanvases
-from attnlab.data.transforms import Normalize
+from attnlab.data.transforms import Normalize, default_normalization
 from attnlab.detect.boxes import cxcywh_to_xyxy
 from attnlab.detect.coco_eval import coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
@@ -35,7 +35,6 @@ from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, p
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, progress_bar, sharded_batches, steps_in_epoch
 
 TASK = "detect"
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 @dataclass
@@ -292,7 +291,6 @@ def pretraining_line(pre: dict) -> str:
 
 def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection:
     dc = data.config
-    mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
     if dc.init:
         from attnlab.checkpoints import load_checkpoint
 
@@ -306,7 +304,7 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
         if not dc.train_backbone:
             model.backbone.requires_grad_(False)
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
-    return Detection(data.train, data.val, data.classes, data.category_ids, Normalize(mean, std),
+    return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
                      data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
                      budget_start=data.budget_start)
 
@@ -353,7 +351,7 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
     """The detections (score >= ``threshold``) of each image file: label, score, box
     [x0, y0, x1, y1] in the file's pixels; each image is drawn with its boxes into
     ``output_dir`` (default ``RUN_DIR/predictions``) under the name :func:`picture_names` gives it."""
-    from attnlab.data.images import read_images
+    from attnlab.data.images import read_images, read_model_images
     from attnlab.io import check_output_dir
     from attnlab.viz.common import save_figure
     from attnlab.viz.detection import plot_detections
@@ -362,8 +360,7 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
         raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
     out_dir = Path(output_dir) if output_dir else run.run_dir / "predictions"
     check_output_dir(out_dir)
-    s = int(run.model.cfg.img_size)
-    x = read_images(inputs, (s, s), run.model.cfg.in_chans, convert)
+    x = read_model_images(inputs, run.model, convert)
     originals = [read_images([p], None, run.model.cfg.in_chans, convert)[0] for p in inputs]
     labels = run.extras["labels"]
     out = []
@@ -404,16 +401,14 @@ def picture_names(inputs: list[str]) -> list[str]:
 def attention_figure(model: DETR, run: LoadedRun | None, image_path: str):
     """``attnlab viz attention`` for a DETR (a run, or a registered name with random weights):
     the image resized to the model's size, DETR's Fig. 6 and Fig. 3."""
-    from attnlab.data.images import read_images
+    from attnlab.data.images import read_model_images
     from attnlab.viz.detection import plot_detr_attention
 
-    s, c = int(model.cfg.img_size), model.cfg.in_chans
-    x = read_images([image_path], (s, s), c, convert=True)[0]
+    x = read_model_images([image_path], model, convert=True)[0]
     if run is not None:
         normalize, labels = run.extras["normalize"], run.extras["labels"]
     else:
-        normalize = Normalize(*(([0.0], [1.0]) if c == 1 else IMAGENET))
-        labels = [str(i) for i in range(model.cfg.num_classes)]
+        normalize, labels = default_normalization(model), [str(i) for i in range(model.cfg.num_classes)]
     name = run.name if run is not None else f"{model.name} (random init)"
     return plot_detr_attention(model, x, normalize, labels,
                                title=f"{name} on {Path(image_path).name}: decoder cross-attention of confident queries "

@@ -271,7 +271,7 @@ def predict(run: LoadedRun, inputs: list[str], top_k: int = 5, convert: bool = F
     """Top-k classes with probabilities for each image file."""
     model, labels = run.model, run.extras["labels"]
     k = min(top_k, len(labels))
-    x = D.read_images(inputs, _size(model.cfg.img_size), model.cfg.in_chans, convert)
+    x = D.read_model_images(inputs, model, convert)
     probs = model(run.extras["normalize"](x.to(model_device(model)))).float().softmax(-1).cpu()
     top = probs.topk(k, dim=-1)
     return [{"image": str(p), "top": [{"label": labels[int(i)], "index": int(i), "probability": round(float(v), 6)}

@@ -5,7 +5,6 @@
 norms against distance, the copy task). Figures are built without pyplot (Agg, no display)."""
 
 from attnlab.viz.common import figure_to_png, save_figure
-from attnlab.viz.vit import load_image, plot_attention, plot_posembed_similarity, posembed_similarity
+from attnlab.viz.vit import plot_attention, plot_posembed_similarity, posembed_similarity
 
-__all__ = ["figure_to_png", "load_image", "plot_attention", "plot_posembed_similarity", "posembed_similarity",
-           "save_figure"]
+__all__ = ["figure_to_png", "plot_attention", "plot_posembed_similarity", "posembed_similarity", "save_figure"]

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.data.transforms import Normalize, default_normalization
 from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.io import atomic_write_bytes
 from attnlab.nn.attention import AdditiveAttention, MultiHeadAttention
@@ -372,22 +373,18 @@ def image_data_uri(image: Tensor) -> str:
 
 
 @torch.no_grad()
-def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: bool = False,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                worked: tuple[int, int] = (-1, 0), class_names: Sequence[str] | None = None,
+def explore_vit(model: nn.Module, image: Tensor, normalize: Normalize | None = None, *, label: str,
+                random_init: bool = False, worked: tuple[int, int] = (-1, 0), class_names: Sequence[str] | None = None,
                 budget: int = BUDGET_BYTES) -> dict:
-    """Page data of a Vision Transformer on one image (C, H, W) in [0, 1] at the model's size:
-    every block's attention (:meth:`~attnlab.models.vit.VisionTransformer.get_attention_maps`),
-    the rollout after each block, the position-embedding similarity, the top-5 predictions and
-    the worked head ``worked`` = (block, head). When all blocks do not fit in ``budget`` bytes,
-    evenly spaced blocks (the last among them) are kept and the page says so."""
-    from attnlab.viz.vit import default_normalization, normalize_image, posembed_similarity
+    """Page data of a Vision Transformer on one uint8 image (C, H, W) at the model's size,
+    normalised by ``normalize`` (:func:`attnlab.viz.vit.model_input`): every block's attention
+    (:meth:`~attnlab.models.vit.VisionTransformer.get_attention_maps`), the rollout after each
+    block, the position-embedding similarity, the top-5 predictions and the worked head
+    ``worked`` = (block, head). When all blocks do not fit in ``budget`` bytes, evenly spaced
+    blocks (the last among them) are kept and the page says so."""
+    from attnlab.viz.vit import model_input, posembed_similarity
 
-    if image.dim() != 3:
-        raise ConfigError(f"explore one image (C, H, W), got shape {tuple(image.shape)}")
-    if mean is None and std is None:
-        mean, std = default_normalization(model)
-    x = normalize_image(image.float(), mean, std)[None].to(next(model.parameters()).device)
+    x = model_input(model, image, normalize)
     depth = len(model.blocks)
     layer = _parse_layer(worked[0], depth, "block")
     model.eval()
@@ -407,7 +404,7 @@ def explore_vit(model: nn.Module, image: Tensor, *, label: str, random_init: boo
         notes.append(f"No position-embedding grid: {e}")
     data = {
         "kind": "vit", "meta": _meta(model, label, random_init), "notes": notes,
-        "image": {"src": image_data_uri(image), "height": int(image.shape[-2]), "width": int(image.shape[-1])},
+        "image": {"src": image_data_uri(image.float() / 255), "height": int(image.shape[-2]), "width": int(image.shape[-1])},
         "grid": [gh, gw], "prefix": k, "class_token": model.cls_token is not None,
         "rollout": {"shape": [depth, gh, gw], "values": f32(rollout)},
         "posembed": posembed,
@@ -428,16 +425,6 @@ def _top5(logits: Tensor, class_names: Sequence[str] | None) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- DETR
-def detr_defaults(model: nn.Module) -> tuple:
-    """(normalize, labels) of a DETR without a run (random init or a checkpoint file): what
-    ``attnlab viz attention`` uses, 0/1 for grey images, ImageNet's for RGB; class indices as names."""
-    from attnlab.data.transforms import Normalize
-    from attnlab.tasks.detect import IMAGENET
-
-    mean, std = ([0.0], [1.0]) if model.cfg.in_chans == 1 else IMAGENET
-    return Normalize(mean, std), [str(i) for i in range(model.cfg.num_classes)]
-
-
 def _display_size(image: Tensor, notes: list[str]) -> Tensor:
     """(C, H, W) shrunk (antialiased) to at most DISPLAY_PIXELS on its longer side: the page draws
     it 336 pixels wide, so an 800-pixel picture would only spend the size budget."""
@@ -451,11 +438,13 @@ def _display_size(image: Tensor, notes: list[str]) -> Tensor:
 
 
 @torch.no_grad()
-def explore_detr(model: nn.Module, image: Tensor, normalize, labels: Sequence[str], *, label: str, random_init: bool = False,
-                 threshold: float = 0.7, max_queries: int = 20, worked: tuple[int, int] = (-1, 0),
-                 budget: int = BUDGET_BYTES) -> dict:
+def explore_detr(model: nn.Module, image: Tensor, normalize: Normalize | None = None, labels: Sequence[str] | None = None,
+                 *, label: str, random_init: bool = False, threshold: float = 0.7, max_queries: int = 20,
+                 worked: tuple[int, int] = (-1, 0), budget: int = BUDGET_BYTES) -> dict:
     """Page data of a DETR (:class:`attnlab.models.detr.DETR`) on one image, uint8 (C, S, S) at the
-    model's size, normalised by ``normalize`` (the run's): every query's detection (label, score,
+    model's size, normalised by ``normalize`` (the run's; default
+    :func:`~attnlab.data.transforms.default_normalization`), classes named by ``labels``
+    (default: their indices): every query's detection (label, score,
     box in pixels, :func:`attnlab.detect.coco_eval.postprocess`); the decoder cross-attention
     (L, H, n, h·w) of the shown queries (score >= ``threshold``, at most ``max_queries``; the
     best three when none reach it), DETR Fig. 6; the encoder self-attention (L, H, h·w, h·w) of
@@ -469,7 +458,9 @@ def explore_detr(model: nn.Module, image: Tensor, normalize, labels: Sequence[st
         raise ConfigError(f"explore one uint8 image (C, H, W), got {image.dtype} of shape {tuple(image.shape)}")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
-    x = normalize(image[None]).to(next(model.parameters()).device)
+    normalize = normalize if normalize is not None else default_normalization(model)
+    labels = labels if labels is not None else [str(i) for i in range(model.cfg.num_classes)]
+    x = normalize(image[None].to(next(model.parameters()).device))
     layer = _parse_layer(worked[0], len(model.decoder), "decoder layer")
     model.eval()
     states: list[Tensor] = []  # the decoder state that enters the worked layer's cross-attention (after norm1)

@@ -8,8 +8,6 @@ global state, no display needed); :func:`save_figure` writes it as a PNG atomica
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,12 +15,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from attnlab.errors import ConfigError, DataError, ShapeError
+from attnlab.data.transforms import Normalize, default_normalization
+from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.vit import VisionTransformer
 from attnlab.viz.common import HEATMAP
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------- position embeddings
@@ -95,69 +91,25 @@ def _cmap(name: str):
     return matplotlib.colormaps[name].with_extremes(bad="white")
 
 
-# ---------------------------------------------------------------------- images
-def default_normalization(model: VisionTransformer) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """(mean, std) for the model's inputs: ImageNet's for RGB models, none (pixels in [0, 1])
-    otherwise."""
-    return (IMAGENET_MEAN, IMAGENET_STD) if model.cfg.in_chans == 3 else (None, None)
-
-
-def load_image(path: str | os.PathLike, size: int | tuple[int, int], in_chans: int = 3) -> Tensor:
-    """Read an image with Pillow as (C, H, W) floats in [0, 1], converted to RGB (3 channels)
-    or grey (1 channel) and resized (bicubic) to ``size``. Unreadable files raise DataError."""
-    from PIL import Image
-
-    if in_chans not in (1, 3):
-        raise ConfigError(f"images can be read for 1- or 3-channel models, not {in_chans} channels")
-    h, w = (size, size) if isinstance(size, int) else size
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("RGB" if in_chans == 3 else "L").resize((w, h), Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise DataError(f"cannot read image {str(path)!r}: no such file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot read image {str(path)!r}: {reason}") from None
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def check_normalization(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-    """Refuse ``--mean``/``--std`` values that would turn every input into NaN or infinity: a
-    standard deviation that is not positive and finite, a mean that is not finite."""
-    if std is not None and not all(0 < s < math.inf for s in std):
-        raise ConfigError(f"--std {' '.join(map(str, std))}: every standard deviation must be a positive finite number")
-    if mean is not None and not all(math.isfinite(m) for m in mean):
-        raise ConfigError(f"--mean {' '.join(map(str, mean))}: every mean must be a finite number")
-
-
-def normalize_image(image: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
-    """(C, H, W) or (B, C, H, W) in [0, 1] -> (x - mean) / std per channel (unchanged if None)."""
-    if mean is None and std is None:
-        return image
-    c = image.shape[-3]
-    m = torch.as_tensor(mean if mean is not None else [0.0] * c, dtype=image.dtype, device=image.device)
-    s = torch.as_tensor(std if std is not None else [1.0] * c, dtype=image.dtype, device=image.device)
-    if m.numel() != c or s.numel() != c:
-        raise ShapeError(f"mean and std need {c} values (one per channel), got {m.numel()} and {s.numel()}")
-    return (image - m[:, None, None]) / s[:, None, None]
-
-
 # ---------------------------------------------------------------------- attention
+def model_input(model: VisionTransformer, image: Tensor, normalize: Normalize | None) -> Tensor:
+    """One uint8 image (C, H, W) at the model's size -> the model's input (1, C, H, W), normalised
+    by ``normalize`` (default: :func:`~attnlab.data.transforms.default_normalization`)."""
+    if image.dim() != 3 or image.dtype != torch.uint8:
+        raise ShapeError(f"give one uint8 image (C, H, W) (attnlab.data.images.read_model_images reads one), "
+                         f"got {image.dtype} of shape {tuple(image.shape)}")
+    normalize = normalize if normalize is not None else default_normalization(model)
+    return normalize(image[None].to(next(model.parameters()).device))
+
+
 @torch.no_grad()
-def attention_summary(model: VisionTransformer, image: Tensor, *, block: int = -1, mean=None, std=None,
+def attention_summary(model: VisionTransformer, image: Tensor, normalize: Normalize | None = None, *, block: int = -1,
                       discard_ratio: float = 0.0, head_fusion: str = "mean") -> dict:
-    """Everything :func:`plot_attention` draws, as tensors, for one image (C, H, W) in [0, 1]:
-    ``heads`` (H, Gh, Gw) the chosen block's per-head attention over the patches (the class
-    token's row, or without a class token the mean over the patch rows), ``rollout`` (Gh, Gw),
-    ``probs`` (num_classes,) or None, ``block`` (the block index, non-negative)."""
-    if image.dim() != 3:
-        raise ShapeError(f"plot one image (C, H, W), got shape {tuple(image.shape)}")
-    if mean is None and std is None:
-        mean, std = default_normalization(model)
-    x = normalize_image(image.float(), mean, std)[None].to(next(model.parameters()).device)
+    """Everything :func:`plot_attention` draws, as tensors, for one uint8 image (C, H, W)
+    (:func:`model_input`): ``heads`` (H, Gh, Gw) the chosen block's per-head attention over the
+    patches (the class token's row, or without a class token the mean over the patch rows),
+    ``rollout`` (Gh, Gw), ``probs`` (num_classes,) or None, ``block`` (the block index, non-negative)."""
+    x = model_input(model, image, normalize)
     was_training = model.training
     model.eval()
     try:
@@ -203,21 +155,20 @@ def _bare(ax) -> None:
     ax.set_yticks([])
 
 
-def plot_attention(model: VisionTransformer, image: Tensor, *, block: int = -1, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None, discard_ratio: float = 0.0, head_fusion: str = "mean",
-                   class_names: Sequence[str] | None = None, title: str | None = None, max_cols: int = 6) -> Figure:
+def plot_attention(model: VisionTransformer, image: Tensor, normalize: Normalize | None = None, *, block: int = -1,
+                   discard_ratio: float = 0.0, head_fusion: str = "mean", class_names: Sequence[str] | None = None,
+                   title: str | None = None, max_cols: int = 6) -> Figure:
     """Where the model looks: the image, its attention rollout (Abnar & Zuidema 2020) over the
     patches and that map laid over the image; below, each head of block ``block`` (default
     the last): the class token's attention to every patch (without a class token: the
     attention each patch receives, averaged over the patches).
 
-    ``image`` (C, H, W) in [0, 1], the model's size; ``mean``/``std`` normalise it for the
-    model (default: :func:`default_normalization`). The rollout is drawn with its values
-    (colour bar); over the image, each map is stretched from its minimum to its maximum.
+    ``image`` uint8 (C, H, W) at the model's size, normalised for the model by ``normalize``
+    (:func:`model_input`). The rollout is drawn with its values (colour bar); over the image,
+    each map is stretched from its minimum to its maximum.
     """
-    s = attention_summary(model, image, block=block, mean=mean, std=std, discard_ratio=discard_ratio,
-                          head_fusion=head_fusion)
-    img = image.detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    s = attention_summary(model, image, normalize, block=block, discard_ratio=discard_ratio, head_fusion=head_fusion)
+    img = image.detach().float().cpu().permute(1, 2, 0).numpy() / 255.0  # (H, W, C) in [0, 1]
     heads, rollout = s["heads"].numpy(), s["rollout"].numpy()
     nh = heads.shape[0]
     cols = min(max_cols, nh)
