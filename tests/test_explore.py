@@ -24,6 +24,7 @@ from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq
 from attnlab.nn import Transformer, TransformerConfig
 from attnlab.viz import explore as E
 from attnlab.data.transforms import default_normalization
+from attnlab.viz.text import token_labels
 from attnlab.viz.vit import posembed_similarity
 
 CORPUS = ["a dog runs .", "ein hund läuft .", "the cat sleeps .", "die katze schläft .", "a man reads a book .",
@@ -224,7 +225,7 @@ def test_translation_without_target_uses_the_greedy_translation(bpe):
     d = E.explore_translation(mt, bpe, bpe, "a dog runs .", label="mt")
     src = torch.tensor([bpe.encode("a dog runs .") + [bpe.eos_id]])
     hyp = greedy_search(mt, src, bos=bpe.bos_id, eos=bpe.eos_id, pad=bpe.pad_id)[0]
-    assert d["text"]["target"] == E._labels(bpe, [bpe.bos_id] + hyp)
+    assert d["text"]["target"] == token_labels(bpe, [bpe.bos_id] + hyp)
     assert any("greedy" in n for n in d["notes"])
 
 
@@ -439,6 +440,20 @@ def test_cli_explores_runs(runs, tmp_path, image_file):
     mt = _page_data((tmp_path / "mt.html").read_text(encoding="utf-8"))
     assert mt["text"]["target"][0] == "<s>" and mt["sets"][2]["attention"]["shape"][:2] == [2, 2]
     assert mt["worked"]["check"] < 1e-5
+
+
+def test_viz_attention_and_the_explorer_name_special_tokens_alike(runs, tmp_path, monkeypatch):
+    from attnlab.viz import text
+
+    drawn = {}
+    plot = text.plot_alignment
+    monkeypatch.setattr(text, "plot_alignment", lambda w, src, tgt, title: drawn.update(src=src, tgt=tgt) or plot(w, src, tgt, title))
+    argv = [f"{runs / 'mt'}:last", "ein hund läuft .", "--target", "a dog runs ."]
+    assert main(["viz", "attention", *argv, "-o", str(tmp_path / "a.png")]) == 0
+    assert main(["viz", "explore", *argv, "-o", str(tmp_path / "mt.html")]) == 0
+    page = _page_data((tmp_path / "mt.html").read_text(encoding="utf-8"))["text"]
+    assert drawn["src"] == page["source"] and drawn["tgt"] == page["output"]
+    assert drawn["src"][-1] == drawn["tgt"][-1] == "</s>"
 
 
 # ---------------------------------------------------------------------- DETR

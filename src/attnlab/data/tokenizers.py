@@ -85,6 +85,12 @@ class Tokenizer:
             ids = ids + [self._require("eos")]
         return ids
 
+    def special_name(self, index: int) -> str | None:
+        """The string of the special token with id ``index`` (``</s>``, ``<pad>``, ``<eos>``...), None
+        for any other token: the one name every picture and page shows for a special token."""
+        names = {self.token_to_id(tok): tok for tok in self.specials.values()}
+        return names.get(int(index))
+
     def _require(self, role: str) -> int:
         i = self._special_id(role)
         if i is None:

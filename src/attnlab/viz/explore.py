@@ -246,12 +246,6 @@ def _attach_sets(data: dict, sets: list[tuple[dict, Tensor]], budget: int, unit:
 
 
 # ---------------------------------------------------------------------- text
-def _labels(tokenizer, ids: Sequence[int]) -> list[str]:
-    """:func:`~attnlab.viz.text.token_labels`, with special tokens (<s>, </s>, ...) by name."""
-    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id} - {None}
-    return [tokenizer.id_to_token(i) if i in specials else t for i, t in zip(ids, token_labels(tokenizer, ids))]
-
-
 def _encode(tokenizer, text: str, what: str) -> list[int]:
     ids = tokenizer.encode(text)
     if not ids:
@@ -286,8 +280,8 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
     p, nxt = probs.max(-1)
     data = {
         "kind": "lm", "meta": _meta(model, label, random_init), "notes": notes,
-        "text": {"tokens": _labels(tokenizer, ids),
-                 "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(_labels(tokenizer, nxt.tolist()), p)]},
+        "text": {"tokens": token_labels(tokenizer, ids),
+                 "next": [{"token": t, "p": round(float(pp), 4)} for t, pp in zip(token_labels(tokenizer, nxt.tolist()), p)]},
         "worked": _worked("self", layer, worked[1], model.get_submodule(names[layer]), _only(inputs, names[layer]),
                           rec.maps[names[layer]][0], notes),
     }
@@ -322,9 +316,9 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
         hyp = _first(_encode(tgt_tokenizer, target, "target sentence"), max_tokens - 1, "target sentence", notes)
     tgt_in = torch.tensor([[bos] + hyp], device=src.device)
     out_ids = hyp + [eos]
-    src_t, tgt_t = _labels(src_tokenizer, src_ids), _labels(tgt_tokenizer, [bos] + hyp)
+    src_t, tgt_t = token_labels(src_tokenizer, src_ids), token_labels(tgt_tokenizer, [bos] + hyp)
     data = {"kind": "translation", "meta": _meta(model, label, random_init), "notes": notes,
-            "text": {"source": src_t, "target": tgt_t, "output": _labels(tgt_tokenizer, out_ids)}}
+            "text": {"source": src_t, "target": tgt_t, "output": token_labels(tgt_tokenizer, out_ids)}}
 
     if isinstance(getattr(model, "attention", None), AdditiveAttention):  # Bahdanau et al.: one alignment
         with AttentionRecorder(model) as rec:

@@ -23,11 +23,17 @@ MAX_TOKENS = 64  # more labels than this are unreadable
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
-    """One printable label per token id (whitespace made visible)."""
+    """One printable label per token id: a special token by its own name
+    (:meth:`~attnlab.data.tokenizers.Tokenizer.special_name`: ``<s>``, ``</s>``...), any other by
+    its text with whitespace made visible (its vocabulary entry when that text is empty)."""
     out = []
     for i in ids:
+        special = tokenizer.special_name(i)
+        if special is not None:
+            out.append(special)
+            continue
         s = tokenizer.decode([i]).replace("\n", "\\n").replace(" ", "·")
-        out.append("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s) or f"<{i}>")
+        out.append("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s) or tokenizer.id_to_token(int(i)))
     return out
 
 
