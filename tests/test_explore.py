@@ -227,6 +227,22 @@ def test_translation_without_target_uses_the_greedy_translation(bpe):
     hyp = greedy_search(mt, src, bos=bpe.bos_id, eos=bpe.eos_id, pad=bpe.pad_id)[0]
     assert d["text"]["target"] == token_labels(bpe, [bpe.bos_id] + hyp)
     assert any("greedy" in n for n in d["notes"])
+    text = d["text"]  # its own output read back: the same tokens (the end token is appended where greedy stopped at its length)
+    assert not text["forced"] and text["predicted"][:-1] == text["output"][:-1] and len(text["predicted"]) == len(text["output"])
+
+
+def test_a_forced_target_is_said_and_the_models_own_prediction_kept(bpe):
+    mt = tiny_mt(bpe)
+    d = E.explore_translation(mt, bpe, bpe, "ein hund läuft .", "die katze schläft .", label="mt")
+    src = torch.tensor([bpe.encode("ein hund läuft .") + [bpe.eos_id]])
+    tgt = bpe.encode("die katze schläft .")
+    with torch.no_grad():
+        own = mt(src, torch.tensor([[bpe.bos_id] + tgt]))[0].argmax(-1).tolist()
+    text = d["text"]
+    assert text["forced"] and text["output"] == token_labels(bpe, tgt + [bpe.eos_id]) and text["predicted"] == token_labels(bpe, own)
+    differ = sum(a != b for a, b in zip(own, tgt + [bpe.eos_id]))
+    assert differ > 0  # an untrained model does not predict the forced sentence
+    assert any("forced" in n and f"differs from the target's at {differ} of {len(own)} steps" in n for n in d["notes"])
 
 
 def test_translation_page_says_when_it_cuts_the_source_and_target(bpe):

@@ -155,7 +155,9 @@ def test_translation_page_steps(browser, tmp_path):
     page = o.page
     page.fill("#step", "2")  # a range input: fill sets its value and fires input
     assert page.get_attribute("#alignment", "data-step") == "2"
-    assert f"predicts “{data['text']['output'][2]}”" in page.text_content("#step-label")
+    text = data["text"]  # the target was forced: the page says so and shows the model's own next token beside it
+    assert f"target (forced) “{text['output'][2]}” · the model predicts “{text['predicted'][2]}”" in page.text_content("#step-label")
+    assert page.text_content("#own-prediction") == f"model: {text['predicted'][2]}" and page.is_visible("text=forced target")
     assert page.get_attribute("button.tab[data-set='cross']", "aria-selected") == "true"
     lines = page.locator("svg.headview line")
     assert lines.count() > 0 and page.locator("svg.headview line[data-q='2']").count() == lines.count()
@@ -165,6 +167,13 @@ def test_translation_page_steps(browser, tmp_path):
     assert page.get_attribute("svg.headview", "data-set") == "enc"
     o.assert_clean()
     page.close()
+    greedy = E.explore_translation(tiny_mt(bpe), bpe, bpe, "ein hund läuft .", label="tiny-mt", random_init=True)
+    o = Opened(browser, E.write_page(greedy, tmp_path / "greedy.html")).ready()
+    o.page.fill("#step", "1")
+    assert o.page.text_content("#step-label").endswith(f"→ predicts “{greedy['text']['predicted'][1]}”")
+    assert o.page.locator("#own-prediction").count() == 0
+    o.assert_clean()
+    o.page.close()
 
 
 def test_detr_page_query_clicks_and_encoder_hover(browser, tmp_path):

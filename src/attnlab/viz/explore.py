@@ -293,8 +293,10 @@ def explore_lm(model: nn.Module, tokenizer, text: str, *, label: str, random_ini
 def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: str, target: str | None = None, *,
                         label: str, random_init: bool = False, worked: tuple[int, int] = (-1, 0), worked_set: str = "cross",
                         max_tokens: int = MAX_TEXT_TOKENS, budget: int = BUDGET_BYTES) -> dict:
-    """Page data of a translation model on one sentence: the target is ``target`` (teacher
-    forcing) or the model's greedy translation. For the Transformer: encoder self-attention,
+    """Page data of a translation model on one sentence: the target is ``target`` (forced:
+    teacher forcing on a given sentence) or the model's greedy translation; at every step the
+    page has the target's next token and the model's own most likely one, which a forced target
+    can contradict. For the Transformer: encoder self-attention,
     decoder self-attention and cross-attention of every layer, and the worked head ``worked`` =
     (layer, head) of ``worked_set`` ("enc", "dec" or "cross"); for the GRU with additive attention,
     its one alignment. Decoder row t is decoding step t (the model reads the target prefix up
@@ -318,11 +320,22 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     out_ids = hyp + [eos]
     src_t, tgt_t = token_labels(src_tokenizer, src_ids), token_labels(tgt_tokenizer, [bos] + hyp)
     data = {"kind": "translation", "meta": _meta(model, label, random_init), "notes": notes,
-            "text": {"source": src_t, "target": tgt_t, "output": token_labels(tgt_tokenizer, out_ids)}}
+            "text": {"source": src_t, "target": tgt_t, "output": token_labels(tgt_tokenizer, out_ids),
+                     "forced": target is not None}}
+
+    def own_predictions(logits: Tensor) -> None:
+        """The model's most likely next token at each step (B, Tt, V) -> labels; said in a note when forced."""
+        own = logits[0].argmax(-1).tolist()
+        data["text"]["predicted"] = token_labels(tgt_tokenizer, own)
+        if target is not None:
+            differ = sum(a != b for a, b in zip(own, out_ids))
+            notes.append(f"The target was given (--target) and forced: at each step the decoder reads the given target, "
+                         f"not its own output. The model's own next token differs from the target's at {differ} of "
+                         f"{len(out_ids)} steps; the page shows both.")
 
     if isinstance(getattr(model, "attention", None), AdditiveAttention):  # Bahdanau et al.: one alignment
         with AttentionRecorder(model) as rec:
-            model(src, tgt_in)
+            own_predictions(model(src, tgt_in))
         align = torch.cat(rec.maps["attention"], dim=-2)[:1].float()  # one row per decoding step: (1, 1, Tt, Ts)
         data["notes"].append("Additive attention (Bahdanau et al. 2015): score = vᵀ tanh(W s + U h), "
                              "so there is no Q·Kᵀ head to work through.")
@@ -343,7 +356,7 @@ def explore_translation(model: nn.Module, src_tokenizer, tgt_tokenizer, source: 
     layer = _parse_layer(worked[0], len(names[worked_set]))
     name = names[worked_set][layer]
     with AttentionRecorder(model) as rec, keep_inputs(model.get_submodule(name)) as inputs:
-        model(src, tgt_in)
+        own_predictions(model(src, tgt_in))
     data["worked"] = _worked(worked_set, layer, worked[1], model.get_submodule(name), _only(inputs, name), rec.maps[name][0],
                              notes)
     sets = [({"id": "enc", "title": "encoder self-attention", "queries": "source", "keys": "source"}, _stack(rec, names["enc"])),

@@ -381,8 +381,11 @@
   RENDER.translation = function () {
     const T = DATA.text, tokensOf = (side) => (side === "source" ? T.source : T.target);
     const Tt = T.target.length;
-    const sec = section("Decoding, one step at a time",
-      "At step t the decoder has read the target prefix up to t (blue) and predicts the next token (dashed). The head views of decoder self-attention and cross-attention follow the step's query; the alignment grows one row per step.");
+    const sec = section(T.forced ? "Decoding a forced target, one step at a time" : "Decoding, one step at a time",
+      (T.forced
+        ? "The target was given (--target) and forced: at step t the decoder has read the given target up to t (blue), whatever it would have said itself. Dashed: the target's next token; beside it, what the model itself predicts there (red where the two differ)."
+        : "At step t the decoder has read its own translation up to t (blue) and predicts the next token (dashed).") +
+      " The head views of decoder self-attention and cross-attention follow the step's query; the alignment grows one row per step.");
     const step = el("input", { type: "range", id: "step", min: 0, max: Tt - 1, value: 0, "aria-label": "decoding step" });
     const label = el("span", { class: "mono", id: "step-label" });
     const src = el("div", { class: "chips" }, ...T.source.map((t) => el("span", { text: t })));
@@ -405,8 +408,14 @@
     };
     function update() {
       const t = +step.value;
-      label.textContent = `step ${t}: reads “${T.target.slice(0, t + 1).join(" ")}” → predicts “${T.output[t]}”`;
-      tgt.replaceChildren(...T.target.map((x, i) => el("span", { class: i < t ? "done" : i === t ? "now" : "", text: x })), el("span", { class: "next", text: T.output[t] }));
+      const own = T.predicted[t], differs = T.forced && own !== T.output[t];
+      label.textContent = T.forced
+        ? `step ${t}: reads “${T.target.slice(0, t + 1).join(" ")}” → target (forced) “${T.output[t]}” · the model predicts “${own}”`
+        : `step ${t}: reads “${T.target.slice(0, t + 1).join(" ")}” → predicts “${own}”`;
+      label.classList.toggle("differs", differs);
+      tgt.replaceChildren(...T.target.map((x, i) => el("span", { class: i < t ? "done" : i === t ? "now" : "", text: x })),
+        el("span", { class: "next", text: T.forced ? T.output[t] : own }),
+        T.forced ? el("span", { class: differs ? "own differs" : "own", id: "own-prediction", text: `model: ${own}` }) : null);
       const l = +layerSel.value, m = new Float32Array(C.Tq * C.Tk);
       for (let h = 0; h < C.H; h++) { const a = C.matrix(l, h); for (let p = 0; p < a.length; p++) m[p] += a[p] / C.H; }
       alignWrap.replaceChildren(labelledHeatmap(alignCanvas, m, T.target, T.source, { blankRowsFrom: t + 1, vmin: 0, vmax: 1 }));
