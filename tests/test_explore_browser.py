@@ -184,6 +184,13 @@ def test_detr_page_query_clicks_and_encoder_hover(browser, tmp_path):
     assert page.is_visible("#random-init")
     shown = data["shown"]
     assert page.locator("#detr-boxes g.box").count() == len(shown) and page.locator("button.query-btn").count() == len(shown)
+    labels = page.evaluate("[...document.querySelectorAll('#detr-boxes g.box text')].map((t) => {"
+                           " const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; })")
+    assert len(labels) == len(shown) > 3  # every label inside the picture, none printed over another
+    assert all(0 <= x0 and 0 <= y0 and x1 <= 336 + 0.5 for x0, y0, x1, _ in labels)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            assert a[2] <= b[0] + 0.5 or b[2] <= a[0] + 0.5 or a[3] <= b[1] + 0.5 or b[3] <= a[1] + 0.5, (a, b)
     stage, overlay = page.locator("#detr-stage"), "document.getElementById('detr-cross').toDataURL()"
     assert stage.get_attribute("data-query") == str(shown[0])
     assert page.get_attribute("#detr-boxes g.box.active", "data-query") == str(shown[0])

@@ -550,6 +550,21 @@
   };
 
   // ------------------------------------------------------------------ DETR
+  // Put each box's label (most confident first) where it overlaps no label placed before: above the
+  // box, inside its top, below it, right-aligned above; else the free row nearest the box. Measured
+  // text, so the labels of crowded boxes never print over each other.
+  function placeLabels(texts, boxes, w, h) {
+    const placed = [], free = (a) => placed.every((b) => a.x + a.w <= b.x || b.x + b.w <= a.x || a.y + a.h <= b.y || b.y + b.h <= a.y);
+    texts.forEach((t, n) => {
+      const [x0, y0, x1, y1] = boxes[n], bb = t.getBBox(), lw = Math.ceil(bb.width) + 2, lh = Math.ceil(bb.height) + 1;
+      const at = (x, y) => ({ x: Math.min(Math.max(0, x), w - lw), y: Math.min(Math.max(0, y), h - lh), w: lw, h: lh });
+      const tries = [at(x0, y0 - lh - 1), at(x0 + 2, y0 + 1), at(x0, y1 + 1), at(x1 - lw, y0 - lh - 1)];
+      for (let d = 1; d <= Math.ceil(h / lh); d++) for (const dy of [-d, d]) for (const x of [x0, x1 - lw, 0, w - lw]) tries.push(at(x, y0 - lh - 1 + dy * lh));
+      const spot = tries.find(free) || tries[0];
+      placed.push(spot);
+      t.setAttribute("x", spot.x + 1 - bb.x); t.setAttribute("y", spot.y - bb.y);  // bb: the text as drawn at (0, 0)
+    });
+  }
   // The detections over the image; a query's decoder cross-attention over the feature map (Fig. 6);
   // the encoder self-attention of a hovered feature-map cell (Fig. 3); the worked cross-attention head.
   RENDER.detr = function () {
@@ -598,7 +613,7 @@
     const rects = shown.map((i) => {
       const [x0, y0, x1, y1] = Q[i].box, g = svg("g", { class: "box", "data-query": i });
       const r = svg("rect", { x: x0 * sx, y: y0 * sy, width: Math.max(1, (x1 - x0) * sx), height: Math.max(1, (y1 - y0) * sy), stroke: colourOf(i) });
-      const t = svg("text", { x: x0 * sx + 2, y: Math.max(11, y0 * sy - 3), fill: colourOf(i) });
+      const t = svg("text", { fill: colourOf(i) });
       t.textContent = `${Q[i].label} ${fmt(Q[i].score, 2)}`;
       g.append(r, t);
       g.addEventListener("click", (ev) => { ev.stopPropagation(); pick(i); });
@@ -610,6 +625,7 @@
     const info = el("div", { id: "detr-query", class: "mono" }), grid = el("div", { class: "heads-grid", id: "detr-heads-grid" });
     sec.append(el("div", { class: "row" }, el("div", { style: `width:${S}px` }, stg, info, legend("inferno", "0", "max", "weight / row max")),
       el("div", {}, el("h3", { text: "every head of this layer, same query" }), grid)));
+    placeLabels(rects.map((g) => g.querySelector("text")), shown.map((i) => Q[i].box.map((v, n) => v * (n % 2 ? sy : sx))), S, hS);
     function pick(i) { cs.query = i; draw(); if (detrWorked) detrWorked.setQuery(i); }
     function draw() {
       const q = cs.hover != null ? cs.hover : cs.query, r = shown.indexOf(q);
