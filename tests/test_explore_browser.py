@@ -118,6 +118,10 @@ def test_lm_page_head_view_and_model_view(browser, tmp_path):
     data = E.explore_lm(tiny_lm(tok), tok, "a dog reads", label="tiny-lm", random_init=True, worked=(1, 3))
     o = Opened(browser, E.write_page(data, tmp_path / "lm.html")).ready()
     page = o.page
+    preds = page.locator("#prompt span.pred")  # the card's promise: every token's next-token prediction, shown, not on hover
+    assert preds.count() == len(data["text"]["tokens"]) and preds.nth(3).is_visible()
+    nxt = data["text"]["next"][3]
+    assert preds.nth(3).text_content() == f"→ {nxt['token']} {nxt['p']:.2f}"
     lines = lambda sel="": page.locator(f"svg.headview line{sel}").count()  # noqa: E731
     assert lines("[data-head='1']") > 0
     page.click("button.head-toggle[data-head='1']")

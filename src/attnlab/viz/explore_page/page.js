@@ -374,7 +374,8 @@
   RENDER.lm = function () {
     const T = DATA.text;
     const sec = section("The prompt", "Each token and the next token the model predicts there (with its probability).");
-    sec.append(el("div", { class: "chips", id: "prompt" }, ...T.tokens.map((t, i) => el("span", { title: `predicts ${T.next[i].token} (p = ${T.next[i].p})`, text: t }))));
+    sec.append(el("div", { class: "chips predicted", id: "prompt" }, ...T.tokens.map((t, i) => el("span", { class: "tok" },
+      el("span", { text: t }), el("span", { class: "pred", text: `→ ${T.next[i].token} ${fmt(T.next[i].p, 2)}` })))));
     renderText(() => T.tokens);
   };
 
