@@ -29,10 +29,10 @@ and --tgt-tokenizer). The page stays under --max-mb: larger models keep evenly s
 EPILOG = """examples:
   attnlab viz explore vit_tiny_patch16_224 cat.jpg -o cat.html             (random init)
   attnlab viz explore vit_base_patch16_224 cat.jpg -o cat.html --weights vit_base.pth   (timm weights)
-  attnlab viz explore runs/vit_digits digit.png -o digit.html --layer 5 --head 2
-  attnlab viz explore runs/shakespeare "ROMEO: But soft" -o romeo.html
-  attnlab viz explore runs/multi30k "Ein Hund läuft." -o mt.html --target "A dog runs."
-  attnlab viz explore runs/detr_digits canvas.png -o detr.html --threshold 0.5
+  attnlab viz explore runs/image-vit_digits-... digit.png -o digit.html --layer 3 --head 2   (blocks 0..3, heads 0..3)
+  attnlab viz explore runs/lm-transformer_lm_char-... "ROMEO: But soft" -o romeo.html
+  attnlab viz explore runs/translate-... "Ein Hund läuft." -o mt.html --target "A dog runs."
+  attnlab viz explore runs/detect-detr_digits-... canvas.png -o detr.html --threshold 0.5
 """
 
 
