@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from unittest.mock import ANY
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -225,3 +226,54 @@ def test_train_help_states_the_tasks_warmup(capsys):
     epochs = text.split("--warmup-epochs X ")[1].split(" --warmup-steps N ")[0]
     assert epochs == "linear warm-up length in epochs (default: unused, --warmup-steps 200 applies unless this is given)"
     assert "(overrides --warmup-epochs) (default: 200)" in text
+
+
+def test_data_canvas_writes_a_canvas_and_its_boxes(tmp_path, capsys):
+    """`attnlab data canvas` writes validation canvas N as drawn for training runs, and prints its
+    digits' boxes in the PNG's pixels (x0, y0, x1, y1, the format of `predict --json`)."""
+    from attnlab.detect.boxes import cxcywh_to_xyxy
+
+    out = tmp_path / "canvas.png"
+    assert main(["data", "canvas", "-o", str(out), "--index", "2", "--size", "48"]) == 0
+    cfg = CanvasConfig(size=48)
+    want = make_canvases(cfg, 3, split="val")
+    assert torch.equal(torch.from_numpy(np.array(Image.open(out))), want.images[2, 0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{out}: validation canvas 2 of digits-canvas, 48x48 pixels, {len(want.labels[2])} digits"
+    boxes = (cxcywh_to_xyxy(want.boxes[2]) * 48).round().int().tolist()
+    assert lines[1:] == [f"  {int(k):<12} box x0={a} y0={b} x1={c} y1={d}" for k, (a, b, c, d) in zip(want.labels[2], boxes)]
+    # a dataset that is no canvas: one line, nothing written
+    assert main(["data", "canvas", "-o", str(tmp_path / "bad.png"), "--dataset", "coco:a.json:img"]) == 2
+    assert "is not a canvas dataset" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+
+
+def test_predict_help_states_the_box_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "A box is [x0, y0, x1, y1]: left, top, right, bottom in pixels of the image file as given" in text
+
+
+@pytest.mark.slow
+def test_readme_detection_block_runs(tmp_path):
+    """The README's detection commands, line by line in a fresh directory; the training line with
+    sizes small enough for a test appended (the last value of an option wins)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "attnlab train detect" in b)
+    lines = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0].startswith("attnlab data canvas -o canvas.png")  # made before the commands that read it
+    small = " --epochs 1 --train-size 32 --val-size 8 --batch-size 16 --pretrain-backbone 2 --threads 1 --quiet"
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    for line in lines:
+        line += small if line.startswith("attnlab train detect") else ""
+        p = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (line, p.stderr[-2000:])
+        if "--json" in line:
+            pred = json.loads(p.stdout)[0]
+            assert pred["image"] == "canvas.png" and all(len(d["box"]) == 4 for d in pred["detections"])
+    assert (tmp_path / "detr.png").read_bytes()[:4] == b"\x89PNG"

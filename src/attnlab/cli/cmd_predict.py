@@ -14,7 +14,10 @@ def register(subparsers) -> None:
                               description="Run a run directory's model on input files (images) and print its "
                                           "predictions: for an image run the most likely classes with their "
                                           "probabilities; for a detection run the boxes with labels and scores, "
-                                          "also drawn on each image.")
+                                          "also drawn on each image. A box is [x0, y0, x1, y1]: left, top, right, "
+                                          "bottom in pixels of the image file as given (not of the model's resized "
+                                          "input), origin at the top-left corner. 'attnlab data canvas -o canvas.png' "
+                                          "writes an image for a digit-canvas detection run.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="how many classes to show (default: 5)")

@@ -15,6 +15,7 @@ box area, so no box holds another digit's pixels. Targets follow DETR: ``labels`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,3 +125,23 @@ class DigitCanvases:
 def make_canvases(cfg: CanvasConfig, n: int, seed: int = 0, split: str = "train") -> DetectionSet:
     """Canvases 0..n-1 of ``split`` for ``seed``."""
     return DigitCanvases(cfg, split, seed).take(range(n))
+
+
+def write_canvas(cfg: CanvasConfig, path: str | Path, index: int = 0, split: str = "val", seed: int = 0) -> dict:
+    """Write canvas ``index`` of ``split`` to ``path`` as a greyscale PNG (atomically); returns its
+    digits: ``labels`` (class names) and ``boxes`` [x0, y0, x1, y1] in the PNG's pixels, the format
+    in which ``attnlab predict --json`` reports detections."""
+    import io
+
+    from PIL import Image
+
+    from attnlab.detect.boxes import cxcywh_to_xyxy
+    from attnlab.io import atomic_write_bytes
+
+    canvases = DigitCanvases(cfg, split, seed)
+    image, labels, boxes = canvases.draw(index)  # (1, S, S), (M,), (M, 4) cx, cy, w, h in [0, 1]
+    png = io.BytesIO()
+    Image.fromarray(image[0].numpy(), "L").save(png, format="PNG")
+    atomic_write_bytes(path, png.getvalue())
+    xyxy = (cxcywh_to_xyxy(boxes) * cfg.size).round().int()
+    return {"labels": [canvases.classes[int(k)] for k in labels], "boxes": xyxy.tolist()}

@@ -188,6 +188,8 @@ class DetectData:
 
 
 def canvas_config(dc: DetectDataConfig, size: int) -> CanvasConfig:
+    if not _is_canvas(dc.dataset):
+        raise DataError(f"{dc.dataset!r} is not a canvas dataset; use digits-canvas or mnist-canvas[:DIR]")
     name, _, where = dc.dataset.partition(":")
     source = "digits" if name == "digits-canvas" else "mnist" + (f":{where}" if where else "")
     return CanvasConfig(size=size, min_digits=dc.min_digits, max_digits=dc.max_digits, min_scale=dc.min_scale,
