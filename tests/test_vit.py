@@ -51,7 +51,7 @@ def test_list_models_has_every_name_sorted():
     assert list_models("vit_base_*") == ["vit_base_patch16_224", "vit_base_patch16_384", "vit_base_patch32_224",
                                           "vit_base_patch8_224"]
     assert list_models("nothing*") == []
-    assert attnlab.create_model is create_model and attnlab.list_models is list_models
+    assert attnlab.list_models is list_models  # attnlab.create_model: the registry's, plus weights from a file
 
 
 @pytest.mark.parametrize("name", list_models("vit_*"))
@@ -325,19 +325,23 @@ def test_forward_reads_like_the_paper():
 
 
 def test_forward_intermediates():
+    """timm's contract (more in test_timm_contract.py): maps of the patch tokens, block order."""
     m = tiny(depth=3)
     x = torch.randn(2, 3, 16, 16)
-    last2 = m.forward_intermediates(x, 2)
-    assert len(last2) == 2 and all(t.shape == (2, 17, 32) for t in last2)
-    picked = m.forward_intermediates(x, [0, -1])
-    torch.testing.assert_close(picked[1], last2[1])
-    final, inter = m.forward_intermediates(x, [2], norm=True, return_final=True)
+    last2 = m.forward_intermediates(x, 2, intermediates_only=True)
+    assert len(last2) == 2 and all(t.shape == (2, 32, 4, 4) for t in last2)
+    picked = m.forward_intermediates(x, [-1, 0], output_fmt="NLC", intermediates_only=True)  # block order
+    torch.testing.assert_close(picked[1], last2[1].flatten(2).transpose(1, 2))
+    final, inter = m.forward_intermediates(x, [2], norm=True, output_fmt="NLC", return_prefix_tokens=True)
     torch.testing.assert_close(final, m.forward_features(x))
-    torch.testing.assert_close(inter[0], final)
+    tokens, prefix = inter[0]
+    torch.testing.assert_close(torch.cat([prefix, tokens], 1), final)
     with pytest.raises(ConfigError, match="out of range"):
         m.forward_intermediates(x, [3])
-    with pytest.raises(ConfigError, match="last n blocks"):
+    with pytest.raises(ConfigError, match="last n of 3"):
         m.forward_intermediates(x, 4)
+    with pytest.raises(ConfigError, match="output_fmt='NHWC' is not allowed"):
+        m.forward_intermediates(x, output_fmt="NHWC")
 
 
 def test_reset_classifier():
@@ -420,7 +424,8 @@ def test_attention_maps_equal_manual_computation_and_keep_logits(kind):
     logits, maps = m.get_attention_maps(x, return_logits=True)
     assert len(maps) == 3 and all(a.shape == (2, 4, 17, 17) for a in maps)
     torch.testing.assert_close(logits, m(x), atol=1e-5, rtol=1e-5)
-    inputs = [m.embed(x)] + m.forward_intermediates(x, [0, 1])
+    pairs = m.forward_intermediates(x, [0, 1], output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True)
+    inputs = [m.embed(x)] + [torch.cat([prefix, tokens], 1) for tokens, prefix in pairs]  # (B, N, C)
     for i, (a, z) in enumerate(zip(maps, inputs)):
         ref = _manual_attention(m.blocks[i], z, 4)
         if kind == "relative":

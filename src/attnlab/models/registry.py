@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attnlab.errors import ConfigError
+from attnlab.models.features import FEATURE_ARGS, as_features
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _loaded = False
@@ -87,15 +88,18 @@ def is_model(name: str) -> bool:
 
 def create_model(name: str, **overrides: Any) -> Any:
     """Build the registered model ``name``; ``overrides`` replace fields of its config
-    (e.g. ``create_model("vit_tiny_patch16_224", num_classes=10)``).
+    (e.g. ``create_model("vit_tiny_patch16_224", num_classes=10)``). ``features_only=True``
+    (with ``out_indices``, ``output_fmt``) returns it as a backbone of feature maps instead:
+    :func:`attnlab.models.features.as_features`.
 
     Build on another device with a device context: ``with torch.device("meta"): ...``.
     """
+    features = {k: overrides.pop(k) for k in FEATURE_ARGS if k in overrides}
     _check_name(name)
     model = _REGISTRY[name](**overrides)
     if getattr(model, "name", None) is None:
         model.name = name  # what a checkpoint records so that load_model can rebuild it
-    return model
+    return as_features(model, **features)
 
 
 def probe_model(name: str, **overrides: Any) -> Any:

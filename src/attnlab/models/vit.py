@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.features import check_output_fmt, take_indices
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import EncoderLayer
@@ -39,7 +40,7 @@ from attnlab.nn.position import (
     sincos_2d_table,
 )
 
-GLOBAL_POOLS = ("token", "avg")
+GLOBAL_POOLS = ("token", "avg", "")
 POS_EMBEDS = ("learn", "learn2d", "sincos2d", "relative", "rope2d", "none")
 PATCH_EMBEDS = ("conv", "linear")
 WEIGHT_INITS = ("trunc_normal", "jax")
@@ -67,7 +68,7 @@ class ViTConfig:
     attn_drop_rate: float = 0.0  # on the attention weights
     drop_path_rate: float = 0.0  # stochastic depth; block i gets drop_path_rate * i / (depth - 1)
     class_token: bool = True
-    global_pool: str = "token"  # "token": the class token; "avg": mean of the patch tokens
+    global_pool: str = "token"  # "token": the class token; "avg": mean of the patch tokens; "": none (every token)
     # "learn" (1-D table), "learn2d" (row + column tables), "sincos2d", "relative" (2-D bias in
     # attention), "rope2d" (axial 2-D rotary in attention), "none"
     pos_embed: str = "learn"
@@ -289,8 +290,9 @@ class VisionTransformer(nn.Module):
     """ViT: patch embedding, class token, position embedding, pre-LN encoder blocks, head.
 
     The timm-like API: :meth:`forward_features`, :meth:`forward_head`, :meth:`forward`,
-    :meth:`forward_intermediates`, :meth:`reset_classifier`; for inspection
-    :meth:`get_attention_maps` and :meth:`attention_rollout`.
+    :meth:`forward_intermediates`, :meth:`reset_classifier`, :meth:`prune_intermediate_layers`,
+    :attr:`feature_info`, :attr:`pretrained_cfg` (timm's contract: tests/test_timm_contract.py);
+    for inspection :meth:`get_attention_maps` and :meth:`attention_rollout`.
     """
 
     def __init__(self, cfg: ViTConfig | None = None, name: str = "vit", **overrides) -> None:
@@ -338,13 +340,13 @@ class VisionTransformer(nn.Module):
             for block in self.blocks:
                 block.self_attn = MultiHeadAttention(c, cfg.num_heads, qkv_bias=cfg.qkv_bias, dropout=cfg.attn_drop_rate,
                                                      learned_scale=True, exclude_self=True)
-        # timm's layout: "token" pooling normalises all tokens (norm); "avg" pooling normalises
-        # the average (fc_norm).
+        # timm's layout: "token" pooling (and none) normalises all tokens (norm); "avg" pooling
+        # normalises the average (fc_norm).
         final_norm = nn.LayerNorm(c, eps=cfg.norm_eps)
-        if cfg.global_pool == "token":
-            self.norm, self.fc_norm = final_norm, nn.Identity()
-        else:
+        if cfg.global_pool == "avg":
             self.norm, self.fc_norm = nn.Identity(), final_norm
+        else:
+            self.norm, self.fc_norm = final_norm, nn.Identity()
         self.pre_logits = PreLogits(c) if cfg.pre_logits else nn.Identity()
         self.head = nn.Linear(c, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights(cfg.weight_init)
@@ -421,26 +423,68 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Eq. 1-4 without the head: (B, C_in, H, W) -> tokens (B, N, C) after the final
-        LayerNorm ("token" pooling) or before pooling and without norm ("avg" pooling)."""
+        LayerNorm ("token" pooling or none) or before pooling and without norm ("avg" pooling)."""
         z = self.embed(x)  # eq. 1                             (B, N, C)
         for block in self.blocks:  # eq. 2-3: z' = MSA(LN(z)) + z; z = MLP(LN(z')) + z'
             z = block(z, pos=self.rel_pos)  # (B, N, C)
         return self.norm(z)  # eq. 4: LN(z_L)
 
     def pool(self, z: Tensor) -> Tensor:
-        """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens."""
+        """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens; global_pool=""
+        keeps every token, (B, N, C)."""
         if self.cfg.global_pool == "avg":
             return z[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.cfg.global_pool == "":
+            return z
         return z[:, 0]
 
     def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pool, fc_norm, pre-logits; then the head unless ``pre_logits``. (B, N, C) -> (B, K)"""
+        """Pool, fc_norm, pre-logits; then the head unless ``pre_logits``. (B, N, C) -> (B, K),
+        or (B, N, K) per token without pooling (global_pool="")."""
         y = self.pre_logits(self.fc_norm(self.pool(z)))  # (B, C)
         return y if pre_logits else self.head(y)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> logits (B, num_classes), or pooled features (B, C) without a head."""
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ timm's model attributes
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def global_pool(self) -> str:
+        return self.cfg.global_pool
+
+    @property
+    def head_hidden_size(self) -> int:
+        """The width of ``forward_head(z, pre_logits=True)``."""
+        return self.embed_dim
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """One feature level per block (timm's list): its module, channels and reduction (the patch size)."""
+        return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
+                for i in range(len(self.blocks))]
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """What the model expects of its input and where its first and last layers are, as timm's
+        ``pretrained_cfg`` (also ``default_cfg``), read from its config: ``input_size``
+        (C_in, H, W), per-channel ``mean`` and ``std`` for pixels in [0, 1], ``interpolation`` and
+        ``crop_pct`` (centre crop) for resizing, ``num_classes``, ``first_conv`` and
+        ``classifier`` (parameter prefixes). The timm-named configurations state the values of
+        timm's default weights for those names; the others expect [0, 1] pixels as they are (a
+        trained run records the normalisation of its own data)."""
+        c = self.cfg
+        mean, std, crop_pct = INPUT_STATS.get(self.name, (0.0, 1.0, 1.0))
+        return {"architecture": self.name, "input_size": (c.in_chans, *_pair(c.img_size)),
+                "fixed_input_size": not c.dynamic_img_size, "mean": (mean,) * c.in_chans, "std": (std,) * c.in_chans,
+                "interpolation": "bicubic", "crop_pct": crop_pct, "crop_mode": "center", "num_classes": c.num_classes,
+                "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head"}
+
+    default_cfg = pretrained_cfg
 
     # ------------------------------------------------------------------ inspection
     def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
@@ -460,26 +504,52 @@ class VisionTransformer(nn.Module):
             raise ConfigError("no block selected: pass an int n (last n blocks) or a non-empty list of block indices")
         return out
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] = 1, *, norm: bool = False,
-                              return_final: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Outputs of chosen blocks, all tokens (class token first), each (B, N, C).
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The outputs of chosen blocks as feature maps, timm's contract.
 
-        ``indices``: an int n takes the last n blocks; a list takes those blocks (negative
-        indices count from the end), returned in the order given. ``norm=True`` passes each
-        through the final ``norm`` (identity for "avg" models). Blocks after the last one asked
-        for are skipped unless ``return_final=True``, which returns
-        ``(forward_features(x), intermediates)`` instead of the list.
+        ``indices``: None takes every block, an int n the last n, a list those blocks (negative
+        ones count from the end); they come back in block order. Each is the block's patch tokens
+        (the class token dropped), (B, C, Gh, Gw) for ``output_fmt="NCHW"`` or (B, Gh*Gw, C) for
+        ``"NLC"``; ``return_prefix_tokens=True`` makes each a pair (map, prefix tokens
+        (B, num_prefix, C)); ``norm=True`` passes the tokens through the final ``norm`` first.
+        Returns ``(forward_features(x), maps)``, or the maps alone with ``intermediates_only=True``.
+        Blocks after the last one taken run only for the final tokens: not with
+        ``intermediates_only``, nor with ``stop_early`` (the final tokens are then those of the
+        last block run, normalised).
         """
-        take = self._block_indices(indices)
-        stop = len(self.blocks) if return_final else max(take) + 1
-        got: dict[int, Tensor] = {}
-        z = self.embed(x)
+        check_output_fmt(output_fmt)
+        take = take_indices(len(self.blocks), indices)
+        stop = max(take) + 1 if stop_early or intermediates_only else len(self.blocks)
+        z = self.embed(x)  # (B, N, C)
+        outs = []
         for i in range(stop):
             z = self.blocks[i](z, pos=self.rel_pos)
             if i in take:
-                got[i] = self.norm(z) if norm else z
-        outs = [got[i] for i in take]
-        return (self.norm(z), outs) if return_final else outs
+                outs.append(self.norm(z) if norm else z)
+        k, (gh, gw) = self.num_prefix_tokens, (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        maps = [t[:, k:] for t in outs]  # (B, Gh*Gw, C)
+        if output_fmt == "NCHW":
+            maps = [m.transpose(1, 2).reshape(m.shape[0], m.shape[2], gh, gw) for m in maps]  # (B, C, Gh, Gw)
+        if return_prefix_tokens:
+            maps = [(m, t[:, :k]) for m, t in zip(maps, outs)]
+        return maps if intermediates_only else (self.norm(z), maps)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what the outputs of blocks ``indices`` do not need (timm's contract; a backbone
+        keeps only those): the blocks after the last of them, the final ``norm`` if
+        ``prune_norm``, the classifier (``fc_norm``, pre-logits, head) if ``prune_head``. Returns
+        the blocks' absolute indices; the config's depth (and num_classes) follow."""
+        take = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm, self.pre_logits, self.head = nn.Identity(), nn.Identity(), nn.Identity()
+        self.cfg = replace(self.cfg, depth=len(self.blocks), num_classes=0 if prune_head else self.cfg.num_classes)
+        return take
 
     def get_attention_maps(self, x: Tensor, blocks: int | Sequence[int] | None = None, *,
                            return_logits: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
@@ -520,15 +590,16 @@ class VisionTransformer(nn.Module):
         return row.reshape(row.shape[0], *self.token_grid(r.shape[-1]))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head with ``num_classes`` outputs (0: none), optionally a new pooling. Switching
-        the pooling moves the final LayerNorm between ``norm`` and ``fc_norm`` (keeping its
-        weights) so that the layout always matches ``cfg``."""
-        if not isinstance(num_classes, int) or num_classes < 0:
+        """A new head with ``num_classes`` outputs (0: none), optionally a new pooling: "token",
+        "avg" or "" (none: ``forward`` returns every token). Switching to or from "avg" moves the
+        final norm between ``norm`` and ``fc_norm`` (keeping its weights), so that the layout
+        always matches ``cfg``."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         if global_pool is not None and global_pool != self.cfg.global_pool:
             new = replace(self.cfg, global_pool=global_pool)  # validates
-            ln = self.norm if isinstance(self.norm, nn.LayerNorm) else self.fc_norm
-            self.norm, self.fc_norm = (ln, nn.Identity()) if global_pool == "token" else (nn.Identity(), ln)
+            if (global_pool == "avg") != (self.cfg.global_pool == "avg"):
+                self.norm, self.fc_norm = self.fc_norm, self.norm  # one is the final norm, the other an Identity
             self.cfg = new
         ref = self.cls_token if self.cls_token is not None else next(self.parameters())
         self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
@@ -536,6 +607,7 @@ class VisionTransformer(nn.Module):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+        self.head.train(self.training)
         self.cfg = replace(self.cfg, num_classes=num_classes)
 
     def extra_repr(self) -> str:
@@ -596,6 +668,11 @@ def _vit(name: str, overrides: dict, **base) -> VisionTransformer:
     return VisionTransformer(config_from(ViTConfig, base, overrides, model=name), name=name)
 
 
+#: name -> (mean, std, crop_pct) of the input images (every channel alike; bicubic resizing): for
+#: timm's names the values of timm's default weights for them (see VisionTransformer.pretrained_cfg)
+INPUT_STATS: dict[str, tuple[float, float, float]] = {}
+
+
 def _timm_sizes() -> dict[str, dict]:
     """Name -> config of the ViT paper's models in timm's naming (ImageNet-1k heads)."""
     sizes = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16), "huge": (1280, 32, 16)}
@@ -619,6 +696,7 @@ def _register_timm_names() -> None:
         build.__doc__ = (f"ViT-{label}/{base['patch_size']} at {base['img_size']} pixels: {base['embed_dim']} wide, "
                          f"{base['depth']} blocks, {base['num_heads']} heads, a 1000-class head (timm's name and layout).")
         register_model(name)(build)
+        INPUT_STATS[name] = (0.5, 0.5, 0.9 if base["img_size"] == 224 else 1.0)
 
 
 _register_timm_names()
