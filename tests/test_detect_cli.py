@@ -277,3 +277,22 @@ def test_readme_detection_block_runs(tmp_path):
             pred = json.loads(p.stdout)[0]
             assert pred["image"] == "canvas.png" and all(len(d["box"]) == 4 for d in pred["detections"])
     assert (tmp_path / "detr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_backbone_pretraining_shows_a_progress_bar(monkeypatch):
+    """On a terminal the pretraining has its bar, like the engine's epochs (steps, loss, accuracy)."""
+    import io
+    import sys
+
+    from attnlab.models import create_model
+    from attnlab.tasks.detect import pretrain_backbone
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    model = create_model("detr_digits", cnn_widths=(16, 32), img_size=32)
+    pretrain_backbone(model, CanvasConfig(size=32, min_scale=10, max_scale=16), 2, batch_size=8, progress=True)
+    shown = sys.stderr.getvalue()
+    assert "pretraining the backbone:" in shown and "/2 [" in shown and "step/s" in shown and "accuracy" in shown
