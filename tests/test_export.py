@@ -51,7 +51,8 @@ def test_fx_feature_extraction_torchvision_and_timm():
     timm_fx = pytest.importorskip("timm.models._features_fx")
     m = tiny_vit()
     x = torch.randn(2, 3, 32, 32)
-    want = m.forward_intermediates(x, [0, 1])
+    pairs = m.forward_intermediates(x, [0, 1], output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True)
+    want = [torch.cat([prefix, tokens], 1) for tokens, prefix in pairs]  # each block's whole output (B, N, C)
     nodes = {"blocks.0": "b0", "blocks.1": "b1"}
     for create in (fe_tv.create_feature_extractor, timm_fx.create_feature_extractor):
         got = create(m, return_nodes=nodes)(x)
@@ -116,10 +117,10 @@ def test_every_registered_vit_exports(name):
 def test_onnx_weights_over_the_limit_go_to_a_data_file(tmp_path, monkeypatch):
     """Large models (ViT-H/14 holds 2.5 GB of fp32 weights; protobuf caps a file at 2 GB) keep
     their weights in <file>.data beside the .onnx file; ONNX Runtime reads them from there."""
-    from attnlab.export import graph
+    from attnlab.export import onnx
 
     need_onnx("onnx")
-    monkeypatch.setattr(graph, "ONNX_INLINE_LIMIT", 0)
+    monkeypatch.setattr(onnx, "ONNX_INLINE_LIMIT", 0)
     m = tiny_vit()
     for name, int8 in (("f.onnx", False), ("q.onnx", True)):
         [path] = export_model(m, tmp_path / name, int8=int8)
@@ -241,14 +242,20 @@ def test_cli_export_run_pt2_and_onnx(image_run, capsys):
     x = torch.randn(3, 1, 8, 8)
     assert main(["export", str(image_run), "--format", "pt2"]) == 0
     out = image_run / "export" / "vit_digits.pt2"
-    assert str(out) in capsys.readouterr().out
-    assert max_err(load_graph(out)(x)[0], model(x)) < TOL  # the run's trained weights, not fresh ones
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "input: images (B, 1, H, W) float32, 8x8, grey; x / 255" in printed
+    graph = load_graph(out)
+    assert max_err(graph(x)[0], model(x)) < TOL  # the run's trained weights, not fresh ones
+    mean = [round(float(v), 6) for v in runs.open(image_run).extras["normalize"].mean]
+    assert graph.inputs["mean"] == mean and graph.inputs["normalization"] == "the run's"  # stored in the file
     assert main(["export", str(image_run), "--format", "pt2"]) == 0  # an existing export is replaced
     need_onnx("onnx")
     assert main(["export", str(image_run), "--int8", "-o", str(image_run / "q.onnx")]) == 0
     assert "q.onnx" in capsys.readouterr().out
-    (y,) = load_graph(image_run / "q.onnx")(x)
+    onnx_graph = load_graph(image_run / "q.onnx")
+    (y,) = onnx_graph(x)
     assert y.shape == (3, 10) and (y.argmax(-1) == model(x).argmax(-1)).float().mean() >= 2 / 3
+    assert onnx_graph.inputs == graph.inputs  # ONNX metadata_props hold the same description
 
 
 def test_cli_export_model_name(tmp_path, capsys):
@@ -256,6 +263,72 @@ def test_cli_export_model_name(tmp_path, capsys):
     assert main(["export", "vit_digits", "-o", str(out), "--model-arg", "depth=1"]) == 0  # format from the suffix
     assert out.is_file() and "m.pt2" in capsys.readouterr().out
 
+
+
+def test_a_new_export_format_is_one_adapter_in_the_table(tmp_path, monkeypatch, capsys):
+    """The CLI knows formats only through attnlab.export.formats.FORMATS: an adapter added there is
+    offered by --format, chosen by its suffix, checked, written and verified."""
+    from attnlab.export import formats
+    from attnlab.export.adapter import ExportFormat, Written
+
+    calls = []
+
+    class Toy(ExportFormat):
+        name, suffix, supports = "toy", ".toy", "a test format"
+
+        def check(self, model, path, options):
+            calls.append("check")
+
+        def write(self, model, path, options):
+            calls.append("write")
+            path.write_text(repr(options.inputs))
+            return [path]
+
+        def verify(self, model, written, options):
+            return [Written(p, 0.0, "toy check") for p in written]
+
+    monkeypatch.setitem(formats.FORMATS, "toy", Toy())
+    out = tmp_path / "m.toy"
+    assert main(["export", "vit_digits", "--model-arg", "depth=1", "-o", str(out)]) == 0
+    assert calls == ["check", "write"] and "'mean': [0.0]" in out.read_text()
+    assert f"{out}  0.0 MiB  (toy check)" in capsys.readouterr().out
+
+# A program run as `attnlab ...` with torchvision hidden, as in the demo environment (torch alone):
+# find_spec says it is missing and importing it fails.
+WITHOUT_TORCHVISION = """
+import importlib.abc, importlib.util, sys
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == "torchvision" else find_spec(name, *a)
+class NoTorchvision(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torchvision":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorchvision())
+from attnlab.cli.main import main
+sys.argv = ["attnlab", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, int8", [("onnx", False), ("pt2", True)])
+def test_export_prints_only_attnlab_lines(image_run, tmp_path, fmt, int8):
+    """Without torchvision the ONNX exporter logs 'Skipping torchvision::nms' (and three more);
+    torchao and torch.export have their own notices. The user sees our two lines only: what is
+    exported, the file written and the input it expects; nothing on stderr."""
+    import subprocess
+    import sys
+
+    need_onnx(fmt)
+    out = tmp_path / f"m.{fmt}"
+    cmd = [sys.executable, "-c", WITHOUT_TORCHVISION, "export", str(image_run), "-o", str(out), *(["--int8"] if int8 else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"exporting vit_digits to {fmt}{' (int8)' if int8 else ''} ..." and len(lines) == 3
+    assert lines[1].startswith(f"{out}  "), lines
+    assert lines[2].startswith("  ") and "8x8, grey" in lines[2], lines  # what the graph expects as input
 
 # The train commands' bad-input helpers: one line, non-zero exit, no traceback; folders hashed.
 from test_cli_image import assert_one_line_error, cli, snapshot  # noqa: E402
@@ -295,7 +368,7 @@ BAD_EXPORTS = {  # name -> (arguments after "export" given a folder and a run, t
     "a directory as target": (lambda t, r: ["vit_digits", "--format", "pt2", "-o", t], "is a directory"),
     "suffix of another format": (lambda t, r: ["vit_digits", "--format", "onnx", "-o", t / "m.pt2"], "must end in .onnx"),
     "unknown suffix": (lambda t, r: ["vit_digits", "-o", t / "m.bin"], "cannot tell the format"),
-    "unknown model": (lambda t, r: ["no_such_model", "-o", t / "m.pt2"], "registered model name"),
+    "unknown model": (lambda t, r: ["no_such_model", "-o", t / "m.pt2"], "neither a model name"),
     "huge image size": (lambda t, r: ["vit_digits", "--model-arg", "img_size=100000", "-o", t / "m.pt2"],
                         r"holds [\d.]+ GiB of weights .* this machine has \d+ GiB"),
     "huge recurrent window": (lambda t, r: ["rnn_lm_small", "--window", "100000", "-o", t / "m.pt2"],
@@ -318,7 +391,7 @@ def test_unwritable_folder_is_refused_before_exporting_naming_the_users_path(tmp
     before any tracing, and the line names the user's path, not a temporary one."""
     import os
 
-    from attnlab.export import graph
+    from attnlab.export import pt2
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -331,7 +404,7 @@ def test_unwritable_folder_is_refused_before_exporting_naming_the_users_path(tmp
     monkeypatch.setattr(os, "open", lambda p, flags, *a, **k: denied(p) if Path(p).parent == ro and flags & os.O_CREAT
                         else open_(p, flags, *a, **k))
     traced = []
-    monkeypatch.setattr(graph, "export_program", lambda g: traced.append(g))
+    monkeypatch.setattr(pt2, "export_program", lambda g: traced.append(g))
     code, out, err = cli("export", "vit_digits", "--model-arg", "depth=1", "-o", ro / "m.pt2")
     assert_one_line_error(code, out, err, f"cannot write {ro / 'm.pt2'}: Permission denied")
     assert ".tmp" not in err and not traced and list(ro.iterdir()) == []

@@ -19,7 +19,7 @@ import torch
 
 from attnlab.errors import DataError
 from attnlab.export import export_model, graph, load_graph
-from attnlab.export.graph import read_export_record
+from attnlab.export.formats import read_export_record
 from test_export import need_onnx, tiny_vit, translation_model
 
 STAGING = f"{graph.STAGING_PREFIX}*.tmp"
@@ -38,12 +38,12 @@ def visible(folder: Path) -> list[str]:
 # its second graph, the decoder, is being written.
 KILLED_EXPORT = """
 import os, sys
-from attnlab.export import graph
+from attnlab.export import export_model, {fmt} as adapter
 from attnlab.models.seq2seq import transformer_multi30k
 
 model = transformer_multi30k(src_vocab_size=50, tgt_vocab_size=50, num_encoder_layers=1, num_decoder_layers=1,
                              d_model=32, num_heads=4, d_ff=64).eval()
-save, written = graph.save_{fmt}, []
+save, written = adapter.save_{fmt}, []
 
 def killed_at_the_second_graph(*args, **kwargs):
     written.append(args)
@@ -51,8 +51,8 @@ def killed_at_the_second_graph(*args, **kwargs):
         os._exit(9)
     save(*args, **kwargs)
 
-graph.save_{fmt} = killed_at_the_second_graph
-graph.export_model(model, sys.argv[1])
+adapter.save_{fmt} = killed_at_the_second_graph
+export_model(model, sys.argv[1])
 """
 
 

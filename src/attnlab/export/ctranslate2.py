@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnlab.decode.search import SearchConfig
+from attnlab.decode.search import SearchConfig, greedy_search
 from attnlab.errors import ConfigError, ShapeError, UnsupportedError
+from attnlab.export.adapter import ExportFormat, ExportOptions, Written
 from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import DecoderLayer, EncoderLayer, FeedForward
 from attnlab.nn.transformer import Transformer
@@ -52,7 +53,7 @@ def _require_ctranslate2() -> None:
 
 
 def to_ctranslate2(model: Transformer, out_dir: str | Path, quantization: str | None = None, *,
-                   bos: int = _SEARCH.bos, eos: int = _SEARCH.eos, unk: int | None = None) -> Path:
+                   bos: int = _SEARCH.bos, eos: int = _SEARCH.eos, unk: int | None = None, inputs: dict | None = None) -> Path:
     """Write ``model`` as a CTranslate2 model in the folder ``out_dir``; returns the folder.
 
     ``out_dir`` must be new, empty, or a CTranslate2 folder attnlab wrote (its ``RECORD`` file),
@@ -63,7 +64,8 @@ def to_ctranslate2(model: Transformer, out_dir: str | Path, quantization: str | 
     ``bos``/``eos``/``unk``: our start, end and unknown token ids (``unk=None``: the model has
     none; CTranslate2's ``unk_token`` is then ``<unk>``, a string outside the id vocabulary).
     Positions: CTranslate2 holds the first ``model.cfg.max_len`` of ours and refuses longer
-    sources or translations.
+    sources or translations. ``inputs``: what the model expects (:mod:`attnlab.export.inputs`),
+    stored in the folder's ``RECORD`` file.
     """
     _require_ctranslate2()
     if quantization is not None and quantization not in model_spec.ACCEPTED_MODEL_TYPES:
@@ -79,7 +81,8 @@ def to_ctranslate2(model: Transformer, out_dir: str | Path, quantization: str | 
     try:
         spec.save(str(staging))
         record = {"version": 1, "export_id": uuid.uuid4().hex, "format": "ctranslate2", "quantization": quantization,
-                  "bos": bos, "eos": eos, "unk": unk, "vocabulary": "token ids written as strings: '0' .. 'V-1'"}
+                  "bos": bos, "eos": eos, "unk": unk, "vocabulary": "token ids written as strings: '0' .. 'V-1'",
+                  "inputs": inputs or {}}
         (staging / RECORD).write_text(json.dumps(record) + "\n")
         _swap_in(staging, out)
     finally:
@@ -304,3 +307,53 @@ def ct2_greedy(translator: ctranslate2.Translator | str | Path, src: Tensor, max
         suppress_sequences=[[str(t)] for t in {bos, pad} if t != eos],
         end_token=[] if eos is None else str(eos))
     return [[int(t) for t in r.hypotheses[0]] for r in results]
+
+
+# --- the export adapter ----------------------------------------------------------------------------
+
+class CTranslate2Format(ExportFormat):
+    """``attnlab export --format ctranslate2``: the folder of :func:`to_ctranslate2`, with the
+    start, end and unknown ids of the run's target tokenizer; checked by greedy decoding."""
+
+    name = "ctranslate2"
+    suffix = ".ct2"
+    folder = True
+    supports = "the encoder-decoder Transformer as a CTranslate2 model folder; --int8: its int8 weights"
+
+    def check(self, model: nn.Module, path: Path, options: ExportOptions) -> None:
+        check_supported(model)
+        check_target(path)
+
+    def write(self, model: nn.Module, path: Path, options: ExportOptions) -> list[Path]:
+        return [to_ctranslate2(model, path, "int8" if options.int8 else None, **self._ids(options), inputs=options.inputs)]
+
+    def verify(self, model: nn.Module, written: list[Path], options: ExportOptions) -> list[Written]:
+        """The folder's greedy tokens on a few example sources against the eager fp32 model's."""
+        [out] = written
+        ids = {k: v for k, v in self._ids(options).items() if k != "unk"}
+        src = torch.randint(4, model.cfg.src_vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
+        want = greedy_search(model, src, SearchConfig(**ids, max_len_a=0, max_len_b=16))
+        got = ct2_greedy(out, src, 16, **ids)
+        same = sum(a == b for w, g in zip(want, got) for a, b in zip(w, g))
+        total = sum(max(len(w), len(g)) for w, g in zip(want, got))
+        size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+        return [Written(out, size, f"greedy tokens on 4 example sources: {same} of {total} equal to the fp32 eager "
+                                   "model's")]
+
+    def read_record(self, path: Path) -> dict | None:
+        try:
+            record = json.loads((path / RECORD).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return record if isinstance(record, dict) and record.get("format") == self.name else None
+
+    def load(self, path: Path, threads: int | None = None, trusted: bool = False) -> ctranslate2.Translator:
+        return load_translator(path, intra_threads=threads or 0)
+
+    @staticmethod
+    def _ids(options: ExportOptions) -> dict:
+        tok = options.extras.get("tgt_tokenizer")
+        return dict(bos=tok.bos_id, eos=tok.eos_id, unk=tok.unk_id) if tok is not None else {}
+
+
+CTRANSLATE2 = CTranslate2Format()

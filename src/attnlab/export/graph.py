@@ -1,8 +1,5 @@
-"""Exported graphs: ONNX and ``torch.export`` programs (``.pt2``) with a dynamic batch dimension.
-
-ONNX goes through the exporter torch recommends (``torch.onnx.export(..., dynamo=True)``,
-which captures the model with ``torch.export``); ONNX Runtime runs it. Needs the optional
-extra: ``pip install 'attnlab[export]'`` (onnx, onnxscript, onnxruntime, torchao).
+"""Exported graphs, the part every graph format shares (ONNX, ``torch.export`` ``.pt2``): what a
+model exports as, and writing and reading a set of graph files all or nothing.
 
 What is exported (:func:`graphs_of`):
 
@@ -17,38 +14,27 @@ What is exported (:func:`graphs_of`):
 - the encoder–decoder Transformer: two graphs, ``encoder`` and ``decoder`` (one decoding step
   with its key/value cache as inputs and outputs), see :mod:`attnlab.export.seq2seq`.
 
-``int8``: ``.pt2`` programs hold the model after :func:`attnlab.export.int8.quantize_int8`
-(dynamic int8 Linear layers, torchao; loading one needs torchao installed). ONNX files are
-exported in fp32, then ONNX Runtime's dynamic quantization turns the weights of MatMul/Gemm
-nodes with a constant weight into int8 (per output channel), the same layers as on the torch side.
-
-All or nothing: :func:`export_model` writes every graph of a model into a private folder beside
-the target (``.attnlab-export-<pid>-<random>.tmp``, on the same filesystem), then renames them
-into place. Every graph records one ``attnlab_export`` entry (ONNX metadata, a ``.pt2`` extra
-file): the format version, an export id shared by the graphs of one export, and the names of the
-set; :func:`load_graph` refuses a graph whose set is incomplete or mixes two exports, and the
+:class:`GraphFormat` is the adapter a graph format builds on (:mod:`attnlab.export.onnx`,
+:mod:`attnlab.export.pt2`): it supplies how one graph is saved, opened and its metadata read.
+All or nothing: :meth:`GraphFormat.write` writes every graph of a model into a private folder
+beside the target (``.attnlab-export-<pid>-<random>.tmp``, on the same filesystem), then renames
+them into place. Every graph records one ``attnlab_export`` entry (ONNX metadata, a ``.pt2``
+extra file): the format version, an export id shared by the graphs of one export, the names of
+the set, and what the model expects as input (:mod:`attnlab.export.inputs`);
+:meth:`GraphFormat.load` refuses a graph whose set is incomplete or mixes two exports, and the
 next export removes the folder of a killed one.
-
-Untrusted files: ``torch.export.load`` runs Python from a ``.pt2`` archive in four places
-(pickled payloads, shape guards, symbolic-shape strings given to ``sympy.sympify``, and node
-targets resolved by name). :func:`load_graph` reads the archive's members first, without running
-any of them (:mod:`attnlab.export.untrusted`), and refuses one that holds such code unless the
-caller passes ``trusted=True``.
-Pickled payloads that torch's weights-only unpickler accepts (tensors, and torchao's int8
-tensors, which torchao registers as safe) pass, so attnlab's own int8 programs load untrusted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import io
 import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -57,16 +43,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
-from torch.export.pt2_archive import constants as pt2
 
 from attnlab.errors import ConfigError, DataError, UnsupportedError
-from attnlab.export.int8 import _torchao_quantization, quantize_int8
+from attnlab.export.adapter import ExportFormat, ExportOptions, LoadedGraph, Written
 from attnlab.export.lm import LMStepGraph, lm_cache_zeros
 from attnlab.export.seq2seq import DecoderStepGraph, EncoderGraph, self_cache_zeros
-from attnlab.export.untrusted import archive_members, check_archive
 from attnlab.nn.transformer import Transformer
 
-FORMATS = ("onnx", "pt2")
 RECORD_KEY = "attnlab_export"  # ONNX metadata key, and "<key>.json" among a .pt2 archive's extra files
 RECORD_VERSION = 1
 STAGING_PREFIX = ".attnlab-export-"  # + "<pid>-<random>.tmp": the folder an export writes into first
@@ -192,90 +175,12 @@ def export_program(g: Graph) -> torch.export.ExportedProgram:
         return torch.export.export(g.module, g.args, dynamic_shapes=g.dynamic_shapes(), strict=True)
 
 
-def save_pt2(g: Graph, path: str | os.PathLike, record: str | None = None) -> None:
-    """Write the graph's ``torch.export`` program to ``path`` (fsynced; :func:`export_model` makes
-    it appear atomically), with ``record`` as its ``attnlab_export.json`` extra file."""
-    program = export_program(g)
-    extra = {f"{RECORD_KEY}.json": record} if record is not None else None
-    with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files=extra)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# Weights above this size go to a "<file>.data" beside the .onnx file (protobuf caps one file at 2 GB).
-ONNX_INLINE_LIMIT = 1 << 30
-
-
-def save_onnx(g: Graph, path: str | os.PathLike, int8: bool = False, record: str | None = None) -> None:
-    """Write the graph as ONNX (torch.onnx.export with dynamo=True) to ``path``, with ``record``
-    as its ``attnlab_export`` metadata; ``int8``: with ONNX Runtime's dynamic int8 quantization of
-    the MatMul/Gemm weights (an fp32 file ``fp32.<name>`` is written beside ``path`` first and
-    removed: :func:`export_model` gives each export a folder of its own). Weights over
-    :data:`ONNX_INLINE_LIMIT` bytes go to ``<path>.data`` beside it (ONNX Runtime finds it there)."""
-    _require("onnx", "onnxscript", *(["onnxruntime"] if int8 else []))
-    program = torch.onnx.export(export_program(g), (), dynamo=True, input_names=g.input_names, output_names=g.output_names,
-                                verbose=False)
-    if record is not None:
-        program.model.metadata_props[RECORD_KEY] = record  # ONNX Runtime's quantization keeps it
-    path = Path(path)
-    nbytes = sum(t.numel() * t.element_size() for t in [*g.module.parameters(), *g.module.buffers()])
-    if not int8:
-        program.save(path, external_data=nbytes > ONNX_INLINE_LIMIT)
-        return
-    fp32 = path.with_name(f"fp32.{path.name}")
-    program.save(fp32, external_data=nbytes > ONNX_INLINE_LIMIT)
-    _quantize_onnx(fp32, path, external=nbytes / 4 > ONNX_INLINE_LIMIT)
-    for f in path.parent.glob(f"{fp32.name}*"):
-        f.unlink()
-
-
-def _quantize_onnx(src: Path, dst: Path, external: bool) -> None:
-    """ONNX Runtime's dynamic int8 quantization of the weights of MatMul/Gemm nodes (per output channel)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet("", logging.ERROR):  # quantize_dynamic logs advice on the root logger
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
-                         use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
-
 
 def piece_path(path: str | os.PathLike, name: str) -> Path:
     """Where a named piece of a multi-graph export goes: ``m.onnx`` -> ``m.encoder.onnx``."""
     p = Path(path)
     return p if not name else p.with_name(f"{p.stem}.{name}{p.suffix}")
 
-
-def export_model(model: nn.Module, path: str | os.PathLike, fmt: str | None = None, int8: bool = False,
-                 window: int = 64) -> list[Path]:
-    """Export ``model`` to ``path`` as ONNX or ``.pt2`` (``fmt``; default: from the suffix);
-    returns the graph files written (two for the encoder–decoder Transformer: ``<stem>.encoder<suffix>``
-    and ``<stem>.decoder<suffix>``; for a Transformer LM the window graph at ``path`` and
-    ``<stem>.step<suffix>``); an ONNX file over 1 GiB of weights has its ``<file>.data`` beside it.
-    ``int8`` quantizes a copy of the model; ``model`` is unchanged. ``window``: see :func:`graphs_of`.
-
-    The graphs are written into a private folder beside ``path`` first (created before any
-    tracing, so an unwritable location is refused at once, naming ``path``), then renamed into
-    place; each records the export's id (see the module docstring)."""
-    path = Path(path)
-    fmt = fmt or path.suffix.lstrip(".")
-    if fmt not in FORMATS:
-        raise UnsupportedError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    graphs = graphs_of(model, window=window)
-    with _staging(path) as folder:
-        if int8 and fmt == "pt2":
-            quantized = quantize_int8(copy.deepcopy(model), backend="torchao")  # torch.export traces torchao int8 tensors
-            graphs = graphs_of(quantized, window=window)
-        export_id = uuid.uuid4().hex
-        names = [g.name for g in graphs]
-        targets = [piece_path(path, name) for name in names]
-        for g, target in zip(graphs, targets):
-            record = json.dumps({"version": RECORD_VERSION, "export_id": export_id, "graph": g.name, "graphs": names})
-            if fmt == "pt2":
-                save_pt2(g, folder / target.name, record)
-            else:
-                save_onnx(g, folder / target.name, int8=int8, record=record)
-        _move_in(folder, targets)
-    return targets
 
 
 @contextlib.contextmanager
@@ -333,178 +238,137 @@ def _move_in(folder: Path, targets: list[Path]) -> None:
             os.close(fd)
 
 
-# ---------------------------------------------------------------------- the export record
-def read_export_record(path: str | os.PathLike) -> dict | None:
-    """The ``attnlab_export`` record of a graph attnlab exported (``version``, ``export_id``,
-    ``graph``, ``graphs``), or None for any other file. Reads metadata only: nothing in the file
-    is unpickled or run, and an ONNX graph is not parsed."""
-    path = Path(path)
-    try:
-        if path.suffix == ".onnx":
-            text = _onnx_metadata(path, RECORD_KEY)
-        elif path.suffix == ".pt2":
-            with zipfile.ZipFile(path) as z:
-                text = z.read(archive_members(z)[f"{pt2.EXTRA_DIR}{RECORD_KEY}.json"])
-        else:
+# ---------------------------------------------------------------------- the adapter of graph formats
+class GraphFormat(ExportFormat):
+    """A format holding each graph of :func:`graphs_of` as one file (``m.onnx``, or ``m.encoder.onnx``
+    and ``m.decoder.onnx``). A subclass says how one graph is saved (:meth:`save`), opened
+    (:meth:`open`) and a metadata entry read without running anything (:meth:`read_text`), and
+    may change the model first (:meth:`prepare`)."""
+
+    def prepare(self, model: nn.Module, int8: bool) -> nn.Module:
+        """The model whose graphs are saved (a quantized copy for a format that traces int8 layers)."""
+        return model
+
+    def save(self, g: Graph, path: Path, int8: bool, record: str) -> None:
+        raise NotImplementedError
+
+    def read_text(self, path: Path, key: str) -> str | None:
+        raise NotImplementedError
+
+    def open(self, path: Path, threads: int | None, trusted: bool) -> Callable[..., tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def check(self, model: nn.Module, path: Path, options: ExportOptions) -> None:
+        """Refuse a directory, a suffix that is not the format's, or an existing file that attnlab
+        did not export (recognised by its record, not by its layout); and a model with no graphs."""
+        for g in graphs_of(model, window=options.window):
+            target = piece_path(path, g.name)
+            if target.is_dir():
+                raise ConfigError(f"{target} is a directory; give -o a file name ending in {self.suffix}")
+            if target.suffix != self.suffix:
+                raise ConfigError(f"{target}: a {self.name} file must end in {self.suffix}")
+            if target.exists() and self.read_record(target) is None:
+                raise ConfigError(f"{target} exists and was not exported by attnlab; it is left untouched: "
+                                  "choose another -o")
+
+    def write(self, model: nn.Module, path: Path, options: ExportOptions) -> list[Path]:
+        """The graphs, written into a private folder beside ``path`` first (created before any
+        tracing, so an unwritable location is refused at once, naming ``path``), then renamed into
+        place; each records the export's id and ``options.inputs``."""
+        graphs_of(model, window=options.window)  # refuse an unexportable model before the folder
+        with _staging(path) as folder, quiet_libraries():
+            graphs = graphs_of(self.prepare(model, options.int8), window=options.window)
+            export_id = uuid.uuid4().hex
+            names = [g.name for g in graphs]
+            targets = [piece_path(path, name) for name in names]
+            for g, target in zip(graphs, targets):
+                record = {"version": RECORD_VERSION, "export_id": export_id, "graph": g.name, "graphs": names,
+                          "input_names": g.input_names, "inputs": options.inputs}
+                self.save(g, folder / target.name, options.int8, json.dumps(record))
+            _move_in(folder, targets)
+        return targets
+
+    def verify(self, model: nn.Module, written: list[Path], options: ExportOptions) -> list[Written]:
+        """Each graph run on its example batch against the fp32 eager model: the largest difference."""
+        out = []
+        for path, g in zip(written, graphs_of(model, window=options.window)):
+            with torch.no_grad():
+                want = g.module(*g.args)
+            got = self.load(path)(*g.args)
+            want = want if isinstance(want, tuple) else (want,)
+            err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want) if a.is_floating_point())
+            size = sum(f.stat().st_size for f in (path, path.with_name(path.name + ".data")) if f.exists()) / 2**20
+            out.append(Written(path, size, f"max |difference| from the fp32 eager model on an example batch: {err:.2g}"))
+        return out
+
+    def read_record(self, path: Path) -> dict | None:
+        try:
+            text = self.read_text(path, RECORD_KEY)
+            record = json.loads(text) if text is not None else None
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, zipfile.BadZipFile):
             return None
-        record = json.loads(text)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return None
-    ok = (isinstance(record, dict) and record.get("version") == RECORD_VERSION and isinstance(record.get("export_id"), str)
-          and isinstance(record.get("graphs"), list) and record.get("graph") in record["graphs"])
-    return record if ok else None
+        ok = (isinstance(record, dict) and record.get("version") == RECORD_VERSION
+              and isinstance(record.get("export_id"), str) and isinstance(record.get("graphs"), list)
+              and record.get("graph") in record["graphs"])
+        return record if ok else None
 
+    def load(self, path: Path, threads: int | None = None, trusted: bool = False) -> LoadedGraph:
+        """The graph at ``path`` (``threads``: intra-op threads of ONNX Runtime); refused
+        (:class:`DataError`) if its companions are missing or from another export, or (``.pt2``,
+        unless ``trusted``) if it holds code. A file that is not a graph is a one-line DataError."""
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        record = self.read_record(path)
+        if record is not None:
+            self._check_set(path, record)
+        with quiet_libraries():
+            return LoadedGraph(path, self.open(path, threads, trusted), record)
 
-def _onnx_metadata(path: Path, key: str) -> str | None:
-    """The value of ``key`` in an ONNX file's ``metadata_props`` (ModelProto field 14), read by
-    skipping the other top-level fields (the graph is never parsed). ValueError: not protobuf."""
-    with open(path, "rb") as f:
-        for entry in _proto_fields(f, os.fstat(f.fileno()).st_size, 14):
-            fields = dict(_proto_fields(io.BytesIO(entry), len(entry), 1, 2, numbered=True))
-            if fields.get(1) == key.encode():
-                return fields.get(2, b"").decode()
-    return None
-
-
-def _proto_fields(f, end: int, *wanted: int, numbered: bool = False) -> Iterator:
-    """The length-delimited fields numbered ``wanted`` of a protobuf message read from ``f`` up to
-    ``end`` (their bytes, or (number, bytes) with ``numbered``), the others skipped."""
-    while f.tell() < end:
-        key = _varint(f)
-        number, wire = key >> 3, key & 7
-        if wire == 0:  # a varint
-            _varint(f)
-            continue
-        if wire not in (1, 2, 5):
-            raise ValueError("not a protobuf message")
-        size = _varint(f) if wire == 2 else {1: 8, 5: 4}[wire]
-        if f.tell() + size > end:
-            raise ValueError("not a protobuf message")
-        if number in wanted:
-            data = f.read(size)
-            yield (number, data) if numbered else data
-        else:
-            f.seek(size, 1)
-
-
-def _varint(f) -> int:
-    value = 0
-    for shift in range(0, 64, 7):
-        b = f.read(1)
-        if not b:
-            raise ValueError("truncated varint")
-        value |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return value
-    raise ValueError("varint too long")
-
-
-def _check_set(path: Path, record: dict) -> None:
-    """Refuse a graph whose other graphs (by attnlab's names: ``m.encoder.onnx`` beside
-    ``m.decoder.onnx``) are missing or come from another export: a killed export's torn set."""
-    name, suffix = record["graph"], path.suffix
-    tail = f".{name}{suffix}" if name else suffix
-    if len(record["graphs"]) < 2 or not path.name.endswith(tail):
-        return
-    base = path.with_name(path.name[:-len(tail)] + suffix)
-    for other in (piece_path(base, n) for n in record["graphs"] if n != name):
-        found = read_export_record(other) if other.exists() else None
-        if found is None or found["export_id"] != record["export_id"]:
-            why = "is missing" if not other.exists() else "comes from another export"
-            raise DataError(f"{path} belongs with {other}, which {why} (an interrupted export?): export again")
-
-
-# ---------------------------------------------------------------------- loading
-def load_graph(path: str | os.PathLike, threads: int | None = None, trusted: bool = False) -> Callable[..., tuple[Tensor, ...]]:
-    """A function running an exported graph: tensors in (in the graph's input order), a tuple of
-    tensors out. ``.onnx`` files run in ONNX Runtime (``threads`` intra-op threads), ``.pt2``
-    programs as ``torch.export`` modules. A graph of a multi-graph export is refused
-    (:class:`DataError`) if its companions are missing or from another export.
-
-    ``trusted``: a ``.pt2`` archive can hold Python that loading or calling it runs (see the
-    module docstring); unless ``trusted=True``, one that does is refused (:class:`DataError`)
-    before anything in it runs. Pass ``trusted=True`` only for files you would run as code. An
-    ONNX file holds no code. A file that is not a graph is a one-line :class:`DataError`."""
-    path = Path(path)
-    if path.suffix not in (".onnx", ".pt2"):
-        raise UnsupportedError(f"{path}: a graph file ends in .onnx or .pt2")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    record = read_export_record(path)
-    if record is not None:
-        _check_set(path, record)
-    return _load_onnx(path, threads) if path.suffix == ".onnx" else _load_pt2(path, trusted)
-
-
-def _load_onnx(path: Path, threads: int | None) -> Callable[..., tuple[Tensor, ...]]:
-    _require("onnxruntime")
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime's InvalidProtobuf, Fail, ...: the file is not a model it runs
-        raise DataError(f"{path} is not an ONNX model ONNX Runtime can run: {_first_line(e)}") from None
-    names = [i.name for i in session.get_inputs()]
-
-    def run_onnx(*args: Tensor) -> tuple[Tensor, ...]:
-        outs = session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})
-        return tuple(torch.from_numpy(o) for o in outs)
-
-    return run_onnx
-
-
-def _load_pt2(path: Path, trusted: bool) -> Callable[..., tuple[Tensor, ...]]:
-    try:
-        _torchao_quantization()  # registers the int8 operators an int8 program calls, and its tensors as safe to unpickle
-    except UnsupportedError:
-        pass  # an fp32 program does not need them
-    with open(path, "rb") as f:  # one open file for the check and the load: the checked bytes are the loaded ones
-        try:
-            with zipfile.ZipFile(f) as z:
-                check_archive(z, path, trusted)
-        except zipfile.BadZipFile:
-            raise DataError(f"{path} is not a torch.export program (.pt2): not a zip archive") from None
-        f.seek(0)
-        try:
-            with _quiet("torch.export"):  # it logs a traceback before raising
-                module = torch.export.load(f).module()
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
-            raise DataError(f"{path} is not a torch.export program this PyTorch can load: {_first_line(e)}") from None
-
-    def run_pt2(*args: Tensor) -> tuple[Tensor, ...]:
-        with torch.no_grad():
-            out = module(*args)
-        return out if isinstance(out, tuple) else (out,)
-
-    return run_pt2
+    def _check_set(self, path: Path, record: dict) -> None:
+        """Refuse a graph whose other graphs (by attnlab's names: ``m.encoder.onnx`` beside
+        ``m.decoder.onnx``) are missing or come from another export: a killed export's torn set."""
+        name, suffix = record["graph"], path.suffix
+        tail = f".{name}{suffix}" if name else suffix
+        if len(record["graphs"]) < 2 or not path.name.endswith(tail):
+            return
+        base = path.with_name(path.name[:-len(tail)] + suffix)
+        for other in (piece_path(base, n) for n in record["graphs"] if n != name):
+            found = self.read_record(other) if other.exists() else None
+            if found is None or found["export_id"] != record["export_id"]:
+                why = "is missing" if not other.exists() else "comes from another export"
+                raise DataError(f"{path} belongs with {other}, which {why} (an interrupted export?): export again")
 
 
 @contextlib.contextmanager
-def _quiet(logger: str, level: int = logging.CRITICAL) -> Iterator[None]:
-    """Show only records of ``level`` and above from ``logger`` ("" the root) and its children
+def _quiet(*loggers: str, level: int = logging.CRITICAL) -> Iterator[None]:
+    """Show only records of ``level`` and above from ``loggers`` ("" the root) and their children
     during the block."""
-    log = logging.getLogger(logger)
-    before = log.level
-    log.setLevel(level)
+    logs = [logging.getLogger(name) for name in loggers]
+    before = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(level)
     try:
         yield
     finally:
-        log.setLevel(before)
+        for log, lvl in zip(logs, before):
+            log.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep what torch.onnx and torch.export tell their own developers off the user's terminal
+    during an export or a load: the ONNX exporter's "torchvision is not installed. Skipping
+    torchvision::nms" (and roi_align, roi_pool, deform_conv2d) without torchvision, and library
+    FutureWarnings/DeprecationWarnings (pickling a pytree ``LeafSpec`` warned from ``copyreg``
+    in torch 2.13). Failures still raise: they do not go through these logs."""
+    with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._export", "onnxscript"):
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def _first_line(e: Exception) -> str:
     """The first non-blank line of an exception's message, at most 200 characters."""
     line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
     return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _require(*modules: str) -> None:
-    import importlib.util
-
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UnsupportedError(f"ONNX needs {', '.join(missing)}: pip install 'attnlab[export]'")
 

@@ -70,7 +70,7 @@ def _code_in_archive(z: zipfile.ZipFile, names: dict[str, str], models: list[str
                 if payload["use_pickle"] and not _weights_only(z.read(names[member])):
                     return f"pickles Python objects besides tensors ({member})"
         sample = pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
-        if sample in names and not _weights_only(z.read(names[sample])):
+        if sample in names and z.getinfo(names[sample]).file_size and not _weights_only(z.read(names[sample])):
             return f"pickles Python objects besides tensors ({sample})"
         reason = _code_in_program(json.loads(z.read(names[m])))
         if reason:
