@@ -58,9 +58,6 @@ class Renames:
             raise UnsupportedError(f"{target} has no place for {', '.join(lost[:5])}{more}" + (f"; {advice}" if advice else ""))
         return out
 
-    def matches_theirs(self, key: str) -> bool:
-        return any(p.match(key) for p, _ in self._theirs)
-
 
 def block_indices(keys, prefix: str = "blocks.") -> set[int]:
     """The block numbers present under ``prefix`` (e.g. ``blocks.{i}.``)."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.models.features import check_output_fmt, take_indices
+from attnlab.models.features import check_output_fmt, pick_indices, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import EncoderLayer
@@ -488,21 +488,8 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ inspection
     def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        depth = len(self.blocks)
-        if indices is None:
-            return list(range(depth))
-        if isinstance(indices, int):
-            if not 1 <= indices <= depth:
-                raise ConfigError(f"an int selects the last n blocks, 1 <= n <= {depth}; got {indices}")
-            return list(range(depth - indices, depth))
-        out = []
-        for i in indices:
-            if not -depth <= int(i) < depth:
-                raise ConfigError(f"block index {i} out of range for {depth} blocks (valid: {-depth}..{depth - 1})")
-            out.append(int(i) % depth)
-        if not out:
-            raise ConfigError("no block selected: pass an int n (last n blocks) or a non-empty list of block indices")
-        return out
+        """Blocks ``indices`` as absolute indices, in the order given (:func:`pick_indices`)."""
+        return pick_indices(len(self.blocks), indices)
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
@@ -528,12 +515,8 @@ class VisionTransformer(nn.Module):
             z = self.blocks[i](z, pos=self.rel_pos)
             if i in take:
                 outs.append(self.norm(z) if norm else z)
-        k, (gh, gw) = self.num_prefix_tokens, (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        maps = [t[:, k:] for t in outs]  # (B, Gh*Gw, C)
-        if output_fmt == "NCHW":
-            maps = [m.transpose(1, 2).reshape(m.shape[0], m.shape[2], gh, gw) for m in maps]  # (B, C, Gh, Gw)
-        if return_prefix_tokens:
-            maps = [(m, t[:, :k]) for m, t in zip(maps, outs)]
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        maps = token_maps(outs, self.num_prefix_tokens, grid, output_fmt, return_prefix_tokens)
         return maps if intermediates_only else (self.norm(z), maps)
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
@@ -729,8 +712,3 @@ def vit_digits(**overrides) -> VisionTransformer:
     this patch size)."""
     return _vit("vit_digits", overrides, img_size=8, patch_size=2, in_chans=1, num_classes=10,
                 embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, drop_rate=0.1)
-
-
-def config_dict(model: VisionTransformer) -> dict:
-    """The model's config as a plain dict (for saving next to its weights)."""
-    return asdict(model.cfg)

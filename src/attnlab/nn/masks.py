@@ -61,12 +61,6 @@ def padding_mask(valid: Tensor) -> Tensor:
     return valid.bool()[:, None, None, :]
 
 
-def lengths_to_valid(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """(B,) lengths -> (B, T) bool, True at positions < length."""
-    max_len = int(lengths.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def from_torch_mask(mask: Tensor | None, *, key_padding: bool = False) -> Tensor | None:
     """Convert a PyTorch-convention mask into ours.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -169,8 +169,3 @@ class Transformer(nn.Module):
         """Teacher forcing: src (B, Ts), tgt (B, Tt) = target shifted right (starts with START)."""
         memory, mask = self.encode(src)
         return self.decode(tgt, memory, mask)
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
-
-
