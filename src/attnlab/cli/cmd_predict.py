@@ -49,7 +49,7 @@ def run(args) -> int:
     run_ = runs.open(args.run_dir, args.which, device=dist.resolve_device(args.device), int8=args.int8,
                      compile=args.compile)
     note_int8(run_)
-    options, fmt = PER_TASK[spec.name]
+    options, fmt = PER_TASK.get(spec.name, (_no_options, _as_json))
     preds = spec.predict(run_, args.inputs, **options(args))
     print(json.dumps(preds, indent=2) if args.json else fmt(preds))
     return 0
@@ -76,7 +76,16 @@ def format_detections(preds: list[dict]) -> str:
     return "\n".join(lines)
 
 
-#: each task's predict options from the command line, and its text format
+def _no_options(args) -> dict:
+    return {}
+
+
+def _as_json(preds: list[dict]) -> str:
+    return json.dumps(preds, indent=2)
+
+
+#: each task's predict options from the command line, and its text format; a task with
+#: ``predict`` but no entry here gets no options and prints its predictions as JSON
 PER_TASK = {
     "image": (lambda a: dict(top_k=a.top_k, convert=a.convert), format_predictions),
     "detect": (lambda a: dict(threshold=a.threshold, convert=a.convert, output_dir=a.output_dir), format_detections),
