@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command  # noqa: E402
 from attnlab.io import atomic_write_json  # noqa: E402
 from attnlab.models.registry import count_parameters, model_config  # noqa: E402
+from attnlab.runs.training import model_record, open_run_dir  # noqa: E402
 from attnlab.tasks import image  # noqa: E402
-from attnlab.train import TrainConfig, Trainer, runs  # noqa: E402
+from attnlab.train import TrainConfig, Trainer  # noqa: E402
 from attnlab.train import checkpoint as ckpt  # noqa: E402
 from attnlab.train import distributed as dist  # noqa: E402
 from attnlab.train.config import to_dict  # noqa: E402
@@ -140,14 +141,14 @@ def calibrate(model, task, cfg, steps: int = 12) -> float:
 def open_run(run_dir: Path, impl: str, model, arch: dict, dc, cfg, title: str) -> dict:
     """A new (or replaced) run directory with its run.json; the record every checkpoint carries."""
     if impl == "ours":
-        meta = runs.model_record(model, OURS, arch)
+        meta = model_record(model, OURS, arch)
     else:  # not a registry model: named and counted, not rebuildable by attnlab
         meta = {"model": {"name": "timm_vit", "config": None, "parameters": count_parameters(model)}, "model_args": arch}
     meta.update(data_config=to_dict(dc), title=title)
     ckpt.check_new_run_dir(run_dir, overwrite=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    runs.open_run_dir(run_dir, overwrite=True, task=image.TASK, cfg=cfg, info=dist.info(), record=meta,
-                      command=command().split())
+    open_run_dir(run_dir, overwrite=True, cfg=cfg, info=dist.info(), record={"task": image.TASK, **meta},
+                 command=command().split())
     return meta
 
 
