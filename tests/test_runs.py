@@ -340,6 +340,27 @@ def test_int8_reads_every_run(trained, tmp_path, capsys, monkeypatch):
         assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_int8_and_compiled_evals_write_their_own_folders(tmp_path):
+    """`eval --int8` and `eval --int8 --compile` used to write the same folder (the second
+    replaced the first): runs.open records compile, and evaluate gives each variant its suffix."""
+    import dataclasses
+
+    from torch import nn
+
+    from attnlab.tasks import get_spec
+    from attnlab.tasks.spec import LoadedRun
+
+    assert runs.open("vit_digits", compile=True).compiled and not runs.open("vit_digits").compiled
+    spec = dataclasses.replace(get_spec("image"), evaluate=lambda run, ec, progress: ({"slug": "test", "score": 1.0}, {}))
+    folders = set()
+    for int8, compiled in ((False, False), (True, False), (True, True), (False, True)):
+        run = LoadedRun(nn.Identity(), "toy", run_dir=tmp_path, spec=spec, int8=int8, compiled=compiled)
+        res = runs.evaluate(run, None, progress=False)
+        assert res["compiled"] is compiled and os.path.exists(res["results_json"])
+        folders.add(os.path.dirname(res["results_json"]))
+    assert sorted(os.path.basename(f) for f in folders) == ["test", "test-compiled", "test-int8", "test-int8-compiled"]
+
+
 def test_export_ctranslate2_of_every_run(trained, tmp_path, capsys):
     """`attnlab export RUN --format ctranslate2`: a translation run becomes a CTranslate2 folder
     whose fp32 greedy tokens equal the eager model's (the command checks and says so); a second

@@ -32,7 +32,7 @@ def open(spec: str | Path, which: str | None = None, *, default: str = "best", s
 
     ``int8``: int8 Linear layers (:func:`attnlab.export.quantize_int8`, the backend fastest on
     this CPU, fp32 kept if none is faster: ``int8_choice`` says which); ``compile``: each Linear
-    layer compiled (:func:`attnlab.export.compile_linears`)."""
+    layer compiled (:func:`attnlab.export.compile_linears`; ``compiled`` records it)."""
     from attnlab.models.registry import create_model, is_model, list_models
 
     found = locate(spec, which, default)
@@ -59,7 +59,7 @@ def open(spec: str | Path, which: str | None = None, *, default: str = "best", s
     if compile:
         from attnlab.export.int8 import compile_linears
 
-        run.model = compile_linears(run.model)
+        run.model, run.compiled = compile_linears(run.model), True
     return run
 
 
@@ -103,8 +103,8 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
     """The task's evaluation of a run (a task without one: its training metrics on its
     validation data, :func:`validation_metrics`); results.json and the task's files (pictures,
     texts such as the hypotheses of a translation) go to ``out_dir`` (default
-    ``RUN_DIR/eval/<what was evaluated>``, with ``-int8`` for an int8 model), whose paths are
-    added to the results."""
+    ``RUN_DIR/eval/<what was evaluated>``, with ``-int8`` for an int8 model and ``-compiled`` for
+    a compiled one), whose paths are added to the results."""
     from attnlab.export.int8 import int8_backend
     from attnlab.viz.common import save_figure
 
@@ -114,7 +114,8 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
         results, files = run.spec.evaluate(run, eval_config, progress)
     else:
         results, files = validation_metrics(run, progress), {}
-    slug = results.pop("slug", "default") + ("-int8" if run.int8 else "")  # int8 scores never replace fp32 ones
+    # int8 or compiled scores never replace fp32 ones, nor each other
+    slug = results.pop("slug", "default") + ("-int8" if run.int8 else "") + ("-compiled" if run.compiled else "")
     out = Path(out_dir) if out_dir else run.run_dir / "eval" / slug
     check_output_dir(out)
     for name, content in files.items():  # a picture, or the text of a file such as hypotheses.txt
@@ -123,7 +124,7 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
             results[name.replace(".", "_")] = str(out / name)
         else:
             results[f"{name}_png"] = str(save_figure(content, out / f"{name}.png"))
-    results.update(int8=run.int8, int8_backend=int8_backend(run.model) if run.int8 else None,
+    results.update(int8=run.int8, int8_backend=int8_backend(run.model) if run.int8 else None, compiled=run.compiled,
                    results_json=str(out / "results.json"))
     atomic_write_json(out / "results.json", results)
     return results

@@ -69,3 +69,4 @@ class LoadedRun:
     random_init: bool = False  # a registered name, built with fresh weights
     int8: bool = False  # int8 was asked for (attnlab.export.int8)
     int8_choice: str = ""  # one line: which int8 backend was chosen on this CPU, and why
+    compiled: bool = False  # each Linear layer compiled (attnlab.export.compile_linears)
