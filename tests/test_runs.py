@@ -161,6 +161,11 @@ def test_help_states_the_defaults_each_task_uses(capsys):
         main(["train", "lm", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.002)" in out and "(default: 32)" in out  # lr and batch size of language models
+    assert "counting the whole command: the backbone pretraining of 'train detect' included" in out  # --max-minutes
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "detect runs, default 100" in out and "image runs, default 500" in out  # eval --batch-size
 
 
 def test_models_command_lists_the_registry_with_counts(capsys):

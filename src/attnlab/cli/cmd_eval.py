@@ -26,8 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_int8_arguments(p)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
-                   help="per batch: images (image runs, default 500), windows or rows (lm runs, default: the run's), "
-                        "sentences (translate runs, default 64)")
+                   help="per batch: images (image runs, default 500; detect runs, default 100), windows or rows (lm "
+                        "runs, default: the run's), sentences (translate runs, default 64)")
     seen: set[str] = {"which", "device", "out", "json", "quiet", "run_dir", "batch_size"}
     for name, spec in task_specs().items():  # each task's own options, each option once
         if spec.eval_config is None:

@@ -112,8 +112,9 @@ class TrainConfig:
     ema_decay: float = opt(0.0, "keep an exponential moving average of the weights with this decay and evaluate it "
                                 "(e.g. 0.999; 0 = off)", unit_float, metavar="X")
     precision: str = opt("fp32", "fp32, or bf16 autocast (slow on most CPUs; for GPUs)", choices=("fp32", "bf16"))
-    max_minutes: float = opt(0.0, "stop after this many minutes of wall-clock time (0 = no limit): the current epoch is "
-                                  "cut short, evaluated and saved. The schedule is still planned for --epochs",
+    max_minutes: float = opt(0.0, "stop after this many minutes of wall-clock time (0 = no limit), counting the whole "
+                                  "command: the backbone pretraining of 'train detect' included. The current epoch is "
+                                  "cut short, evaluated and saved; the schedule is still planned for --epochs",
                              nonneg_float, metavar="X")
     eval_every: int = opt(1, "evaluate every N epochs (and always after the last)", positive_int, metavar="N")
     save_every: int = opt(0, "also save the last checkpoint every N optimizer steps within an epoch (0 = at epoch ends only)",
