@@ -283,9 +283,9 @@ def test_intermediates_heads_and_attention_maps():
     m = create_model("cct_4_3x2_32").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        feats = m.forward_features(x)
-        final, outs = m.forward_intermediates(x, [0, -1], return_final=True)
-        last = m.forward_intermediates(x, 1, norm=True)
+        feats = m.forward_features(x)  # (B, 64, 128): CCT's two convolutions make an 8x8 grid
+        final, outs = m.forward_intermediates(x, [-1, 0], output_fmt="NLC")  # block order
+        last = m.forward_intermediates(x, 1, norm=True, output_fmt="NLC", intermediates_only=True)
         with AttentionRecorder(m) as rec:
             logits = m(x)
     assert torch.allclose(final, feats) and [o.shape for o in outs] == [(2, 64, 128)] * 2
@@ -295,8 +295,49 @@ def test_intermediates_heads_and_attention_maps():
     assert all(v[0].shape == (2, 2, 64, 64) for v in rec.maps.values())
     features = create_model("cct_4_3x2_32", num_classes=0)
     assert features(x).shape == (2, 128)
-    with pytest.raises(ConfigError, match="block index"):
+    with pytest.raises(ConfigError, match="level index 4 out of range for 4 levels"):
         m.forward_intermediates(x, [4])
+    with pytest.raises(ConfigError, match="output_fmt"):
+        m.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("name, grid, prefix", [("cct_7_3x2_32", 8, 0), ("cct_7_3x1_32", 16, 0),
+                                                ("cvt_6_4_32", 8, 0), ("vitlite_6_4_32", 8, 1)])
+def test_forward_intermediates_are_maps_over_the_token_grid(name, grid, prefix):
+    """timm's contract: NCHW maps (B, C, Gh, Gw) are the grid tokens of the blocks, in raster
+    order, ViT-Lite's class token apart; stop_early runs no block after the last taken."""
+    torch.manual_seed(0)
+    m = create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z = m.embed(x)
+        for block in m.blocks[:3]:
+            z = block(z)  # (B, prefix + grid*grid, C)
+        (nchw,) = m.forward_intermediates(x, [2], intermediates_only=True)
+        ((nlc, pre),) = m.forward_intermediates(x, [2], output_fmt="NLC", return_prefix_tokens=True,
+                                                intermediates_only=True)
+        early, _ = m.forward_intermediates(x, [2], stop_early=True)
+    assert nchw.shape == (2, m.embed_dim, grid, grid) and m.feature_info[2]["reduction"] == 32 // grid
+    assert torch.allclose(nchw.flatten(2).transpose(1, 2), z[:, prefix:], atol=1e-6)
+    assert torch.allclose(nlc, z[:, prefix:], atol=1e-6) and pre.shape == (2, prefix, m.embed_dim)
+    assert torch.allclose(early, m.norm(z), atol=1e-6)
+
+
+def test_a_compact_model_is_a_features_only_backbone():
+    torch.manual_seed(0)
+    m = create_model("cct_7_3x2_32").eval()
+    torch.manual_seed(0)
+    bb = create_model("cct_7_3x2_32", features_only=True, out_indices=(1, 3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = bb(x)
+        want = m.forward_intermediates(x, [1, 3], intermediates_only=True)
+    assert [tuple(t.shape) for t in maps] == [(2, 256, 8, 8)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(maps, want))
+    assert bb.feature_info.channels() == [256, 256] and bb.feature_info.reduction() == [4, 4]
+    assert len(bb.model.blocks) == 4 and isinstance(bb.model.head, torch.nn.Identity) and bb.model.cfg.depth == 4
+    nlc = create_model("cvt_6_4_32", features_only=True, output_fmt="NLC")
+    assert [tuple(t.shape) for t in nlc(x)] == [(2, 64, 256)] * 3  # the last three blocks, 8x8 patches
 
 
 def test_bad_configs_and_inputs_are_refused_with_one_clear_error():

@@ -26,12 +26,13 @@ Shapes: images (B, C_in, H, W); tokens (B, N, C) with N = num_prefix + Gh*Gw; at
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.features import check_output_fmt, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.vit import PatchEmbed, drop_path_schedule
 from attnlab.nn.attention import MultiHeadAttention
@@ -205,7 +206,8 @@ def _check_images(x: Tensor, name: str, in_chans: int, hw: tuple[int, int]) -> N
 class CompactTransformer(nn.Module):
     """ViT-Lite, CVT or CCT (by its config): tokeniser, [class token], positions, blocks, final
     LayerNorm, SeqPool or class token, head. :meth:`forward_features`, :meth:`forward_head`,
-    :meth:`forward`, :meth:`forward_intermediates`; attention maps through
+    :meth:`forward`, :meth:`forward_intermediates` and :meth:`prune_intermediate_layers` (timm's
+    contract, so ``create_model(name, features_only=True)`` is a backbone); attention maps through
     :class:`attnlab.viz.record.AttentionRecorder` (the blocks use :class:`MultiHeadAttention`)."""
 
     def __init__(self, cfg: CompactConfig | None = None, name: str = "cct", **overrides) -> None:
@@ -278,43 +280,59 @@ class CompactTransformer(nn.Module):
         """(B, C_in, H, W) -> logits (B, num_classes), or pooled features (B, C) without a head."""
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] = 1, *, norm: bool = False,
-                              return_final: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Outputs of chosen blocks, all tokens, each (B, N, C): an int n takes the last n blocks, a
-        list takes those blocks (negative indices count from the end) in the order given.
-        ``norm=True`` passes each through the final LayerNorm. ``return_final=True`` returns
-        ``(forward_features(x), intermediates)``."""
-        take = _block_indices(len(self.blocks), indices)
-        stop = len(self.blocks) if return_final else max(take) + 1
-        got: dict[int, Tensor] = {}
-        z = self.embed(x)
+    # ------------------------------------------------------------------ timm's backbone contract
+    @property
+    def feature_info(self) -> list[dict]:
+        """One feature level per block (timm's list): its module, channels and reduction (image
+        pixels per token along a side: 4 for CCT's two convolutions at 32x32, the patch size P)."""
+        reduction = self.cfg.image_hw[0] // self.grid_size[0]
+        return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=reduction) for i in range(len(self.blocks))]
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The outputs of chosen blocks as feature maps over the token grid, timm's contract (as
+        :meth:`attnlab.models.vit.VisionTransformer.forward_intermediates`).
+
+        ``indices``: None takes every block, an int n the last n, a list those blocks (negative
+        ones count from the end); they come back in block order. Each is the block's grid tokens
+        (ViT-Lite's class token dropped), (B, C, Gh, Gw) for ``output_fmt="NCHW"`` or (B, Gh*Gw, C)
+        for ``"NLC"``; ``return_prefix_tokens=True`` makes each a pair (map, prefix tokens
+        (B, num_prefix, C)); ``norm=True`` passes the tokens through the final ``norm`` first.
+        Returns ``(forward_features(x), maps)``, or the maps alone with ``intermediates_only=True``;
+        with either of ``intermediates_only`` and ``stop_early`` no block after the last one taken runs.
+        """
+        check_output_fmt(output_fmt)
+        take = take_indices(len(self.blocks), indices)
+        stop = max(take) + 1 if stop_early or intermediates_only else len(self.blocks)
+        z = self.embed(x)  # (B, N, C)
+        outs = []
         for i in range(stop):
             z = self.blocks[i](z)
             if i in take:
-                got[i] = self.norm(z) if norm else z
-        outs = [got[i] for i in take]
-        return (self.norm(z), outs) if return_final else outs
+                outs.append(self.norm(z) if norm else z)
+        maps = token_maps(outs, self.num_prefix_tokens, self.grid_size, output_fmt, return_prefix_tokens)
+        return maps if intermediates_only else (self.norm(z), maps)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what the outputs of blocks ``indices`` do not need (timm's contract): the blocks
+        after the last of them, the final ``norm`` if ``prune_norm``, the head if ``prune_head``
+        (the pooling stays). Returns the blocks' absolute indices; the config's depth (and
+        num_classes) follow."""
+        take = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.head = nn.Identity()
+        self.cfg = replace(self.cfg, depth=len(self.blocks), num_classes=0 if prune_head else self.cfg.num_classes)
+        return take
 
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"name={self.name!r}, img_size={c.img_size}, tokenizer={c.tokenizer!r}, grid={self.grid_size}, "
                 f"pos_embed={c.pos_embed!r}, seq_pool={c.seq_pool}")
-
-
-def _block_indices(depth: int, indices: int | Sequence[int]) -> list[int]:
-    """An int n: the last n blocks; a sequence: those blocks (negative from the end)."""
-    if isinstance(indices, int):
-        if not 1 <= indices <= depth:
-            raise ConfigError(f"an int selects the last n blocks, 1 <= n <= {depth}; got {indices}")
-        return list(range(depth - indices, depth))
-    out = []
-    for i in indices:
-        if not -depth <= int(i) < depth:
-            raise ConfigError(f"block index {i} out of range for {depth} blocks (valid: {-depth}..{depth - 1})")
-        out.append(int(i) % depth)
-    if not out:
-        raise ConfigError("no block selected: pass an int n (last n blocks) or a non-empty list of block indices")
-    return out
 
 
 # ---------------------------------------------------------------------- named configurations

@@ -5,7 +5,9 @@ A model family offers it by having ``feature_info`` (one dict per feature level:
 ``num_chs``, ``reduction``), ``forward_intermediates(x, indices, norm=, output_fmt=,
 intermediates_only=True)`` and ``prune_intermediate_layers(indices, prune_norm=)``; nothing here
 knows any family. Maps are (B, C, H/r, W/r) for ``output_fmt="NCHW"``, (B, H/r * W/r, C) for
-``"NLC"``, with ``r`` the level's reduction (the ViT's patch size).
+``"NLC"``, with ``r`` the level's reduction (the ViT's patch size, the image-to-token stride of a compact
+Transformer's tokeniser). :func:`pick_indices`, :func:`take_indices` and :func:`token_maps` are
+the helpers a family's ``forward_intermediates`` shares.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ class FeatureInfo:
         return f"FeatureInfo(out_indices={self.out_indices}, channels={self.channels()}, reduction={self.reduction()})"
 
 
-def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
-    """Absolute level indices, ascending and each once: None takes all ``count`` levels, an int
-    n the last n, a sequence those levels (negative ones count from the end)."""
+def pick_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Absolute level indices in the order given: None takes all ``count`` levels, an int n the
+    last n, a sequence those levels (negative ones count from the end)."""
     if indices is None:
         indices = count
     if isinstance(indices, int):
@@ -75,13 +77,32 @@ def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
         out.append(i % count)
     if not out:
         raise ConfigError("no level selected: pass an int n (the last n) or a non-empty list of indices")
-    return sorted(set(out))
+    return out
+
+
+def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """:func:`pick_indices`, ascending and each once (timm's feature levels)."""
+    return sorted(set(pick_indices(count, indices)))
 
 
 def check_output_fmt(output_fmt: str) -> str:
     if output_fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"output_fmt={output_fmt!r} is not allowed; choose one of {', '.join(map(repr, OUTPUT_FORMATS))}")
     return output_fmt
+
+
+def token_maps(outs: Sequence[Tensor], num_prefix: int, grid: tuple[int, int], output_fmt: str,
+               return_prefix_tokens: bool = False) -> list:
+    """Blocks' tokens (B, num_prefix + Gh*Gw, C) as feature maps, timm's ``forward_intermediates``
+    layout: the grid tokens as (B, C, Gh, Gw) for ``output_fmt="NCHW"`` or (B, Gh*Gw, C) for
+    ``"NLC"``; with ``return_prefix_tokens`` each a pair (map, prefix tokens (B, num_prefix, C))."""
+    gh, gw = grid
+    maps = [t[:, num_prefix:] for t in outs]  # (B, Gh*Gw, C)
+    if check_output_fmt(output_fmt) == "NCHW":
+        maps = [m.transpose(1, 2).reshape(m.shape[0], m.shape[2], gh, gw) for m in maps]  # (B, C, Gh, Gw)
+    if return_prefix_tokens:
+        return [(m, t[:, :num_prefix]) for m, t in zip(maps, outs)]
+    return maps
 
 
 class FeatureMaps(nn.Module):
@@ -126,5 +147,5 @@ def as_features(model: nn.Module, features_only: bool = False, out_indices: int 
     if missing:
         name = getattr(model, "name", type(model).__name__)
         raise UnsupportedError(f"features_only=True: {name} ({type(model).__name__}) gives no feature maps "
-                               f"(it has no {', '.join(missing)}); the Vision Transformers do")
+                               f"(it has no {', '.join(missing)}); the Vision and compact Transformers do")
     return FeatureMaps(model, out_indices, output_fmt or "NCHW")
