@@ -39,11 +39,9 @@ KNOWN_UP = {
     "attnlab.tasks.detect -> attnlab.viz.common": "tasks/detect.py predict saves its pictures itself",
     "attnlab.tasks.detect -> attnlab.viz.detection": "tasks/detect.py draws boxes and attention (item 3: DETR's recorder)",
     "attnlab.tasks.image -> attnlab.viz.curves": "tasks/image.py evaluate draws its confusion matrix",
-    "attnlab.train.engine -> attnlab.viz.common": "train/engine.py draws curves.png (item 7: the curves leave the engine)",
-    "attnlab.train.engine -> attnlab.viz.curves": "train/engine.py draws curves.png (item 7: the curves leave the engine)",
 }
 KNOWN_FILE_CIRCLES: dict[str, str] = {}
-KNOWN_PACKAGE_CIRCLES = {"train <-> viz": "the two arrows of train/engine.py above"}
+KNOWN_PACKAGE_CIRCLES: dict[str, str] = {}
 
 
 def modules(root: Path = SRC) -> dict[str, Path]:

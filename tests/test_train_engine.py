@@ -17,6 +17,7 @@ from attnlab.train import Plan, TrainConfig, Trainer, TrainingDiverged, make_sch
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.engine import eval_shard, sharded_batches, steps_in_epoch
 from attnlab.train.optim import Scheduler, no_decay_names
+from attnlab.viz.curves import save_curves
 
 
 class Toy(nn.Module):
@@ -83,11 +84,12 @@ class ToyTask:
         return {"labels": ["a", "b", "c"]}
 
 
-def make(tmp_path=None, seed=0, task=None, dropout=0.0, init_seed=None, **kw):
+def make(tmp_path=None, seed=0, task=None, dropout=0.0, init_seed=None, draw_curves=save_curves, **kw):
     torch.manual_seed(seed if init_seed is None else init_seed)
     model = Toy(dropout=dropout)
     cfg = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr": 0.02, "seed": seed, "device": "cpu", "log_every": 1, **kw})
-    return Trainer(model, task or ToyTask(), cfg, tmp_path, meta={"model": {"name": "toy", "config": None}}, progress=False)
+    return Trainer(model, task or ToyTask(), cfg, tmp_path, meta={"model": {"name": "toy", "config": None}}, progress=False,
+                   draw_curves=draw_curves)
 
 
 def weights(model):
@@ -155,6 +157,16 @@ def test_sharding_keeps_global_batches():
     assert torch.equal(torch.cat(later[0]), one[3])
     shards = [torch.cat(list(eval_shard(37, Plan(rank=r, world_size=2), 5))) for r in range(2)]
     assert sorted(torch.cat(shards).tolist()) == list(range(37))
+
+
+def test_the_engine_draws_nothing_itself_and_calls_back_when_curves_are_due(tmp_path):
+    """The curves are drawn by whoever the engine calls (the run layer passes viz's save_curves):
+    without one no curves.png; quick epochs are drawn once, after the last."""
+    calls = []
+    make(tmp_path / "a", epochs=3, draw_curves=lambda t: calls.append(t.epoch)).fit()
+    assert calls == [3] and not (tmp_path / "a" / "curves.png").exists()
+    make(tmp_path / "b", epochs=2, draw_curves=None).fit()
+    assert (tmp_path / "b" / "metrics.json").is_file() and not (tmp_path / "b" / "curves.png").exists()
 
 
 def test_trains_and_writes_run_files(tmp_path):

@@ -33,6 +33,7 @@ from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as dist
 from attnlab.train.config import TrainConfig, to_dict
 from attnlab.train.engine import Trainer
+from attnlab.viz.curves import save_curves
 
 #: Options that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE = frozenset({"device", "threads", "epochs", "max_minutes", "eval_every", "save_every", "log_every",
@@ -129,7 +130,8 @@ def train(spec: TaskSpec, data_config: Any, cfg: TrainConfig, run_dir: str | Pat
     task = spec.make_task(data, net, cfg)
     meta = {**task_record(spec), **model_record(net, name, model_args), "data_config": to_dict(data_config),
             "title": data.title}
-    trainer = Trainer(net, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress)
+    trainer = Trainer(net, task, cfg, run_dir, meta=meta, log=log if info.is_main else None, progress=progress,
+                      draw_curves=save_curves)
     dist.barrier()
     with contextlib.ExitStack() as stack:
         if run_dir is not None and info.is_main:

@@ -3,7 +3,8 @@
 A :class:`Task` knows its data and its loss; the :class:`Trainer` owns everything else —
 AdamW with decoupled weight decay, warm-up and decay of the learning rate, gradient clipping
 and accumulation, bf16 autocast, the EMA of the weights, evaluation, checkpoints, resuming,
-metrics, plots and data parallelism (DistributedDataParallel under ``torchrun``).
+metrics and data parallelism (DistributedDataParallel under ``torchrun``). It draws nothing: it
+calls back whoever draws the learning curves (the run layer, :mod:`attnlab.runs.training`).
 
 Reproducibility. The data order of an epoch depends only on (seed, epoch) and a batch's
 augmentation only on (seed, epoch, step); dropout draws from the global RNG, whose state is
@@ -209,11 +210,16 @@ class Trainer:
 
     ``meta`` is stored in every checkpoint record (model name and config, task config...).
     ``log`` receives one line per epoch (None: silent); ``progress`` shows tqdm bars.
+    ``draw_curves(trainer)`` is called on rank 0 of a run with a run directory whenever its
+    learning curves are due: after an epoch longer than 15 s, after the last epoch and after one
+    cut by --max-minutes (the run layer passes :func:`attnlab.viz.curves.save_curves`).
     """
 
     def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None,
-                 meta: dict | None = None, log: Callable[[str], None] | None = None, progress: bool = True) -> None:
+                 meta: dict | None = None, log: Callable[[str], None] | None = None, progress: bool = True,
+                 draw_curves: Callable[[Trainer], Any] | None = None) -> None:
         self.cfg = cfg.validate()
+        self.draw_curves = draw_curves
         self.task = task
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = dict(meta or {})
@@ -369,16 +375,10 @@ class Trainer:
         self.history.write(self.run_dir, {"task": self.task.name, "main_metric": self.task.main_metric, "best": self.best})
 
     def plot(self) -> None:
-        if not self.info.is_main or self.run_dir is None or not self.history.epochs:
+        """The learning curves are due: ``draw_curves`` draws them (rank 0, a run directory, an epoch done)."""
+        if self.draw_curves is None or not self.info.is_main or self.run_dir is None or not self.history.epochs:
             return
-        from attnlab.viz.common import save_figure
-        from attnlab.viz.curves import plot_curves
-
-        m = self.task.main_metric
-        label = getattr(self.task, "metric_label", m)
-        fig = plot_curves(self.history, metric=m, metric_label=label, percent=getattr(self.task, "metric_percent", True),
-                          title=self.meta.get("title"), higher_is_better=getattr(self.task, "higher_is_better", True))
-        save_figure(fig, self.run_dir / "curves.png", dpi=130)
+        self.draw_curves(self)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -472,7 +472,7 @@ class Trainer:
                 self.log(f"stopped by --max-minutes {cfg.max_minutes:g} after {done} of the {self.steps_per_epoch} "
                          f"batches of epoch {epoch + 1} (step {self.step}); --resume continues from there")
                 break
-        dist.barrier()  # the last epoch (or the cut one) has drawn curves.png already
+        dist.barrier()  # the last epoch (or the cut one) has had its curves drawn already
         self.write_metrics()
         return {"best": self.best, "metrics": self.history.epochs[-1] if self.history.epochs else {},
                 "elapsed": self.elapsed_now(), "train_time": self.train_time, "steps": self.step,

@@ -1,14 +1,16 @@
-"""Pictures of training: learning curves (:func:`plot_curves`) and the confusion matrix of a
-classifier (:func:`plot_confusion`)."""
+"""Pictures of training: learning curves (:func:`plot_curves`; :func:`save_curves` draws a
+trainer's into its run directory) and the confusion matrix of a classifier (:func:`plot_confusion`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
+from attnlab.train.engine import Trainer
 from attnlab.train.metrics import History
-from attnlab.viz.common import COLORS
+from attnlab.viz.common import COLORS, save_figure
 
 
 def _smooth(y: np.ndarray, n: int) -> np.ndarray:
@@ -70,6 +72,16 @@ def plot_curves(history: History, metric: str = "acc", metric_label: str = "accu
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def save_curves(trainer: Trainer) -> Path:
+    """Draw ``trainer``'s learning curves (its task's main metric, its run's title) into
+    ``RUN_DIR/curves.png``; the engine calls this after the epochs that are due to be drawn."""
+    task = trainer.task
+    fig = plot_curves(trainer.history, metric=task.main_metric, metric_label=getattr(task, "metric_label", task.main_metric),
+                      percent=getattr(task, "metric_percent", True), title=trainer.meta.get("title"),
+                      higher_is_better=getattr(task, "higher_is_better", True))
+    return save_figure(fig, trainer.run_dir / "curves.png", dpi=130)
 
 
 def plot_confusion(cm, labels: list[str], title: str = "confusion matrix", normalize: bool = True):
