@@ -8,7 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: The demo's recipe (shown in the report). Everything else is TrainConfig's default.
 RECIPE = {
@@ -103,24 +108,62 @@ def run(args) -> int:
     return 0
 
 
+@dataclass
+class DemoScores:
+    """The best checkpoint on the test split."""
+
+    count: int
+    correct: int
+    top5: float  # how many test digits have their class among the five most likely
+    confusion: Tensor  # (classes, classes) counts: rows true, columns predicted
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count
+
+
 def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_seconds: float) -> dict:
     """Test metrics of the best checkpoint and the illustrated report of the demo run."""
+    from attnlab.viz import report
+
+    scores = score_on_test(run, test)
+    figs, picks = draw_figures(run_dir, run, test, scores.confusion)
+    blocks = (summary_section(run, scores, cfg, train_seconds)
+              + curves_section(epochs, scores, run.record["dataset"])
+              + confusion_section(scores.confusion, run.extras["labels"], mistakes="mistakes" in figs)
+              + posembed_section(run.model)
+              + attention_section(run.model, test.images[picks], run.extras["normalize"])
+              + experiments_section(run_dir)
+              + reproduce_section(run_dir))
+    md, ht = report.write_report(run_dir, blocks, title="attnlab demo report")
+    return {"accuracy": scores.accuracy, "correct": scores.correct, "count": scores.count, "md": md, "html": ht,
+            "figures": figs}
+
+
+def score_on_test(run, test) -> DemoScores:
+    """Accuracy, top-5 and the confusion matrix of ``run`` on the test split ``test``."""
     import torch
 
     from attnlab.tasks.image import ImageClassification
     from attnlab.train.engine import Plan, evaluation_sums
-    from attnlab.train.metrics import per_class_accuracy
+
+    task = ImageClassification(test, test, run.extras["labels"], run.extras["normalize"])
+    sums = evaluation_sums(task, run.model, task.eval_batches(Plan()), torch.device("cpu"))
+    return DemoScores(int(sums["count"]), int(sums["correct"]), float(sums["top5"]), sums["confusion"].long())
+
+
+def draw_figures(run_dir: Path, run, test, cm: Tensor) -> tuple[dict, list[int]]:
+    """The report's pictures and the explorer page, written into ``run_dir``: ``({name: path},
+    picks)``, picks being one correctly classified test digit of each class (the attention figure)."""
+    import torch
+
     from attnlab.viz import report
     from attnlab.viz.common import save_figure
     from attnlab.viz.curves import plot_confusion
+    from attnlab.viz.explore import explore_vit, write_page
     from attnlab.viz.vit import plot_attention, plot_posembed_similarity
 
     model, labels, normalize = run.model, run.extras["labels"], run.extras["normalize"]
-    task = ImageClassification(test, test, labels, normalize)
-    sums = evaluation_sums(task, model, task.eval_batches(Plan()), torch.device("cpu"))
-    cm = sums["confusion"].long()
-    count, correct = int(sums["count"]), int(sums["correct"])
-    acc = correct / count
     figs = {}
     figs["confusion"] = save_figure(plot_confusion(cm.numpy(), labels, title="test set"), run_dir / "confusion.png")
     figs["posembed"] = save_figure(plot_posembed_similarity(model, title="Position-embedding similarity (learned)"),
@@ -129,12 +172,11 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
     with torch.no_grad():
         probs = torch.cat([model(normalize(c)).float().softmax(-1) for c in x.split(500)])
     pred = probs.argmax(-1)
-    # one correctly classified test digit of each class, for the attention figure
     picks = [int(((y == c) & (pred == c)).nonzero()[0]) for c in range(len(labels)) if ((y == c) & (pred == c)).any()]
     figs["attention"] = save_figure(report.plot_attention_grid(model, x[picks], y[picks], labels, normalize,
                                                                title="Attention rollout on test digits (bright = attended)"),
                                     run_dir / "attention.png")
-    i0 = picks[min(3, len(picks) - 1)]
+    i0 = picks[min(3, len(picks) - 1)]  # the digit shown head by head and in the explorer
     figs["attention_heads"] = save_figure(
         plot_attention(model, x[i0], normalize, class_names=labels,
                        title=f"One test digit, head by head (true class {labels[int(y[i0])]})"),
@@ -145,30 +187,24 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
         wrong = wrong[:20]
         figs["mistakes"] = save_figure(report.plot_predictions(x[wrong], y[wrong], probs[wrong], labels, title=what),
                                        run_dir / "mistakes.png")
-    from attnlab.viz.explore import explore_vit, write_page
-
     figs["explore"] = write_page(explore_vit(model, x[i0], normalize, label=f"{run.name}, test digit {labels[int(y[i0])]}",
                                              class_names=labels),
                                  run_dir / "explore.html")
-    pos = position_structure(model)
-    ink = ink_share(model, x[picks], normalize)
-    pc = per_class_accuracy(cm.numpy())
-    worst = sorted(range(len(labels)), key=lambda i: pc[i])[:2]
-    off = cm.clone()
-    off.fill_diagonal_(0)
-    i, j = divmod(int(off.argmax()), len(labels))
-    mc = model.cfg
-    ds = run.record["dataset"]
-    meta = run.record
-    h = epochs
-    blocks = [
+    return figs, picks
+
+
+def summary_section(run, scores: DemoScores, cfg, train_seconds: float) -> list:
+    """The title, the test accuracy and the table of data, model, training and normalisation."""
+    model, normalize, meta = run.model, run.extras["normalize"], run.record
+    mc, ds = model.cfg, meta["dataset"]
+    return [
         ("h1", "attnlab demo: a Vision Transformer reads handwritten digits"),
-        ("p", f"**Test accuracy {100 * acc:.2f}%** ({correct} of {count} held-out digits), top-5 "
-              f"{100 * float(sums['top5']) / count:.2f}%, after {cfg.epochs} epochs and {train_seconds:.0f} s of training on "
+        ("p", f"**Test accuracy {100 * scores.accuracy:.2f}%** ({scores.correct} of {scores.count} held-out digits), top-5 "
+              f"{100 * scores.top5 / scores.count:.2f}%, after {cfg.epochs} epochs and {train_seconds:.0f} s of training on "
               f"the CPU. Everything below was produced by this run; its files are in this directory."),
         ("table", [["", "this run"],
                    ["data", f"scikit-learn's 8x8 digits: {ds['train_size']:,} training / {ds['val_size']:,} validation "
-                            f"(best epoch: {meta['best']['epoch']}) / {count:,} test images, 16 grey levels, 10 classes"],
+                            f"(best epoch: {meta['best']['epoch']}) / {scores.count:,} test images, 16 grey levels, 10 classes"],
                    ["model", f"`{meta['model']['name']}`: {mc.patch_size}x{mc.patch_size} patches -> "
                              f"{model.grid_size[0]}x{model.grid_size[1]} tokens + class token, {mc.depth} pre-LN blocks, "
                              f"{mc.num_heads} heads, width {mc.embed_dim}, MLP x{mc.mlp_ratio:g}, "
@@ -178,14 +214,34 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
                                 f"gradient clipping at {cfg.clip_grad:g}, seed {cfg.seed}"],
                    ["normalisation", f"pixel/255, minus mean {normalize.mean[0]:.3f}, divided by std "
                                      f"{normalize.std[0]:.3f} (computed on the training images)"]]),
+    ]
+
+
+def curves_section(h: list[dict], scores: DemoScores, ds: dict) -> list:
+    """1. The learning curves, read from the epochs ``h`` of metrics.json."""
+    return [
         ("h2", "1. Learning curves"),
         ("img", "curves.png", "Loss per step (smoothed) and per epoch, accuracy per epoch, and the learning-rate schedule."),
         ("p", f"The loss falls quickly once the warm-up ends; validation accuracy passes 90% at epoch "
               f"{next((r['epoch'] for r in h if r.get('val_acc', 0) >= 0.9), '-')} and ends at "
-              f"{100 * h[-1].get('val_acc', float('nan')):.2f}% ({100 * acc:.2f}% on the test digits with the best epoch), "
-              f"while training accuracy reaches {100 * h[-1]['train_acc']:.1f}%. Late in training the training loss keeps "
-              f"falling ({h[-1]['train_loss']:.3f}) but the validation loss stays near {h[-1]['val_loss']:.3f}: with "
-              f"{ds['train_size']:,} images the model starts to memorise, and the decaying learning rate ends the run there."),
+              f"{100 * h[-1].get('val_acc', float('nan')):.2f}% ({100 * scores.accuracy:.2f}% on the test digits with the "
+              f"best epoch), while training accuracy reaches {100 * h[-1]['train_acc']:.1f}%. Late in training the "
+              f"training loss keeps falling ({h[-1]['train_loss']:.3f}) but the validation loss stays near "
+              f"{h[-1]['val_loss']:.3f}: with {ds['train_size']:,} images the model starts to memorise, and the decaying "
+              f"learning rate ends the run there."),
+    ]
+
+
+def confusion_section(cm: Tensor, labels: list[str], mistakes: bool) -> list:
+    """2. The confusion matrix, its most frequent confusion and hardest classes (and the mistakes' picture)."""
+    from attnlab.train.metrics import per_class_accuracy
+
+    pc = per_class_accuracy(cm.numpy())
+    worst = sorted(range(len(labels)), key=lambda i: pc[i])[:2]
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    i, j = divmod(int(off.argmax()), len(labels))
+    blocks = [
         ("h2", "2. Which digits get confused"),
         ("img", "confusion.png", "Rows: true digit; columns: predicted digit. Off-diagonal cells are mistakes."),
         ("p", (f"The most frequent confusion is a true **{labels[i]}** read as **{labels[j]}** ({int(off[i, j])} time"
@@ -193,29 +249,52 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
               + f"Hardest classes: {labels[worst[0]]} ({100 * pc[worst[0]]:.1f}%) and {labels[worst[1]]} "
                 f"({100 * pc[worst[1]]:.1f}%)."),
     ]
-    if "mistakes" in figs:
+    if mistakes:
         blocks += [("img", "mistakes.png", "Misclassified test digits: prediction (probability) above, true class below. "
                                            "Judge for yourself how readable they are at 8x8 pixels.")]
-    blocks += [
+    return blocks
+
+
+def posembed_section(model) -> list:
+    """3. The learned position embeddings."""
+    return [
         ("h2", "3. What the position embeddings learned"),
         ("img", "posembed.png", "Cosine similarity between the learned position embedding of each patch (one tile per "
                                 "patch) and those of all patches — the ViT paper's Figure 7."),
         ("p", "Nothing tells the model that patches have a 2-D layout: it starts from random position vectors and "
-              "learns them with everything else. " + pos),
+              "learns them with everything else. " + position_structure(model)),
+    ]
+
+
+def attention_section(model, digits: Tensor, normalize) -> list:
+    """4. Where the model looks, on ``digits`` (one per class), and the explorer page."""
+    return [
         ("h2", "4. Where the model looks"),
         ("img", "attention.png", "Top: one correctly classified test digit of each class with the prediction. Bottom: "
                                  "attention rollout — the class token's attention multiplied through all blocks, "
                                  "residual paths included — over the 4x4 patch grid (bright = attended)."),
         ("img", "attention_heads.png", "One digit in detail: the rollout, and what each head of the last block attends "
                                        "to from the class token."),
-        ("p", ink + " Different heads of the last block look at different parts of the digit."),
+        ("p", ink_share(model, digits, normalize) + " Different heads of the last block look at different parts of the digit."),
         ("p", "**Explore it yourself**: [explore.html](explore.html) is one offline page (no network) with this digit's "
               "attention in every block and head — hover a patch to see where it looks — the rollout, the position "
               "similarity, and one head worked out number by number (Q·Kᵀ, ÷√d_k, softmax, ·V)."),
+    ]
+
+
+def experiments_section(run_dir: Path) -> list:
+    """5. The experiments that answer the story's questions."""
+    return [
         ("h2", "5. The questions, answered by experiment"),
         ("p", "Every question of the story is a command that trains real models and sets the result against the "
               "paper's figure. " + experiments_link(run_dir)),
         ("code", experiment_commands()),
+    ]
+
+
+def reproduce_section(run_dir: Path) -> list:
+    """The commands that redo this run, and the files it left."""
+    return [
         ("h2", "Reproduce and explore"),
         ("code", "attnlab demo                               # this report again (seeded: same numbers on this machine)\n"
                  f"attnlab eval {run_dir}        # accuracy, top-5, per-class accuracy, confusion matrix\n"
@@ -227,8 +306,6 @@ def build_report(run_dir: Path, run, test, epochs: list[dict], cfg, train_second
               "`metrics.csv` / `metrics.json` (every epoch and logged step), `best.json` / `last.json` with "
               "`checkpoints/` (safetensors weights, configs, optimizer state)."),
     ]
-    md, ht = report.write_report(run_dir, blocks, title="attnlab demo report")
-    return {"accuracy": acc, "correct": correct, "count": count, "md": md, "html": ht, "figures": figs}
 
 
 def experiments_link(run_dir: Path) -> str:
