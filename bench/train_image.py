@@ -40,6 +40,7 @@ from attnlab.train import TrainConfig, Trainer  # noqa: E402
 from attnlab.train import checkpoint as ckpt  # noqa: E402
 from attnlab.train import distributed as dist  # noqa: E402
 from attnlab.train.config import to_dict  # noqa: E402
+from attnlab.viz.curves import save_curves  # noqa: E402
 
 # The reference architecture of the issue: 28x28 inputs, 4x4 patches, 192 wide, 6 blocks.
 REFERENCE = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0)
@@ -177,7 +178,8 @@ def run(args) -> dict:
         run_dir = Path(args.out) / f"bench-{label}-{impl}"
         meta = open_run(run_dir, impl, model, rec["arch"], dc, cfg, f"{impl} ViT on {dataset}")
         t0 = time.perf_counter()
-        tr = Trainer(model, task, cfg, run_dir, meta=meta, log=lambda s: print(s, flush=True), progress=False)
+        tr = Trainer(model, task, cfg, run_dir, meta=meta, log=lambda s: print(s, flush=True), progress=False,
+                     draw_curves=save_curves)
         tr.fit()
         wall = time.perf_counter() - t0
         rows = tr.history.epochs

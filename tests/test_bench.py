@@ -85,6 +85,7 @@ def test_train_image_bench_on_digits(tmp_path, capsys, one_thread):
     assert res["runs"]["ours"]["parameters"] == 539_914  # the MNIST recipe's 0.54M
     assert 0.0 <= res["runs"]["ours"]["final_acc"] <= 1.0
     assert runs.open(tmp_path / "bench-mnist-digits-ours").name == "vit_cifar"  # a run every command reads
+    assert (tmp_path / "bench-mnist-digits-ours" / "curves.png").exists()  # the run layer's pictures, drawn here too
     assert "| ours | 1 |" in capsys.readouterr().out
 
 
