@@ -3,8 +3,10 @@ model exports as, and writing and reading a set of graph files all or nothing.
 
 What is exported (:func:`graphs_of`):
 
-- a ViT: images (B, C, H, W) -> logits (B, K), B dynamic; H and W fixed at the model's size,
-  or, for a ``dynamic_img_size`` model, any multiples of the patch size (the graph resamples the
+- an image classifier (a model that declares
+  :class:`attnlab.models.capabilities.ImageClassifier`: the ViTs, the compact Transformers, the
+  small ResNet): images (B, C, H, W) -> logits (B, K), B dynamic; H and W fixed at the model's
+  size, or, for a ``dynamic_img_size`` ViT, any multiples of the patch size (the graph resamples the
   position embeddings, as the eager model does).
 - a language model: a window of token ids (B, T) -> logits (B, T, V), B dynamic; T dynamic up
   to the context length for a Transformer, fixed (``window``) for a recurrent model, whose
@@ -48,6 +50,7 @@ from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.export.adapter import ExportFormat, ExportOptions, LoadedGraph, Written
 from attnlab.export.lm import LMStepGraph, lm_cache_zeros
 from attnlab.export.seq2seq import DecoderStepGraph, EncoderGraph, self_cache_zeros
+from attnlab.models.capabilities import ImageClassifier, ImageInput
 from attnlab.nn.transformer import Transformer
 
 RECORD_KEY = "attnlab_export"  # ONNX metadata key, and "<key>.json" among a .pt2 archive's extra files
@@ -85,10 +88,9 @@ class LMWindowGraph(nn.Module):
         return out[0] if isinstance(out, tuple) else out  # a recurrent model also returns its state
 
 
-def _is_vit(model: nn.Module) -> bool:
-    from attnlab.models.vit import VisionTransformer
-
-    return isinstance(model, VisionTransformer)
+def _image_input(model: nn.Module) -> ImageInput | None:
+    """The images ``model`` classifies, if it declares itself an image classifier."""
+    return model.image_input if isinstance(model, ImageClassifier) else None
 
 
 def _is_lm(model: nn.Module) -> bool:
@@ -108,10 +110,8 @@ def check_exportable(model: nn.Module, window: int = 64, batch: int = 2) -> None
                           f"token by token: give at most {MAX_RECURRENT_WINDOW} (--window)")
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     example = 0
-    if _is_vit(model):
-        size = model.cfg.img_size
-        h, w = (size, size) if isinstance(size, int) else size
-        example = batch * model.cfg.in_chans * h * w * 4
+    if (images := _image_input(model)) is not None:
+        example = batch * images.channels * images.size[0] * images.size[1] * 4
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 3 * (weights + example) > memory:
         raise ConfigError(f"{type(model).__name__} with these settings holds {(weights + example) / 2**30:.1f} GiB of "
@@ -127,14 +127,12 @@ def graphs_of(model: nn.Module, batch: int = 2, window: int = 64) -> list[Graph]
     check_exportable(model, window, batch)
     model.eval()
     b = Dim("batch", min=1, max=4096)
-    if _is_vit(model):
-        cfg = model.cfg
-        h, w = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else cfg.img_size
+    if (images := _image_input(model)) is not None:
         dims = {0: b}
-        if cfg.dynamic_img_size:  # any multiple of the patch size; position embeddings resampled in the graph
-            p = cfg.patch_size
+        if (p := images.multiple_of) is not None:  # a dynamic_img_size ViT: position embeddings resampled in the graph
             dims.update({2: p * Dim("grid_h", min=1, max=1024), 3: p * Dim("grid_w", min=1, max=1024)})
-        return [Graph("", model, (torch.randn(batch, cfg.in_chans, h, w),), ["images"], ["logits"], {"images": dims})]
+        x = torch.randn(batch, images.channels, *images.size)
+        return [Graph("", model, (x,), ["images"], ["logits"], {"images": dims})]
     if _is_lm(model):
         if model.is_recurrent:  # torch.export unrolls the recurrence: one program per window length
             idx = torch.randint(0, model.cfg.vocab_size, (batch, window))
@@ -163,7 +161,7 @@ def graphs_of(model: nn.Module, batch: int = 2, window: int = 64) -> list[Graph]
                   {"tokens": {0: b}, "memory_mask": {0: b, 3: ts}, "self_k": {1: b, 3: past}, "self_v": {1: b, 3: past},
                    "cross_k": {1: b, 3: ts}, "cross_v": {1: b, 3: ts}}),
         ]
-    raise UnsupportedError(f"cannot export a {type(model).__name__}: export supports the ViT family, the language models "
+    raise UnsupportedError(f"cannot export a {type(model).__name__}: export supports the image classifiers, the language models "
                            f"and the encoder-decoder Transformer")
 
 

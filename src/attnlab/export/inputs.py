@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from attnlab.data.transforms import default_normalization
-from attnlab.export.graph import _is_lm, _is_vit
+from attnlab.export.graph import _image_input, _is_lm
 from attnlab.nn.transformer import Transformer
 
 CHANNELS = {1: "grey", 3: "RGB"}
@@ -24,7 +24,7 @@ def describe_inputs(model: nn.Module, extras: dict | None = None) -> dict:
     """What ``model`` expects; ``extras``: a run's extras (its ``normalize``, its tokenizers), or
     None for a registered model with fresh weights."""
     extras = extras or {}
-    if _is_vit(model):
+    if _image_input(model) is not None:
         return _images(model, extras)
     if _is_lm(model):
         return _tokens("tokens (B, T) int64", {"tokenizer": extras.get("tokenizer")}, model.cfg.vocab_size)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.capabilities import ImageInput
 from attnlab.models.registry import config_from, register_model
 
 
@@ -74,6 +75,11 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def image_input(self) -> ImageInput:
+        """The images it classifies (:class:`attnlab.models.capabilities.ImageClassifier`)."""
+        return ImageInput(self.cfg.in_chans, (self.cfg.img_size, self.cfg.img_size))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> logits (B, num_classes)."""

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.capabilities import ImageInput
 from attnlab.models.features import check_output_fmt, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.vit import PatchEmbed, drop_path_schedule
@@ -279,6 +280,11 @@ class CompactTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> logits (B, num_classes), or pooled features (B, C) without a head."""
         return self.forward_head(self.forward_features(x))
+
+    @property
+    def image_input(self) -> ImageInput:
+        """The images it classifies (:class:`attnlab.models.capabilities.ImageClassifier`)."""
+        return ImageInput(self.cfg.in_chans, self.cfg.image_hw)
 
     # ------------------------------------------------------------------ timm's backbone contract
     @property

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.capabilities import ImageInput
 from attnlab.models.features import check_output_fmt, pick_indices, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn.attention import MultiHeadAttention
@@ -485,6 +486,13 @@ class VisionTransformer(nn.Module):
                 "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head"}
 
     default_cfg = pretrained_cfg
+
+    @property
+    def image_input(self) -> ImageInput:
+        """The images it classifies (:class:`attnlab.models.capabilities.ImageClassifier`): any
+        multiple of the patch size for a ``dynamic_img_size`` model."""
+        c = self.cfg
+        return ImageInput(c.in_chans, _pair(c.img_size), c.patch_size if c.dynamic_img_size else None)
 
     # ------------------------------------------------------------------ inspection
     def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:

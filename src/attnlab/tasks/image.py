@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from attnlab.data import images as D
 from attnlab.data.transforms import Augment, Normalize, channel_stats
 from attnlab.errors import DataError
-from attnlab.models.cnn import ResNet
-from attnlab.models.vit import VisionTransformer
+from attnlab.models.capabilities import ImageClassifier
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
 from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
@@ -281,11 +280,11 @@ def predict(run: LoadedRun, inputs: list[str], top_k: int = 5, convert: bool = F
 
 SPEC = TaskSpec(
     name=TASK,
-    help="image classification (ViT or a small ResNet) on digits, MNIST, CIFAR-10 or a folder of images",
+    help="image classification (ViT, compact Transformer or a small ResNet) on digits, MNIST, CIFAR-10 or a folder of images",
     data_config=ImageDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(VisionTransformer, ResNet),
+    model_kinds=(ImageClassifier,),
     load_extras=load_extras,
     eval_config=ImageEvalConfig,
     evaluate=evaluate,
