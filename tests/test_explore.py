@@ -136,6 +136,22 @@ def test_worked_head_check_catches_a_wrong_head():
     assert E.worked_head(mha, inputs[0], maps[1][:, [0, 0, 0, 0]], 1)["check"] > 1e-3  # head 0's weights: caught
 
 
+def test_lsa_vit_worked_head_uses_the_learned_scale_and_hides_the_diagonal():
+    """Locality Self-Attention (lsa=true): the head's own learned scale, not 1/√d_k, and no
+    query sees itself. The scales are moved off their 1/√d_k start so a head that ignored them
+    would not match."""
+    vit = tiny_vit(lsa=True)
+    mha = vit.blocks[1].self_attn
+    with torch.no_grad():
+        mha.scale.copy_(torch.tensor([0.9, 0.05, 1.7, 0.3]))
+    d = E.explore_vit(vit, picture(), label="lsa", worked=(1, 2))
+    w = d["worked"]
+    assert w["scale"] == pytest.approx(1.7) and w["check"] < 1e-5
+    n = w["tq"]
+    visible = np.frombuffer(base64.b64decode(w["visible"]), np.uint8).reshape(n, n)
+    assert not visible.diagonal().any() and visible.sum() == n * (n - 1)
+
+
 def test_vit_relative_position_bias_enters_the_worked_head():
     vit = tiny_vit(pos_embed="relative")
     d = E.explore_vit(vit, picture(), label="rel", worked=(-1, 1))

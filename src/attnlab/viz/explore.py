@@ -51,7 +51,7 @@ from attnlab.data.transforms import Normalize, default_normalization
 from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.io import atomic_write_bytes
 from attnlab.nn.attention import AdditiveAttention, MultiHeadAttention
-from attnlab.nn.masks import causal_mask, window_mask
+from attnlab.nn.masks import causal_mask, off_diagonal_mask, window_mask
 from attnlab.viz.record import AttentionRecorder
 from attnlab.viz.text import token_labels
 
@@ -144,9 +144,11 @@ def _stack(rec: AttentionRecorder, names: Sequence[str]) -> Tensor:
 def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: int) -> dict:
     """Q, K, V of one head of one call (first batch row), recomputed from the call's ``inputs``
     with the module's own projections, plus what else enters its softmax: the score bias
-    (relative positions), which keys each query may see, the scale 1/√d_k. ``check`` is the
-    largest difference between softmax(QKᵀ·scale + bias) over the visible keys and the model's
-    own ``weights`` (B, H, Tq, Tk) of that call."""
+    (relative positions), which keys each query may see (the module's causal, window and
+    Locality Self-Attention ``exclude_self`` masks and the call's mask), the scale (1/√d_k, or
+    the head's ``learned_scale``). ``check`` is the largest difference between
+    softmax(QKᵀ·scale + bias) over the visible keys and the model's own ``weights``
+    (B, H, Tq, Tk) of that call."""
     if not 0 <= head < mha.num_heads:
         raise ConfigError(f"head {head} out of range: this layer has heads 0..{mha.num_heads - 1}")
     if mha.topk is not None:
@@ -172,10 +174,12 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
         visible &= causal_mask(tq, tk)
     if mha.window is not None:
         visible &= window_mask(tq, tk, mha.window)
+    if mha.exclude_self and context is None:
+        visible &= off_diagonal_mask(tq, tk)
     mask = kw.get("mask")
     if mask is not None:
         visible &= mask.expand(mask.shape[0], mask.shape[1], tq, tk)[0, min(head, mask.shape[1] - 1)].cpu()
-    scale = 1.0 / math.sqrt(d)
+    scale = 1.0 / math.sqrt(d) if mha.scale is None else float(mha.scale[head])
     q, k, v = q[0].float(), k[0].float(), v[0].float()  # (T, D)
     scores = q @ k.T * scale + (0 if score_bias is None else score_bias)
     again = scores.masked_fill(~visible, float("-inf")).softmax(-1)
