@@ -85,4 +85,4 @@ def test_overrides_are_checked():
 def test_train_image_refuses_a_language_model(capsys):
     assert main(["train", "image", "--model", "lstm_lm_small", "--epochs", "1"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "trains a ImageClassifier" in err[0]
+    assert len(err) == 1 and "trains ImageClassifier models" in err[0]

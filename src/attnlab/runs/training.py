@@ -79,7 +79,7 @@ def build_model(spec: TaskSpec, name: str, model_args: dict, data_fields: dict) 
 def check_kind(spec: TaskSpec, name: str, model: nn.Module) -> nn.Module:
     if not isinstance(model, spec.model_kinds):
         kinds = " or ".join(k.__name__ for k in spec.model_kinds)
-        raise ConfigError(f"model {name!r} is a {type(model).__name__}; 'attnlab train {spec.name}' trains a {kinds} "
+        raise ConfigError(f"model {name!r} is a {type(model).__name__}; 'attnlab train {spec.name}' trains {kinds} models "
                           "(see 'attnlab models')")
     return model
 
