@@ -41,7 +41,7 @@ install-browser:
 	else echo "install-browser: no $(CHROMIUM) and no root apt-get; the browser tests will skip"; fi
 
 test: $(TEST_VENV)/.installed install-browser
-	$(TEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check src tests bench

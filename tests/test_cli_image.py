@@ -17,9 +17,7 @@ import pytest
 from PIL import Image
 
 from attnlab.cli.main import main
-
-TINY = ["--model", "vit_digits", "--model-arg", "embed_dim=16", "--model-arg", "depth=1", "--model-arg", "num_heads=2",
-        "--batch-size", "128", "--lr", "3e-3", "--threads", "1", "--quiet"]
+from conftest import TINY_IMAGE as TINY
 
 
 def cli(*argv) -> tuple[int, str, str]:
@@ -36,20 +34,17 @@ def snapshot(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("runs") / "good"
-    code, out, err = cli("train", "image", *TINY, "--epochs", "2", "--run-dir", d)
-    assert code == 0, err
-    assert "run directory" in out
-    return d
+@pytest.fixture
+def run_dir(tiny_image_run) -> Path:
+    return tiny_image_run  # the session's tiny run of TINY, two epochs; every test here leaves it as it is
 
 
 @pytest.fixture(scope="module")
 def other_arch(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("runs") / "other"
     args = [a if a != "depth=1" else "depth=2" for a in TINY]
-    assert cli("train", "image", *args, "--epochs", "1", "--run-dir", d)[0] == 0
+    code, out, err = cli("train", "image", *args, "--epochs", "1", "--run-dir", d)
+    assert code == 0 and "run directory" in out, err
     return d
 
 

@@ -3,6 +3,7 @@ on it), torch.export programs (.pt2) and ONNX, each checked against the eager ou
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -223,16 +224,11 @@ from attnlab.cli.main import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export_run")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    rc = main(["train", "image", "--model", "vit_digits", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
-               "--model-arg", "num_heads=2", "--batch-size", "256", "--epochs", "1", "--threads", "1", "--quiet",
-               "--run-dir", str(tmp / "img")])
-    torch.set_num_threads(n)
-    assert rc == 0
-    return tmp / "img"
+def image_run(tiny_image_run, tmp_path_factory):
+    """A copy of the session's tiny image run: these tests export into it."""
+    d = tmp_path_factory.mktemp("export_run") / "img"
+    shutil.copytree(tiny_image_run, d)
+    return d
 
 
 def test_cli_export_run_pt2_and_onnx(image_run, capsys):

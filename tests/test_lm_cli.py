@@ -1,23 +1,14 @@
 """The language-model commands: train lm, eval, generate; bad input gets one line and exit 2."""
 
 import pytest
-import torch
 
 from attnlab.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lmcli")
-    (tmp / "t.txt").write_text("to be or not to be, that is the question.\n" * 40)
-    torch.set_num_threads(1)
-    rc = main(["train", "lm", "--text", str(tmp / "t.txt"), "--model", "transformer_lm_char",
-               "--model-arg", "d_model=32", "--model-arg", "num_layers=1", "--model-arg", "num_heads=2",
-               "--window", "16", "--epochs", "1", "--batch-size", "8",
-               "--steps-per-epoch", "20", "--run-dir", str(tmp / "run"), "--quiet"])
-    assert rc == 0
-    return tmp / "run"
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run("lm")
 
 
 def test_train_eval_generate(run_dir, capsys):

@@ -18,17 +18,13 @@ import attnlab
 from attnlab import runs
 from attnlab.cli.main import main
 from attnlab.errors import CheckpointError, ConfigError
-from test_runs import train_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lm")
-    torch.set_num_threads(1)
-    assert main(train_args("lm", tmp) + ["--run-dir", str(tmp / "run")]) == 0
-    return tmp / "run"
+@pytest.fixture
+def lm_run(tiny_run):
+    return tiny_run("lm")
 
 
 def same_weights(a, b) -> bool:
