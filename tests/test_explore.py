@@ -15,6 +15,7 @@ from PIL import Image
 
 from attnlab.cli.main import main
 from attnlab.data.tokenizers import BPETokenizer, train_tokenizer
+from attnlab.data.transforms import default_normalization
 from attnlab.decode.search import greedy_search
 from attnlab.decode.stepper import make_stepper
 from attnlab.errors import ConfigError, UnsupportedError
@@ -23,7 +24,6 @@ from attnlab.models.lm import build_lm, lm_config
 from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq
 from attnlab.nn import Transformer, TransformerConfig
 from attnlab.viz import explore as E
-from attnlab.data.transforms import default_normalization
 from attnlab.viz.text import token_labels
 from attnlab.viz.vit import posembed_similarity
 
@@ -106,7 +106,8 @@ def test_pack_attention_keeps_8_bits_of_each_row():
 def test_vit_data_are_the_models_numbers():
     vit, img = tiny_vit(), picture()
     d = E.explore_vit(vit, img, label="tiny", random_init=True, worked=(0, 2))
-    x = (img[None] / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = (img[None] / 255 - mean) / std
     with torch.no_grad():
         maps = vit.get_attention_maps(x)
     attn = E.unpack_attention(d["sets"][0]["attention"])
@@ -255,7 +256,8 @@ def test_a_forced_target_is_said_and_the_models_own_prediction_kept(bpe):
     with torch.no_grad():
         own = mt(src, torch.tensor([[bpe.bos_id] + tgt]))[0].argmax(-1).tolist()
     text = d["text"]
-    assert text["forced"] and text["output"] == token_labels(bpe, tgt + [bpe.eos_id]) and text["predicted"] == token_labels(bpe, own)
+    assert text["forced"] and text["output"] == token_labels(bpe, tgt + [bpe.eos_id])
+    assert text["predicted"] == token_labels(bpe, own)
     differ = sum(a != b for a, b in zip(own, tgt + [bpe.eos_id]))
     assert differ > 0  # an untrained model does not predict the forced sentence
     assert any("forced" in n and f"differs from the target's at {differ} of {len(own)} steps" in n for n in d["notes"])
@@ -479,7 +481,8 @@ def test_viz_attention_and_the_explorer_name_special_tokens_alike(runs, tmp_path
 
     drawn = {}
     plot = text.plot_alignment
-    monkeypatch.setattr(text, "plot_alignment", lambda w, src, tgt, title: drawn.update(src=src, tgt=tgt) or plot(w, src, tgt, title))
+    monkeypatch.setattr(text, "plot_alignment",
+                        lambda w, src, tgt, title: drawn.update(src=src, tgt=tgt) or plot(w, src, tgt, title))
     argv = [f"{runs / 'mt'}:last", "ein hund läuft .", "--target", "a dog runs ."]
     assert main(["viz", "attention", *argv, "-o", str(tmp_path / "a.png")]) == 0
     assert main(["viz", "explore", *argv, "-o", str(tmp_path / "mt.html")]) == 0

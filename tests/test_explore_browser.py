@@ -160,7 +160,8 @@ def test_translation_page_steps(browser, tmp_path):
     page.fill("#step", "2")  # a range input: fill sets its value and fires input
     assert page.get_attribute("#alignment", "data-step") == "2"
     text = data["text"]  # the target was forced: the page says so and shows the model's own next token beside it
-    assert f"target (forced) “{text['output'][2]}” · the model predicts “{text['predicted'][2]}”" in page.text_content("#step-label")
+    label = f"target (forced) “{text['output'][2]}” · the model predicts “{text['predicted'][2]}”"
+    assert label in page.text_content("#step-label")
     assert page.text_content("#own-prediction") == f"model: {text['predicted'][2]}" and page.is_visible("text=forced target")
     assert page.get_attribute("button.tab[data-set='cross']", "aria-selected") == "true"
     lines = page.locator("svg.headview line")

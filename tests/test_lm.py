@@ -19,7 +19,7 @@ from attnlab.models.lm import (
     lm_config_to_dict,
 )
 from attnlab.tasks.lm import LMTask, evaluate_ids
-from attnlab.train.engine import Plan
+from attnlab.train.sampler import Plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,8 +15,8 @@ from torch import nn
 from attnlab.errors import CheckpointError, ConfigError
 from attnlab.train import Plan, TrainConfig, Trainer, TrainingDiverged, make_schedule, noam_peak_lr, param_groups
 from attnlab.train import checkpoint as ckpt
-from attnlab.train.engine import eval_shard, sharded_batches, steps_in_epoch
 from attnlab.train.optim import Scheduler, no_decay_names
+from attnlab.train.sampler import eval_shard, sharded_batches, steps_in_epoch
 from attnlab.viz.curves import save_curves
 
 

@@ -145,7 +145,8 @@ def score_on_test(run, test) -> DemoScores:
     import torch
 
     from attnlab.tasks.image import ImageClassification
-    from attnlab.train.engine import Plan, evaluation_sums
+    from attnlab.train.engine import evaluation_sums
+    from attnlab.train.sampler import Plan
 
     task = ImageClassification(test, test, run.extras["labels"], run.extras["normalize"])
     sums = evaluation_sums(task, run.model, task.eval_batches(Plan()), torch.device("cpu"))

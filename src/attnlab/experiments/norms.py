@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, line_figure, mean_std, pm, final_val
+from attnlab.experiments.base import Context, Experiment, Result, bar_figure, final_val, line_figure, mean_std, pm
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 from attnlab.experiments.tuning import tune
 

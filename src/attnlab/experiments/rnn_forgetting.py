@@ -25,7 +25,7 @@ from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange,
 from attnlab.models.lm import RecurrentLM, TransformerLM
 from attnlab.tasks import TaskSpec, register_spec
 from attnlab.train.config import TrainConfig, opt, positive_int
-from attnlab.train.engine import Plan
+from attnlab.train.sampler import Plan
 from attnlab.viz.gradients import copy_batch, gradient_norms, plot_copy_accuracy, plot_gradient_norms
 
 ORDER = 8

@@ -90,7 +90,8 @@ class Pt2Format(GraphFormat):
                 "--int8: torchao dynamic int8 Linear layers")
 
     def prepare(self, model: nn.Module, int8: bool) -> nn.Module:
-        return quantize_int8(copy.deepcopy(model), backend="torchao") if int8 else model  # torch.export traces torchao int8 tensors
+        # torch.export traces torchao's int8 tensors
+        return quantize_int8(copy.deepcopy(model), backend="torchao") if int8 else model
 
     def save(self, g: Graph, path: Path, int8: bool, record: str) -> None:
         save_pt2(g, path, record)

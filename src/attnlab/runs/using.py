@@ -134,7 +134,8 @@ def validation_metrics(run: LoadedRun, progress: bool = True) -> dict:
     """The metrics the engine computed while training, recomputed on the run's validation data
     (rebuilt from its record): the evaluation of a task that declares none."""
     from attnlab.train.config import TrainConfig
-    from attnlab.train.engine import Plan, evaluation_sums, model_device
+    from attnlab.train.engine import evaluation_sums, model_device
+    from attnlab.train.sampler import Plan
 
     spec, rec = run.spec, run.record
     fields = spec.data_config.__dataclass_fields__

@@ -32,7 +32,8 @@ from attnlab.models.detr import DETR
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, positive_int, unit_float
-from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, progress_bar, sharded_batches, steps_in_epoch
+from attnlab.train.engine import evaluation_sums, model_device, progress_bar
+from attnlab.train.sampler import Plan, eval_shard, sharded_batches, steps_in_epoch
 
 TASK = "detect"
 

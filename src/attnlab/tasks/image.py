@@ -23,8 +23,9 @@ from attnlab.errors import DataError
 from attnlab.models.capabilities import ImageClassifier
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_int, unit_float
-from attnlab.train.engine import Plan, eval_shard, evaluation_sums, model_device, sharded_batches, steps_in_epoch
+from attnlab.train.engine import evaluation_sums, model_device
 from attnlab.train.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from attnlab.train.sampler import Plan, eval_shard, sharded_batches, steps_in_epoch
 
 TASK = "image"
 AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")

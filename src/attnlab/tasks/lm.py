@@ -54,7 +54,8 @@ from attnlab.errors import ConfigError, DataError
 from attnlab.models.lm import RecurrentLM, TransformerLM
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
-from attnlab.train.engine import Plan, evaluation_sums, model_device
+from attnlab.train.engine import evaluation_sums, model_device
+from attnlab.train.sampler import Plan
 
 TASK = "lm"
 TOKENIZER_FILE = "tokenizer.json"
