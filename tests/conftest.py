@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -114,3 +116,16 @@ def tiny_run(tmp_path_factory):
         return made[task]
 
     return get
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    """``attnlab ARGV`` in this process: (exit code, stdout, stderr)."""
+    from attnlab.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -3,10 +3,8 @@ bad input: one line on stderr, a non-zero exit, no traceback, existing run direc
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import io
 import json
 import subprocess
 import sys
@@ -16,18 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnlab.cli.main import main
 from conftest import TINY_IMAGE as TINY
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+from conftest import cli
 
 
 def snapshot(d: Path) -> dict[str, str]:

@@ -5,8 +5,6 @@ export`` to ``.pt2`` with the run's trained weights. Both ask the model what it 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -16,21 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.cli.main import main
 from attnlab.export import load_graph
 from attnlab.models import create_model
 from attnlab.models.capabilities import ImageClassifier, ImageInput
 from attnlab.models.registry import probe_model
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+from conftest import cli
 
 
 def cifar_folder(root: Path, per_class: int = 4, test_per_class: int = 1) -> Path:
