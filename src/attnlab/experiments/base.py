@@ -239,6 +239,21 @@ class Context:
         return evaluate(open_run(summary["run_dir"]), ec, out, progress=self.progress)
 
 
+def test_results(summary: dict, eval_config, progress: bool = False) -> dict | None:
+    """``attnlab eval`` of a trained arm's last checkpoint (its dataset's test split: an arm is
+    chosen on validation and reported on test), computed once and kept in
+    ``RUN_DIR/eval/test-last``; None for a diverged arm."""
+    from attnlab.runs import evaluate
+    from attnlab.runs import open as open_run
+
+    if summary.get("diverged"):
+        return None
+    out = Path(summary["run_dir"]) / "eval" / "test-last"
+    if not (out / "results.json").exists():
+        evaluate(open_run(summary["run_dir"], which="last"), eval_config, out, progress=progress)
+    return json.loads((out / "results.json").read_text())
+
+
 def small_translation(ctx: Context, epochs: tuple[int, int]) -> tuple:
     """The translation experiments' shared set-up: Multi30k De->En with a joint BPE vocabulary
     (its first 400/40 pairs at quick budget), a 2+2-layer Transformer of width 128 (64 at quick

@@ -11,12 +11,21 @@ the paper's fixed-rate comparison (both at 8e-4) on the test split.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-from attnlab.experiments.base import Context, Experiment, Result, final_val, line_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import (
+    Context,
+    Experiment,
+    Result,
+    final_val,
+    line_figure,
+    mean_std,
+    pm,
+    spread_note,
+    test_results,
+)
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
+from attnlab.experiments.tuning import best_rate
 from attnlab.experiments.vit_position import image_setup
 
 ORDER = 6
@@ -42,23 +51,11 @@ def cls_setup(ctx: Context):
 
 
 def test_split_accuracy(summary: dict, progress: bool = False) -> float:
-    """Accuracy of a trained arm's last checkpoint on its dataset's whole test split (``attnlab
-    eval``), computed once and kept in ``RUN_DIR/eval/test-last``."""
-    from attnlab.runs import evaluate
-    from attnlab.runs import open as load
+    """Accuracy of a trained arm's last checkpoint on its dataset's whole test split."""
     from attnlab.tasks.image import ImageEvalConfig
 
-    if summary.get("diverged"):
-        return math.nan
-    out = Path(summary["run_dir"]) / "eval" / "test-last"
-    if not (out / "results.json").exists():
-        evaluate(load(summary["run_dir"], "last"), ImageEvalConfig(), out, progress=progress)
-    return float(json.loads((out / "results.json").read_text())["accuracy"])
-
-
-def best_rate(val: dict[str, list[float]]) -> str:
-    """The rate (key) with the highest mean validation accuracy over seeds."""
-    return max(val, key=lambda lr: mean_std(val[lr])[0] if all(map(math.isfinite, val[lr])) else -math.inf)
+    res = test_results(summary, ImageEvalConfig(), progress)
+    return math.nan if res is None else float(res["accuracy"])
 
 
 def run(ctx: Context) -> Result:

@@ -21,11 +21,19 @@ have) — one reason it is a poor fit for sequence models.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, final_val, line_figure, mean_std, pm
+from attnlab.experiments.base import (
+    Context,
+    Experiment,
+    Result,
+    bar_figure,
+    final_val,
+    line_figure,
+    mean_std,
+    pm,
+    test_results,
+)
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 from attnlab.experiments.tuning import tune
 
@@ -55,20 +63,6 @@ def ptb_setup(ctx: Context):
     train = dict(epochs=epochs, batch_size=ctx.pick(16, 32), warmup_steps=ctx.pick(2, 100), eval_every=epochs)
     model = ctx.pick(dict(d_model=64, num_layers=2, num_heads=4), dict(d_model=128, num_layers=4, num_heads=4))
     return dc, train, model
-
-
-def test_results(summary: dict, eval_config, progress: bool = False) -> dict | None:
-    """``attnlab eval`` of a trained arm's last checkpoint (its test split), computed once and
-    kept in ``RUN_DIR/eval/test-last``; None for a diverged arm."""
-    from attnlab.runs import evaluate
-    from attnlab.runs import open as open_run
-
-    if summary.get("diverged"):
-        return None
-    out = Path(summary["run_dir"]) / "eval" / "test-last"
-    if not (out / "results.json").exists():
-        evaluate(open_run(summary["run_dir"], which="last"), eval_config, out, progress=progress)
-    return json.loads((out / "results.json").read_text())
 
 
 def run(ctx: Context) -> Result:
