@@ -495,10 +495,6 @@ class VisionTransformer(nn.Module):
         return ImageInput(c.in_chans, _pair(c.img_size), c.patch_size if c.dynamic_img_size else None)
 
     # ------------------------------------------------------------------ inspection
-    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        """Blocks ``indices`` as absolute indices, in the order given (:func:`pick_indices`)."""
-        return pick_indices(len(self.blocks), indices)
-
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -551,7 +547,7 @@ class VisionTransformer(nn.Module):
         keep the fused kernel. ``return_logits=True`` also runs the head and returns
         ``(logits, maps)``. Attention dropout is not applied to the returned weights.
         """
-        take = self._block_indices(blocks)
+        take = pick_indices(len(self.blocks), blocks)
         wanted = set(take)
         stop = len(self.blocks) if return_logits else max(take) + 1
         got: dict[int, Tensor] = {}

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from attnlab.data.transforms import Normalize, default_normalization
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.features import pick_indices
 from attnlab.models.vit import VisionTransformer
 from attnlab.viz.common import HEATMAP
 
@@ -116,7 +117,7 @@ def attention_summary(model: VisionTransformer, image: Tensor, normalize: Normal
         logits, maps = model.get_attention_maps(x, return_logits=True)
     finally:
         model.train(was_training)
-    block = model._block_indices([block])[0]
+    block = pick_indices(len(model.blocks), [block])[0]
     k = model.num_prefix_tokens
     grid = model.token_grid(maps[0].shape[-1])
     a = maps[block][0].float()  # (H, N, N)
