@@ -174,6 +174,20 @@ class Context:
                 out[f"{key}{side}"] = str(f)
         return out
 
+    def multi30k_test(self, pairs: int | None) -> dict:
+        """TranslateEvalConfig fields (``src``, ``ref``) for Multi30k's test_2016_flickr De->En, or
+        its first ``pairs`` sentence pairs (None: all 1,000): the split that chooses nothing."""
+        from attnlab.data.parallel import read_lines
+
+        out = {}
+        for lang, key in (("de", "src"), ("en", "ref")):
+            f = self.data_file("multi30k", f"test_2016_flickr.{lang}.gz")
+            if pairs is not None:
+                f = self.derived_file(f"multi30k-test-{pairs}.{lang}",
+                                      lambda f=f, n=pairs: "".join(s + "\n" for s in read_lines(f)[:n]))
+            out[key] = str(f)
+        return out
+
     # --- training arms ----------------------------------------------------------------------------
 
     def train_arm(self, arm: str, spec, data_config, train: dict, model: str, model_args: dict | None = None,
