@@ -19,7 +19,9 @@ from attnlab.cli.main import main
 from attnlab.errors import ConfigError
 from attnlab.experiments import experiments, get_experiment, run_experiment
 from attnlab.experiments.arms import arm_differences, declared, setup_differences, undeclared_differences
-from attnlab.experiments.base import Context, Experiment, Result, apart, fit_power, markdown_table, pm
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.numbers import apart, fit_power, pm
+from attnlab.experiments.runner import markdown_table
 from attnlab.experiments.rnn_forgetting import SPEC as COPY
 from attnlab.experiments.rnn_forgetting import CopyDataConfig
 from attnlab.experiments.rules import VERDICTS, fingerprint, rule_markdown

@@ -7,7 +7,7 @@ defines ``EXPERIMENT``, an :class:`~attnlab.experiments.base.Experiment` (questi
 cost, default seeds, ``run(ctx) -> Result`` and, stated before the run, the ``rule`` that
 computes its verdict: :mod:`attnlab.experiments.rules`, whose docstring says how to adopt one).
 Training goes through the one run layer (:func:`attnlab.runs.train`); the outputs are
-written by :func:`~attnlab.experiments.base.run_experiment`; EXPERIMENTS.md is rebuilt from the
+written by :func:`~attnlab.experiments.runner.run_experiment`; EXPERIMENTS.md is rebuilt from the
 stored results by :mod:`attnlab.experiments.report` (``attnlab experiment report``).
 """
 
@@ -17,7 +17,8 @@ import importlib
 import pkgutil
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Experiment, Result, run_experiment
+from attnlab.experiments.base import Experiment, Result
+from attnlab.experiments.runner import run_experiment
 
 __all__ = ["Experiment", "Result", "experiments", "get_experiment", "run_experiment"]
 

@@ -15,8 +15,11 @@ Every model is a run of the one run layer; the distilled corpus is written next 
 
 from __future__ import annotations
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, mean_std, pm, small_translation, spread_note
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import bar_figure
+from attnlab.experiments.numbers import mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
+from attnlab.experiments.translation import small_translation
 
 ORDER = 11
 

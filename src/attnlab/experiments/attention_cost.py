@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from attnlab.experiments.base import Context, Experiment, Result, fit_power, line_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import line_figure
+from attnlab.experiments.numbers import fit_power, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Reference, Rule
 
 ORDER = 9

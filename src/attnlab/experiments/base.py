@@ -18,28 +18,25 @@ reused, one cut short is resumed, so a killed experiment continues where it stop
 experiment's is refused, and ``overwrite`` removes only what the marker lists
 (:mod:`attnlab.experiments.outputs`). Arms must differ only in the experiment's declared
 variables (:mod:`attnlab.experiments.arms`).
+
+Beside this file: the numbers an experiment reports (:mod:`~attnlab.experiments.numbers`), its
+figures (:mod:`~attnlab.experiments.figures`), running it and what it writes (:mod:`~attnlab.experiments.runner`),
+its rule (:mod:`~attnlab.experiments.rules`) and the rates tuned per arm
+(:mod:`~attnlab.experiments.tuning`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import os
-import platform
-import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from attnlab.errors import ConfigError, DataError
-from attnlab.experiments.outputs import MARKER, claim_output_dir, new_marker, read_marker
-from attnlab.experiments.rules import Rule, RuleChange, decide, rule_markdown, rule_record, verdict_text
+from attnlab.experiments.outputs import MARKER, new_marker, read_marker
+from attnlab.experiments.rules import Rule, RuleChange
 from attnlab.io import atomic_write, atomic_write_json
 
 BUDGETS = ("quick", "full")
@@ -252,80 +249,19 @@ class Context:
             return json.loads((out / "results.json").read_text())
         return evaluate(open_run(summary["run_dir"]), ec, out, progress=self.progress)
 
+    def test_results(self, summary: dict, eval_config) -> dict | None:
+        """``attnlab eval`` of a trained arm's last checkpoint (its dataset's test split: an arm is
+        chosen on validation and reported on test), computed once and kept in
+        ``RUN_DIR/eval/test-last``; None for a diverged arm."""
+        from attnlab.runs import evaluate
+        from attnlab.runs import open as open_run
 
-def test_results(summary: dict, eval_config, progress: bool = False) -> dict | None:
-    """``attnlab eval`` of a trained arm's last checkpoint (its dataset's test split: an arm is
-    chosen on validation and reported on test), computed once and kept in
-    ``RUN_DIR/eval/test-last``; None for a diverged arm."""
-    from attnlab.runs import evaluate
-    from attnlab.runs import open as open_run
-
-    if summary.get("diverged"):
-        return None
-    out = Path(summary["run_dir"]) / "eval" / "test-last"
-    if not (out / "results.json").exists():
-        evaluate(open_run(summary["run_dir"], which="last"), eval_config, out, progress=progress)
-    return json.loads((out / "results.json").read_text())
-
-
-def small_translation(ctx: Context, epochs: tuple[int, int]) -> tuple:
-    """The translation experiments' shared set-up: Multi30k De->En with a joint BPE vocabulary
-    (its first 400/40 pairs at quick budget), a 2+2-layer Transformer of width 128 (64 at quick
-    budget) and ``epochs`` (quick, full) at lr 1e-3 with warm-up. Returns (TranslateDataConfig,
-    the model's stack fields, TrainConfig fields)."""
-    from attnlab.tasks.translate import TranslateDataConfig
-
-    files = ctx.multi30k(ctx.pick(400, None), ctx.pick(40, None))
-    dc = TranslateDataConfig(**files, bpe_vocab_size=ctx.pick(300, 4000), max_tokens=ctx.pick(1024, 4096))
-    stacks = dict(d_model=ctx.pick(64, 128), num_heads=4, d_ff=ctx.pick(128, 256), dropout=ctx.pick(0.0, 0.1),
-                  num_encoder_layers=2, num_decoder_layers=2)
-    train = dict(epochs=ctx.pick(*epochs), lr=1e-3, warmup_steps=ctx.pick(20, 400), log_every=ctx.pick(5, 50))
-    return dc, stacks, train
-
-
-# --- numbers ----------------------------------------------------------------------------------------
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    vals = [float(v) for v in values]
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def pm(values: Sequence[float], digits: int = 2, scale: float = 1.0) -> str:
-    """``"81.20 ± 0.40"`` over seeds (mean ± sample std), ``"81.20"`` for one seed."""
-    m, s = mean_std([scale * v for v in values])
-    if not math.isfinite(m):
-        return "nan"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
-
-
-def apart(a: Sequence[float], b: Sequence[float]) -> bool | None:
-    """Whether two arms differ by more than their seed spread (|Δmean| > 2 × the larger std),
-    None with fewer than two seeds each (the spread is unknown)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    return abs(ma - mb) > 2 * max(sa, sb, 1e-12)
-
-
-def spread_note(n_seeds: int) -> str:
-    return ("One seed only: the seed spread is unknown, so differences are indicative, not established"
-            if n_seeds < 2 else f"{n_seeds} seeds; ± is the sample standard deviation over seeds")
-
-
-def fit_power(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares fit of y = a·x^p in log-log space: (p, a)."""
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    den = sum((x - mx) ** 2 for x in lx)
-    p = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / den if den else float("nan")
-    return p, math.exp(my - p * mx)
-
-
-def final_val(summary: dict, metric: str) -> float:
-    """The last validation value of ``metric`` of a trained arm (nan if it was never evaluated)."""
-    return float((summary.get("metrics") or {}).get(f"val_{metric}", float("nan")))
+        if summary.get("diverged"):
+            return None
+        out = Path(summary["run_dir"]) / "eval" / "test-last"
+        if not (out / "results.json").exists():
+            evaluate(open_run(summary["run_dir"], which="last"), eval_config, out, progress=self.progress)
+        return json.loads((out / "results.json").read_text())
 
 
 # --- data files -------------------------------------------------------------------------------------
@@ -348,201 +284,3 @@ def changed_data(given: dict, saved: dict, hashes: dict[str, str], trained_on: d
     by_content = hashes.keys() & trained_on.keys()
     changed = changed_options({k: v for k, v in given.items() if k not in by_content}, saved)
     return sorted(changed + [k for k in by_content if hashes[k] != trained_on[k]])
-
-
-# --- outputs ----------------------------------------------------------------------------------------
-
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return "(no rows)\n"
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "nan" if not math.isfinite(v) else f"{v:.4g}"
-        return str(v).replace("|", "\\|") if v is not None else ""
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def software() -> dict:
-    import numpy
-
-    import attnlab
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "attnlab": attnlab.__version__, "platform": platform.platform(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - platform without it
-        return None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def write_outputs(ctx: Context, res: Result, started: float, load_start, command: list[str] | None) -> dict:
-    """Write results.json, table.md, verdict.md, the figures and README.md into ``ctx.out``; with a
-    rule, the rule goes above the table and its decision (computed from ``res.data``) into
-    results.json (``rule``, ``decision``) and before the reading in verdict.md."""
-    from attnlab.io import atomic_write_text
-    from attnlab.viz.common import save_figure
-
-    exp, out = ctx.exp, ctx.out
-    out.mkdir(parents=True, exist_ok=True)
-    ctx.wrote("results.json", "table.md", "verdict.md", "README.md", *(f"{stem}.png" for stem in res.figures))
-    figures = {}
-    for stem, fig in res.figures.items():
-        figures[stem] = save_figure(fig, out / f"{stem}.png").name
-    table = markdown_table(res.table)
-    decision = decide(exp.rule, _jsonable(res.data)) if exp.rule else None
-    verdict = verdict_text(exp.rule, decision, res.verdict.strip())
-    if res.left_out:
-        verdict += "\n\nLeft out: " + "; ".join(res.left_out) + "."
-    wall = time.time() - started
-    results = {
-        "experiment": exp.name, "question": exp.question, "anchor": exp.anchor, "budget": ctx.budget,
-        "seeds": ctx.seeds, "threads": ctx.threads, "command": command, "results_dir": str(out), "config": res.config,
-        "table": res.table, "table_markdown": table,
-        "data": res.data, "arms": ctx.arms, "left_out": res.left_out, "figures": figures, "verdict": verdict,
-        "rule": rule_record(exp.rule, exp.history), "decision": decision and decision.to_json(),
-        "train_seconds": round(sum(a.get("elapsed") or 0.0 for a in ctx.arms.values()), 1),  # all arms, all sessions
-        "software": software(), "load_average": {"start": load_start, "end": load_average()},
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
-    }
-    atomic_write_json(out / "results.json", _jsonable(results))
-    atomic_write_text(out / "table.md", table)
-    atomic_write_text(out / "verdict.md", verdict + "\n")
-    readme = [f"# {exp.name}: {exp.question}", "", f"Budget **{ctx.budget}**, seeds {ctx.seeds}, "
-              f"{ctx.threads} thread(s), {wall:.0f} s wall time, load average at start {load_start}.", "",
-              f"Command: `{' '.join(command or [])}`", "", f"Anchor: {exp.anchor}", ""]
-    readme += [rule_markdown(exp.rule), ""] if exp.rule else []
-    readme += [table]
-    readme += [f"![{stem}]({name})\n" for stem, name in figures.items()]
-    readme += ["## Verdict", "", verdict, ""]
-    atomic_write_text(out / "README.md", "\n".join(readme))
-    return results
-
-
-def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = None, threads: int = 1,
-                   out: str | Path | None = None, log: Callable[[str], None] | None = None, progress: bool = True,
-                   command: list[str] | None = None, overwrite: bool = False) -> dict:
-    """Run ``exp`` at ``budget`` with seeds 0..seeds-1 (default: the experiment's), write its
-    outputs into ``out`` (default ``experiments/<name>/<budget>``) and return results.json's content.
-    ``out`` must be new, empty or written by ``exp`` (:func:`claim_output_dir`); ``overwrite``
-    removes what ``exp`` wrote there first, so every arm is trained afresh."""
-    if budget not in BUDGETS:
-        raise ConfigError(f"unknown budget {budget!r}; choose quick or full")
-    n = exp.seeds[budget] if seeds is None else seeds
-    if n < 1:
-        raise ConfigError(f"--seeds {n}: give at least one seed")
-    if out is not None and str(out) == "":
-        raise ConfigError("-o '' names no directory; give the output directory (new, empty, or one this "
-                          "experiment wrote)")
-    out = Path(out) if out is not None else Path("experiments") / exp.name / budget
-    claim_output_dir(out, exp.name, overwrite)
-    if threads:
-        torch.set_num_threads(threads)
-    started, load_start = time.time(), load_average()
-    ctx = Context(exp, budget, range(n), out, threads, log, progress)
-    res = exp.run(ctx)
-    return write_outputs(ctx, res, started, load_start, command)
-
-
-def val_curve(summary: dict, metric: str) -> tuple[list[float], list[float]]:
-    """(optimizer steps, validation ``metric``) of a trained arm, from its metrics.json."""
-    rows = _metrics(summary).get("epochs", [])
-    pts = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def train_curve(summary: dict) -> tuple[list[float], list[float]]:
-    """(optimizer steps, training loss averaged over each logging interval) of a trained arm."""
-    rows = _metrics(summary).get("steps", [])
-    return [r["step"] for r in rows], [r["loss"] for r in rows]
-
-
-def _metrics(summary: dict) -> dict:
-    f = Path(summary["run_dir"]) / "metrics.json"
-    return json.loads(f.read_text()) if f.exists() else {}
-
-
-# --- figures ----------------------------------------------------------------------------------------
-
-def line_figure(series: dict, xlabel: str, ylabel: str, title: str, *, logx: bool = False, logy: bool = False,
-                hlines: dict | None = None, subtitle: str | None = None):
-    """One line per label: ``series[label] = (xs, ys)`` or ``(xs, ys, errs)`` (error bars:
-    the seed spread); ``hlines[label] = y`` draws reference levels (a paper's figure)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.subplots()
-    for label, s in series.items():
-        xs, ys = s[0], s[1]
-        errs = s[2] if len(s) > 2 else None
-        if errs is not None and any(e > 0 for e in errs):
-            ax.errorbar(xs, ys, yerr=errs, marker="o", ms=4, lw=1.8, capsize=3, label=label)
-        else:
-            ax.plot(xs, ys, marker="o", ms=4, lw=1.8, label=label)
-    for label, y in (hlines or {}).items():
-        ax.axhline(y, color="#888888", ls="--", lw=1)
-        ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="#555555")
-    if logx:
-        ax.set_xscale("log", base=2)
-    if logy and any(y > 0 for s in series.values() for y in s[1]):  # a log axis needs a positive value to show
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
-    if subtitle:
-        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
-    ax.grid(alpha=0.3, which="both")
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def bar_figure(labels: Sequence[str], values: Sequence[Sequence[float]], ylabel: str, title: str,
-               subtitle: str | None = None):
-    """One bar per arm: the mean over seeds, the sample std as the error bar, each seed a dot."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(5.0, 1.1 * len(labels) + 2), 4.3))
-    ax = fig.subplots()
-    stats = [mean_std(v) for v in values]
-    xs = range(len(labels))
-    ax.bar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#1f77b4", alpha=0.75)
-    for x, v in zip(xs, values):
-        ax.plot([x] * len(v), v, "k.", ms=5)
-    ax.set_xticks(list(xs), list(labels), rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
-    if subtitle:
-        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
-    ax.grid(alpha=0.3, axis="y")
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
-

@@ -13,17 +13,9 @@ from __future__ import annotations
 
 import math
 
-from attnlab.experiments.base import (
-    Context,
-    Experiment,
-    Result,
-    final_val,
-    line_figure,
-    mean_std,
-    pm,
-    spread_note,
-    test_results,
-)
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import line_figure
+from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 from attnlab.experiments.tuning import best_rate
 from attnlab.experiments.vit_position import image_setup
@@ -50,11 +42,11 @@ def cls_setup(ctx: Context):
     return dc, {**train, "epochs": epochs, "eval_every": epochs}, model, args
 
 
-def test_split_accuracy(summary: dict, progress: bool = False) -> float:
+def test_split_accuracy(ctx: Context, summary: dict) -> float:
     """Accuracy of a trained arm's last checkpoint on its dataset's whole test split."""
     from attnlab.tasks.image import ImageEvalConfig
 
-    res = test_results(summary, ImageEvalConfig(), progress)
+    res = ctx.test_results(summary, ImageEvalConfig())
     return math.nan if res is None else float(res["accuracy"])
 
 
@@ -69,7 +61,7 @@ def run(ctx: Context) -> Result:
     val = {p: {lr: [100 * final_val(r, "acc") for r in rs] for lr, rs in d.items()} for p, d in runs.items()}
     best = {p: best_rate(val[p]) for p in POOLS}
     tested = {f"{PAPER_LR:g}", *best.values()} & set(val["class token"])
-    test = {p: {lr: [100 * test_split_accuracy(r, ctx.progress) for r in runs[p][lr]] for lr in sorted(tested, key=float)}
+    test = {p: {lr: [100 * test_split_accuracy(ctx, r) for r in runs[p][lr]] for lr in sorted(tested, key=float)}
             for p in POOLS}
     at_best = {p: test[p][best[p]] for p in POOLS}
 

@@ -23,17 +23,9 @@ from __future__ import annotations
 
 import math
 
-from attnlab.experiments.base import (
-    Context,
-    Experiment,
-    Result,
-    bar_figure,
-    final_val,
-    line_figure,
-    mean_std,
-    pm,
-    test_results,
-)
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import bar_figure, line_figure
+from attnlab.experiments.numbers import final_val, mean_std, pm
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 from attnlab.experiments.tuning import tune
 
@@ -89,11 +81,11 @@ def run(ctx: Context) -> Result:
           for n in NORMS}
 
     def lm_test(r):
-        res = test_results(r, LMEvalConfig(), ctx.progress)
+        res = ctx.test_results(r, LMEvalConfig())
         return math.nan if res is None else float(res["test"]["ppl"])
 
     def vit_test(r):
-        res = test_results(r, ImageEvalConfig(), ctx.progress)
+        res = ctx.test_results(r, ImageEvalConfig())
         return CHANCE_PCT if res is None else 100 * float(res["accuracy"])
 
     ppl = {n: [lm_test(r) for r in t.runs] for n, t in lm.items()}

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.experiments.base import Context, Experiment, Result, final_val, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange, canonical
 from attnlab.models.lm import RecurrentLM, TransformerLM
 from attnlab.tasks import TaskSpec, register_spec

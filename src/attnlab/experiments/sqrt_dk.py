@@ -15,18 +15,9 @@ import math
 
 import torch
 
-from attnlab.experiments.base import (
-    Context,
-    Experiment,
-    Result,
-    final_val,
-    fit_power,
-    line_figure,
-    mean_std,
-    pm,
-    spread_note,
-    val_curve,
-)
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import line_figure
+from attnlab.experiments.numbers import final_val, fit_power, mean_std, pm, spread_note, val_curve
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange
 
 ORDER = 1

@@ -21,18 +21,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from attnlab.experiments.base import (
-    Context,
-    Experiment,
-    Result,
-    bar_figure,
-    final_val,
-    line_figure,
-    mean_std,
-    pm,
-    spread_note,
-    val_curve,
-)
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import bar_figure, line_figure
+from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note, val_curve
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange, canonical
 
 ORDER = 5

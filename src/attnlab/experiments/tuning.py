@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attnlab.experiments.base import mean_std
+from attnlab.experiments.numbers import mean_std
 
 
 def best_rate(val: dict[str, list[float]], better: str = "higher") -> str:

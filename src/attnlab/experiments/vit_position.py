@@ -12,7 +12,9 @@ measured beside them, against the CIFAR-10 numbers of s-chh's 820k-parameter ViT
 
 from __future__ import annotations
 
-from attnlab.experiments.base import Context, Experiment, Result, bar_figure, final_val, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import bar_figure
+from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 
 ORDER = 4

@@ -10,7 +10,9 @@ here?
 from __future__ import annotations
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Context, Experiment, Result, final_val, line_figure, mean_std, pm, spread_note
+from attnlab.experiments.base import Context, Experiment, Result
+from attnlab.experiments.figures import line_figure
+from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule
 
 ORDER = 10
