@@ -30,11 +30,18 @@ SLOW = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: every test of a collected file is seen
 def pytest_collection_modifyitems(items):
+    matched, files = set(), {item.path.name for item in items}
     for item in items:
         name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
-        if item.path.name in SLOW or name in SLOW:
-            item.add_marker(pytest.mark.slow)
+        for key in (item.path.name, name):
+            if key in SLOW:
+                matched.add(key)
+                item.add_marker(pytest.mark.slow)
+    stale = [s for s in SLOW if s.split("::")[0] in files and s not in matched]
+    if stale:  # a renamed test would silently stop being marked slow
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {', '.join(stale)}")
 
 
 @pytest.fixture(scope="session", autouse=True)
