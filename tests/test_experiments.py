@@ -21,10 +21,10 @@ from attnlab.experiments import experiments, get_experiment, run_experiment
 from attnlab.experiments.arms import arm_differences, declared, setup_differences, undeclared_differences
 from attnlab.experiments.base import Context, Experiment, Result
 from attnlab.experiments.numbers import apart, fit_power, pm
-from attnlab.experiments.runner import markdown_table
 from attnlab.experiments.rnn_forgetting import SPEC as COPY
 from attnlab.experiments.rnn_forgetting import CopyDataConfig
 from attnlab.experiments.rules import VERDICTS, fingerprint, rule_markdown
+from attnlab.experiments.runner import markdown_table
 from attnlab.models import create_model
 from attnlab.models.registry import config_dict
 

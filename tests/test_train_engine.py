@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.checkpoints.load import load_into
+from attnlab.checkpoints.rundir import load_weights, read_record
 from attnlab.errors import CheckpointError, ConfigError
 from attnlab.train import Plan, TrainConfig, Trainer, TrainingDiverged, make_schedule, noam_peak_lr, param_groups
 from attnlab.train import checkpoint as ckpt
@@ -176,14 +178,14 @@ def test_trains_and_writes_run_files(tmp_path):
     assert tr.history.steps[-1]["loss"] < tr.history.steps[0]["loss"]
     for f in ("last.json", "best.json", "metrics.csv", "metrics.json", "curves.png"):
         assert (tmp_path / f).is_file(), f
-    rec = ckpt.read_record(tmp_path, "last")
+    rec = read_record(tmp_path, "last")
     assert rec["epoch"] == 4 and rec["step"] == 24 and rec["labels"] == ["a", "b", "c"]
     assert rec["train_config"]["lr"] == 0.02 and rec["metrics"]["val_acc"] == s["metrics"]["val_acc"]
     assert len(list((tmp_path / "checkpoints").iterdir())) <= 2  # old checkpoints collected
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert len(m["epochs"]) == 4 and len(m["steps"]) == 24
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,lr,train_loss")
-    ckpt.load_into(Toy(), ckpt.load_weights(tmp_path, rec), "x")
+    load_into(Toy(), load_weights(tmp_path, rec), "x")
 
 
 def test_accumulation_matches_one_big_batch():
@@ -211,7 +213,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, ema):
     first._optimizer_step = stop_after
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    assert ckpt.read_record(tmp_path, "last")["step"] == 8
+    assert read_record(tmp_path, "last")["step"] == 8
     resumed = make(tmp_path, dropout=0.3, ema_decay=ema, epochs=3, save_every=2, task=task, init_seed=123)
     resumed.fit(resume_from=tmp_path)
     for k, v in ref.model.state_dict().items():
@@ -227,9 +229,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     tr = make(tmp_path, epochs=3, task=ToyTask(nan_at=9))  # 6 steps per epoch: NaN in epoch 2
     with pytest.raises(TrainingDiverged, match=r"nan at step 9 \(epoch 2, batch 3\).*step 6"):
         tr.fit()
-    rec = ckpt.read_record(tmp_path, "last")
+    rec = read_record(tmp_path, "last")
     assert rec["step"] == 6
-    sd = ckpt.load_weights(tmp_path, rec)
+    sd = load_weights(tmp_path, rec)
     assert all(torch.isfinite(v).all() for v in sd.values())
 
 
@@ -264,7 +266,7 @@ def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeyp
     last.json naming a complete, loadable checkpoint: the old one or the new one."""
     tr = make(tmp_path, epochs=1)
     tr.fit()
-    before = ckpt.read_record(tmp_path, "last")
+    before = read_record(tmp_path, "last")
     for n in range(1, 8):
         count = _fail_on_nth_replace(monkeypatch, n)
         tr.step += 1
@@ -273,9 +275,9 @@ def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeyp
         except OSError:
             pass
         monkeypatch.undo()
-        rec = ckpt.read_record(tmp_path, "last")
+        rec = read_record(tmp_path, "last")
         assert rec["step"] in (before["step"], tr.step)
-        ckpt.load_into(Toy(), ckpt.load_weights(tmp_path, rec), "x")
+        load_into(Toy(), load_weights(tmp_path, rec), "x")
         ckpt.load_state(tmp_path, rec)
         before = rec
         assert count["i"] >= 1
@@ -284,20 +286,20 @@ def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeyp
 
 def test_read_record_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
-        ckpt.read_record(tmp_path / "nope")
+        read_record(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="not an attnlab run directory"):
-        ckpt.read_record(tmp_path)
+        read_record(tmp_path)
     (tmp_path / "run.json").write_text("{}")
     with pytest.raises(CheckpointError, match="no best checkpoint yet"):
-        ckpt.read_record(tmp_path, "best")
+        read_record(tmp_path, "best")
     (tmp_path / "last.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not readable JSON"):
-        ckpt.read_record(tmp_path, "last")
+        read_record(tmp_path, "last")
 
 
 def test_load_into_explains_mismatch():
     with pytest.raises(CheckpointError, match="different architecture.*wrong shapes"):
-        ckpt.load_into(Toy(d=8), Toy(d=6).state_dict(), "other.safetensors")
+        load_into(Toy(d=8), Toy(d=6).state_dict(), "other.safetensors")
 
 
 def test_rng_state_roundtrip_weights_only(tmp_path):
@@ -350,7 +352,7 @@ def test_max_minutes_cuts_the_epoch_short_then_evaluates_and_saves(tmp_path, mon
     s = tr.fit()
     assert s["stopped_by_time"] and s["steps"] == 3  # 96 / 16 = 6 steps per epoch; cut after 3
     assert len(tr.history.epochs) == 1 and "val_acc" in tr.history.epochs[0] and tr.history.epochs[0]["cut"] == 1
-    rec = ckpt.read_record(tmp_path, "last")
+    rec = read_record(tmp_path, "last")
     assert rec["step"] == 3 and rec["epoch"] == 0 and rec["step_in_epoch"] == 3  # the cut epoch is not finished
 
 

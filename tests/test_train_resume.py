@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from attnlab.checkpoints.rundir import load_weights, read_record
 from attnlab.train import checkpoint as ckpt
 
 # 1,438 digits / 128 = 11 steps per epoch; dropout on, so the RNG state must be restored too
@@ -35,7 +36,7 @@ def last_step(d: Path) -> int:
 
 
 def final_weights(d: Path) -> dict[str, torch.Tensor]:
-    rec = ckpt.read_record(d, "last")
+    rec = read_record(d, "last")
     return load_file(str(d / rec["path"] / rec["weights"]))
 
 
@@ -76,8 +77,8 @@ def test_killing_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
             break
         p.send_signal(signal.SIGKILL)
         p.wait()
-        rec = ckpt.read_record(run, "last")
-        ckpt.load_weights(run, rec)
+        rec = read_record(run, "last")
+        load_weights(run, rec)
         ckpt.load_state(run, rec)
         seen.add(rec["step"])
         p = subprocess.Popen(attnlab("train", "image", "--resume", run, "--quiet"), stdout=subprocess.PIPE,

@@ -21,10 +21,10 @@ def arm_setup(summary: dict) -> dict:
     model's whole config, defaults included), ``train.<field>``, ``data.<field>`` from its run's last
     checkpoint record (run.json for a run that never saved one), plus ``steps``, the optimizer steps it
     trained (absent when it diverged). The seed, threads and device (:data:`NOT_SETUP`) are left out."""
-    from attnlab.train import checkpoint as ckpt
+    from attnlab.checkpoints.rundir import has_record, read_record
 
     run_dir = Path(summary["run_dir"])
-    rec = ckpt.read_record(run_dir, "last", check=False) if ckpt.has_record(run_dir, "last") else \
+    rec = read_record(run_dir, "last", check=False) if has_record(run_dir, "last") else \
         json.loads((run_dir / "run.json").read_text())
     setup = {"task": rec.get("task"), "model.name": rec["model"]["name"], **_flat("model", rec["model"]["config"]),
              **_flat("train", rec.get("train_config")), **_flat("data", rec.get("data_config"))}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.checkpoints.rundir import read_record
+from attnlab.checkpoints.rundir import FORMAT, read_record
 from attnlab.errors import CheckpointError, ConfigError
 from attnlab.io import atomic_write_json, check_output_dir
 from attnlab.tasks.spec import TaskSpec
@@ -160,7 +160,7 @@ def open_run_dir(run_dir: Path, *, overwrite: bool, cfg: TrainConfig, info: dist
     collective: call on every rank."""
     if info.is_main:
         ckpt.empty_run_dir(run_dir)
-        atomic_write_json(run_dir / "run.json", {"format": ckpt.FORMAT, **record, "train_config": to_dict(cfg),
+        atomic_write_json(run_dir / "run.json", {"format": FORMAT, **record, "train_config": to_dict(cfg),
                                                  "world_size": info.world_size, "command": command,
                                                  "torch": torch.__version__})
         if write_files is not None:

@@ -35,22 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.checkpoints.load import load_into
 from attnlab.checkpoints.rundir import (
     FORMAT,
     RECORDS,
-    has_record,
     is_run_dir,
     killed_before_run_json,
-    load_weights,
     read_record,
 )
 from attnlab.errors import CheckpointError
 from attnlab.io import atomic_write_bytes, atomic_write_json, load_torch_file, save_safetensors_atomic
-
-#: what the engine reads of a run directory, besides what it writes here
-__all__ = ["FORMAT", "RECORDS", "has_record", "read_record", "load_weights", "load_into", "save", "load_state",
-           "rng_state", "set_rng_state", "seed_everything", "check_new_run_dir", "empty_run_dir", "RunLock"]
 
 
 def step_dir_name(step: int) -> str:

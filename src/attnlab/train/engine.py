@@ -27,7 +27,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from attnlab.checkpoints.load import load_into
 from attnlab.checkpoints.ours import metadata_for
+from attnlab.checkpoints.rundir import has_record, load_weights, read_record
 from attnlab.errors import AttnlabError, CheckpointError, ConfigError
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as dist
@@ -282,14 +284,14 @@ class Trainer:
 
     def resume(self, run_dir: str | Path) -> None:
         """Load the last checkpoint of ``run_dir``: weights, optimizer, schedule, RNG, progress."""
-        rec = ckpt.read_record(run_dir, "last")
+        rec = read_record(run_dir, "last")
         state = ckpt.load_state(run_dir, rec)
         key = "train_weights" if "train_weights" in rec else "weights"
-        ckpt.load_into(self.model, ckpt.load_weights(run_dir, rec, key), f"{run_dir}/{rec['path']}")
+        load_into(self.model, load_weights(run_dir, rec, key), f"{run_dir}/{rec['path']}")
         if self.ema is not None:
             if "train_weights" not in rec:
                 raise CheckpointError(f"{run_dir} was trained without EMA; resume it without --ema-decay")
-            ckpt.load_into(self.ema.module, ckpt.load_weights(run_dir, rec), f"{run_dir}/{rec['path']}")
+            load_into(self.ema.module, load_weights(run_dir, rec), f"{run_dir}/{rec['path']}")
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -361,9 +363,9 @@ class Trainer:
     def _diverged(self, what: str, value: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         where = f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.step_in_epoch + 1})"
-        if self.run_dir is not None and ckpt.has_record(self.run_dir, "last"):
+        if self.run_dir is not None and has_record(self.run_dir, "last"):
             try:
-                rec = ckpt.read_record(self.run_dir, "last", check=False)
+                rec = read_record(self.run_dir, "last", check=False)
                 kept = f"the last good checkpoint is kept: step {rec['step']} in {self.run_dir}"
             except CheckpointError:
                 kept = f"the last good checkpoint is kept in {self.run_dir}"
