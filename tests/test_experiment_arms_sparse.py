@@ -8,6 +8,9 @@ labels swapped disagrees."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -176,6 +179,35 @@ def test_mask_predict_arms_get_the_datas_vocabulary(tmp_path):
     cfg = model.cfg.transformer
     assert (cfg.src_vocab_size, cfg.tgt_vocab_size, cfg.pad_id) == (fields["src_vocab_size"], fields["tgt_vocab_size"],
                                                                      fields["pad_id"])
+
+
+def test_the_teacher_is_the_benchmark_recipe():
+    """ar-vs-nat's teacher at full budget is BENCHMARKS.md's Multi30k De->En Transformer (37 greedy BLEU):
+    its options, read from the command stored there, are the teacher's."""
+    import re
+    import shlex
+
+    from attnlab.experiments.ar_vs_nat import setup, teacher_setup
+
+    class Ctx(_Budget):
+        def multi30k(self, train_pairs, valid_pairs):
+            return {"src": "s", "tgt": "t", "valid_src": "vs", "valid_tgt": "vt"}
+
+    ctx = Ctx("full")
+    dc, _, _ = setup(ctx)
+    tdc, train, model = teacher_setup(ctx, dc)
+    page = (Path(__file__).resolve().parents[1] / "BENCHMARKS.md").read_text()
+    cmd = json.loads(re.search(r'"de-en/transformer": ({.*?"command": "[^"]*")', page).group(1) + "}")["command"]
+    words = shlex.split(cmd.split(" -- ", 1)[1])
+    given = {w[2:].replace("-", "_"): v for w, v in zip(words, words[1:]) if w.startswith("--") and w != "--threads"}
+    mine = {**vars(tdc), **train}
+    for key in ("bpe_vocab_size", "max_tokens", "schedule", "warmup_steps", "lr", "min_lr", "epochs"):
+        assert str(mine[key]) == given[key] or float(mine[key]) == float(given[key]), key
+    assert model == {}  # the registry's transformer_multi30k as it is, which the benchmark's options also build:
+    cfg = create_model("transformer_multi30k", src_vocab_size=100, tgt_vocab_size=100).cfg
+    assert (cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.num_encoder_layers, cfg.num_decoder_layers) == (
+        int(given["d_model"]), int(given["num_heads"]), int(given["d_ff"]), int(given["num_layers"]),
+        int(given["num_layers"]))
 
 
 # --- the rules read their arms the right way round ---------------------------------------------------------

@@ -118,6 +118,15 @@ def test_every_run_an_experiment_writes_reopens(name, quick_runs, capsys):
     assert json.loads(capsys.readouterr().out)["results_json"] == str(out / "eval-check" / "results.json")
 
 
+def test_a_teacher_is_a_reference_run_not_an_arm(quick_runs):
+    """ar-vs-nat's teacher (one run, seed 0) is listed under references: the arms are not compared with it,
+    and its BLEU is in the data."""
+    out, res = quick_runs("ar-vs-nat")
+    assert set(res["references"]) == {"teacher-s0"} and "teacher-s0" not in res["arms"]
+    assert (out / "runs" / "teacher-s0" / "run.json").is_file()
+    assert res["data"]["teacher_bleu"] is not None and res["data"]["parameters"]["teacher"] > 0
+
+
 # --- arms differ only in what is studied (issue 21, point 4) ----------------------------------------
 
 @pytest.mark.parametrize("name", sorted(ISSUE_11))

@@ -81,6 +81,7 @@ class Context:
         self.threads, self.progress = threads, progress
         self._log = log
         self.arms: dict[str, dict] = {}  # arm -> what train_arm returned (without the model)
+        self.references: dict[str, dict] = {}  # the same for runs the arms are built from (a distillation teacher)
         self._marker = read_marker(self.out) or new_marker(exp.name)
         self._data_files: set[str] = set()  # the data files handed out: arms compare them by content
         self._sha256: dict[str, str] = {}
@@ -188,10 +189,12 @@ class Context:
     # --- training arms ----------------------------------------------------------------------------
 
     def train_arm(self, arm: str, spec, data_config, train: dict, model: str, model_args: dict | None = None,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, *, reference: bool = False) -> dict:
         """Train (or reuse, or resume) the run ``OUT/runs/<arm>-s<seed>`` through the run layer.
         Returns the engine's summary (``model`` is the trained model) plus ``run_dir``; an arm
-        whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``."""
+        whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``.
+        ``reference``: a run the arms are built from but not one of them (a distillation teacher):
+        results.json lists it under ``references``, and the arms are not compared with it."""
         from attnlab.checkpoints.rundir import has_record
         from attnlab.runs import resume_conflicts, saved_options, train_config
         from attnlab.runs import train as train_run
@@ -224,7 +227,7 @@ class Context:
             summary = {"diverged": str(e), "metrics": {}, "best": None, "model": None}
         summary["run_dir"] = str(run_dir)
         summary["seconds_this_session"] = round(time.perf_counter() - t0, 2)
-        self.arms[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
+        (self.references if reference else self.arms)[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
         return summary
 
     def decode_limits(self) -> dict:

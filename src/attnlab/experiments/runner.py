@@ -95,9 +95,11 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
         "experiment": exp.name, "question": exp.question, "anchor": exp.anchor, "budget": ctx.budget,
         "seeds": ctx.seeds, "threads": ctx.threads, "command": command, "results_dir": str(out), "config": res.config,
         "table": res.table, "table_markdown": table,
-        "data": res.data, "arms": ctx.arms, "left_out": res.left_out, "figures": figures, "verdict": verdict,
+        "data": res.data, "arms": ctx.arms, "references": ctx.references, "left_out": res.left_out, "figures": figures,
+        "verdict": verdict,
         "rule": rule_record(exp.rule, exp.history), "decision": decision and decision.to_json(),
-        "train_seconds": round(sum(a.get("elapsed") or 0.0 for a in ctx.arms.values()), 1),  # all arms, all sessions
+        "train_seconds": round(sum(a.get("elapsed") or 0.0 for a in [*ctx.arms.values(), *ctx.references.values()]),
+                               1),  # every run, all sessions
         "software": software(), "load_average": {"start": load_start, "end": load_average()},
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": round(wall, 2),
     }
