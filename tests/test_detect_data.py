@@ -128,7 +128,7 @@ def test_coco_metrics_through_the_evaluator():
     perfect = [{"scores": torch.tensor([0.9, 0.8]), "labels": g["labels"], "boxes": g["boxes"]} if i == 0 else
                {"scores": torch.tensor([0.7]), "labels": g["labels"], "boxes": g["boxes"]} for i, g in enumerate(gt)]
     m = coco_metrics(gt, perfect, [1, 2])
-    assert m == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0})
+    assert m == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR": 1.0})
     # the second image's box shifted to IoU 0.6: found at IoU 0.5, missed at 0.75
     shifted = [perfect[0], {**perfect[1], "boxes": torch.tensor([[10., 16., 40., 46.]])}]
     m = coco_metrics(gt, shifted, [1, 2])
