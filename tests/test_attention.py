@@ -50,6 +50,42 @@ def test_mha_equals_torch(bias, cross, padding, causal):
     torch.testing.assert_close(fast, got, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("shared", ["none", "query=key", "key=value"])
+@pytest.mark.parametrize("padding", [False, True])
+def test_mha_three_inputs_equal_torch(shared, padding):
+    """mha(query, key, value) is nn.MultiheadAttention(query, key, value): three distinct inputs,
+    DETR's Attn(x + p, x + p, x) (Q and K from one input) and cross-attention (K and V from one)."""
+    ref, ours = pair()
+    x, y, z = torch.randn(B, T, E), torch.randn(B, T, E), torch.randn(B, T, E)
+    q, k, v = {"none": (x, y, z), "query=key": (x, x, z), "key=value": (x, y, y)}[shared]
+    key_pad = kpm(B, T) if padding else None
+    want, want_w = ref(q, k, v, key_padding_mask=key_pad, average_attn_weights=False)
+    mask = from_torch_mask(key_pad, key_padding=True)
+    got, got_w = ours(q, k, v, mask=mask, need_weights=True)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got_w, want_w, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours(q, k, v, mask=mask), got, atol=ATOL, rtol=0)
+
+
+def test_mha_self_attention_keeps_one_fused_projection():
+    """mha(x) projects Q, K and V in one call of ``qkv`` (the ViT's speed); other inputs use its rows."""
+    mha = MultiHeadAttention(E, H).eval()
+    calls = []
+    mha.qkv.register_forward_hook(lambda m, a, out: calls.append(out.shape))
+    x, m = torch.randn(B, T, E), torch.randn(B, S, E)
+    mha(x)
+    assert calls == [(B, T, 3 * E)]
+    torch.testing.assert_close(mha(x, x, x), mha(x), atol=ATOL, rtol=0)  # the same tensor three times: one call too
+    assert len(calls) == 3
+    mha(x, m)
+    mha(x + 1, x + 1, x)
+    assert len(calls) == 3
+    with pytest.raises(ShapeError, match="key must be"):
+        mha(x, torch.randn(B, S, E + 1))
+    with pytest.raises(ShapeError, match="value must be"):
+        mha(x, m, torch.randn(B, S + 1, E))
+
+
 def test_mha_seq_first_module_converts():
     ref, ours = pair(batch_first=False)
     x = torch.randn(T, B, E)

@@ -13,6 +13,7 @@ from attnlab.checkpoints import detr as D
 from attnlab.errors import CheckpointError, ConfigError, ShapeError
 from attnlab.models import create_model
 from attnlab.models.detr import DETR, sine_position_2d
+from attnlab.viz.record import AttentionRecorder
 
 TOL = 1e-4
 TINY = dict(d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=64, num_queries=5, num_classes=3)
@@ -69,11 +70,16 @@ def test_hf_to_ours_equal_outputs(one_thread):
     report = load_checkpoint(ours, hf.state_dict())  # transformers >= 5 in-memory names
     assert report["format"] == "hf_detr" and report["loaded"] == len(ours.state_dict())
     x, mask = images_and_mask()
+    hf.set_attn_implementation("eager")  # the one that returns its attention weights
     with torch.no_grad():
         for m in (None, mask):
-            h = hf(pixel_values=x, pixel_mask=None if m is None else m.long())
+            h = hf(pixel_values=x, pixel_mask=None if m is None else m.long(), output_attentions=True)
             assert h.logits.std() > 0.1  # outputs that vary: a wrong key map would show
-            assert_close(ours(x, m), h.logits, h.pred_boxes)
+            with AttentionRecorder(ours) as rec:
+                assert_close(ours(x, m), h.logits, h.pred_boxes)
+            for i in range(2):  # the recorded attention is Hugging Face's, row for row (padded cells: 0)
+                torch.testing.assert_close(rec.maps[f"encoder.{i}.self_attn"][0], h.encoder_attentions[i], atol=TOL, rtol=0)
+                torch.testing.assert_close(rec.maps[f"decoder.{i}.cross_attn"][0], h.cross_attentions[i], atol=TOL, rtol=0)
 
 
 @pytest.mark.slow
@@ -221,13 +227,17 @@ def test_load_refuses_wrong_shapes_and_keeps_model():
 def test_small_model_shapes_and_aux():
     model = create_model("detr_digits")
     assert isinstance(model, DETR) and model.cfg.num_queries == 6
-    out = model(torch.randn(2, 1, 64, 64), need_weights=True)
+    with AttentionRecorder(model) as rec:  # DETR's attention is recorded as every model's is
+        out = model(torch.randn(2, 1, 64, 64))
     assert out["logits"].shape == (2, 6, 11) and out["boxes"].shape == (2, 6, 4)
     assert ((out["boxes"] > 0) & (out["boxes"] < 1)).all()
     assert len(out["aux"]) == model.cfg.num_decoder_layers - 1
     assert out["feature_size"] == (8, 8)
-    assert out["encoder_attention"][0].shape == (2, 4, 64, 64) and out["cross_attention"][-1].shape == (2, 4, 6, 64)
-    torch.testing.assert_close(out["cross_attention"][-1].sum(-1), torch.ones(2, 4, 6))
+    assert sorted(rec.maps) == sorted(f"{stack}.{i}.{attn}" for i in range(3) for stack, attn in
+                                      (("encoder", "self_attn"), ("decoder", "self_attn"), ("decoder", "cross_attn")))
+    enc, cross = rec.stacked("encoder."), rec.stacked("cross_attn")  # one (B, H, Tq, Tk) per layer
+    assert len(enc) == len(cross) == 3 and enc[0].shape == (2, 4, 64, 64) and cross[-1].shape == (2, 4, 6, 64)
+    torch.testing.assert_close(cross[-1].sum(-1), torch.ones(2, 4, 6))
     with pytest.raises(ShapeError, match="takes images"):
         model(torch.randn(2, 3, 64, 64))
     with pytest.raises(ConfigError, match="cnn_widths"):

@@ -528,8 +528,9 @@ def test_detr_data_are_the_models_numbers(detr_run):
     run = run_layer.open(detr_run / "detr")
     model, img = run.model, canvas_image()
     d = E.explore_detr(model, img, run.extras["normalize"], run.extras["labels"], label="detr", threshold=0.0, worked=(0, 1))
-    with torch.no_grad():
-        out = model(run.extras["normalize"](img[None]), need_weights=True)
+    attns = [model.decoder[0].cross_attn, model.decoder[1].cross_attn, model.encoder[0].self_attn]
+    with torch.no_grad(), cached_weights(attns) as calls:  # the reference: each attention's own need_weights path
+        out = model(run.extras["normalize"](img[None]))
     n = model.cfg.num_queries
     det = postprocess(out["logits"], out["boxes"], [(64, 64)])[0]
     assert d["kind"] == "detr" and d["grid"] == list(out["feature_size"]) == [8, 8]
@@ -541,14 +542,14 @@ def test_detr_data_are_the_models_numbers(detr_run):
         assert q["box"] == pytest.approx(det["boxes"][i].tolist(), abs=0.01)
     sets = {s["id"]: s for s in d["sets"]}
     cross, enc = E.unpack_attention(sets["cross"]["attention"]), E.unpack_attention(sets["enc"]["attention"])
-    ref_cross = torch.stack([a[0] for a in out["cross_attention"]])[:, :, d["shown"]]  # rows in the page's order
-    ref_enc = torch.stack([a[0] for a in out["encoder_attention"]])
+    ref_cross = torch.stack([calls[i][0][0] for i in range(2)])[:, :, d["shown"]]  # rows in the page's order
+    ref_enc = calls[2][0][:1]
     assert cross.shape == (2, 2, n, 64) and enc.shape == (1, 2, 64, 64) and sets["cross"]["layers"] == [0, 1]
     assert float((cross - ref_cross).abs().max()) <= float(ref_cross.max()) / 510 + 1e-7  # 8 bits of each row
     assert float((enc - ref_enc).abs().max()) <= float(ref_enc.max()) / 510 + 1e-7
     w = d["worked"]  # the worked head: Q from the decoder state + query embedding, K from memory + positions, V from memory
     assert (w["set"], w["layer"], w["head"], w["tq"], w["tk"], w["d_k"]) == ("cross", 0, 1, n, 64, 8)
-    torch.testing.assert_close(worked_softmax(w), out["cross_attention"][0][0, 1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(worked_softmax(w), calls[0][0][0, 1], atol=1e-6, rtol=1e-5)
     assert w["check"] < 1e-6
     assert E.explore_detr(model, img, run.extras["normalize"], run.extras["labels"], label="d", threshold=1.0)["shown"] == \
         d["shown"][:3]  # none confident: the best three, said so

@@ -132,7 +132,7 @@ def test_bad_mode_or_backend_is_a_config_error(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["torchao", "fbgemm"])
 def test_detr_runs_in_int8(backend):
-    """DETR slices every attention's fused qkv weight (models/detr.py ``attend``): those layers
+    """DETR's attentions slice their fused qkv weight (positions on Q and K, not V): those layers
     stay fp32 (``int8_keep_fp32``), the rest turn int8, and the boxes stay close to fp32's."""
     m = attnlab.create_model("detr_digits").eval()
     x = torch.rand(2, 1, 64, 64)

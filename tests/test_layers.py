@@ -36,8 +36,6 @@ LEVEL = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 #: up-arrows and circles still in the code, each with the change that removes it (issue 22)
 KNOWN_UP = {
-    "attnlab.tasks.detect -> attnlab.viz.common": "tasks/detect.py predict saves its pictures itself",
-    "attnlab.tasks.detect -> attnlab.viz.detection": "tasks/detect.py draws boxes and attention (item 3: DETR's recorder)",
     "attnlab.tasks.image -> attnlab.viz.curves": "tasks/image.py evaluate draws its confusion matrix",
 }
 KNOWN_FILE_CIRCLES: dict[str, str] = {}

@@ -51,6 +51,8 @@ def run(args) -> int:
     note_int8(run_)
     options, fmt = PER_TASK.get(spec.name, (_no_options, _as_json))
     preds = spec.predict(run_, args.inputs, **options(args))
+    if spec.name in DRAW:
+        DRAW[spec.name](run_, preds, args)
     print(json.dumps(preds, indent=2) if args.json else fmt(preds))
     return 0
 
@@ -88,5 +90,15 @@ def _as_json(preds: list[dict]) -> str:
 #: ``predict`` but no entry here gets no options and prints its predictions as JSON
 PER_TASK = {
     "image": (lambda a: dict(top_k=a.top_k, convert=a.convert), format_predictions),
-    "detect": (lambda a: dict(threshold=a.threshold, convert=a.convert, output_dir=a.output_dir), format_detections),
+    "detect": (lambda a: dict(threshold=a.threshold, convert=a.convert), format_detections),
 }
+
+
+def _draw_detections(run_, preds: list[dict], args) -> None:
+    from attnlab.viz.detection import save_prediction_pictures
+
+    save_prediction_pictures(run_, preds, args.threshold, args.convert, args.output_dir)
+
+
+#: the tasks whose predictions are also drawn: each one's drawing, which adds the picture to each prediction
+DRAW = {"detect": _draw_detections}

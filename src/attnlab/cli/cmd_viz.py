@@ -136,7 +136,7 @@ def run_attention(args) -> int:
     elif task == "translate":
         fig = _alignment(run, args.input, args.target, args.layer)
     elif isinstance(model, DETR):
-        from attnlab.tasks.detect import attention_figure  # DETR Fig. 6 and Fig. 3
+        from attnlab.viz.detection import attention_figure  # DETR Fig. 6 and Fig. 3
 
         fig = attention_figure(model, run if run.spec is not None else None, args.input)
     else:

@@ -14,14 +14,15 @@ and keys of every attention layer, and never to the values:
     decoder self:    Attn(Q = y + q, K = y + q, V = y)           q: the learned query embedding
     decoder cross:   Attn(Q = y + q, K = m + p, V = m)           m: the encoder memory
 
-:class:`attnlab.nn.MultiHeadAttention` computes Q, K and V from one input (positions act
-through rotate/bias hooks), so the layers here are thin subclasses of attnlab's
-:class:`~attnlab.nn.layers.EncoderLayer` / :class:`~attnlab.nn.layers.DecoderLayer` (same
-modules and names: ``self_attn.qkv``, ``self_attn.proj``, ``ff.fc1``...) whose forward feeds
-the three inputs through the layer's own projections (:func:`attend`).
+:class:`attnlab.nn.MultiHeadAttention` takes the three inputs as they are, so the layers here
+are thin subclasses of attnlab's :class:`~attnlab.nn.layers.EncoderLayer` /
+:class:`~attnlab.nn.layers.DecoderLayer` (same modules and names: ``self_attn.qkv``,
+``self_attn.proj``, ``ff.fc1``...) whose forward adds the positions. Their attention weights are
+recorded as every model's are, by :class:`attnlab.viz.record.AttentionRecorder`
+(``encoder.{i}.self_attn``: (B, H, T, T); ``decoder.{i}.cross_attn``: (B, H, N, T)).
 
 Shapes: images (B, C_in, H, W); tokens (B, T, C); queries (B, N, C); logits (B, N, K+1);
-boxes (B, N, 4); attention (B, heads, N or T, T).
+boxes (B, N, 4).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.resnet import ResNet50, SmallCNN
-from attnlab.nn.attention import MultiHeadAttention, scaled_dot_product_attention
 from attnlab.nn.layers import DecoderLayer, EncoderLayer
 
 BACKBONES = ("resnet50", "small")
@@ -78,54 +78,26 @@ class DETRConfig:
                 raise ConfigError(f"{f} must be >= 1, got {getattr(self, f)}")
 
 
-def attend(attn: MultiHeadAttention, q_in: Tensor, k_in: Tensor, v_in: Tensor, mask: Tensor | None = None,
-           need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-    """MultiHead(Q, K, V) with Q, K, V projected from three inputs by ``attn``'s own weights
-    (``qkv`` rows 0:C, C:2C, 2C:3C) and its output projection ``proj``.
-
-    q_in (B, Tq, C), k_in and v_in (B, Tk, C); ``mask`` boolean (B, 1, 1, Tk), True = may attend.
-    Returns (B, Tq, C) and the weights (B, H, Tq, Tk) when ``need_weights`` (else None).
-    """
-    b, tq, c = q_in.shape
-    w, bias = attn.qkv.weight, attn.qkv.bias
-    part = lambda x, i: F.linear(x, w[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])  # noqa: E731
-    heads = lambda x: x.view(b, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
-    if q_in is k_in:  # self-attention: Q and K from the same input in one matmul
-        q, k = F.linear(q_in, w[:2 * c], None if bias is None else bias[:2 * c]).chunk(2, dim=-1)
-    else:
-        q, k = part(q_in, 0), part(k_in, 1)
-    v = part(v_in, 2)
-    res = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask=mask, need_weights=need_weights,
-                                       dropout=attn.dropout if attn.training else 0.0)
-    out, weights = res if need_weights else (res, None)
-    return attn.proj(out.transpose(1, 2).reshape(b, tq, c)), weights
-
-
 class DetrEncoderLayer(EncoderLayer):
     """Post-LN encoder layer, positions on queries and keys:
     x = LN(x + Attn(x + p, x + p, x));  x = LN(x + FFN(x))."""
 
-    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         qk = x + pos
-        a, w = attend(self.self_attn, qk, qk, x, mask, need_weights)
-        x = self.norm1(x + self.drop1(a))
-        x = self.norm2(x + self.drop2(self.ff(x)))
-        return x, w
+        x = self.norm1(x + self.drop1(self.self_attn(qk, qk, x, mask=mask)))
+        return self.norm2(x + self.drop2(self.ff(x)))
 
 
 class DetrDecoderLayer(DecoderLayer):
     """Post-LN decoder layer over all queries at once (no causal mask):
     y = LN(y + Attn(y + q, y + q, y));  y = LN(y + Attn(y + q, m + p, m));  y = LN(y + FFN(y))."""
 
-    def forward(self, y: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor, memory_mask: Tensor | None = None,
-                need_weights: bool = False):
+    def forward(self, y: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor,
+                memory_mask: Tensor | None = None) -> Tensor:
         qk = y + query_pos
-        a, _ = attend(self.self_attn, qk, qk, y)
-        y = self.norm1(y + self.drop1(a))
-        a, w = attend(self.cross_attn, y + query_pos, memory + memory_pos, memory, memory_mask, need_weights)
-        y = self.norm2(y + self.drop2(a))
-        y = self.norm3(y + self.drop3(self.ff(y)))
-        return y, w
+        y = self.norm1(y + self.drop1(self.self_attn(qk, qk, y, causal=False)))  # every query sees every query
+        y = self.norm2(y + self.drop2(self.cross_attn(y + query_pos, memory + memory_pos, memory, mask=memory_mask)))
+        return self.norm3(y + self.drop3(self.ff(y)))
 
 
 def sine_position_2d(valid: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -167,15 +139,15 @@ class DETR(nn.Module):
 
     - ``logits`` (B, N, K+1), ``boxes`` (B, N, 4) as (cx, cy, w, h) in [0, 1] of the image;
     - ``aux``: the same for decoder layers 1..L-1 (a list, when ``cfg.aux_loss``);
-    - with ``need_weights``: ``encoder_attention`` (per layer, (B, H, T, T)),
-      ``cross_attention`` (per decoder layer, (B, H, N, T)) and ``feature_size`` (h, w).
+    - ``feature_size``: (h, w) of the feature map, whose T = h*w cells are the keys of every
+      attention recorded by :class:`attnlab.viz.record.AttentionRecorder` (row-major).
 
     ``mask`` (B, H, W) bool, True = a real pixel, False = padding (a batch of images of
     different sizes padded to one); None: every pixel is real.
     """
 
-    # Linear layers int8 quantization leaves in fp32 (attnlab.export.int8): :func:`attend` slices
-    # every attention's fused qkv weight into its query, key and value parts.
+    # Linear layers int8 quantization leaves in fp32 (attnlab.export.int8): with positions on the
+    # queries and keys only, every attention slices its fused qkv weight into its Q, K and V rows.
     int8_keep_fp32 = ("self_attn.qkv", "cross_attn.qkv")
 
     def __init__(self, cfg: DETRConfig, name: str | None = None) -> None:
@@ -195,9 +167,9 @@ class DETR(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)  # as DETR's Transformer._reset_parameters
 
-    def encode(self, images: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+    def encode(self, images: Tensor, mask: Tensor | None = None):
         """images (B, C_in, H, W) -> memory (B, T, C), positions (B, T, C), key mask
-        (B, 1, 1, T) or None, (h, w), encoder attention maps."""
+        (B, 1, 1, T) or None, (h, w)."""
         if images.dim() != 4 or images.shape[1] != self.cfg.in_chans:
             raise ShapeError(f"{self.name or 'DETR'} takes images (B, {self.cfg.in_chans}, H, W), got {tuple(images.shape)}")
         f = self.input_proj(self.backbone(images))  # (B, C, h, w)
@@ -210,30 +182,25 @@ class DETR(nn.Module):
             key_mask = valid.flatten(1)[:, None, None, :]
         pos = sine_position_2d(valid, self.cfg.d_model, self.cfg.temperature).to(f.dtype)
         x = f.flatten(2).transpose(1, 2)  # (B, T, C)
-        maps = []
         for layer in self.encoder:
-            x, a = layer(x, pos, key_mask, need_weights)
-            maps.append(a)
-        return x, pos, key_mask, (h, w), maps
+            x = layer(x, pos, key_mask)
+        return x, pos, key_mask, (h, w)
 
-    def forward(self, images: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> dict:
-        memory, pos, key_mask, hw, enc_maps = self.encode(images, mask, need_weights)
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
+        memory, pos, key_mask, hw = self.encode(images, mask)
         b = memory.shape[0]
         query_pos = self.query_embed.weight[None].expand(b, -1, -1)  # (B, N, C)
         y = torch.zeros_like(query_pos)
-        states, cross = [], []
+        states = []
         for layer in self.decoder:
-            y, a = layer(y, memory, query_pos, pos, key_mask, need_weights)
-            cross.append(a)
+            y = layer(y, memory, query_pos, pos, key_mask)
             if self.cfg.aux_loss:
                 states.append(self.decoder_norm(y))
         hs = torch.stack(states) if self.cfg.aux_loss else self.decoder_norm(y)[None]  # (L or 1, B, N, C)
         logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()
-        out = {"logits": logits[-1], "boxes": boxes[-1]}
+        out = {"logits": logits[-1], "boxes": boxes[-1], "feature_size": hw}
         if self.cfg.aux_loss:
             out["aux"] = [{"logits": lg, "boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
-        if need_weights:
-            out.update(encoder_attention=enc_maps, cross_attention=cross, feature_size=hw)
         return out
 
     def extra_repr(self) -> str:

@@ -192,8 +192,9 @@ class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, head_i = Attention(Q W_Qi, K W_Ki, V W_Vi).
 
     One fused input projection ``qkv`` (3C x C, the layout of ``nn.MultiheadAttention`` and
-    timm) serves self-attention in one matmul and cross-attention as two (Q from ``x``;
-    K, V from ``context``). ``proj`` is W_O.
+    timm): rows 0:C are W_Q, C:2C W_K, 2C:3C W_V. Each distinct input of a call is projected
+    once, so self-attention is one matmul, cross-attention two (Q from the query; K, V from the
+    memory) and DETR's Attn(x + p, x + p, x) two. ``proj`` is W_O.
 
     Options: ``qkv_bias``; ``dropout`` on the attention weights; ``topk`` sparse attention;
     ``window`` local attention (each query sees keys within ``window`` positions);
@@ -241,10 +242,31 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V heads (B, H, T, D), each distinct input projected once: query = key = value in
+        the module's own ``qkv`` (one matmul); query = key (K and Q in one matmul) or key = value
+        (K and V in one) in slices of its weight; three inputs in three."""
+        if key is query and value is query:
+            b, t, _ = query.shape
+            qkv = self.qkv(query).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            return qkv.unbind(0)  # each (B, H, T, D)
+        c, w, bias = self.embed_dim, self.qkv.weight, self.qkv.bias
+        rows = lambda x, i, j: F.linear(x, w[i * c:j * c], None if bias is None else bias[i * c:j * c])  # noqa: E731
+        if key is query:
+            q, k = rows(query, 0, 2).chunk(2, dim=-1)
+            v = rows(value, 2, 3)
+        elif value is key:
+            q = rows(query, 0, 1)
+            k, v = rows(key, 1, 3).chunk(2, dim=-1)
+        else:
+            q, k, v = rows(query, 0, 1), rows(key, 1, 2), rows(value, 2, 3)
+        return self._heads(q), self._heads(k), self._heads(v)
+
     def forward(
         self,
-        x: Tensor,
-        context: Tensor | None = None,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
         *,
         mask: Tensor | None = None,
         causal: bool | None = None,
@@ -252,52 +274,57 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         pos=None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, Tq, C); context (B, Tk, C) for cross-attention, None for self-attention.
+        """Attention of query (B, Tq, C) over key (B, Tk, C) and value (B, Tk, C), as
+        ``nn.MultiheadAttention(query, key, value)`` with ``batch_first=True``; ``key`` defaults
+        to the query and ``value`` to the key:
 
-        ``pos`` is a :class:`attnlab.nn.position.PositionEncoding` acting inside attention
-        (rotary, relative bias); ``cache`` a :class:`KVCache` for incremental decoding.
+        - ``mha(x)``: self-attention. Only here do ``pos`` (a
+          :class:`attnlab.nn.position.PositionEncoding` acting inside attention: rotary,
+          relative bias) and ``exclude_self`` act, and a ``cache`` (:class:`KVCache`) grows by
+          this call's keys and values (incremental decoding);
+        - ``mha(x, memory)``: cross-attention; a ``cache`` keeps the memory's keys and values
+          from its first call on;
+        - ``mha(x + p, x + p, x)``: three inputs, e.g. DETR's positions added to the queries and
+          keys but not to the values.
+
         Returns (B, Tq, C), and the weights (B, H, Tq, Tk) when ``need_weights``.
         """
-        x = _checked_tokens(x, self.embed_dim)
-        b, tq, c = x.shape
+        query = _checked_tokens(query, self.embed_dim)
+        b, tq, c = query.shape
         causal = self.causal if causal is None else causal
-        w, bqkv = self.qkv.weight, self.qkv.bias
-        offset = 0
-        if context is None:  # self-attention: one matmul for Q, K, V
-            qkv = self.qkv(x).view(b, tq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # each (B, H, Tq, D)
-            if cache is not None:
-                offset = len(cache)
-            if pos is not None:
-                q, k = pos.rotate(q, k, offset)
-            if cache is not None:
-                k, v = cache.append(k, v)
-        else:  # cross-attention: keys/values of the context, computed once per cache
-            if context.dim() != 3 or context.shape[0] != b or context.shape[-1] != c:
-                raise ShapeError(f"context must be (B={b}, Tk, C={c}), got {tuple(context.shape)}")
-            q = self._heads(F.linear(x, w[:c], None if bqkv is None else bqkv[:c]))
-            if cache is not None and len(cache):
-                k, v = cache.k, cache.v
-            else:
-                kv = F.linear(context, w[c:], None if bqkv is None else bqkv[c:])
-                kv = kv.view(b, context.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-                k, v = kv.unbind(0)
+        is_self = key is None
+        key = query if key is None else key
+        value = key if value is None else value
+        if key is not query and (key.dim() != 3 or key.shape[0] != b or key.shape[-1] != c):
+            raise ShapeError(f"key must be (B={b}, Tk, C={c}), got {tuple(key.shape)}")
+        if value is not key and value.shape != key.shape:
+            raise ShapeError(f"value must be (B={b}, Tk={key.shape[1]}, C={c}) as the key, got {tuple(value.shape)}")
+        if not is_self and cache is not None and len(cache):  # cross-attention: the memory's keys/values, kept
+            q = self._heads(F.linear(query, self.qkv.weight[:c], None if self.qkv.bias is None else self.qkv.bias[:c]))
+            k, v = cache.k, cache.v
+        else:
+            q, k, v = self._project(query, key, value)  # each (B, H, T, D)
+            if is_self:
+                if pos is not None:
+                    q, k = pos.rotate(q, k, 0 if cache is None else len(cache))
                 if cache is not None:
-                    cache.set(k, v)
+                    k, v = cache.append(k, v)
+            elif cache is not None:
+                cache.set(k, v)
         tk = k.shape[-2]
         if mask is not None:
             check_mask(mask, b, self.num_heads, tq, tk)
         if self.window is not None:
-            wm = window_mask(tq, tk, self.window, device=x.device)
+            wm = window_mask(tq, tk, self.window, device=query.device)
             mask = wm if mask is None else mask & wm
-        if self.exclude_self and context is None:
-            om = off_diagonal_mask(tq, tk, device=x.device)
+        if self.exclude_self and is_self:
+            om = off_diagonal_mask(tq, tk, device=query.device)
             mask = om if mask is None else mask & om
         if self.random_k is not None:
-            visible = torch.ones(b, self.num_heads, tq, tk, dtype=torch.bool, device=x.device)  # (B, H, Tq, Tk)
-            visible = visible & causal_mask(tq, tk, device=x.device) if causal else visible
+            visible = torch.ones(b, self.num_heads, tq, tk, dtype=torch.bool, device=query.device)  # (B, H, Tq, Tk)
+            visible = visible & causal_mask(tq, tk, device=query.device) if causal else visible
             mask = random_key_mask(visible if mask is None else visible & mask, self.random_k)
-        bias = pos.bias(tq, tk) if (pos is not None and context is None) else None
+        bias = pos.bias(tq, tk) if (pos is not None and is_self) else None
         scale = None
         if self.scale is not None:  # (s_h q) kᵀ = s_h (q kᵀ): the learned scale rides on the queries
             q, scale = q * self.scale.to(q.dtype)[:, None, None], 1.0

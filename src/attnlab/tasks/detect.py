@@ -14,7 +14,6 @@ this process only: correct on one process (data-parallel runs would score rank 0
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -349,73 +348,24 @@ def detect_images(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]], thres
     return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in postprocess(out["logits"], out["boxes"], sizes)]
 
 
-def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False,
-            output_dir: str | Path | None = None, **_) -> list[dict]:
-    """The detections (score >= ``threshold``) of each image file: label, score, box
-    [x0, y0, x1, y1] in the file's pixels; each image is drawn with its boxes into
-    ``output_dir`` (default ``RUN_DIR/predictions``) under the name :func:`picture_names` gives it."""
+def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False, **_) -> list[dict]:
+    """The detections (score >= ``threshold``) of each image file, the most confident first:
+    label, score, box [x0, y0, x1, y1] in the file's pixels. ``attnlab predict`` also draws
+    them (:func:`attnlab.viz.detection.save_prediction_pictures`)."""
     from attnlab.data.images import read_images, read_model_images
-    from attnlab.io import check_output_dir
-    from attnlab.viz.common import save_figure
-    from attnlab.viz.detection import plot_detections
 
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
-    out_dir = Path(output_dir) if output_dir else run.run_dir / "predictions"
-    check_output_dir(out_dir)
     x = read_model_images(inputs, run.model, convert)
-    originals = [read_images([p], None, run.model.cfg.in_chans, convert)[0] for p in inputs]
+    sizes = [tuple(read_images([p], None, run.model.cfg.in_chans, convert)[0].shape[-2:]) for p in inputs]
     labels = run.extras["labels"]
     out = []
-    detections = detect_images(run, x, [tuple(o.shape[-2:]) for o in originals], threshold)
-    for p, name, img, d in zip(inputs, picture_names(inputs), originals, detections):
+    for p, d in zip(inputs, detect_images(run, x, sizes, threshold)):
         order = d["scores"].argsort(descending=True)
-        d = {k: v[order] for k, v in d.items()}
-        picture = save_figure(plot_detections(img, d, labels, f"{Path(p).name}: {len(order)} detections "
-                                              f"(score >= {threshold:g})"), out_dir / name)
-        out.append({"image": str(p), "picture": str(picture), "detections": [
+        out.append({"image": str(p), "detections": [
             {"label": labels[int(lab)], "index": int(lab), "score": round(float(sc), 4), "box": [round(float(v), 2) for v in b]}
-            for sc, lab, b in zip(d["scores"], d["labels"], d["boxes"])]})
+            for sc, lab, b in zip(d["scores"][order], d["labels"][order], d["boxes"][order])]})
     return out
-
-
-def picture_names(inputs: list[str]) -> list[str]:
-    """The file name of each input's drawing, one per distinct file and always the same for the
-    same inputs: ``STEM.boxes.png``; files sharing a stem are named by their path below the
-    folder they share (``a/same.png`` and ``b/same.png``: ``a_same.png.boxes.png`` and
-    ``b_same.png.boxes.png``); a name still taken (letter case aside) gets ``-2``, ``-3``..."""
-    files = [Path(os.path.abspath(p)) for p in inputs]
-    distinct = list(dict.fromkeys(files))
-    by_stem: dict[str, list[Path]] = {}
-    for f in distinct:
-        by_stem.setdefault(f.stem.casefold(), []).append(f)
-    names: dict[Path, str] = {}
-    for f in distinct:
-        group = by_stem[f.stem.casefold()]
-        base = f.stem if len(group) == 1 else "_".join(f.relative_to(os.path.commonpath(group)).parts)
-        name, n = base, 1
-        while name.casefold() in {v.casefold() for v in names.values()}:
-            n += 1
-            name = f"{base}-{n}"
-        names[f] = name
-    return [f"{names[f]}.boxes.png" for f in files]
-
-
-def attention_figure(model: DETR, run: LoadedRun | None, image_path: str):
-    """``attnlab viz attention`` for a DETR (a run, or a registered name with random weights):
-    the image resized to the model's size, DETR's Fig. 6 and Fig. 3."""
-    from attnlab.data.images import read_model_images
-    from attnlab.viz.detection import plot_detr_attention
-
-    x = read_model_images([image_path], model, convert=True)[0]
-    if run is not None:
-        normalize, labels = run.extras["normalize"], run.extras["labels"]
-    else:
-        normalize, labels = default_normalization(model), [str(i) for i in range(model.cfg.num_classes)]
-    name = run.name if run is not None else f"{model.name} (random init)"
-    return plot_detr_attention(model, x, normalize, labels,
-                               title=f"{name} on {Path(image_path).name}: decoder cross-attention of confident queries "
-                                     "(Fig. 6), encoder self-attention at box centres (Fig. 3)")
 
 
 SPEC = TaskSpec(

@@ -1,10 +1,12 @@
 """Pictures of a detector: the predicted boxes with labels and scores, and DETR's attention.
 
-- :func:`plot_detections`: an image with its boxes.
+- :func:`plot_detections`: an image with its boxes; :func:`save_prediction_pictures` draws the
+  images of ``attnlab predict`` (:func:`attnlab.tasks.detect.predict`) into files.
 - :func:`plot_detr_attention`: the paper's Fig. 6, each confident query's decoder
   cross-attention (last layer, heads averaged) over the image beside its box, and Fig. 3, the
   encoder self-attention (last layer, heads averaged) of a few feature-map points (the centres
-  of the detected boxes) over the image.
+  of the detected boxes) over the image; :func:`attention_figure` is ``attnlab viz attention``'s.
+  The weights are recorded as every model's are (:class:`attnlab.viz.record.AttentionRecorder`).
 
 Figures are :class:`matplotlib.figure.Figure` built without pyplot; save them with
 :func:`attnlab.viz.common.save_figure`.
@@ -13,6 +15,8 @@ Figures are :class:`matplotlib.figure.Figure` built without pyplot; save them wi
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +24,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
+from attnlab.data.images import read_images, read_model_images
+from attnlab.data.transforms import default_normalization
 from attnlab.detect.coco_eval import postprocess
-from attnlab.viz.common import HEATMAP
+from attnlab.io import check_output_dir
+from attnlab.viz.common import HEATMAP, save_figure
+from attnlab.viz.record import AttentionRecorder
 
 BOX_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf")
 
@@ -58,17 +66,18 @@ def plot_detections(image: Tensor, dets: dict, labels: list[str], title: str | N
 
 @torch.no_grad()
 def detr_attention(model, x: Tensor) -> dict:
-    """Run DETR on one normalised image x (1, C, H, W) with attention maps: ``out`` (the model's
-    dict), ``cross`` (N, h, w) last decoder layer's cross-attention per query, heads averaged,
-    ``encoder`` (T, h, w) the last encoder layer's self-attention per query point."""
+    """Run DETR in eval mode on normalised images x (B, C, H, W) with its attention recorded:
+    ``out`` (the model's dict), ``cross`` (L, B, H, N, T) every decoder layer's cross-attention,
+    ``encoder`` (L, B, H, T, T) every encoder layer's self-attention; T = h*w cells of the
+    feature map ``out["feature_size"]``, row-major."""
     was = model.training
     model.eval()
-    out = model(x, need_weights=True)
-    model.train(was)
-    h, w = out["feature_size"]
-    cross = out["cross_attention"][-1][0].mean(0).view(-1, h, w)  # (N, h, w)
-    enc = out["encoder_attention"][-1][0].mean(0).view(-1, h, w)  # (T, h, w)
-    return {"out": out, "cross": cross, "encoder": enc}
+    try:
+        with AttentionRecorder(model) as rec:
+            out = model(x)
+    finally:
+        model.train(was)
+    return {"out": out, "cross": torch.stack(rec.stacked(".cross_attn")), "encoder": torch.stack(rec.stacked("encoder."))}
 
 
 def _overlay(ax, image: Tensor, heat: Tensor) -> None:
@@ -88,12 +97,14 @@ def plot_detr_attention(model, image: Tensor, normalize, labels: list[str], thre
     confident queries (score >= ``threshold``; the best three when none reach it), the query's
     cross-attention over the image beside its box."""
     att = detr_attention(model, normalize(image[None]))
+    fh, fw = att["out"]["feature_size"]
+    cross = att["cross"][-1, 0].mean(0).view(-1, fh, fw)  # (N, h, w): the last layer, heads averaged
+    encoder = att["encoder"][-1, 0].mean(0).view(-1, fh, fw)  # (T, h, w)
     size = tuple(image.shape[-2:])
     det = postprocess(att["out"]["logits"], att["out"]["boxes"], [size])[0]
     order = det["scores"].argsort(descending=True)
     keep = [int(i) for i in order if det["scores"][i] >= threshold][:max_queries] or [int(i) for i in order[:3]]
     confident = {k: v[keep] for k, v in det.items()}
-    fh, fw = att["encoder"].shape[-2:]
     centres = [((b[1] + b[3]) / 2, (b[0] + b[2]) / 2) for b in confident["boxes"].tolist()][:points]
     centres = centres or [(size[0] / 2, size[1] / 2)]
     cells = list(dict.fromkeys((min(int(y / size[0] * fh), fh - 1), min(int(x / size[1] * fw), fw - 1)) for y, x in centres))
@@ -108,14 +119,14 @@ def plot_detr_attention(model, image: Tensor, normalize, labels: list[str], thre
     ax.set_title("detections", fontsize=8)
     for j, (cy, cx) in enumerate(cells):
         ax = fig.add_subplot(grid[0, 1 + j])
-        _overlay(ax, image, att["encoder"][cy * fw + cx])
+        _overlay(ax, image, encoder[cy * fw + cx])
         py, px = (cy + 0.5) * size[0] / fh - 0.5, (cx + 0.5) * size[1] / fw - 0.5
         ax.plot([px], [py], marker="o", markersize=6, markerfacecolor="none", markeredgecolor="cyan", markeredgewidth=1.5)
         ax.set_title(f"encoder self-attn. at ({cy}, {cx})", fontsize=8)
     for n, q in enumerate(keep):
         r, c = 1 + n // (cols // 2), 2 * (n % (cols // 2))
         ax = fig.add_subplot(grid[r, c])
-        _overlay(ax, image, att["cross"][q])
+        _overlay(ax, image, cross[q])
         ax.set_title(f"query {q}: cross-attention", fontsize=8)
         ax = fig.add_subplot(grid[r, c + 1])
         _show(ax, image)
@@ -125,3 +136,58 @@ def plot_detr_attention(model, image: Tensor, normalize, labels: list[str], thre
                  fontsize=9)
     return fig
 
+
+
+def attention_figure(model, run, image_path: str) -> Figure:
+    """``attnlab viz attention`` for a DETR (``run`` a :class:`~attnlab.tasks.spec.LoadedRun` of
+    a trained run, or None for a registered name with random weights): the image resized to the
+    model's size, DETR's Fig. 6 and Fig. 3."""
+    x = read_model_images([image_path], model, convert=True)[0]
+    if run is not None:
+        normalize, labels = run.extras["normalize"], run.extras["labels"]
+    else:
+        normalize, labels = default_normalization(model), [str(i) for i in range(model.cfg.num_classes)]
+    name = run.name if run is not None else f"{model.name} (random init)"
+    return plot_detr_attention(model, x, normalize, labels,
+                               title=f"{name} on {Path(image_path).name}: decoder cross-attention of confident queries "
+                                     "(Fig. 6), encoder self-attention at box centres (Fig. 3)")
+
+
+def save_prediction_pictures(run, preds: list[dict], threshold: float, convert: bool = False,
+                             output_dir: str | Path | None = None) -> None:
+    """Draw each image of ``preds`` (:func:`attnlab.tasks.detect.predict`'s, for ``run``) with
+    its boxes into ``output_dir`` (default ``RUN_DIR/predictions``) under the name
+    :func:`picture_names` gives it; each prediction gets the picture's path as ``picture``."""
+    out_dir = Path(output_dir) if output_dir else run.run_dir / "predictions"
+    check_output_dir(out_dir)
+    labels = run.extras["labels"]
+    for p, name in zip(preds, picture_names([p["image"] for p in preds])):
+        image = read_images([p["image"]], None, run.model.cfg.in_chans, convert)[0]
+        found = p["detections"]
+        dets = {"scores": torch.tensor([d["score"] for d in found]),
+                "labels": torch.tensor([d["index"] for d in found], dtype=torch.long),
+                "boxes": torch.tensor([d["box"] for d in found]).reshape(-1, 4)}
+        title = f"{Path(p['image']).name}: {len(found)} detections (score >= {threshold:g})"
+        p["picture"] = str(save_figure(plot_detections(image, dets, labels, title), out_dir / name))
+
+
+def picture_names(inputs: list[str]) -> list[str]:
+    """The file name of each input's drawing, one per distinct file and always the same for the
+    same inputs: ``STEM.boxes.png``; files sharing a stem are named by their path below the
+    folder they share (``a/same.png`` and ``b/same.png``: ``a_same.png.boxes.png`` and
+    ``b_same.png.boxes.png``); a name still taken (letter case aside) gets ``-2``, ``-3``..."""
+    files = [Path(os.path.abspath(p)) for p in inputs]
+    distinct = list(dict.fromkeys(files))
+    by_stem: dict[str, list[Path]] = {}
+    for f in distinct:
+        by_stem.setdefault(f.stem.casefold(), []).append(f)
+    names: dict[Path, str] = {}
+    for f in distinct:
+        group = by_stem[f.stem.casefold()]
+        base = f.stem if len(group) == 1 else "_".join(f.relative_to(os.path.commonpath(group)).parts)
+        name, n = base, 1
+        while name.casefold() in {v.casefold() for v in names.values()}:
+            n += 1
+            name = f"{base}-{n}"
+        names[f] = name
+    return [f"{names[f]}.boxes.png" for f in files]

@@ -22,8 +22,9 @@ Text models (no ``get_attention_maps`` of their own) are observed with
 :class:`attnlab.viz.record.AttentionRecorder`; the worked head's layer also has its inputs
 kept (:func:`keep_inputs`) to recompute its Q, K and V.
 
-A DETR's attention comes from its own ``need_weights`` path; its worked cross-attention head is
-recomputed from the decoder state, the memory and their positions (:class:`Inputs` ``value``).
+A DETR is observed the same way (:func:`attnlab.viz.detection.detr_attention`); its worked
+cross-attention head has three inputs: the decoder state and the memory plus their positions,
+and the memory (:class:`Inputs` ``value``).
 
 Extension point: a new model family adds an ``explore_<kind>`` collector returning
 ``{"kind": "<kind>", ...}`` and a renderer ``RENDER.<kind>`` in ``explore_page/page.js``.
@@ -102,9 +103,10 @@ def packed_bytes(shape: Sequence[int]) -> int:
 # ---------------------------------------------------------------------- observing attention
 @dataclass
 class Inputs:
-    """What one call of an attention module was given: x (B, Tq, C), the context (B, Tk, C)
-    of cross-attention or None, and the keyword arguments (mask, causal, pos, ...); ``value``
-    (B, Tk, C): the values' input where it is not the keys' (DETR adds positions to keys only)."""
+    """What one call of an attention module was given: the query x (B, Tq, C), the key input
+    ``context`` (B, Tk, C) of cross-attention or None, and the keyword arguments (mask, causal,
+    pos, ...); ``value`` (B, Tk, C): the values' input where it is not the keys' (DETR adds
+    positions to keys only)."""
 
     x: Tensor
     context: Tensor | None
@@ -118,8 +120,10 @@ def keep_inputs(module: nn.Module) -> Iterator[list[Inputs]]:
     got: list[Inputs] = []
 
     def hook(m, args, kwargs):
-        context = args[1] if len(args) > 1 else kwargs.get("context")
-        got.append(Inputs(args[0].detach(), None if context is None else context.detach(), dict(kwargs)))
+        key = args[1] if len(args) > 1 else kwargs.get("key")
+        value = args[2] if len(args) > 2 else kwargs.get("value")
+        got.append(Inputs(args[0].detach(), None if key is None else key.detach(), dict(kwargs),
+                          None if value is None or value is key else value.detach()))
 
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -461,7 +465,8 @@ def explore_detr(model: nn.Module, image: Tensor, normalize: Normalize | None = 
     best three when none reach it), DETR Fig. 6; the encoder self-attention (L, H, h·w, h·w) of
     every feature-map cell, Fig. 3; and the worked head ``worked`` = (decoder layer, head) of the
     cross-attention, Q from the decoder state plus the query embedding, K from the memory plus
-    its positions, V from the memory. Maps come from the model's own ``need_weights`` path."""
+    its positions, V from the memory. Maps are recorded as every model's are
+    (:func:`attnlab.viz.detection.detr_attention`)."""
     from attnlab.detect.coco_eval import postprocess
     from attnlab.viz.detection import detr_attention
 
@@ -473,14 +478,10 @@ def explore_detr(model: nn.Module, image: Tensor, normalize: Normalize | None = 
     labels = labels if labels is not None else [str(i) for i in range(model.cfg.num_classes)]
     x = normalize(image[None].to(next(model.parameters()).device))
     layer = _parse_layer(worked[0], len(model.decoder), "decoder layer")
-    model.eval()
-    states: list[Tensor] = []  # the decoder state that enters the worked layer's cross-attention (after norm1)
-    handle = model.decoder[layer].norm1.register_forward_hook(lambda m, a, out: states.append(out.detach()))
-    try:
-        out = detr_attention(model, x)["out"]
-    finally:
-        handle.remove()
-    memory, pos = model.encode(x)[:2]  # (1, T, C) each: the encoder's output and its sine positions
+    mha = model.decoder[layer].cross_attn
+    with keep_inputs(mha) as calls:
+        att = detr_attention(model, x)
+    out = att["out"]
     (fh, fw), size = out["feature_size"], tuple(image.shape[-2:])
     det = postprocess(out["logits"], out["boxes"], [size])[0]
     order = det["scores"].argsort(descending=True).tolist()
@@ -492,16 +493,13 @@ def explore_detr(model: nn.Module, image: Tensor, normalize: Normalize | None = 
     queries = [{"query": int(i), "label": str(labels[int(det["labels"][i])]), "score": round(float(det["scores"][i]), 4),
                 "box": [round(float(v), 2) for v in det["boxes"][i]]}
                for i in range(len(det["scores"]))]
-    cross = torch.stack([a[0].float() for a in out["cross_attention"]])  # (L, H, N, T)
-    enc = torch.stack([a[0].float() for a in out["encoder_attention"]])  # (L, H, T, T)
-    mha = model.decoder[layer].cross_attn
-    qpos = model.query_embed.weight[None]
-    inputs = Inputs(_only(states, f"decoder.{layer}.norm1") + qpos, memory + pos, {}, value=memory)
+    cross, enc = att["cross"][:, 0].float(), att["encoder"][:, 0].float()  # (L, H, N, T), (L, H, T, T)
+    inputs = _only(calls, f"decoder.{layer}.cross_attn")  # Q from y + q, K from m + p, V from m
     data = {
         "kind": "detr", "meta": _meta(model, label, random_init), "notes": notes,
         "image": {"src": image_data_uri(_display_size(image.float() / 255, notes)), "height": size[0], "width": size[1]},
         "grid": [fh, fw], "threshold": threshold, "queries": queries, "shown": shown,
-        "worked": _worked("cross", layer, worked[1], mha, inputs, out["cross_attention"][layer], notes),
+        "worked": _worked("cross", layer, worked[1], mha, inputs, att["cross"][layer], notes),
     }
     cross_desc = {"id": "cross", "title": "decoder cross-attention", "queries": "queries", "keys": "cells"}
     enc_desc = {"id": "enc", "title": "encoder self-attention", "queries": "cells", "keys": "cells"}
