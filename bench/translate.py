@@ -40,10 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import BENCHMARKS, command, machine, write_section  # noqa: E402
+from attnlab.checkpoints.rundir import read_record  # noqa: E402
 from attnlab.data.images import data_root  # noqa: E402
 from attnlab.decode.search import SearchConfig, greedy_search  # noqa: E402
 from attnlab.nn import Transformer, TransformerConfig  # noqa: E402
-from attnlab.train.checkpoint import read_record  # noqa: E402
 
 SECTION = "translation"
 V, D, LAYERS, HEADS, FFN = 8000, 512, 6, 8, 2048

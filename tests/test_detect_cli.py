@@ -169,7 +169,7 @@ def test_resume_retraces_the_uninterrupted_run(tmp_path):
     resumed ends with the weights of the uncut run (the resumed session loads the pretrained
     backbone from the run instead of pretraining it again). The budget, spent before the
     pretraining's first step ends, cuts that at one step too: the uncut run pretrains one step."""
-    from attnlab.train import checkpoint as ckpt
+    from attnlab.checkpoints import rundir as ckpt
 
     base = ["train", "detect", "--model", "detr_digits", *margs(TINY), "--train-size", "32", "--val-size", "8",
             "--batch-size", "16", "--min-scale", "10", "--max-scale", "16", "--threads", "1", "--quiet", "--epochs", "2"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 import attnlab
 from attnlab import runs
-from attnlab.checkpoints.rundir import weights_file
+from attnlab.checkpoints.rundir import has_record, read_record, weights_file
 from attnlab.cli.main import main
 from attnlab.train import Plan
 from attnlab.train import checkpoint as ckpt
@@ -250,7 +250,7 @@ def test_one_training_per_run_directory(tmp_path, capsys):
     assert (run / "run.json").read_text() == "{}"  # the other training's files are untouched
     # without the lock, --overwrite accepts the run that has no complete checkpoint
     assert main(train_args("image", tmp_path) + ["--run-dir", str(run), "--overwrite"]) == 0
-    assert ckpt.has_record(run, "last")
+    assert has_record(run, "last")
 
 
 def test_a_failed_start_leaves_no_directory(tmp_path, capsys):
@@ -410,7 +410,7 @@ class _Boom:
 def test_an_untrusted_trainer_state_is_refused_without_running_it_or_advising_to(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(train_args("image", tmp_path) + ["--run-dir", str(tmp_path / "r")]) == 0
-    rec = ckpt.read_record(tmp_path / "r", "last")
+    rec = read_record(tmp_path / "r", "last")
     torch.save({"optimizer": _Boom()}, tmp_path / "r" / rec["path"] / rec["state"])
     capsys.readouterr()
     err = one_line(capsys, main(["train", "image", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet"]))
