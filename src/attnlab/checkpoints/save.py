@@ -28,6 +28,7 @@ from attnlab.checkpoints import hf, ours, timm, torchvision
 from attnlab.checkpoints.detr import HF_LAYOUT, ORIGINAL_LAYOUT
 from attnlab.errors import UnsupportedError
 from attnlab.io import atomic_write_json, save_safetensors_atomic
+from attnlab.models.capabilities import VIT_LAYOUT, layout_of
 
 # What each foreign ViT layout needs of a ViTConfig (the rest of its layout is checked key by key).
 NEEDS = {
@@ -49,9 +50,7 @@ class Saver:
 
 def _vit_tensors(fmt: str) -> Callable[[nn.Module], dict[str, Tensor]]:
     def tensors(model: nn.Module) -> dict[str, Tensor]:
-        from attnlab.models.vit import VisionTransformer
-
-        if not isinstance(model, VisionTransformer):
+        if layout_of(model) != VIT_LAYOUT:
             raise UnsupportedError(f"the {fmt} layout holds Vision Transformers only")
         cfg = model.cfg
         bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in NEEDS[fmt].items() if getattr(cfg, k) != v]

@@ -108,23 +108,20 @@ def run(args) -> int:
 
 def family(model) -> str:
     """"vit", "lm", "translation" or "detr"; one line for a model the explorer cannot show."""
+    from attnlab.models.capabilities import AUTOREGRESSIVE, LanguageModel, PatchTransformer, Translator
     from attnlab.models.detr import DETR
-    from attnlab.models.lm import RecurrentLM, TransformerLM
-    from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
-    from attnlab.models.vit import VisionTransformer
-    from attnlab.nn import Transformer
 
-    if isinstance(model, VisionTransformer):
+    if isinstance(model, PatchTransformer):
         return "vit"
     if isinstance(model, DETR):
         return "detr"
-    if isinstance(model, TransformerLM):
+    if isinstance(model, LanguageModel) and not model.is_recurrent:
         return "lm"
-    if isinstance(model, (Transformer, GRUAttentionSeq2Seq)):
+    if isinstance(model, Translator) and model.decoding == AUTOREGRESSIVE:
         return "translation"
-    if isinstance(model, RecurrentLM):
+    if isinstance(model, LanguageModel):
         raise ConfigError(f"{getattr(model, 'name', 'this model')} is a recurrent language model: it has no attention to explore")
-    if isinstance(model, MaskPredictTransformer):
+    if isinstance(model, Translator):
         raise ConfigError("the explorer does not show the non-autoregressive mask-predict model; use a Transformer run")
     raise ConfigError(f"the explorer cannot show a {type(model).__name__}; "
                       "it shows ViTs, Transformer LMs, translation models and DETR")

@@ -10,18 +10,20 @@ The first call gives the prompt (a language model) or the start token (a decoder
 call one token per row. Greedy search, beam search and sampling (:mod:`attnlab.decode.search`,
 :mod:`attnlab.decode.sampling`) are written once against this protocol. Every model that
 decodes provides one: language models ``model.stepper(cached=True)``, translation models
-``make_stepper(model, src, cached=True)`` (:class:`TransformerStepper` for
-:class:`attnlab.nn.Transformer`, ``model.stepper(src, cached)`` for the others).
+``make_stepper(model, src, cached=True)``, which asks the model that declares it decodes token by
+token (:class:`attnlab.models.capabilities.Translator`) for ``model.stepper(src, cached)``
+(:class:`attnlab.nn.transformer.TransformerStepper` for the Transformer).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from attnlab.errors import ConfigError
+from attnlab.models.capabilities import AUTOREGRESSIVE
+from attnlab.nn.transformer import TransformerStepper  # noqa: F401 (re-exported: attnlab.decode.TransformerStepper)
 
 
 class Stepper(Protocol):
@@ -34,44 +36,9 @@ class Stepper(Protocol):
         ...
 
 
-class TransformerStepper:
-    """Incremental decoding of an :class:`attnlab.nn.Transformer`: the encoder runs once; with
-    ``cached`` each step feeds only the new token through ``model.decode`` with a key/value
-    cache per layer (cross-attention computes the memory's keys and values once); without it
-    each step re-runs the decoder on the whole prefix (the baseline the cache is measured
-    against, and its test: both give the same logits)."""
-
-    def __init__(self, model, src: Tensor, cached: bool = True) -> None:
-        self.model = model
-        self.memory, self.mask = model.encode(src)  # (B, Ts, C), (B, 1, 1, Ts)
-        if bool(self.mask.all()):
-            self.mask = None  # no padding in the batch: nothing to mask in cross-attention
-        self.cache = model.decoder.new_cache() if cached else None
-        self.prefix: Tensor | None = None  # the tokens so far (uncached decoding only)
-
-    def step(self, new: Tensor) -> Tensor:
-        if self.cache is not None:
-            return self.model.decode(new, self.memory, self.mask, cache=self.cache)[:, -1].float()
-        self.prefix = new if self.prefix is None else torch.cat([self.prefix, new], dim=1)
-        return self.model.decode(self.prefix, self.memory, self.mask)[:, -1].float()
-
-    def select(self, index: Tensor) -> None:
-        self.memory = self.memory.index_select(0, index)
-        self.mask = None if self.mask is None else self.mask.index_select(0, index)
-        if self.prefix is not None:
-            self.prefix = self.prefix.index_select(0, index)
-        if self.cache is not None:
-            for self_cache, cross_cache in self.cache:
-                self_cache.reorder(index)
-                cross_cache.reorder(index)
-
-
 def make_stepper(model, src: Tensor, cached: bool = True) -> Stepper:
-    """The stepper of an encoder–decoder ``model`` for the source batch ``src`` (B, Ts)."""
-    from attnlab.nn import Transformer
-
-    if isinstance(model, Transformer):
-        return TransformerStepper(model, src, cached)
-    if hasattr(model, "stepper"):
-        return model.stepper(src, cached)
-    raise ConfigError(f"{type(model).__name__} cannot be decoded step by step (it has no stepper)")
+    """The stepper of an encoder–decoder ``model`` for the source batch ``src`` (B, Ts): its own,
+    if it declares that it decodes token by token (:mod:`attnlab.models.capabilities`)."""
+    if getattr(model, "decoding", None) != AUTOREGRESSIVE:
+        raise ConfigError(f"{type(model).__name__} cannot be decoded step by step (it has no stepper)")
+    return model.stepper(src, cached)

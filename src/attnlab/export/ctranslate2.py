@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from attnlab.decode.search import SearchConfig, greedy_search
 from attnlab.errors import ConfigError, ShapeError, UnsupportedError
 from attnlab.export.adapter import ExportFormat, ExportOptions, Written
+from attnlab.models.capabilities import TRANSFORMER_LAYOUT, layout_of
 from attnlab.nn.attention import MultiHeadAttention
 from attnlab.nn.layers import DecoderLayer, EncoderLayer, FeedForward
 from attnlab.nn.transformer import Transformer
@@ -113,7 +114,7 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 def check_supported(model: Transformer) -> None:
     """UnsupportedError, in one line, for what a CTranslate2 TransformerSpec cannot compute."""
-    if not isinstance(model, Transformer):
+    if layout_of(model) != TRANSFORMER_LAYOUT:
         raise UnsupportedError(f"CTranslate2 export takes the encoder–decoder Transformer, not {type(model).__name__}")
     cfg = model.cfg
     if cfg.position not in ADDED_POSITIONS:

@@ -8,12 +8,13 @@ What is exported (:func:`graphs_of`):
   small ResNet): images (B, C, H, W) -> logits (B, K), B dynamic; H and W fixed at the model's
   size, or, for a ``dynamic_img_size`` ViT, any multiples of the patch size (the graph resamples the
   position embeddings, as the eager model does).
-- a language model: a window of token ids (B, T) -> logits (B, T, V), B dynamic; T dynamic up
-  to the context length for a Transformer, fixed (``window``) for a recurrent model, whose
-  recurrence torch.export unrolls; a recurrent model starts from the zero state. A Transformer
-  also gives a ``step`` graph: one token with its key/value cache as input and output, for
-  generation (see :mod:`attnlab.export.lm`).
-- the encoder–decoder Transformer: two graphs, ``encoder`` and ``decoder`` (one decoding step
+- a language model (:class:`attnlab.models.capabilities.LanguageModel`): a window of token ids
+  (B, T) -> logits (B, T, V), B dynamic; T dynamic up to the context length for a Transformer,
+  fixed (``window``) for a recurrent model, whose recurrence torch.export unrolls; a recurrent
+  model starts from the zero state. A Transformer also gives a ``step`` graph: one token with its
+  key/value cache as input and output, for generation (see :mod:`attnlab.export.lm`).
+- the encoder–decoder Transformer (a model whose ``layout`` is
+  :data:`attnlab.models.capabilities.TRANSFORMER_LAYOUT`): two graphs, ``encoder`` and ``decoder`` (one decoding step
   with its key/value cache as inputs and outputs), see :mod:`attnlab.export.seq2seq`.
 
 :class:`GraphFormat` is the adapter a graph format builds on (:mod:`attnlab.export.onnx`,
@@ -50,8 +51,7 @@ from attnlab.errors import ConfigError, DataError, UnsupportedError
 from attnlab.export.adapter import ExportFormat, ExportOptions, LoadedGraph, Written
 from attnlab.export.lm import LMStepGraph, lm_cache_zeros
 from attnlab.export.seq2seq import DecoderStepGraph, EncoderGraph, self_cache_zeros
-from attnlab.models.capabilities import ImageClassifier, ImageInput
-from attnlab.nn.transformer import Transformer
+from attnlab.models.capabilities import TRANSFORMER_LAYOUT, ImageClassifier, ImageInput, LanguageModel, layout_of
 
 RECORD_KEY = "attnlab_export"  # ONNX metadata key, and "<key>.json" among a .pt2 archive's extra files
 RECORD_VERSION = 1
@@ -94,9 +94,12 @@ def _image_input(model: nn.Module) -> ImageInput | None:
 
 
 def _is_lm(model: nn.Module) -> bool:
-    from attnlab.models.lm import RecurrentLM, TransformerLM
+    return isinstance(model, LanguageModel)
 
-    return isinstance(model, (RecurrentLM, TransformerLM))
+
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` has the encoder–decoder Transformer's stacks, which :mod:`attnlab.export.seq2seq` reads."""
+    return layout_of(model) == TRANSFORMER_LAYOUT
 
 
 def check_exportable(model: nn.Module, window: int = 64, batch: int = 2) -> None:
@@ -145,7 +148,7 @@ def graphs_of(model: nn.Module, batch: int = 2, window: int = 64) -> list[Graph]
                 Graph("step", LMStepGraph(model), (idx[:, :1], sk, sv), ["tokens", "self_k", "self_v"],
                       ["logits", "self_k_out", "self_v_out"],
                       {"tokens": {0: b}, "self_k": {1: b, 3: past}, "self_v": {1: b, 3: past}})]
-    if isinstance(model, Transformer):
+    if _is_encoder_decoder(model):
         cfg = model.cfg
         ts = Dim("src_len", min=1, max=cfg.max_len)  # the source positions end at max_len too
         past = Dim("past", min=0, max=cfg.max_len - 1)  # the positions (sinusoidal/learned table) end at max_len

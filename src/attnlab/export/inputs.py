@@ -14,8 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from attnlab.data.transforms import default_normalization
-from attnlab.export.graph import _image_input, _is_lm
-from attnlab.nn.transformer import Transformer
+from attnlab.export.graph import _image_input, _is_encoder_decoder, _is_lm
 
 CHANNELS = {1: "grey", 3: "RGB"}
 
@@ -28,7 +27,7 @@ def describe_inputs(model: nn.Module, extras: dict | None = None) -> dict:
         return _images(model, extras)
     if _is_lm(model):
         return _tokens("tokens (B, T) int64", {"tokenizer": extras.get("tokenizer")}, model.cfg.vocab_size)
-    if isinstance(model, Transformer):
+    if _is_encoder_decoder(model):
         return _tokens("src (B, Ts) int64, right-padded", {"source": extras.get("src_tokenizer"),
                                                            "target": extras.get("tgt_tokenizer")},
                        model.cfg.src_vocab_size, model.cfg.tgt_vocab_size)

@@ -1,16 +1,42 @@
 """What a model family can do, declared once on its class (issue 22 item 3): code above
-``models/`` asks these, it does not ``isinstance`` a family.
+``models/`` asks these, it does not ``isinstance`` a family. A new family declares what applies
+to it, in its own file, and every layer above takes it as it takes the families here.
 
 - :class:`ImageClassifier`: the family classifies images, (B, C, H, W) -> logits (B, K), and
   says which images through its ``image_input`` property (an :class:`ImageInput`). The image
   task trains such a model (``TaskSpec.model_kinds``) and export writes it as one graph
   images -> logits.
+- :class:`LanguageModel`: tokens (B, T) -> logits (B, T, V), with ``is_recurrent`` (a recurrent
+  model also takes and returns its state, and has no attention) and ``stepper(cached)``, its
+  decoding stepper (:mod:`attnlab.decode.stepper`). Export writes a window graph, plus a
+  one-token ``step`` graph with its key/value cache when it is not recurrent; the explorer
+  shows the attention of one that is not recurrent.
+- :class:`Translator`: (src (B, Ts), tgt_in (B, Tt)) -> logits (B, Tt, V), with ``decoding``:
+  :data:`AUTOREGRESSIVE` (token by token through ``stepper(src, cached)``: greedy and beam
+  search, the explorer's translation page) or :data:`MASK_PREDICT` (all tokens at once,
+  refined: ``encode``, ``predict_length``, ``decode``, ``mask_id``, :mod:`attnlab.decode.mask_predict`).
+- :class:`PatchTransformer`: a Transformer over a grid of image patches that shows its position
+  embeddings and its attention (the ViT): ``viz posembed``, ``viz attention`` and the explorer's
+  image page.
+- ``layout`` (a class attribute, :func:`layout_of`): the module layout the family shares, so
+  the adapters written for that layout apply to it: :data:`VIT_LAYOUT` (the
+  :class:`~attnlab.models.vit.VisionTransformer`'s weights and ``ViTConfig``: the timm,
+  torchvision and Hugging Face checkpoint layouts) or :data:`TRANSFORMER_LAYOUT` (the
+  :class:`~attnlab.nn.Transformer`'s encoder and decoder stacks: the exported encoder and
+  decoder-step graphs, CTranslate2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+AUTOREGRESSIVE = "autoregressive"
+MASK_PREDICT = "mask-predict"
+VIT_LAYOUT = "vit"
+TRANSFORMER_LAYOUT = "transformer"
 
 
 @dataclass(frozen=True)
@@ -28,3 +54,45 @@ class ImageClassifier(Protocol):
 
     @property
     def image_input(self) -> ImageInput: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A model of token sequences; ``isinstance(model, LanguageModel)`` asks it."""
+
+    @property
+    def is_recurrent(self) -> bool: ...
+
+    def stepper(self, cached: bool = True): ...
+
+
+@runtime_checkable
+class Translator(Protocol):
+    """A model that translates token ids; ``isinstance(model, Translator)`` asks it, and its
+    ``decoding`` (:data:`AUTOREGRESSIVE` or :data:`MASK_PREDICT`) says how it decodes."""
+
+    decoding: str
+
+
+@runtime_checkable
+class PatchTransformer(Protocol):
+    """A Transformer over image patches: its position embeddings (1, N, C) or None, the (Gh, Gw)
+    grid of N patch tokens, its attention maps per block (B, H, N, N) and their rollout."""
+
+    def position_table(self) -> Tensor | None: ...
+
+    def token_grid(self, num_tokens: int) -> tuple[int, int]: ...
+
+    def get_attention_maps(self, x: Tensor, blocks=None, *, return_logits: bool = False): ...
+
+    def attention_rollout(self, maps, discard_ratio: float = 0.0, head_fusion: str = "mean") -> Tensor: ...
+
+
+def layout_of(model: nn.Module) -> str | None:
+    """The layout ``model``'s family declares (:data:`VIT_LAYOUT`, :data:`TRANSFORMER_LAYOUT`), or None."""
+    return getattr(type(model), "layout", None)
+
+
+def decodes_by_mask_predict(model: nn.Module) -> bool:
+    """Whether ``model`` is a translator that decodes by mask-predict (else token by token)."""
+    return isinstance(model, Translator) and model.decoding == MASK_PREDICT

@@ -12,7 +12,8 @@ Both predict token t+1 from tokens ≤ t: ``model(idx (B, T)) -> logits (B, T, V
   :class:`~attnlab.nn.attention.KVCache` per block.
 
 :func:`build_lm` makes either from a config; :func:`lm_config_from_dict` reads one back.
-Both models expose ``stepper(cached=...)``, their decoding stepper (:mod:`attnlab.decode.stepper`).
+Both models expose ``stepper(cached=...)``, their decoding stepper (:mod:`attnlab.decode.stepper`),
+and ``is_recurrent``: what :class:`attnlab.models.capabilities.LanguageModel` asks of a family.
 """
 
 from __future__ import annotations

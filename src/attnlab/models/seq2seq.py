@@ -10,7 +10,8 @@
   without its causal mask, plus a target-length predictor.
 
 All take ``(src, tgt_in)`` token ids (B, Ts), (B, Tt) padded with ``pad_id`` and return logits
-(B, Tt, V), so one loss and one training loop serve all three.
+(B, Tt, V), so one loss and one training loop serve all three. Each declares how it decodes
+(``decoding``, :class:`attnlab.models.capabilities.Translator`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnlab.errors import ConfigError
+from attnlab.models.capabilities import AUTOREGRESSIVE, MASK_PREDICT
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn import AdditiveAttention, Transformer, TransformerConfig
 
@@ -60,6 +62,8 @@ class GRUAttentionSeq2Seq(nn.Module):
     s_0 = tanh(W_s ←h_1) as in the paper. Padding is packed away, so a sentence encodes the
     same alone or in a padded batch.
     """
+
+    decoding = AUTOREGRESSIVE  # through stepper(src, cached) (attnlab.models.capabilities.Translator)
 
     def __init__(self, cfg: GRUAttentionConfig) -> None:
         super().__init__()
@@ -156,6 +160,8 @@ class MaskPredictTransformer(nn.Module):
 
     ``mask_id`` = the target vocabulary size (an extra embedding row, never predicted).
     """
+
+    decoding = MASK_PREDICT  # attnlab.decode.mask_predict (attnlab.models.capabilities.Translator)
 
     def __init__(self, cfg: MaskPredictConfig) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.models.capabilities import ImageInput
+from attnlab.models.capabilities import VIT_LAYOUT, ImageInput
 from attnlab.models.features import check_output_fmt, pick_indices, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn.attention import MultiHeadAttention
@@ -295,6 +295,8 @@ class VisionTransformer(nn.Module):
     :attr:`feature_info`, :attr:`pretrained_cfg` (timm's contract: tests/test_timm_contract.py);
     for inspection :meth:`get_attention_maps` and :meth:`attention_rollout`.
     """
+
+    layout = VIT_LAYOUT  # foreign ViT checkpoint layouts hold it (attnlab.models.capabilities)
 
     def __init__(self, cfg: ViTConfig | None = None, name: str = "vit", **overrides) -> None:
         super().__init__()

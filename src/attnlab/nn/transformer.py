@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
@@ -110,8 +111,13 @@ class Transformer(nn.Module):
     """Token embeddings (×√d_model) + positions -> encoder; shifted target -> decoder -> logits.
 
     ``encode`` and ``decode`` are separate so decoders (greedy, beam) run the encoder once and
-    the decoder step by step with a key/value cache.
+    the decoder step by step with a key/value cache (:meth:`stepper`).
     """
+
+    # What the family can do (attnlab.models.capabilities): it translates token by token, and
+    # its stacks are the layout that the exported encoder/decoder graphs and CTranslate2 read.
+    decoding = "autoregressive"
+    layout = "transformer"
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -169,3 +175,39 @@ class Transformer(nn.Module):
         """Teacher forcing: src (B, Ts), tgt (B, Tt) = target shifted right (starts with START)."""
         memory, mask = self.encode(src)
         return self.decode(tgt, memory, mask)
+
+    def stepper(self, src: Tensor, cached: bool = True) -> TransformerStepper:
+        """The decoding stepper for the source batch ``src`` (B, Ts) (:mod:`attnlab.decode.stepper`)."""
+        return TransformerStepper(self, src, cached)
+
+
+class TransformerStepper:
+    """Incremental decoding of a :class:`Transformer`: the encoder runs once; with ``cached``
+    each step feeds only the new token through ``model.decode`` with a key/value cache per
+    layer (cross-attention computes the memory's keys and values once); without it each step
+    re-runs the decoder on the whole prefix (the baseline the cache is measured against, and
+    its test: both give the same logits)."""
+
+    def __init__(self, model: Transformer, src: Tensor, cached: bool = True) -> None:
+        self.model = model
+        self.memory, self.mask = model.encode(src)  # (B, Ts, C), (B, 1, 1, Ts)
+        if bool(self.mask.all()):
+            self.mask = None  # no padding in the batch: nothing to mask in cross-attention
+        self.cache = model.decoder.new_cache() if cached else None
+        self.prefix: Tensor | None = None  # the tokens so far (uncached decoding only)
+
+    def step(self, new: Tensor) -> Tensor:
+        if self.cache is not None:
+            return self.model.decode(new, self.memory, self.mask, cache=self.cache)[:, -1].float()
+        self.prefix = new if self.prefix is None else torch.cat([self.prefix, new], dim=1)
+        return self.model.decode(self.prefix, self.memory, self.mask)[:, -1].float()
+
+    def select(self, index: Tensor) -> None:
+        self.memory = self.memory.index_select(0, index)
+        self.mask = None if self.mask is None else self.mask.index_select(0, index)
+        if self.prefix is not None:
+            self.prefix = self.prefix.index_select(0, index)
+        if self.cache is not None:
+            for self_cache, cross_cache in self.cache:
+                self_cache.reorder(index)
+                cross_cache.reorder(index)

@@ -31,8 +31,7 @@ from attnlab.data.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from attnlab.decode.mask_predict import mask_predict
 from attnlab.decode.search import SearchConfig, translate_ids
 from attnlab.errors import ConfigError, DataError
-from attnlab.models.seq2seq import GRUAttentionSeq2Seq, MaskPredictTransformer
-from attnlab.nn import Transformer
+from attnlab.models.capabilities import Translator, decodes_by_mask_predict
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_int
 from attnlab.train.engine import model_device
@@ -285,7 +284,7 @@ def make_task(data: TranslateData, model: nn.Module, cfg: TrainConfig) -> Transl
               "vocab_size": [data.src_tok.vocab_size, data.tgt_tok.vocab_size],
               "pairs": {"train": len(data.train), "valid": len(data.valid), "skipped_long": data.train.skipped_long}}
     return TranslateTask(data.train, data.valid, pad_id=data.src_tok.pad_id, max_tokens=data.config.max_tokens,
-                         nat=isinstance(model, MaskPredictTransformer), seed=cfg.seed, record=record)
+                         nat=decodes_by_mask_predict(model), seed=cfg.seed, record=record)
 
 
 def finalize_train_config(cfg: TrainConfig) -> TrainConfig:
@@ -327,7 +326,7 @@ def translate_lines(model: nn.Module, src_tok: Tokenizer, tgt_tok: Tokenizer, li
                                 "line into sentences, or pass --max-source-len")
             todo.append((i, ids))
     todo.sort(key=lambda x: len(x[1]))
-    nat = isinstance(model, MaskPredictTransformer)
+    nat = decodes_by_mask_predict(model)
     scfg = SearchConfig(bos=tgt_tok.bos_id, eos=tgt_tok.eos_id, pad=src_tok.pad_id, max_len_a=opts.max_len_a,
                         max_len_b=opts.max_len_b, beam=opts.beam, length_penalty=opts.length_penalty)
     device = model_device(model)
@@ -408,7 +407,7 @@ def evaluate(run: LoadedRun, ec: TranslateEvalConfig, progress: bool = True) -> 
     hyps = list(iter_translations(run, srcs, opts, chunk=max(1, len(srcs)), progress=progress))
     seconds = time.perf_counter() - t0
     tgt_tok = run.extras["tgt_tokenizer"]
-    nat = isinstance(run.model, MaskPredictTransformer)
+    nat = decodes_by_mask_predict(run.model)
     res = {"slug": Path(src_path).name.split(".")[0] + ("-mask-predict" if nat else f"-beam{opts.beam}"),
            "run_dir": str(run.run_dir), "checkpoint": run.which, "step": rec.get("step"), "model": run.name,
            "parameters": rec["model"].get("parameters"), "src": str(src_path), "ref": str(ref_path),
@@ -441,7 +440,7 @@ SPEC = TaskSpec(
     data_config=TranslateDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(Transformer, GRUAttentionSeq2Seq, MaskPredictTransformer),
+    model_kinds=(Translator,),
     default_model="transformer_multi30k",
     train_defaults=TRAIN_DEFAULTS,
     finalize_train_config=finalize_train_config,
