@@ -35,9 +35,7 @@ LAYERS = [
 LEVEL = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 #: up-arrows and circles still in the code, each with the change that removes it (issue 22)
-KNOWN_UP = {
-    "attnlab.tasks.image -> attnlab.viz.curves": "tasks/image.py evaluate draws its confusion matrix",
-}
+KNOWN_UP: dict[str, str] = {}
 KNOWN_FILE_CIRCLES: dict[str, str] = {}
 KNOWN_PACKAGE_CIRCLES: dict[str, str] = {}
 

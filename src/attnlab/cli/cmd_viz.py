@@ -50,12 +50,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def load_vit(spec: str, seed: int = 0, what: str = "these pictures"):
-    """The run layer's :func:`attnlab.runs.open` of ``spec``, refused unless it is a Vision Transformer."""
+    """The run layer's :func:`attnlab.runs.open` of ``spec``, refused unless it is a Vision Transformer
+    (:class:`attnlab.models.capabilities.PatchTransformer`)."""
     from attnlab import runs
-    from attnlab.models import VisionTransformer
+    from attnlab.models.capabilities import PatchTransformer
 
     run = runs.open(spec, seed=seed)
-    if not isinstance(run.model, VisionTransformer):
+    if not isinstance(run.model, PatchTransformer):
         raise ConfigError(f"{spec!r} is a {type(run.model).__name__}; {what} need a Vision Transformer")
     return run
 
@@ -148,10 +149,10 @@ def run_attention(args) -> int:
 def _vit_attention(model, run, args):
     from attnlab.data.images import read_model_images
     from attnlab.data.transforms import choose_normalization
-    from attnlab.models import VisionTransformer
+    from attnlab.models.capabilities import PatchTransformer
     from attnlab.viz.vit import plot_attention
 
-    if not isinstance(model, VisionTransformer):
+    if not isinstance(model, PatchTransformer):
         raise ConfigError(f"{args.checkpoint!r} is a {type(model).__name__}; attention pictures are drawn for Vision "
                           "Transformers, language-model runs and translation runs")
     extras = run.extras  # a run's own normalisation and class names

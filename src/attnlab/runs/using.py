@@ -101,10 +101,11 @@ def task_of(run_dir: str | Path) -> TaskSpec:
 
 def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """The task's evaluation of a run (a task without one: its training metrics on its
-    validation data, :func:`validation_metrics`); results.json and the task's files (pictures,
-    texts such as the hypotheses of a translation) go to ``out_dir`` (default
-    ``RUN_DIR/eval/<what was evaluated>``, with ``-int8`` for an int8 model and ``-compiled`` for
-    a compiled one), whose paths are added to the results."""
+    validation data, :func:`validation_metrics`); results.json, the task's files (pictures,
+    texts such as the hypotheses of a translation) and the pictures drawn of its results
+    (:func:`_pictures`) go to ``out_dir`` (default ``RUN_DIR/eval/<what was evaluated>``, with
+    ``-int8`` for an int8 model and ``-compiled`` for a compiled one), whose paths are added to
+    the results."""
     from attnlab.export.int8 import int8_backend
     from attnlab.viz.common import save_figure
 
@@ -114,6 +115,7 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
         results, files = run.spec.evaluate(run, eval_config, progress)
     else:
         results, files = validation_metrics(run, progress), {}
+    files = {**_pictures(run, results), **files}
     # int8 or compiled scores never replace fp32 ones, nor each other
     slug = results.pop("slug", "default") + ("-int8" if run.int8 else "") + ("-compiled" if run.compiled else "")
     out = Path(out_dir) if out_dir else run.run_dir / "eval" / slug
@@ -128,6 +130,17 @@ def evaluate(run: LoadedRun, eval_config: Any, out_dir: str | Path | None = None
                    results_json=str(out / "results.json"))
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _pictures(run: LoadedRun, results: dict) -> dict:
+    """The pictures the run layer draws of a task's results: a ``confusion_matrix`` over ``labels``
+    (an image run's evaluation) as ``confusion.png``."""
+    if "confusion_matrix" not in results:
+        return {}
+    from attnlab.viz.curves import plot_confusion
+
+    title = f"{run.name} on {results['dataset']}"
+    return {"confusion": plot_confusion(results["confusion_matrix"], results["labels"], title=title)}
 
 
 def validation_metrics(run: LoadedRun, progress: bool = True) -> dict:

@@ -227,9 +227,8 @@ def _slug(spec: str) -> str:
 
 
 def evaluate(run: LoadedRun, ec: ImageEvalConfig, progress: bool = True) -> tuple[dict, dict]:
-    """Accuracy, top-5, per-class accuracy and the confusion matrix on a dataset's test split."""
-    from attnlab.viz.curves import plot_confusion
-
+    """Accuracy, top-5, per-class accuracy and the confusion matrix (``confusion_matrix``, rows the
+    true class of ``labels``; the run layer draws it) on a dataset's test split."""
     model, rec = run.model, run.record
     labels = run.extras["labels"]
     spec = ec.dataset or rec["dataset"]["spec"]
@@ -263,7 +262,7 @@ def evaluate(run: LoadedRun, ec: ImageEvalConfig, progress: bool = True) -> tupl
         "confusion_matrix": cm.tolist(), "labels": labels, "batch_size": ec.batch_size, "seconds": round(seconds, 3),
         "images_per_s": round(int(sums["count"]) / max(seconds, 1e-9), 1),
     }
-    return results, {"confusion": plot_confusion(cm.numpy(), labels, title=f"{run.name} on {spec}")}
+    return results, {}
 
 
 @torch.no_grad()
