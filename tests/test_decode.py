@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 from attnlab.decode.mask_predict import mask_predict
 from attnlab.decode.search import SearchConfig, beam_search, greedy_search, translate_ids
-from attnlab.decode.stepper import TransformerStepper
 from attnlab.errors import ConfigError, ShapeError
 from attnlab.models.seq2seq import GRUAttentionConfig, GRUAttentionSeq2Seq, build_seq2seq
 from attnlab.nn import Transformer, TransformerConfig
+from attnlab.nn.transformer import TransformerStepper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,8 @@
 """
 
 from attnlab.decode.sampling import filter_logits, generate, greedy, sample_next, validate_sampling
-from attnlab.decode.stepper import Stepper, TransformerStepper, make_stepper
+from attnlab.decode.stepper import Stepper, make_stepper
+from attnlab.nn.transformer import TransformerStepper
 
 __all__ = ["Stepper", "TransformerStepper", "filter_logits", "generate", "greedy", "make_stepper", "sample_next",
            "validate_sampling"]

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from attnlab.errors import ConfigError
 from attnlab.models.capabilities import AUTOREGRESSIVE
-from attnlab.nn.transformer import TransformerStepper  # noqa: F401 (re-exported: attnlab.decode.TransformerStepper)
 
 
 class Stepper(Protocol):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from attnlab.experiments.base import Context, Experiment, Result
 from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange, canonical
-from attnlab.models.lm import RecurrentLM, TransformerLM
+from attnlab.models.capabilities import LanguageModel
 from attnlab.tasks import TaskSpec, register_spec
 from attnlab.train.config import TrainConfig, opt, positive_int
 from attnlab.train.sampler import Plan
@@ -118,7 +118,7 @@ def load_data(dc: CopyDataConfig, mcfg=None, run_dir=None, progress: bool = True
 
 SPEC = register_spec(TaskSpec(name="copy", help="the copy task (experiments only)", data_config=CopyDataConfig,
                               load_data=load_data, make_task=lambda data, model, cfg: CopyTask(data.config),
-                              model_kinds=(RecurrentLM, TransformerLM)), __name__)
+                              model_kinds=(LanguageModel,)), __name__)
 
 #: Registry models and their overrides: one recurrent layer of ``width``, or a 2-layer Transformer.
 MODELS = {"rnn": "rnn_lm_small", "gru": "gru_lm_small", "lstm": "lstm_lm_small", "transformer": "transformer_lm_char"}

@@ -12,7 +12,7 @@ An exported graph is a pure function of tensors, so the decoder's key/value cach
   grown to T + 1.
 
 Both call the model's own modules (embedding, positions, decoder layers, output layer) in the
-order :class:`attnlab.decode.search.TransformerStepper` does, through :class:`TensorCache`, so
+order :class:`attnlab.nn.transformer.TransformerStepper` does, through :class:`TensorCache`, so
 the exported step computes what the eager cached step computes. :func:`greedy_decode` runs
 the two pieces (an ONNX Runtime session, a ``.pt2`` program or the wrappers themselves).
 """

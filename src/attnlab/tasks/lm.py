@@ -51,7 +51,8 @@ from attnlab.data.text import (
 )
 from attnlab.data.tokenizers import TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from attnlab.errors import ConfigError, DataError
-from attnlab.models.lm import RecurrentLM, TransformerLM
+from attnlab.models.capabilities import LanguageModel
+from attnlab.models.lm import RecurrentLM
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train.config import TrainConfig, opt, positive_int, unit_float
 from attnlab.train.engine import evaluation_sums, model_device
@@ -366,7 +367,7 @@ SPEC = TaskSpec(
     data_config=LMDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(RecurrentLM, TransformerLM),
+    model_kinds=(LanguageModel,),
     default_model="transformer_lm_char",
     train_defaults=TRAIN_DEFAULTS,
     load_extras=load_extras,
