@@ -146,8 +146,10 @@ def test_detection_set_from_scenes(tmp_path):
     tiles = tile_scene(data.scenes[0], 20, 4)  # tiles of one size stack as they are
     ts = detection_set(tiles)
     assert ts.images.shape == (len(tiles), 3, 20, 20) and ts.sizes == [(20, 20)] * len(tiles)
-    with pytest.raises(DataError, match="cannot stack"):
-        detection_set([data.scenes[0], tiles[0]])
+    mixed = detection_set([data.scenes[0], tiles[0]], multiple=8)  # other sizes: padded at the right and bottom
+    assert mixed.images.shape == (2, 3, 32, 40) and mixed.sizes == [(30, 40), (20, 20)]
+    assert torch.equal(mixed.images[1, :, :20, :20], tiles[0].image) and not mixed.images[1, :, 20:].any()
+    assert not mixed.images[1, :, :, 20:].any() and not mixed.images[0, :, 30:].any()
 
 
 NEON = {"2019_YELL_2_528000_4978000_image_crop2": (574, (2472, 2299)),  # boxes, (height, width): the data README

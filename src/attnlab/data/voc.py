@@ -199,21 +199,22 @@ def split_by_region(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
     return scene.crop([0, 0, cut, h], cx < cut), scene.crop([cut, 0, w, h], cx >= cut)
 
 
-def detection_set(scenes: list[Scene], image_size: int | None = None) -> DetectionSet:
+def detection_set(scenes: list[Scene], image_size: int | None = None, multiple: int = 1) -> DetectionSet:
     """Scenes as the detection task holds images (the structure :func:`attnlab.data.coco.read_coco`
     returns): with ``image_size``, each resized to a square as the COCO reader does (Pillow,
-    bilinear); without it, the scenes (tiles) must share one size. Boxes become (cx, cy, w, h) in
-    [0, 1] of their scene, sizes each scene's (height, width), names the scenes'."""
+    bilinear); without it, each keeps its pixels, padded at the right and bottom with 0 to one
+    size, a multiple of ``multiple`` (:func:`attnlab.detect.batching.pad_batch`). Boxes become
+    (cx, cy, w, h) in [0, 1] of their scene, sizes each scene's (height, width) (the real pixels
+    of a padded one: :func:`attnlab.detect.batching.pixel_mask` gives its mask), names the scenes'."""
     from PIL import Image
 
     from attnlab.data.images import image_to_tensor
+    from attnlab.detect.batching import pad_batch
 
     if not scenes:
         raise DataError("no images to make a detection set of")
     if image_size is None:
-        if len({s.image.shape for s in scenes}) != 1:
-            raise DataError(f"scenes of {len({s.size for s in scenes})} sizes cannot stack; give an image_size or tile them")
-        images = torch.stack([s.image for s in scenes])
+        images = pad_batch([s.image for s in scenes], multiple)[0]
     else:
         c = scenes[0].image.shape[0]
         images = torch.stack([image_to_tensor(Image.fromarray(s.image.permute(1, 2, 0).squeeze(-1).numpy()),

@@ -59,18 +59,24 @@ def resize_keep_aspect(image: Tensor, boxes: Tensor, shortest: int, longest: int
     return image, boxes.float() * scale
 
 
-def pad_batch(images: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Images (C, H_i, W_i) -> (B, C, H, W) padded with 0 at the right and bottom, and the mask
-    (B, H, W) bool, True = a real pixel."""
+def pixel_mask(sizes: list[tuple[int, int]], height: int, width: int) -> Tensor:
+    """(B, height, width) bool, True on the real pixels of images of ``sizes`` (h_i, w_i) padded at
+    the right and bottom."""
+    rows, cols = torch.arange(height), torch.arange(width)
+    return torch.stack([(rows < h)[:, None] & (cols < w)[None, :] for h, w in sizes])
+
+
+def pad_batch(images: list[Tensor], multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Images (C, H_i, W_i) -> (B, C, H, W) padded with 0 at the right and bottom to the largest
+    height and width rounded up to a ``multiple`` (a backbone's stride), and the mask (B, H, W)
+    bool, True = a real pixel."""
     if not images or len({(im.dim(), im.shape[0]) for im in images}) != 1 or images[0].dim() != 3:
         raise ShapeError(f"pad_batch takes images (C, H, W) of one C, got {[tuple(im.shape) for im in images]}")
-    hh, ww = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+    hh, ww = (-(-max(im.shape[i] for im in images) // multiple) * multiple for i in (1, 2))
     x = images[0].new_zeros(len(images), images[0].shape[0], hh, ww)
-    mask = torch.zeros(len(images), hh, ww, dtype=torch.bool)
     for i, im in enumerate(images):
         x[i, :, :im.shape[1], :im.shape[2]] = im
-        mask[i, :im.shape[1], :im.shape[2]] = True
-    return x, mask
+    return x, pixel_mask([tuple(im.shape[1:]) for im in images], hh, ww)
 
 
 def detr_batch(images: list[Tensor], boxes: list[Tensor], labels: list[Tensor], shortest: int,

@@ -18,6 +18,9 @@ uncut (given the overlap above), and the cut copy would survive NMS whenever it 
 than ``iou_threshold`` of the whole one, or replace it when it scores higher. (Should that tile
 miss the object, it is lost: the rule trusts the uncut view.)
 
+Scoring (:class:`TiledScenes`): validation and evaluation predict tile by tile in batches and
+merge each scene's tiles the same way, so metrics are those of whole scenes at full resolution.
+
 Boxes are (N, 4) x0, y0, x1, y1 in pixels; windows (K, 4) the same, row by row.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -116,3 +120,37 @@ def predict_tiled(image: Tensor, detect: Callable[[Tensor], list[dict]], size: i
     tiles = torch.stack([image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in windows.tolist()])  # (K, C, h, w)
     dets = [d for chunk in tiles.split(batch_size) for d in detect(chunk)]
     return merge_detections(dets, windows, iou_threshold, edge)
+
+
+@dataclass
+class TiledScenes:
+    """Scenes and their tiles, for scoring detections made tile by tile on the whole scenes:
+    ``tiles`` of every scene in order (:func:`tile_scene`'s), ``scene_of`` (K,) the scene of each
+    tile and ``windows`` (K, 4) its window in that scene's pixels."""
+
+    scenes: list[Scene]
+    tiles: list[Scene]
+    scene_of: list[int]
+    windows: Tensor
+
+    def merge(self, detections: list[dict], iou_threshold: float = 0.5) -> list[dict]:
+        """Per scene, the detections of its tiles (``detections[k]`` of tile k, in tile pixels)
+        merged by :func:`merge_detections`."""
+        if len(detections) != len(self.tiles):
+            raise ConfigError(f"{len(detections)} tiles of detections for {len(self.tiles)} tiles")
+        out = []
+        for s in range(len(self.scenes)):
+            ks = [k for k, of in enumerate(self.scene_of) if of == s]
+            out.append(merge_detections([detections[k] for k in ks], self.windows[ks], iou_threshold))
+        return out
+
+
+def tile_scenes(scenes: list[Scene], size: int, overlap: int, min_visible: float = 0.5) -> TiledScenes:
+    """:func:`tile_scene` on each scene, remembering where each tile lies."""
+    tiles, scene_of, windows = [], [], []
+    for s, scene in enumerate(scenes):
+        tiles += tile_scene(scene, size, overlap, min_visible)
+        win = tile_windows(*scene.size, size, overlap)
+        scene_of += [s] * len(win)
+        windows.append(win)
+    return TiledScenes(scenes, tiles, scene_of, torch.cat(windows) if windows else torch.zeros(0, 4, dtype=torch.int64))

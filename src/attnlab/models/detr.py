@@ -63,6 +63,11 @@ class DETRConfig:
     img_size: int = 800  # the size images are resized to by predict/viz (the model takes any size)
     temperature: float = 10000.0  # of the sine position encoding
 
+    @property
+    def stride(self) -> int:
+        """The backbone's stride: a padded batch's size is a multiple of it."""
+        return 32 if self.backbone == "resnet50" else 2 ** len(self.cnn_widths)
+
     def __post_init__(self) -> None:
         self.cnn_widths = tuple(int(w) for w in self.cnn_widths)
         if self.backbone not in BACKBONES:
@@ -143,7 +148,10 @@ class DETR(nn.Module):
       attention recorded by :class:`attnlab.viz.record.AttentionRecorder` (row-major).
 
     ``mask`` (B, H, W) bool, True = a real pixel, False = padding (a batch of images of
-    different sizes padded to one); None: every pixel is real.
+    different sizes padded to one, :func:`attnlab.detect.batching.pad_batch`); None: every pixel
+    is real. With the small backbone a padded image gives the unpadded one's detections (the
+    padded size a multiple of the backbone's stride); ResNet-50 lets the padding into its border
+    features, as DETR and Hugging Face do (:meth:`attnlab.models.resnet.ResNet50.forward`).
     """
 
     # Linear layers int8 quantization leaves in fp32 (attnlab.export.int8): with positions on the
@@ -172,7 +180,7 @@ class DETR(nn.Module):
         (B, 1, 1, T) or None, (h, w)."""
         if images.dim() != 4 or images.shape[1] != self.cfg.in_chans:
             raise ShapeError(f"{self.name or 'DETR'} takes images (B, {self.cfg.in_chans}, H, W), got {tuple(images.shape)}")
-        f = self.input_proj(self.backbone(images))  # (B, C, h, w)
+        f = self.input_proj(self.backbone(images, mask))  # (B, C, h, w)
         b, _, h, w = f.shape
         if mask is None:
             valid = torch.ones(b, h, w, dtype=torch.bool, device=f.device)

@@ -2,7 +2,9 @@
 torchvision and timm, which DETR checkpoints use) and a small CNN for the CPU.
 
 Both map images (B, C, H, W) to a feature map (B, out_channels, H/s, W/s) and say their
-``out_channels`` and ``stride``.
+``out_channels`` and ``stride``; both take the pixel mask of a padded batch (B, H, W), True = a
+real pixel. The small CNN honours it (the features of a padded image equal the unpadded one's);
+ResNet-50 ignores it, as DETR and Hugging Face do (see :meth:`ResNet50.forward`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attnlab.errors import ShapeError
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -100,15 +104,42 @@ class ResNet50(nn.Module):
             for p in [*self.conv1.parameters(), *self.layer1.parameters()]:
                 p.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 2048, H/32, W/32)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # (B, C, H, W) -> (B, 2048, H/32, W/32)
+        """``mask`` is not used, as in DETR and Hugging Face, whose checkpoints this loads: padding
+        enters the border features. Zeroing the padding before every 3x3 or 7x7 convolution would
+        make it padding-invariant (1x1 convolutions, frozen BN and ReLU act per pixel; max pooling
+        follows a ReLU, so a zero and a missing value give one max; a stride-2 convolution's
+        real outputs, centred on even pixels, read padding only where the unpadded image reads
+        the convolution's own zero padding), but would change these checkpoints' outputs."""
         x = x.contiguous(memory_format=torch.channels_last)  # CPU convolutions run faster on NHWC
         x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+def masked_group_norm(x: Tensor, mask: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """``norm`` (GroupNorm) with its statistics over the real pixels only: x (B, C, h, w),
+    mask (B, 1, h, w) float, 1 = real. Mean and (biased) variance of each group over its
+    channels and real pixels, as GroupNorm computes them over all pixels of an unpadded image."""
+    b, c, h, w = x.shape
+    xg, m = x.view(b, norm.num_groups, -1, h, w), mask.view(b, 1, 1, h, w)
+    n = m.sum((2, 3, 4), keepdim=True) * xg.shape[2]  # (B, 1, 1, 1, 1) values per group
+    mean = (xg * m).sum((2, 3, 4), keepdim=True) / n
+    var = ((xg - mean) * m).square().sum((2, 3, 4), keepdim=True) / n
+    y = ((xg - mean) * (var + norm.eps).rsqrt()).view(b, c, h, w)
+    return y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+
+
 class SmallCNN(nn.Module):
     """A few 3x3 conv + GroupNorm + ReLU stages, each halving the resolution: the CPU backbone.
-    ``widths`` (one per stage) decide the stride, 2 ** len(widths)."""
+    ``widths`` (one per stage) decide the stride, 2 ** len(widths).
+
+    With a pixel mask (a padded batch) it is padding-invariant: the input's padding is zeroed,
+    GroupNorm's statistics count real pixels only (:func:`masked_group_norm`) and the padding is
+    zeroed again after every ReLU, the mask following each stride-2 convolution by keeping its
+    even pixels. A convolution's real outputs then read, beyond the real pixels, only zeros, as
+    the unpadded image's convolutions read their zero padding. The padded size must be a
+    multiple of the stride (so that DETR's nearest-neighbour mask of the feature map is this
+    one); the real sizes need not be."""
 
     def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()
@@ -121,5 +152,16 @@ class SmallCNN(nn.Module):
         self.out_channels = ch
         self.stride = 2 ** len(widths)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, widths[-1], H/s, W/s)
-        return self.body(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # (B, C, H, W) -> (B, widths[-1], H/s, W/s)
+        if mask is None:
+            return self.body(x)
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            raise ShapeError(f"a padded batch of {x.shape[-2]}x{x.shape[-1]} pixels: pad images to a multiple of the "
+                             f"backbone's stride {self.stride} (attnlab.detect.batching.pad_batch(..., multiple))")
+        m = mask[:, None].to(x.dtype)  # (B, 1, H, W)
+        x = x * m
+        for conv, norm in zip(self.body[0::3], self.body[1::3]):
+            x = conv(x)
+            m = m[..., ::conv.stride[0], ::conv.stride[1]]
+            x = F.relu(masked_group_norm(x, m, norm)) * m
+        return x

@@ -2,12 +2,18 @@
 
 Data: ``digits-canvas`` (built in) or ``mnist-canvas[:DIR]``: digit canvases drawn from a seed
 (:mod:`attnlab.data.canvases`), new training canvases every epoch (canvas ids epoch x
-train_size + i) and one fixed validation set; or ``coco:ANNOTATIONS:IMAGES`` read by
-:mod:`attnlab.data.coco` with ``--val-dataset`` or a held-out fraction. Images are uint8 in
-memory, normalised ``(x / 255 - mean) / std`` (0 and 1 for canvases, ImageNet's for RGB).
+train_size + i) and one fixed validation set; ``coco:ANNOTATIONS:IMAGES`` read by
+:mod:`attnlab.data.coco` with ``--val-dataset`` or a held-out fraction; or Pascal VOC
+``voc:PATH`` (:mod:`attnlab.tasks.detect_voc`: photographs at full resolution, tiled with
+``--tile`` or resized as DETR resizes, validation on ``--val-dataset`` or a strip of each
+photograph, ``--val-region``). Images are uint8 in memory, normalised ``(x / 255 - mean) / std``
+(0 and 1 for canvases, ImageNet's for RGB); images of other sizes are padded at the right and
+bottom with a pixel mask, and the padding is 0 after normalisation, as DETR's.
 
 Training minimises DETR's set loss (:mod:`attnlab.detect.loss`); validation also scores the
-detections with the COCO evaluator (AP, AP50, AP75, main metric AP50). The detections of an
+detections with the COCO evaluator (AP, AP50, AP75, AR at ``--max-dets`` detections per image;
+main metric AP50); tiled validation data is scored on whole photographs, the detections of their
+tiles merged (:class:`attnlab.detect.tiles.TiledScenes`). The detections of an
 evaluation are kept in the task until ``summarize``, so AP is computed on the predictions of
 this process only: correct on one process (data-parallel runs would score rank 0's share).
 """
@@ -23,9 +29,11 @@ from torch import Tensor, nn
 
 from attnlab.data.canvases import CanvasConfig, DetectionSet, DigitCanvases
 from attnlab.data.transforms import Normalize, default_normalization
+from attnlab.detect.batching import pixel_mask, resize_keep_aspect
 from attnlab.detect.boxes import cxcywh_to_xyxy
-from attnlab.detect.coco_eval import coco_metrics, postprocess
+from attnlab.detect.coco_eval import MAX_DETS, coco_metrics, postprocess
 from attnlab.detect.loss import set_loss
+from attnlab.detect.tiles import TiledScenes, predict_tiled
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.detr import DETR
 from attnlab.tasks.spec import LoadedRun, TaskSpec
@@ -42,11 +50,24 @@ class DetectDataConfig:
     """The data of a detection run; fields are CLI options."""
 
     dataset: str = opt("digits-canvas", "digits-canvas (built in), mnist-canvas[:DIR] (DIR defaults to "
-                                        "$ATTNLAB_DATA/mnist) or coco:ANNOTATIONS.json:IMAGE_DIR", metavar="SPEC")
-    val_dataset: str | None = opt(None, "COCO data: the validation split, coco:ANNOTATIONS.json:IMAGE_DIR (default: hold "
-                                        "out --val-fraction of the images)", metavar="SPEC")
+                                        "$ATTNLAB_DATA/mnist), coco:ANNOTATIONS.json:IMAGE_DIR, or Pascal VOC "
+                                        "voc:DIR (XML files beside their images, or Annotations/ and JPEGImages/) or "
+                                        "voc:FILE.xml (one photograph)", metavar="SPEC")
+    val_dataset: str | None = opt(None, "COCO or VOC data: the validation split, in the form of --dataset (default: hold "
+                                        "out --val-fraction of the COCO images, or --val-region of each VOC photograph)",
+                                  metavar="SPEC")
     val_fraction: float = opt(0.1, "COCO data without --val-dataset: hold out this fraction of the images", unit_float,
                               metavar="X")
+    val_region: float = opt(0.2, "VOC data without --val-dataset: validate on the right-most fraction F of the width of "
+                                 "each photograph (a box goes to the side holding its centre)", unit_float, metavar="F")
+    tile: int | None = opt(None, "VOC data: cut the photographs into S x S tiles at full resolution, for training, "
+                                 "validation (scored on the whole photograph, the tiles' detections merged) and predict "
+                                 "(default: none; each photograph is resized to shorter side img_size, as DETR)",
+                           positive_int, metavar="S")
+    tile_overlap: int = opt(120, "with --tile: pixels shared by neighbouring tiles, at least the largest object's side "
+                                 "so that every object lies whole in some tile", nonneg_int, metavar="O")
+    max_dets: int = opt(MAX_DETS, "COCO metrics: detections counted per image, the highest scored (COCO's maxDets; "
+                                  "dense scenes such as tree crowns need more, e.g. 300)", positive_int, metavar="N")
     train_size: int = opt(4096, "canvases: training canvases per epoch (new ones each epoch)", positive_int, metavar="N")
     val_size: int = opt(500, "canvases: validation canvases (the same every epoch)", positive_int, metavar="N")
     min_digits: int = opt(1, "canvases: fewest digits on a canvas", positive_int, metavar="N")
@@ -70,9 +91,11 @@ class DetectDataConfig:
 class DetectEvalConfig:
     """Options of ``attnlab eval`` for detection runs."""
 
-    dataset: str | None = opt(None, "evaluate on this data (coco:ANNOTATIONS.json:IMAGE_DIR; default: the run's "
-                                    "validation data)", metavar="SPEC")
+    dataset: str | None = opt(None, "evaluate on this data (coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR|FILE.xml, in a "
+                                    "tiled run's tiles; default: the run's validation data)", metavar="SPEC")
     batch_size: int = opt(100, "images per batch", positive_int, metavar="N")
+    max_dets: int | None = opt(None, "detections counted per image by the COCO metrics (default: the run's --max-dets)",
+                               positive_int, metavar="N")
 
 
 # --- the task -----------------------------------------------------------------------------------
@@ -87,8 +110,12 @@ class Detection:
 
     def __init__(self, train: DetectionSet | DigitCanvases, val: DetectionSet, classes: list[str], category_ids: list[int],
                  normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None,
-                 backbone_lr: float = 1.0, budget_start: float | None = None) -> None:
+                 backbone_lr: float = 1.0, budget_start: float | None = None, padded: bool = False,
+                 val_tiles: TiledScenes | None = None, max_dets: int = MAX_DETS) -> None:
         self.train, self.val = train, val
+        self.padded = padded  # images padded at the right and bottom, their sizes the real pixels (VOC data)
+        self.val_tiles = val_tiles  # val holds these tiles: score the whole scenes
+        self.max_dets = max_dets
         self.budget_start = budget_start  # read by the trainer: --max-minutes counts the pretraining too
         self.lr_scales = {"backbone.": backbone_lr}  # read by the trainer's optimizer (DETR §4: 1e-5 vs 1e-4)
         self.classes, self.category_ids = list(classes), list(category_ids)
@@ -101,19 +128,29 @@ class Detection:
     def steps_per_epoch(self, plan: Plan) -> int:
         return steps_in_epoch(self.train_size, plan.batch_size)
 
-    def _batch(self, ids: Tensor, epoch: int) -> tuple[Tensor, list[dict]]:
+    def _batch(self, ids: Tensor, epoch: int) -> tuple[Tensor, Tensor | None, list[dict]]:
         if isinstance(self.train, DigitCanvases):  # fresh canvases each epoch
             s = self.train.take((ids + epoch * self.train_size).tolist())
-            return s.images, s.targets()
-        return self.train.images[ids], self.train.targets(ids)
+            return s.images, None, s.targets()
+        return self.train.images[ids], self.mask(self.train, ids), self.train.targets(ids)
+
+    def mask(self, ds: DetectionSet, ids: Tensor) -> Tensor | None:
+        """The pixel mask (B, H, W) of images ``ids`` of ``ds``, None when none is padded."""
+        sizes, hw = [ds.sizes[int(i)] for i in ids], tuple(ds.images.shape[-2:])
+        return pixel_mask(sizes, *hw) if self.padded and any(s != hw for s in sizes) else None
+
+    def inputs(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """uint8 images -> normalised, the padding 0 (as DETR pads normalised images)."""
+        x = self.normalize(x)
+        return x if mask is None else x.masked_fill(~mask[:, None], 0.0)
 
     def train_batches(self, plan: Plan):
         for micro in sharded_batches(self.train_size, plan):
             yield [self._batch(ids, plan.epoch) for ids in micro]
 
     def train_step(self, model: nn.Module, batch, cfg: TrainConfig):
-        x, targets = batch
-        parts = set_loss(model(self.normalize(x)), targets)
+        x, mask, targets = batch
+        parts = set_loss(model(self.inputs(x, mask), mask), targets)
         n = torch.tensor(len(x))
         return parts["loss"], {"loss": parts["loss"].detach() * n, "ce": parts["ce"] * n, "l1": parts["l1"] * n,
                                "giou": parts["giou"] * n, "count": n}
@@ -121,14 +158,14 @@ class Detection:
     def eval_batches(self, plan: Plan):
         self._detections = []
         for idx in eval_shard(len(self.val), plan, self.eval_batch_size):
-            yield self.val.images[idx], self.val.targets(idx), idx
+            yield self.val.images[idx], self.mask(self.val, idx), self.val.targets(idx), idx
 
     def num_eval_batches(self) -> int:
         return -(-len(self.val) // self.eval_batch_size)
 
     def eval_step(self, model: nn.Module, batch, cfg: TrainConfig | None = None) -> dict[str, Tensor]:
-        x, targets, idx = batch
-        out = model(self.normalize(x))
+        x, mask, targets, idx = batch
+        out = model(self.inputs(x, mask), mask)
         parts = set_loss(out, targets)
         dets = postprocess(out["logits"], out["boxes"], [self.val.sizes[int(i)] for i in idx])
         self._detections += list(zip(idx.tolist(), dets))
@@ -149,12 +186,16 @@ class Detection:
         mine = [(i, {k: v.cpu() if isinstance(v, Tensor) else v for k, v in d.items()}) for i, d in self._detections]
         dets = sorted((d for part in distributed.all_gather_object(mine) for d in part), key=lambda d: d[0])
         self._detections = []
+        if self.val_tiles is not None:
+            scored = self.val_tiles.merge([d for _, d in dets])
+            gts = [{"size": s.size, "labels": s.labels, "boxes": s.boxes} for s in self.val_tiles.scenes]
+            return coco_metrics(gts, scored, self.category_ids, self.max_dets)
         gts = []
         for i, _ in dets:
             h, w = self.val.sizes[i]
             xyxy = cxcywh_to_xyxy(self.val.boxes[i]) * torch.tensor([w, h, w, h])
             gts.append({"size": (h, w), "labels": self.val.labels[i], "boxes": xyxy})
-        return coco_metrics(gts, [d for _, d in dets], self.category_ids)
+        return coco_metrics(gts, [d for _, d in dets], self.category_ids, self.max_dets)
 
     def record(self) -> dict:
         return {"labels": self.classes, "category_ids": self.category_ids,
@@ -175,13 +216,15 @@ class DetectData:
     info: dict
     title: str
     model_fields: dict = field(default_factory=dict)
+    val_tiles: TiledScenes | None = None  # tiled VOC data: the validation photographs
     progress: bool = False  # show the backbone pretraining's progress bar
     budget_start: float = field(default_factory=time.perf_counter)  # when the command began reading its data
 
     def describe(self) -> str:
         ds = self.info["dataset"]
         pre = self.info.get("backbone_pretraining")
-        return f"{ds['train']} training / {ds['val_size']:,} validation images" + (f"; {pretraining_line(pre)}" if pre else "")
+        line = f"{ds['train']} training / {ds['val_size']:,} validation images"
+        return line + (f"; {ds['read']}" if "read" in ds else "") + (f"; {pretraining_line(pre)}" if pre else "")
 
     def write_files(self, run_dir: Path) -> None:
         pass
@@ -238,18 +281,30 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
             train, val = full.subset(order[k:]), full.subset(order[:k])
         info = {}
         train_desc = f"{len(train):,}"
+    elif dc.dataset.startswith("voc:"):
+        from attnlab.tasks.detect_voc import read_voc_sets
+
+        sets = read_voc_sets(dc, mcfg)
+        train, val, val_tiles, classes = sets.train, sets.val, sets.val_tiles, sets.classes
+        ids = list(range(1, len(classes) + 1))
+        info = {"dataset": {"read": sets.line}}
+        train_desc = f"{len(train):,}"
     else:
-        raise DataError(f"unknown detection dataset {dc.dataset!r}; use digits-canvas, mnist-canvas[:DIR] or "
-                        "coco:ANNOTATIONS.json:IMAGE_DIR")
+        raise DataError(f"unknown detection dataset {dc.dataset!r}; use digits-canvas, mnist-canvas[:DIR], "
+                        "coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR|FILE.xml")
+    if not dc.dataset.startswith("voc:"):
+        val_tiles = None
+        if dc.tile:
+            raise DataError("--tile is for VOC data (voc:DIR or voc:FILE.xml)")
     if run_dir is not None:  # resuming: the backbone was pretrained in the first session, its weights are in the run
         from attnlab.checkpoints.rundir import read_record
 
         info["backbone_pretraining"] = read_record(run_dir, "last").get("backbone_pretraining")
     train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
-    info["dataset"] = {"spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc, "train_size": train_size,
-                       "val_size": len(val), "image_size": size}
+    info["dataset"] = {**info.get("dataset", {}), "spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc,
+                       "train_size": train_size, "val_size": len(val), "image_size": size}
     return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={"num_classes": len(classes)},
-                      progress=progress, budget_start=t0)
+                      val_tiles=val_tiles, progress=progress, budget_start=t0)
 
 
 def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
@@ -308,7 +363,8 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
     return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
                      data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
-                     budget_start=data.budget_start)
+                     budget_start=data.budget_start, padded=dc.dataset.startswith("voc:"), val_tiles=data.val_tiles,
+                     max_dets=dc.max_dets)
 
 
 # --- using a trained run ------------------------------------------------------------------------
@@ -317,60 +373,94 @@ def load_extras(run_dir: Path, rec: dict) -> dict:
     return {"labels": rec["labels"], "category_ids": rec["category_ids"], "normalize": Normalize(**rec["normalize"])}
 
 
+def run_data_config(rec: dict) -> DetectDataConfig:
+    """The data options a run was trained with (options added since take their defaults)."""
+    return DetectDataConfig(**{k: v for k, v in rec["data_config"].items() if k in DetectDataConfig.__dataclass_fields__})
+
+
 def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tuple[dict, dict]:
-    """COCO AP, AP50, AP75 and the set loss on the run's validation data or a COCO dataset."""
+    """COCO AP, AP50, AP75, AR and the set loss on the run's validation data or a COCO or VOC
+    dataset (a tiled run's: on its tiles, AP on the whole photographs)."""
     model, rec = run.model, run.record
-    dc = DetectDataConfig(**{k: v for k, v in rec["data_config"].items() if k in DetectDataConfig.__dataclass_fields__})
-    if ec.dataset:  # COCO data is scored whole (read as its own validation split); canvases draw their validation set
-        dc.dataset, dc.val_dataset = ec.dataset, (ec.dataset if ec.dataset.startswith("coco:") else None)
-    data = load_data(dc, model.cfg, progress=progress, model_name=run.name)
-    if data.classes != run.extras["labels"]:
-        raise DataError(f"{dc.dataset} has classes {', '.join(data.classes[:8])} but {run.name} was trained on "
-                        f"{', '.join(run.extras['labels'][:8])}")
-    task = Detection(data.val, data.val, data.classes, data.category_ids, run.extras["normalize"], len(data.val),
-                     ec.batch_size)
+    dc = run_data_config(rec)
+    labels = run.extras["labels"]
+    if ec.dataset and ec.dataset.startswith("voc:"):
+        from attnlab.tasks.detect_voc import read_voc_eval
+
+        val, val_tiles, _ = read_voc_eval(ec.dataset, dc, model.cfg, labels)
+    else:  # COCO data is scored whole (read as its own validation split); canvases draw their validation set
+        if ec.dataset:
+            dc.dataset, dc.val_dataset = ec.dataset, (ec.dataset if ec.dataset.startswith("coco:") else None)
+        data = load_data(dc, model.cfg, progress=progress, model_name=run.name)
+        if data.classes != labels:
+            raise DataError(f"{dc.dataset} has classes {', '.join(data.classes[:8])} but {run.name} was trained on "
+                            f"{', '.join(labels[:8])}")
+        val, val_tiles = data.val, data.val_tiles
+    spec = ec.dataset or dc.val_dataset or dc.dataset
+    max_dets = ec.max_dets or dc.max_dets
+    task = Detection(val, val, labels, run.extras["category_ids"], run.extras["normalize"], len(val), ec.batch_size,
+                     padded=spec.startswith("voc:"), val_tiles=val_tiles, max_dets=max_dets)
     t0 = time.perf_counter()
     sums = evaluation_sums(task, model, task.eval_batches(Plan()), model_device(model), progress=progress,
                            total=task.num_eval_batches())
     s = task.summarize(sums)
     seconds = time.perf_counter() - t0
-    slug = (ec.dataset or dc.val_dataset or dc.dataset).split(":")[0] + "-val"
+    slug = spec.split(":")[0] + "-val"
+    where = {"photographs": len(val_tiles.scenes), "tiles": len(val)} if val_tiles is not None else {}
     return {"slug": slug, "run_dir": str(run.run_dir), "checkpoint": rec["path"], "dataset": ec.dataset or dc.dataset,
-            "images": int(sums["count"]), "batch_size": ec.batch_size, **s, "seconds": round(seconds, 3)}, {}
+            "images": int(sums["count"]), **where, "batch_size": ec.batch_size, "max_dets": max_dets, **s,
+            "seconds": round(seconds, 3)}, {}
 
 
 @torch.no_grad()
-def detect_images(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]], threshold: float) -> list[dict]:
-    """Detections above ``threshold`` for uint8 images (B, C, S, S) at the model's size, boxes in
-    the pixels of images of ``sizes``."""
+def detect_batch(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
+    """Detections of every query for uint8 images (B, C, H, W), boxes in the pixels of images of
+    ``sizes`` (height, width)."""
     model = run.model
     out = model(run.extras["normalize"](x.to(model_device(model))))
-    return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in postprocess(out["logits"], out["boxes"], sizes)]
+    return postprocess(out["logits"], out["boxes"], sizes)
+
+
+def detect_file(run: LoadedRun, path: str, convert: bool = False) -> dict:
+    """Every detection in one image file, boxes in its pixels, as the run was trained to see it:
+    tile by tile at full resolution (merged), resized as DETR (VOC runs), or squashed to the
+    model's square (canvases, COCO)."""
+    from attnlab.data.images import read_images, read_model_images
+    from attnlab.tasks.detect_voc import longest_side
+
+    dc = run_data_config(run.record)
+    image = read_images([path], None, run.model.cfg.in_chans, convert)[0]  # (C, H, W) at full resolution
+    size = tuple(image.shape[-2:])
+    if dc.tile:
+        return predict_tiled(image, lambda t: detect_batch(run, t, [tuple(t.shape[-2:])] * len(t)), dc.tile,
+                             dc.tile_overlap)
+    if dc.dataset.startswith("voc:"):
+        shortest = int(run.model.cfg.img_size)
+        x, _ = resize_keep_aspect(image, torch.zeros(0, 4), shortest, longest_side(shortest))
+        return detect_batch(run, x[None], [size])[0]
+    return detect_batch(run, read_model_images([path], run.model, convert), [size])[0]
 
 
 def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False, **_) -> list[dict]:
     """The detections (score >= ``threshold``) of each image file, the most confident first:
     label, score, box [x0, y0, x1, y1] in the file's pixels. ``attnlab predict`` also draws
     them (:func:`attnlab.viz.detection.save_prediction_pictures`)."""
-    from attnlab.data.images import read_images, read_model_images
-
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold} must be a probability in [0, 1]")
-    x = read_model_images(inputs, run.model, convert)
-    sizes = [tuple(read_images([p], None, run.model.cfg.in_chans, convert)[0].shape[-2:]) for p in inputs]
     labels = run.extras["labels"]
     out = []
-    for p, d in zip(inputs, detect_images(run, x, sizes, threshold)):
-        order = d["scores"].argsort(descending=True)
+    for p in progress_bar(inputs, len(inputs), "detecting", len(inputs) > 1):
+        d = detect_file(run, p, convert)
+        order = [i for i in d["scores"].argsort(descending=True).tolist() if d["scores"][i] >= threshold]
         out.append({"image": str(p), "detections": [
-            {"label": labels[int(lab)], "index": int(lab), "score": round(float(sc), 4), "box": [round(float(v), 2) for v in b]}
-            for sc, lab, b in zip(d["scores"][order], d["labels"][order], d["boxes"][order])]})
+            {"label": labels[int(d["labels"][i])], "index": int(d["labels"][i]), "score": round(float(d["scores"][i]), 4),
+             "box": [round(float(v), 2) for v in d["boxes"][i]]} for i in order]})
     return out
 
 
 SPEC = TaskSpec(
     name=TASK,
-    help="object detection (DETR) on digit canvases or COCO-format data",
+    help="object detection (DETR) on digit canvases, COCO-format or Pascal VOC data",
     data_config=DetectDataConfig,
     load_data=load_data,
     make_task=make_task,
