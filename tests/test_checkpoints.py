@@ -620,3 +620,30 @@ def test_detect_format_by_keys():
     assert detect_format(["cls", "embedding/kernel", "Transformer/encoder_norm/scale"]) == "jax"
     with pytest.raises(CheckpointError, match="not a Vision Transformer"):
         detect_format(["fc.weight", "fc.bias"])
+
+
+@pytest.mark.parametrize("fmt, chans, expected", [
+    ("torchvision", 3, ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),  # torchvision's ViT transforms
+    ("hf", 3, ([0.5] * 3, [0.5] * 3)), ("hf", 1, ([0.5], [0.5])),  # ViTImageProcessor's default, any channel count
+    ("torchvision", 1, None),  # ImageNet's three values say nothing about a grey model
+    ("timm", 3, None), ("attnlab", 3, None),  # timm's weights differ per name (pretrained_cfg); ours: the run's own
+])
+def test_a_layout_states_the_input_its_weights_expect(tmp_path, fmt, chans, expected):
+    """load_checkpoint's report and a file opened through runs.open carry the normalisation the
+    layout's weights were trained with; fine-tuning from such weights keeps it."""
+    from attnlab import runs
+    from attnlab.tasks.image import init_from
+
+    vit = VisionTransformer(ViTConfig(img_size=16, patch_size=4, in_chans=chans, num_classes=3, embed_dim=16, depth=1,
+                                      num_heads=2))
+    path = save_checkpoint(vit, tmp_path / (f"{fmt}.safetensors" if fmt != "hf" else "hf_dir"), format=fmt)
+    path = path.parent if fmt == "hf" else path
+    fresh = VisionTransformer(vit.cfg)
+    report = load_checkpoint(fresh, path)
+    assert report["normalize"] == (None if expected is None else {"mean": expected[0], "std": expected[1]})
+    norm = init_from(VisionTransformer(vit.cfg), str(path))
+    assert (norm is None) == (expected is None) and (norm is None or (norm.mean, norm.std) == expected)
+    if fmt in ("hf", "attnlab"):  # files that carry their config open on their own
+        extras = runs.open(path).extras
+        got = extras.get("normalize")
+        assert (got is None) == (expected is None) and (got is None or (got.mean, got.std) == expected)

@@ -403,7 +403,11 @@ def test_cli_vit_weights_from_a_file(tmp_path, image_file, fmt):
     assert data["meta"]["random_init"] is False
     from attnlab.data.images import read_model_images
 
-    ref = E.explore_vit(vit, read_model_images([image_file], vit, convert=True)[0], label="x")
+    from attnlab.data.transforms import Normalize, default_normalization
+
+    # the input the layout's weights expect: Hugging Face's 0.5; timm's and ours fix none (the model's own default)
+    norm = Normalize([0.5], [0.5]) if fmt == "hf" else default_normalization(vit)
+    ref = E.explore_vit(vit, read_model_images([image_file], vit, convert=True)[0], norm, label="x")
     assert data["sets"][0]["attention"]["q"] == ref["sets"][0]["attention"]["q"]  # the loaded weights, not a fresh init
 
 

@@ -16,7 +16,8 @@ from attnlab.cli.main import main
 from attnlab.data import transforms as T
 from attnlab.data.images import read_model_images
 from attnlab.errors import ConfigError
-from attnlab.models import VisionTransformer, ViTConfig
+from attnlab.models import VisionTransformer, ViTConfig, create_model
+from attnlab.models.capabilities import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SRC = Path(__file__).resolve().parents[1] / "src" / "attnlab"
@@ -92,7 +93,7 @@ def test_the_imagenet_constants_exist_once():
     files = {p.relative_to(SRC).as_posix(): p.read_text(encoding="utf-8") for p in SRC.rglob("*.py")}
     for value in ("0.485", "0.229"):
         where = {f: len(re.findall(re.escape(value), t)) for f, t in files.items() if value in t}
-        assert where == {"data/transforms.py": 1}, (value, where)
+        assert where == {"models/capabilities.py": 1}, (value, where)
     from attnlab.viz import explore, vit
 
     assert vit.default_normalization is T.default_normalization and explore.default_normalization is T.default_normalization
@@ -104,14 +105,19 @@ def test_default_and_chosen_normalization():
     grey = VisionTransformer(ViTConfig(img_size=16, patch_size=4, in_chans=1, num_classes=2, embed_dim=16, depth=1,
                                        num_heads=2))
     d = T.default_normalization(rgb)
-    assert (tuple(d.mean), tuple(d.std)) == (T.IMAGENET_MEAN, T.IMAGENET_STD)
+    assert (tuple(d.mean), tuple(d.std)) == (IMAGENET_MEAN, IMAGENET_STD)
     g = T.default_normalization(grey)
     assert (g.mean, g.std) == ([0.0], [1.0])
     own = T.Normalize([0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
-    assert T.choose_normalization(rgb).mean == list(T.IMAGENET_MEAN)
+    assert T.choose_normalization(rgb).mean == list(IMAGENET_MEAN)
     assert T.choose_normalization(rgb, own) is own  # a run's own beats the default
     given = T.choose_normalization(rgb, own, mean=[0.1, 0.2, 0.3])  # an option beats both; std then 1
     assert (given.mean, given.std) == ([0.1, 0.2, 0.3], [1.0, 1.0, 1.0])
+    with torch.device("meta"):  # a timm name: the values of timm's weights for it (pretrained_cfg), not ImageNet's
+        timm_named = create_model("vit_base_patch16_224")
+    t = T.default_normalization(timm_named)
+    assert (t.mean, t.std) == ([0.5] * 3, [0.5] * 3) == (list(timm_named.pretrained_cfg["mean"]),
+                                                         list(timm_named.pretrained_cfg["std"]))
     for mean, std, message in (([0.1], None, "need 3 values"), (None, [0, 1, 1], "positive finite"),
                                ([float("nan")] * 3, None, "finite number")):
         with pytest.raises(ConfigError, match=message):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from attnlab.checkpoints.keys import Renames, block_indices
 from attnlab.errors import CheckpointError, UnsupportedError
+from attnlab.models.capabilities import IMAGENET_MEAN, IMAGENET_STD
 
 HF, ORIGINAL = "hf_detr", "detr"
 
@@ -212,6 +213,8 @@ class Layout:
     """One DETR layout as an adapter of :mod:`attnlab.checkpoints` (the same interface as the
     ViT adapters: ``NAME``, ``score``, ``to_ours``, plus ``model_config`` for ``load_model`` and
     ``tensors``/``write`` for ``save_checkpoint``)."""
+
+    INPUT = (IMAGENET_MEAN, IMAGENET_STD)  # both layouts' weights: ImageNet's mean and std (DetrImageProcessor's)
 
     def __init__(self, name: str, read: Callable, export: Callable) -> None:
         self.NAME, self._read, self._export = name, read, export

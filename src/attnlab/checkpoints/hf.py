@@ -21,8 +21,11 @@ from torch import Tensor
 
 from attnlab.checkpoints.keys import Renames
 from attnlab.errors import UnsupportedError
+from attnlab.models.capabilities import HALF_MEAN, HALF_STD
 
 NAME = "hf"
+#: the input its weights expect, pixels in [0, 1] (ViTImageProcessor's default: mean = std = 0.5)
+INPUT = (HALF_MEAN, HALF_STD)
 
 _L = "encoder.layer.{i}."
 # Our name -> the on-disk name under the ``vit.`` prefix (q/k/v handled apart).

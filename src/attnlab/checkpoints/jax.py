@@ -27,7 +27,11 @@ import re
 import torch
 from torch import Tensor
 
+from attnlab.models.capabilities import HALF_MEAN, HALF_STD
+
 NAME = "jax"
+#: the input its weights expect, pixels in [0, 1] (big_vision maps pixels to [-1, 1]: mean = std = 0.5)
+INPUT = (HALF_MEAN, HALF_STD)
 
 PREFIXES = ("opt/target/", "params/img/", "params/")
 _SIGNATURE = re.compile(r"(^|/)(embedding/kernel|cls|Transformer/|pos_embedding|head/kernel|pre_logits/kernel)")

@@ -292,7 +292,10 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     The report: ``format``, ``source``, ``file_format``, ``loaded`` (tensor count),
     ``resampled_pos_embed`` (``{"from": grid, "to": grid, ...}`` or None), ``norm_eps``
     (``{"from", "to"}`` if the model's LayerNorm eps was changed, else None), ``missing``,
-    ``unexpected``, ``new_head`` (the keys left fresh), ``dtypes``, ``notes``.
+    ``unexpected``, ``new_head`` (the keys left fresh), ``dtypes``, ``normalize`` (the input the
+    layout's weights expect: ``{"mean", "std"}`` per channel for pixels in [0, 1], e.g. ImageNet's
+    for torchvision, 0.5 for Hugging Face and JAX; None when the layout does not fix it: a timm
+    model's ``pretrained_cfg`` says it, a run records its own), ``notes``.
 
     Raises :class:`CheckpointError` naming the offending keys and shapes; the model is then
     unchanged.
@@ -329,8 +332,23 @@ def load_checkpoint(model: nn.Module, source, *, strict: bool = True, format: st
     if fmt == "hf" and raw.config is None:
         notes.append("no config.json beside the weights: LayerNorm eps, heads and image size were not checked "
                      "(Hugging Face ViTs use layer_norm_eps=1e-12)")
+    stats = _input_for(ADAPTERS[fmt].INPUT, getattr(getattr(model, "cfg", None), "in_chans", None))
     return {"format": fmt, "source": raw.source, "file_format": raw.file_format, **report, "norm_eps": eps_change,
-            "notes": notes}
+            "normalize": stats, "notes": notes}
+
+
+def _input_for(stats, channels: int | None) -> dict | None:
+    """A layout's input statistics for a model of ``channels`` input channels: as they are when
+    the counts match, one shared value repeated (0.5 fits any count), else None (ImageNet's three
+    values say nothing about a grey model)."""
+    if stats is None or channels is None:
+        return None
+    mean, std = stats
+    if len(mean) != channels:
+        if len(set(mean)) > 1 or len(set(std)) > 1:
+            return None
+        mean, std = mean[:1] * channels, std[:1] * channels
+    return {"mean": list(mean), "std": list(std)}
 
 
 def _model_name(model: nn.Module) -> str:

@@ -15,6 +15,8 @@ from torch import Tensor
 from attnlab.errors import CheckpointError
 
 NAME = "attnlab"
+#: the input its weights expect: a run records its own; a bare checkpoint states none
+INPUT = None
 CONFIG_KEY = "attnlab_config"
 MODEL_KEY = "attnlab_model"
 

@@ -15,6 +15,8 @@ from torch import Tensor
 from attnlab.checkpoints.keys import Renames
 
 NAME = "timm"
+#: the input its weights expect: timm's differ per model name, so the model's own pretrained_cfg says
+INPUT = None
 
 RENAMES = Renames([
     ("pos_embed.weight", "pos_embed"),

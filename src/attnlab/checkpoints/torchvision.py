@@ -14,8 +14,11 @@ import re
 from torch import Tensor
 
 from attnlab.checkpoints.keys import Renames
+from attnlab.models.capabilities import IMAGENET_MEAN, IMAGENET_STD
 
 NAME = "torchvision"
+#: the input its weights expect, pixels in [0, 1] (torchvision's ViT transforms: ImageNet's mean and std)
+INPUT = (IMAGENET_MEAN, IMAGENET_STD)
 
 _L = "encoder.layers.encoder_layer_{i}."
 RENAMES = Renames([

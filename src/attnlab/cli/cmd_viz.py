@@ -95,8 +95,9 @@ def add_attention(sub) -> None:
                           "alignment",
         description="A ViT on an IMAGE: the image with its attention rollout (Abnar & Zuidema 2020) laid over it, and "
                     "each head's attention from the class token to the patches in one block (the image is resized to "
-                    "the model's input size; a run's own normalisation is used, else ImageNet's mean/std for RGB "
-                    "models and [0, 1] pixels for 1-channel models, unless --mean/--std say otherwise). A language-"
+                    "the model's input size; a run's own normalisation is used, else the model's pretrained_cfg: 0.5 "
+                    "for timm's ViT names, ImageNet's mean/std for other RGB models and [0, 1] pixels for 1-channel "
+                    "models, unless --mean/--std say otherwise). A language-"
                     "model run on a TEXT: the self-attention of every layer and head over its tokens. A translation "
                     "run on a source SENTENCE: the cross-attention between the source and its translation (greedy, "
                     "or --target), target tokens x source tokens (Bahdanau et al. 2015, Fig. 3).",

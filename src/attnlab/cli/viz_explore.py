@@ -58,8 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--attention", choices=("enc", "dec", "cross"), default="cross",
                    help="translation: the worked head's attention: encoder self, decoder self or cross (default: cross)")
     p.add_argument("--mean", type=float, nargs="+", help="ViT, DETR: per-channel mean to normalise the image with "
-                                                         "(default: a run's own, else ImageNet's for RGB models and "
-                                                         "[0, 1] pixels for grey)")
+                                                         "(default: a run's own, else the one the checkpoint's layout "
+                                                         "fixes, else the model's pretrained_cfg: 0.5 for timm's ViT "
+                                                         "names, ImageNet's for other RGB models, [0, 1] for grey)")
     p.add_argument("--std", type=float, nargs="+", help="ViT, DETR: per-channel std (> 0) to normalise the image with")
     p.add_argument("--threshold", type=float, default=0.7, help="DETR: show the queries whose score reaches this (the three "
                                                                 "best when none does; default: 0.7)")
@@ -75,7 +76,7 @@ def run(args) -> int:
     explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
     if not 0 < args.max_mb < math.inf:
         raise ConfigError(f"--max-mb must be a finite number > 0, got {args.max_mb}")
-    model, tokenizers, random_init, run = load(args)
+    model, tokenizers, random_init, extras = load(args)
     kind = family(model)
     if args.target is not None and kind != "translation":
         raise ConfigError("--target is for translation models only")
@@ -85,7 +86,6 @@ def run(args) -> int:
         from attnlab.data.images import read_model_images
         from attnlab.data.transforms import choose_normalization
 
-        extras = run.extras if run is not None else {}  # a run's own normalisation and class names
         normalize = choose_normalization(model, extras.get("normalize"), args.mean, args.std)
         image = read_model_images([args.input], model, convert=True)[0]
         if kind == "vit":
@@ -128,10 +128,11 @@ def family(model) -> str:
 
 
 def load(args):
-    """(model in eval mode, tokenizers, random_init, run or None) from :func:`attnlab.runs.open`: a
+    """(model in eval mode, tokenizers, random_init, extras) from :func:`attnlab.runs.open`: a
     registered name (with its tokenizers' vocabulary sizes for a text model, and --weights if
     given), a run directory (RUN_DIR, RUN_DIR:last) or a checkpoint file; text models get their
-    tokenizer(s) from the run or the options."""
+    tokenizer(s) from the run or the options. ``extras``: a run's own normalisation and class
+    names, or the normalisation a checkpoint's layout fixes."""
     import torch
 
     from attnlab import runs
@@ -146,18 +147,20 @@ def load(args):
         if args.weights is not None:
             from attnlab.checkpoints import load_checkpoint
 
-            load_checkpoint(model, args.weights)
-        return model, tokenizers, args.weights is None, None
+            stats = load_checkpoint(model, args.weights)["normalize"]
+            from attnlab.data.transforms import Normalize
+
+            return model, tokenizers, False, {} if stats is None else {"normalize": Normalize(**stats)}
+        return model, tokenizers, True, {}
     if args.weights is not None:
         raise ConfigError("--weights goes with a registered model name (MODEL builds the model, --weights fills it)")
     run = runs.open(spec, seed=args.seed)
     kind = family(run.model)
-    trained = run if run.spec is not None else None
     if kind == "lm" and "tokenizer" in run.extras:
-        return run.model, run.extras["tokenizer"], False, trained
+        return run.model, run.extras["tokenizer"], False, run.extras
     if kind == "translation" and "src_tokenizer" in run.extras:
-        return run.model, (run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]), False, trained
-    return run.model, _tokenizers(args, kind), False, trained
+        return run.model, (run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]), False, run.extras
+    return run.model, _tokenizers(args, kind), False, run.extras
 
 
 def _tokenizers(args, kind: str):

@@ -13,10 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.errors import ConfigError
-
-#: ImageNet's per-channel mean and std (fractions of 255), what RGB models without a run's own use
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from attnlab.models.capabilities import input_stats
 
 
 class Augment:
@@ -89,9 +86,10 @@ class Normalize:
 
 def default_normalization(model) -> Normalize:
     """The normalisation of a model that brings no statistics of its own (a registered name, a
-    checkpoint file): ImageNet's mean and std for an RGB model, pixels in [0, 1] otherwise."""
-    c = int(model.cfg.in_chans)
-    return Normalize(IMAGENET_MEAN, IMAGENET_STD) if c == 3 else Normalize([0.0] * c, [1.0] * c)
+    checkpoint file whose layout states none): :func:`attnlab.models.capabilities.input_stats`,
+    the model's ``pretrained_cfg`` (0.5 for timm's ViT names), else ImageNet's mean and std for
+    an RGB model and pixels in [0, 1] otherwise."""
+    return Normalize(*input_stats(model))
 
 
 def choose_normalization(model, own: Normalize | None = None, mean: Sequence[float] | None = None,

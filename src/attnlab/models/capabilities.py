@@ -24,6 +24,8 @@ to it, in its own file, and every layer above takes it as it takes the families 
   torchvision and Hugging Face checkpoint layouts) or :data:`TRANSFORMER_LAYOUT` (the
   :class:`~attnlab.nn.Transformer`'s encoder and decoder stacks: the exported encoder and
   decoder-step graphs, CTranslate2).
+- :func:`input_stats`: the per-channel mean and std an image model expects of pixels in [0, 1]
+  when no run says otherwise (its ``pretrained_cfg`` where it has one, as timm's models do).
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ AUTOREGRESSIVE = "autoregressive"
 MASK_PREDICT = "mask-predict"
 VIT_LAYOUT = "vit"
 TRANSFORMER_LAYOUT = "transformer"
+
+#: ImageNet's per-channel mean and std (pixels in [0, 1]): torchvision's, DETR's and timm's default
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: (-1, 1) pixels: the Hugging Face and JAX (big_vision) ViT weights, and timm's ViT weights of the paper's models
+HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's (mean, std) for an RGB model, pixels as they are (0, 1) for any other."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,) * channels, (1.0,) * channels)
+
+
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std), for pixels in [0, 1], that ``model`` expects when no run
+    says otherwise: its ``pretrained_cfg`` (timm's contract: a timm-named ViT states the values of
+    timm's weights for that name), else :func:`default_stats` of its input channels."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg:
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return default_stats(int(model.cfg.in_chans))
 
 
 @dataclass(frozen=True)

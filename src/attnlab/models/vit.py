@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
-from attnlab.models.capabilities import VIT_LAYOUT, ImageInput
+from attnlab.models.capabilities import VIT_LAYOUT, ImageInput, default_stats
 from attnlab.models.features import check_output_fmt, pick_indices, take_indices, token_maps
 from attnlab.models.registry import config_from, register_model
 from attnlab.nn.attention import MultiHeadAttention
@@ -478,12 +478,17 @@ class VisionTransformer(nn.Module):
         (C_in, H, W), per-channel ``mean`` and ``std`` for pixels in [0, 1], ``interpolation`` and
         ``crop_pct`` (centre crop) for resizing, ``num_classes``, ``first_conv`` and
         ``classifier`` (parameter prefixes). The timm-named configurations state the values of
-        timm's default weights for those names; the others expect [0, 1] pixels as they are (a
-        trained run records the normalisation of its own data)."""
+        timm's default weights for those names; the others ImageNet's for RGB and [0, 1] pixels as
+        they are otherwise, timm's default (a trained run records the normalisation of its own
+        data)."""
         c = self.cfg
-        mean, std, crop_pct = INPUT_STATS.get(self.name, (0.0, 1.0, 1.0))
+        if self.name in INPUT_STATS:
+            m, s, crop_pct = INPUT_STATS[self.name]
+            mean, std = (m,) * c.in_chans, (s,) * c.in_chans
+        else:
+            (mean, std), crop_pct = default_stats(c.in_chans), 1.0
         return {"architecture": self.name, "input_size": (c.in_chans, *_pair(c.img_size)),
-                "fixed_input_size": not c.dynamic_img_size, "mean": (mean,) * c.in_chans, "std": (std,) * c.in_chans,
+                "fixed_input_size": not c.dynamic_img_size, "mean": mean, "std": std,
                 "interpolation": "bicubic", "crop_pct": crop_pct, "crop_mode": "center", "num_classes": c.num_classes,
                 "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head"}
 

@@ -64,9 +64,14 @@ def open(spec: str | Path, which: str | None = None, *, default: str = "best", s
 
 
 def _open_file(path: Path) -> LoadedRun:
+    """A checkpoint that carries its config; ``extras["normalize"]`` is the input its layout's
+    weights expect, when the layout fixes it (the report's ``normalize``)."""
     from attnlab.checkpoints import load_model
+    from attnlab.data.transforms import Normalize
 
-    return LoadedRun(load_model(path), path.stem)
+    model, report = load_model(path, return_report=True)
+    stats = report["normalize"]
+    return LoadedRun(model, path.stem, extras={} if stats is None else {"normalize": Normalize(**stats)})
 
 
 def _open_run(run_dir: Path, which: str) -> LoadedRun:

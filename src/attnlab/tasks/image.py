@@ -195,24 +195,26 @@ def load_data(dc: ImageDataConfig, mcfg, run_dir: Path | None = None, progress: 
 
 def make_task(data: ImageData, model: nn.Module, cfg: TrainConfig) -> ImageClassification:
     dc = data.config
-    if dc.init:
-        init_from(model, dc.init)
+    expected = init_from(model, dc.init) if dc.init else None
     aug_name, pad = AUTO_AUGMENT[data.splits.name]
     aug_name = aug_name if dc.augment == "auto" else dc.augment
     pad = dc.crop_padding if dc.crop_padding is not None else pad
     augment = Augment(padding=pad if "crop" in aug_name else 0, flip="flip" in aug_name)
-    mean, std = channel_stats(data.train.images)
+    normalize = expected if expected is not None else Normalize(*channel_stats(data.train.images))
     data.title = f"{model.name} on {data.splits.name}"
-    return ImageClassification(data.train, data.val, data.splits.classes, Normalize(mean, std), augment,
+    return ImageClassification(data.train, data.val, data.splits.classes, normalize, augment,
                                dc.eval_batch_size, data.info)
 
 
-def init_from(model: nn.Module, path: str) -> None:
+def init_from(model: nn.Module, path: str) -> Normalize | None:
     """Load starting weights (a run directory or a checkpoint file); a classifier head of another
-    shape is left freshly initialised."""
+    shape is left freshly initialised. Returns the normalisation the weights were trained with
+    when their layout fixes it (torchvision's ImageNet statistics, Hugging Face's and JAX's 0.5),
+    which fine-tuning keeps; None otherwise (the training images' own statistics are used)."""
     from attnlab.checkpoints import load_checkpoint
 
-    load_checkpoint(model, path, new_head="head.")
+    stats = load_checkpoint(model, path, new_head="head.")["normalize"]
+    return None if stats is None else Normalize(stats["mean"], stats["std"])
 
 
 # --- using a trained run ------------------------------------------------------------------------
