@@ -402,7 +402,6 @@ def test_cli_vit_weights_from_a_file(tmp_path, image_file, fmt):
     data = _page_data(out.read_text(encoding="utf-8"))
     assert data["meta"]["random_init"] is False
     from attnlab.data.images import read_model_images
-
     from attnlab.data.transforms import Normalize, default_normalization
 
     # the input the layout's weights expect: Hugging Face's 0.5; timm's and ours fix none (the model's own default)
