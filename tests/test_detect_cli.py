@@ -212,8 +212,8 @@ def test_eval_prints_a_summary(canvas_run, capsys):
     r = json.loads((canvas_run / "eval-summary" / "results.json").read_text())
     assert lines[0] == (f"{canvas_run} ({r['checkpoint']}) on digits-canvas: 16 images in {r['seconds']:.1f} s "
                         "(batches of 100)")
-    assert lines[1] == (f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}   "
-                        "(COCO evaluator; IoU 0.5:0.95, 0.5, 0.75)")
+    assert lines[1] == (f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}   AR {r['AR']:.3f}   "
+                        "(COCO evaluator; IoU 0.5:0.95, 0.5, 0.75; at most 100 detections per image)")
     assert lines[2] == f"  set loss {r['loss']:.4f}   class {r['ce']:.4f}   L1 {r['l1']:.4f}   GIoU {r['giou']:.4f}"
     assert lines[3:] == [f"  results: {canvas_run / 'eval-summary' / 'results.json'}"]
 

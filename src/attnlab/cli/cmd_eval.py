@@ -114,10 +114,14 @@ def format_translate(res: dict) -> str:
 
 
 def format_detect(r: dict) -> str:
+    what = (f"{r['photographs']} photograph(s) in {r['tiles']} tiles" if "photographs" in r
+            else f"{r['images']} images")
+    recall = f"   AR {r['AR']:.3f}" if "AR" in r else ""
     return "\n".join([
-        f"{r['run_dir']} ({r['checkpoint']}) on {r['dataset']}: {r['images']} images in {r['seconds']:.1f} s "
+        f"{r['run_dir']} ({r['checkpoint']}) on {r['dataset']}: {what} in {r['seconds']:.1f} s "
         f"(batches of {r['batch_size']})",
-        f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}   (COCO evaluator; IoU 0.5:0.95, 0.5, 0.75)",
+        f"  AP {r['AP']:.3f}   AP50 {r['AP50']:.3f}   AP75 {r['AP75']:.3f}{recall}   (COCO evaluator; IoU 0.5:0.95, 0.5, "
+        f"0.75; at most {r.get('max_dets', 100)} detections per image)",
         f"  set loss {r['loss']:.4f}   class {r['ce']:.4f}   L1 {r['l1']:.4f}   GIoU {r['giou']:.4f}",
         f"  results: {r['results_json']}",
     ])
