@@ -147,7 +147,8 @@ def test_lsa_vit_worked_head_uses_the_learned_scale_and_hides_the_diagonal():
         mha.scale.copy_(torch.tensor([0.9, 0.05, 1.7, 0.3]))
     d = E.explore_vit(vit, picture(), label="lsa", worked=(1, 2))
     w = d["worked"]
-    assert w["scale"] == pytest.approx(1.7) and w["check"] < 1e-5
+    assert w["scale"] == pytest.approx(1.7) and w["check"] < 1e-5 and w["learned_scale"] is True  # the page says so
+    assert E.explore_vit(tiny_vit(), picture(), label="plain", worked=(1, 2))["worked"]["learned_scale"] is False
     n = w["tq"]
     visible = np.frombuffer(base64.b64decode(w["visible"]), np.uint8).reshape(n, n)
     assert not visible.diagonal().any() and visible.sum() == n * (n - 1)
@@ -302,6 +303,15 @@ def test_text_pages_keep_the_budget_too():
     assert len(E.render_page(cut).encode("utf-8")) <= size - 2 * per_layer
     assert any(f"{len(keep)} of the 6 layers" in n for n in cut["notes"])
     assert E.evenly_spaced(12, 3) == [0, 6, 11] and E.evenly_spaced(12, 1) == [11] and E.evenly_spaced(4, 9) == [0, 1, 2, 3]
+
+
+def test_random_k_attention_has_no_worked_head_and_says_why():
+    """random-k draws its keys anew at every call: the page could not recompute the model's weights."""
+    tok = train_tokenizer("char", " ".join(CORPUS))
+    lm = tiny_lm(tok)
+    lm.blocks[0].self_attn.random_k = 2
+    d = E.explore_lm(lm, tok, "a dog runs", label="lm", worked=(0, 1))
+    assert d["worked"] is None and any("random-k" in n for n in d["notes"])
 
 
 def test_top_k_attention_has_no_worked_head_and_says_why():

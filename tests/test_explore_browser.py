@@ -111,6 +111,21 @@ def test_vit_page_patch_and_head_clicks(browser, tmp_path):
     page.close()
 
 
+def test_lsa_vit_page_names_its_learned_scale(browser, tmp_path):
+    """A Locality Self-Attention head multiplies by its learned scale: the page says so instead of ÷√d_k,
+    and its softmax is still the model's."""
+    vit = tiny_vit(lsa=True)
+    with torch.no_grad():
+        vit.blocks[1].self_attn.scale.copy_(torch.tensor([0.9, 0.05, 1.7, 0.3]))
+    data = E.explore_vit(vit, picture(), label="lsa-vit", random_init=True, worked=(1, 2))
+    o = Opened(browser, E.write_page(data, tmp_path / "lsa.html")).ready()
+    text = o.page.inner_text("body")  # what is shown, not the page's script
+    assert "× learned scale" in text and "÷√d_k" not in text
+    assert float(o.page.get_attribute("#worked-check", "data-diff")) < 1e-5
+    o.assert_clean()
+    o.page.close()
+
+
 def test_lm_page_head_view_and_model_view(browser, tmp_path):
     from attnlab.data.tokenizers import train_tokenizer
 

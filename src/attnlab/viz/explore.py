@@ -157,6 +157,8 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
         raise ConfigError(f"head {head} out of range: this layer has heads 0..{mha.num_heads - 1}")
     if mha.topk is not None:
         raise UnsupportedError("the worked head does not show top-k sparse attention")
+    if mha.random_k is not None:  # its keys are drawn anew at every call: the page could not recompute them
+        raise UnsupportedError("the worked head does not show random-k attention (its keys are drawn at every call)")
     x, context, kw = inputs.x[:1], inputs.context, inputs.kwargs
     b, tq, c = x.shape
     d = mha.head_dim
@@ -189,7 +191,7 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
     again = scores.masked_fill(~visible, float("-inf")).softmax(-1)
     model_w = weights[0, head].float()
     return {
-        "d_k": d, "scale": scale, "q": f32(q), "k": f32(k), "v": f32(v),
+        "d_k": d, "scale": scale, "learned_scale": mha.scale is not None, "q": f32(q), "k": f32(k), "v": f32(v),
         "bias": None if score_bias is None else f32(score_bias),
         "visible": b64(visible.to(torch.uint8).numpy()), "tq": tq, "tk": tk,
         "weights": f32(model_w),

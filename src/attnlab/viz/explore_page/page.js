@@ -239,7 +239,9 @@
   }
 
   // ------------------------------------------------------------------ the worked head
-  // softmax(q·kⱼ/√d_k + bias) and Σ wⱼ vⱼ for one query, from the stored Q, K, V of one head.
+  // the head's scaling of the scores: ÷√d_k, or a learned scale (Locality Self-Attention's temperature)
+  const scaleName = (W) => (W && W.learned_scale ? "× learned scale" : "÷√d_k");
+  // softmax(q·kⱼ·scale + bias) and Σ wⱼ vⱼ for one query, from the stored Q, K, V of one head.
   function workedHead(root, W, qTok, kTok, title) {
     const D = W.d_k, Tq = W.tq, Tk = W.tk, Q = floats(W.q), K = floats(W.k), V = floats(W.v);
     const B = W.bias ? floats(W.bias) : null, vis = bytes(W.visible), model = floats(W.weights);
@@ -248,7 +250,8 @@
     const qSel = el("select", { id: "worked-query", "aria-label": "query" });
     qTok.forEach((t, i) => qSel.append(el("option", { value: i, text: `${i}: ${t}` })));
     qSel.addEventListener("change", () => { st.query = +qSel.value; draw(); });
-    const modes = [["model", "÷√d_k (the model)"], ["unscaled", "no scaling"], ["temperature", "temperature τ"]];
+    const S = scaleName(W), sTxt = W.learned_scale ? ` × ${fmt(W.scale, 4)}` : ` / √${D}`;
+    const modes = [["model", `${S} (the model)`], ["unscaled", "no scaling"], ["temperature", "temperature τ"]];
     const radios = modes.map(([m, label]) => {
       const r = el("input", { type: "radio", name: "worked-mode", id: `worked-mode-${m}`, value: m });
       if (m === st.mode) r.checked = true;
@@ -284,7 +287,7 @@
         logit[j] = seen ? z : -Infinity;
       }
       const w = softmax(logit), wModel = softmax(model_logit);
-      const scaleTxt = st.mode === "unscaled" ? "" : st.mode === "temperature" ? ` / (√${D} · ${st.tau.toFixed(2)})` : ` / √${D}`;
+      const scaleTxt = st.mode === "unscaled" ? "" : st.mode === "temperature" ? `${sTxt} / ${st.tau.toFixed(2)}` : sTxt;
       eq.textContent = `w = softmax(q·Kᵀ${scaleTxt}${B ? " + bias" : ""})   o = Σⱼ wⱼ vⱼ        query ${i}: ${qTok[i]}`;
       qv.textContent = vec(q);
       // bars: every key's weight (this mode) and the model's as an outline
@@ -302,7 +305,7 @@
       // table: the keys with the largest weights
       const order = [...Array(Tk).keys()].filter((j) => vis[i * Tk + j] === 1).sort((a, b) => w[b] - w[a]);
       const shown = order.slice(0, 12);
-      table.replaceChildren(el("tr", {}, ...["key", "q·kⱼ", "÷√d_k", ...(B ? ["+ bias"] : []), "weight here", "", "model's weight"].map((t) => el("th", { text: t }))));
+      table.replaceChildren(el("tr", {}, ...["key", "q·kⱼ", S, ...(B ? ["+ bias"] : []), "weight here", "", "model's weight"].map((t) => el("th", { text: t }))));
       for (const j of shown) {
         table.append(el("tr", { "data-k": j }, el("td", { class: "tok", text: `${j}: ${kTok[j]}` }), el("td", { text: fmt(dot[j]) }),
           el("td", { text: fmt(dot[j] * W.scale) }), ...(B ? [el("td", { text: fmt(B[i * Tk + j]) })] : []),
@@ -317,7 +320,7 @@
       let diff = 0; for (let j = 0; j < Tk; j++) diff = Math.max(diff, Math.abs(wModel[j] - model[i * Tk + j]));
       check.className = diff < 1e-4 ? "ok" : "bad";
       check.dataset.diff = diff;
-      check.textContent = `check: this page's softmax ÷√d_k against the model's own weights for query ${i}: largest difference ${diff.toExponential(1)}`;
+      check.textContent = `check: this page's softmax ${S} against the model's own weights for query ${i}: largest difference ${diff.toExponential(1)}`;
     }
     draw();
     return { setQuery(i) { st.query = i; draw(); } };
@@ -356,7 +359,7 @@
   function workedSection(sets, tokensOf) {
     if (!DATA.worked) return;
     const W = DATA.worked, s = sets.find((x) => x.id === W.set);
-    const sec = section("A worked head: Q·Kᵀ → ÷√d_k → softmax → ·V",
+    const sec = section(`A worked head: Q·Kᵀ → ${scaleName(DATA.worked)} → softmax → ·V`,
       "Attention(Q, K, V) = softmax(QKᵀ/√d_k) V, one query at a time. Switch off the scaling or change the temperature to see why the paper divides by √d_k: dot products of d_k-dimensional vectors grow with d_k, and an unscaled softmax saturates onto a few keys.");
     sec.id = "worked";
     const view = workedHead(sec, W, tokensOf(s.queries), tokensOf(s.keys), s.title);
@@ -542,7 +545,7 @@
       psec.append(el("div", { class: "posgrid-wrap" }, pc, el("div", {}, zl, zoomC)), legend("viridis", "−1", "1", "cosine similarity"));
     }
     if (DATA.worked) {
-      const W = DATA.worked, ws = section("A worked head: Q·Kᵀ → ÷√d_k → softmax → ·V",
+      const W = DATA.worked, ws = section(`A worked head: Q·Kᵀ → ${scaleName(W)} → softmax → ·V`,
         "Attention(Q, K, V) = softmax(QKᵀ/√d_k) V for one query token (click a patch above, or choose it here). Switch off the scaling or change the temperature to see the softmax sharpen or flatten.");
       ws.id = "worked";
       vitWorked = workedHead(ws, W, tokens, tokens, "self-attention");
@@ -676,7 +679,7 @@
     edraw();
 
     if (DATA.worked) {
-      const W = DATA.worked, ws = section("A worked head: decoder cross-attention, Q·Kᵀ → ÷√d_k → softmax → ·V",
+      const W = DATA.worked, ws = section(`A worked head: decoder cross-attention, Q·Kᵀ → ${scaleName(W)} → softmax → ·V`,
         "One object query's cross-attention: q = (decoder state + query embedding) W_Q, kⱼ = (memory + sine position)ⱼ W_K, vⱼ = memoryⱼ W_V (DETR adds positions to queries and keys, never to values). Click a query above, or choose any query here.");
       ws.id = "worked";
       detrWorked = workedHead(ws, W, Q.map((q) => `${q.label} ${fmt(q.score, 2)}`), [...Array(gh * gw).keys()].map(cellName), "decoder cross-attention");
