@@ -23,6 +23,7 @@ from attnlab.models.capabilities import (
     ImageClassifier,
     LanguageModel,
     PatchTransformer,
+    SelfLossDetector,
     Translator,
     layout_of,
 )
@@ -45,7 +46,9 @@ def test_declarations_agree(name):
     """One of image classifier / language model / translator; each answer has the members
     that go with it; a layout goes with the kind of model it lays out."""
     model = probe_model(name)
-    assert len(_kinds(model)) == 1 or isinstance(model, DETR), _kinds(model)  # DETR: a detector, declares none yet
+    assert len(_kinds(model)) == 1 or isinstance(model, (DETR, SelfLossDetector)), _kinds(model)  # detectors: none yet
+    if isinstance(model, SelfLossDetector):
+        assert isinstance(model.loss_names, tuple) and model.loss_names and not isinstance(model, DETR)
     if isinstance(model, LanguageModel):
         assert isinstance(model.is_recurrent, bool)
     if isinstance(model, Translator):

@@ -18,6 +18,9 @@ to it, in its own file, and every layer above takes it as it takes the families 
 - :class:`PatchTransformer`: a Transformer over a grid of image patches that shows its position
   embeddings and its attention (the ViT): ``viz posembed``, ``viz attention`` and the explorer's
   image page.
+- :class:`SelfLossDetector`: a detector that computes its own training loss (a CNN detector,
+  :mod:`attnlab.models.cnn_detector`) where the detection task computes DETR's set loss;
+  its outputs are DETR's, so decoding and scoring are the same for both.
 - ``layout`` (a class attribute, :func:`layout_of`): the module layout the family shares, so
   the adapters written for that layout apply to it: :data:`VIT_LAYOUT` (the
   :class:`~attnlab.models.vit.VisionTransformer`'s weights and ``ViTConfig``: the timm,
@@ -109,6 +112,19 @@ class PatchTransformer(Protocol):
     def get_attention_maps(self, x: Tensor, blocks=None, *, return_logits: bool = False): ...
 
     def attention_rollout(self, maps, discard_ratio: float = 0.0, head_fusion: str = "mean") -> Tensor: ...
+
+
+@runtime_checkable
+class SelfLossDetector(Protocol):
+    """A detector that brings its own loss; ``isinstance(model, SelfLossDetector)`` asks it.
+
+    ``forward(images (B, C, H, W), mask (B, H, W) | None, targets | None) -> dict``, targets as the
+    detection task's (per image ``labels`` (M,) in 0..K-1, ``boxes`` (M, 4) cx, cy, w, h in [0, 1] of
+    the real image): with targets, ``loss`` and each of ``loss_names`` (scalars, summed into
+    ``loss``); unless training with targets, DETR's ``logits`` (B, N, K+1, index K "no object") and
+    ``boxes`` (B, N, 4) cx, cy, w, h in [0, 1] of the real image."""
+
+    loss_names: tuple[str, ...]
 
 
 def layout_of(model: nn.Module) -> str | None:
