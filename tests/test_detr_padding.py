@@ -1,5 +1,8 @@
 """DETR on a padded batch: an image padded at the right and bottom (with its pixel mask) gives the
-same detections as the image alone, within 1e-4, with the small backbone.
+same detections as the image alone, within 1e-4, with the small backbone, with DETR's dense
+cross-attention and with the deformable one (whose reference points are scaled by the valid
+ratios of the padded feature map, as Deformable DETR's, and whose padded values read as zeros,
+as the unpadded map's outside does).
 
 Why it holds: the small CNN zeroes the padding after every stage and takes GroupNorm's statistics
 over real pixels only (attnlab.models.resnet.SmallCNN), so each convolution reads beyond the real
@@ -23,21 +26,25 @@ from attnlab.models.resnet import SmallCNN
 TOL = 1e-4
 
 
-def small_detr():
+def small_detr(cross_attention: str = "dense"):
     torch.manual_seed(0)
     model = create_model("detr_digits", in_chans=3, d_model=32, num_heads=4, num_encoder_layers=2,
-                         num_decoder_layers=2, d_ff=64, num_queries=5).eval()
+                         num_decoder_layers=2, d_ff=64, num_queries=5, cross_attention=cross_attention).eval()
     with torch.no_grad():  # GroupNorm's affine away from 1 and 0, so that wrong statistics would show
         for n, p in model.backbone.named_parameters():
             if p.dim() == 1:
                 p.copy_(torch.randn(p.shape) * 0.5 + (1.0 if n.endswith("weight") else 0.0))
+        for n, p in model.decoder.named_parameters():  # deformable: points off whole pixels, some beyond the image
+            if "sampling_offsets" in n or "attention_weights" in n:
+                p.add_(torch.randn(p.shape))
     return model
 
 
+@pytest.mark.parametrize("cross_attention", ["dense", "deformable"])  # deformable: reference points x valid ratios
 @pytest.mark.parametrize("sizes, padded", [([(40, 56), (64, 64)], (64, 64)),  # multiples of the stride 8
                                             ([(44, 60), (37, 29)], (48, 64))])  # not: padded up to one
-def test_a_padded_image_gives_the_unpadded_detections(sizes, padded, one_thread):
-    model = small_detr()
+def test_a_padded_image_gives_the_unpadded_detections(sizes, padded, cross_attention, one_thread):
+    model = small_detr(cross_attention)
     images = [torch.randn(3, h, w) for h, w in sizes]
     x, mask = pad_batch(images, multiple=model.backbone.stride)
     assert x.shape[-2:] == padded

@@ -239,6 +239,11 @@ class Layout:
 
         if not isinstance(model, DETR):
             raise UnsupportedError(f"the {self.NAME} layout holds DETR models only")
+        switches = [s for s, on in (("cross_attention='deformable'", model.cfg.cross_attention != "dense"),
+                                    ("denoising=True", model.cfg.denoising)) if on]
+        if switches:
+            raise UnsupportedError(f"the {self.NAME} layout holds the original DETR, not one with {' and '.join(switches)}; "
+                                   "save with format='attnlab'")
         if self.NAME == HF:
             hf_config(model.cfg)  # refuses what Hugging Face's DETR cannot express
         return self._export(model.state_dict())

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.detect.boxes import cxcywh_to_xyxy, generalized_box_iou
-from attnlab.detect.loss import WEIGHTS, LossWeights
+from attnlab.detect.loss import WEIGHTS, LossWeights, loss_terms
 from attnlab.models.detr_denoising import DenoisingBatch
 
 
@@ -69,10 +68,7 @@ def _terms(logits: Tensor, boxes: Tensor, labels: Tensor, target_boxes: Tensor, 
            w: LossWeights) -> dict[str, Tensor]:
     """One layer: the valid entries' logits (V, K+1), boxes (V, 4) against their originals."""
     ce = F.cross_entropy(logits.float(), labels, reduction="sum") / num
-    src = boxes.float()
-    l1 = F.l1_loss(src, target_boxes, reduction="sum") / num
-    giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(target_boxes)))).sum() / num
-    return {"ce": ce, "l1": l1, "giou": giou, "total": w.ce * ce + w.l1 * l1 + w.giou * giou}
+    return loss_terms(ce, boxes.float(), target_boxes, num, w)
 
 
 def denoising_loss(outputs_dn: dict, dn: DenoisingBatch, targets: list[dict],

@@ -47,8 +47,15 @@ def _one(logits: Tensor, boxes: Tensor, targets: list[dict], num_boxes: float, w
     ce = F.cross_entropy(logits.float().transpose(1, 2), classes, weight)
     src = boxes[batch, pred].float()
     tgt = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, idx)]).to(src)
-    l1 = F.l1_loss(src, tgt, reduction="sum") / num_boxes
-    giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)))).sum() / num_boxes
+    return loss_terms(ce, src, tgt, num_boxes, w)
+
+
+def loss_terms(ce: Tensor, boxes: Tensor, target_boxes: Tensor, num_boxes: float, w: LossWeights) -> dict[str, Tensor]:
+    """The box terms of predicted ``boxes`` (V, 4) against the ``target_boxes`` (V, 4) they
+    answer for (cx, cy, w, h), each summed over the V pairs and divided by ``num_boxes``, and the
+    weighted total with the class term ``ce``: ``{"ce", "l1", "giou", "total"}``."""
+    l1 = F.l1_loss(boxes, target_boxes, reduction="sum") / num_boxes
+    giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes)))).sum() / num_boxes
     return {"ce": ce, "l1": l1, "giou": giou, "total": w.ce * ce + w.l1 * l1 + w.giou * giou}
 
 

@@ -21,8 +21,22 @@ are thin subclasses of attnlab's :class:`~attnlab.nn.layers.EncoderLayer` /
 recorded as every model's are, by :class:`attnlab.viz.record.AttentionRecorder`
 (``encoder.{i}.self_attn``: (B, H, T, T); ``decoder.{i}.cross_attn``: (B, H, N, T)).
 
+Two switches of the config turn this DETR into its small-data successors (off by default):
+
+- ``cross_attention="deformable"`` (Deformable DETR, Zhu et al. 2021, single level; the local
+  cross-attention of DE-DETR): each query reads ``deformable_points`` values per head around a
+  reference point p = sigmoid(Linear(q)) of the feature map instead of all T cells
+  (:class:`attnlab.nn.deformable.MultiScaleDeformableAttention`, values m without positions),
+  and predicts its box relative to it: b = sigmoid(MLP(y) + [logit(p), 0, 0]);
+- ``denoising=True`` (DN-DETR, Li et al. 2022): in training, noised copies of the ground truth
+  enter the decoder in front of the N matching queries, masked from them, and are trained to
+  reconstruct their objects (:mod:`attnlab.models.detr_denoising`); the matching queries'
+  content is DN-DETR's [E(K), 0] instead of zeros. With both switches (DN-Deformable-DETR) a
+  denoising query's reference point is the centre of its noised box: DN's noised anchor, as
+  Deformable DETR's 2-D point.
+
 Shapes: images (B, C_in, H, W); tokens (B, T, C); queries (B, N, C); logits (B, N, K+1);
-boxes (B, N, 4).
+boxes (B, N, 4); reference points (B, N, 2) as (x, y) in [0, 1] of the image.
 """
 
 from __future__ import annotations
@@ -35,11 +49,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.detr_denoising import DenoisingBatch, DenoisingQueries, denoising_attention_mask, split_outputs
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.resnet import ResNet50, SmallCNN
+from attnlab.nn.deformable import MultiScaleDeformableAttention
 from attnlab.nn.layers import DecoderLayer, EncoderLayer
 
 BACKBONES = ("resnet50", "small")
+CROSS_ATTENTIONS = ("dense", "deformable")
 
 
 @dataclass
@@ -62,6 +79,9 @@ class DETRConfig:
     norm_eps: float = 1e-5
     img_size: int = 800  # the size images are resized to by predict/viz (the model takes any size)
     temperature: float = 10000.0  # of the sine position encoding
+    cross_attention: str = "dense"  # the decoder's: "dense" (DETR) or "deformable" (Deformable DETR, one level)
+    deformable_points: int = 4  # deformable: values each head reads per query (the paper's 4)
+    denoising: bool = False  # owns DN-DETR's denoising queries (trained with them: attnlab train detect --dn-groups)
 
     @property
     def stride(self) -> int:
@@ -72,13 +92,15 @@ class DETRConfig:
         self.cnn_widths = tuple(int(w) for w in self.cnn_widths)
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.cross_attention not in CROSS_ATTENTIONS:
+            raise ConfigError(f"unknown cross_attention {self.cross_attention!r}; choose one of {', '.join(CROSS_ATTENTIONS)}")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
         if self.d_model % 4:
             raise ConfigError(f"the 2-D sine position encoding needs d_model divisible by 4, got {self.d_model}")
         if self.backbone == "small" and (not self.cnn_widths or any(w % 8 for w in self.cnn_widths)):
             raise ConfigError(f"cnn_widths {list(self.cnn_widths)}: give one width per stage, each a multiple of 8")
-        for f in ("num_classes", "num_queries", "num_encoder_layers", "num_decoder_layers", "img_size"):
+        for f in ("num_classes", "num_queries", "num_encoder_layers", "num_decoder_layers", "img_size", "deformable_points"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f} must be >= 1, got {getattr(self, f)}")
 
@@ -95,14 +117,39 @@ class DetrEncoderLayer(EncoderLayer):
 
 class DetrDecoderLayer(DecoderLayer):
     """Post-LN decoder layer over all queries at once (no causal mask):
-    y = LN(y + Attn(y + q, y + q, y));  y = LN(y + Attn(y + q, m + p, m));  y = LN(y + FFN(y))."""
+    y = LN(y + Attn(y + q, y + q, y));  y = LN(y + Attn(y + q, m + p, m));  y = LN(y + FFN(y)).
+
+    ``self_mask`` (Tq, Tq) bool, True = may attend (query denoising's groups); ``memory_mask``
+    (B, 1, 1, T), True = a real cell; ``reference`` and ``feature_size`` serve the deformable
+    layer only."""
 
     def forward(self, y: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor,
-                memory_mask: Tensor | None = None) -> Tensor:
+                memory_mask: Tensor | None = None, self_mask: Tensor | None = None,
+                reference: Tensor | None = None, feature_size: tuple[int, int] | None = None) -> Tensor:
         qk = y + query_pos
-        y = self.norm1(y + self.drop1(self.self_attn(qk, qk, y, causal=False)))  # every query sees every query
-        y = self.norm2(y + self.drop2(self.cross_attn(y + query_pos, memory + memory_pos, memory, mask=memory_mask)))
+        y = self.norm1(y + self.drop1(self.self_attn(qk, qk, y, mask=self_mask, causal=False)))  # no causal mask
+        y = self.norm2(y + self.drop2(self.cross(y + query_pos, memory, memory_pos, memory_mask, reference, feature_size)))
         return self.norm3(y + self.drop3(self.ff(y)))
+
+    def cross(self, query: Tensor, memory: Tensor, memory_pos: Tensor, memory_mask: Tensor | None,
+              reference: Tensor | None, feature_size: tuple[int, int] | None) -> Tensor:
+        """DETR's cross-attention over every cell: Attn(y + q, m + p, m)."""
+        return self.cross_attn(query, memory + memory_pos, memory, mask=memory_mask)
+
+
+class DeformableDecoderLayer(DetrDecoderLayer):
+    """The decoder layer with Deformable DETR's cross-attention on one level: each query reads
+    ``n_points`` values per head around its reference point, at learned offsets (eq. 2),
+    MSDeformAttn(y + q, p, m): the values are the memory without positions, as there."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, n_points: int, **options) -> None:
+        super().__init__(d_model, num_heads, d_ff, **options)
+        self.cross_attn = MultiScaleDeformableAttention(d_model, n_levels=1, n_heads=num_heads, n_points=n_points)
+
+    def cross(self, query: Tensor, memory: Tensor, memory_pos: Tensor, memory_mask: Tensor | None,
+              reference: Tensor | None, feature_size: tuple[int, int] | None) -> Tensor:
+        valid = None if memory_mask is None else memory_mask[:, 0, 0]  # (B, T) True = a real cell
+        return self.cross_attn(query, reference[:, :, None, :], memory, [feature_size], mask=valid)  # (B, Tq, C)
 
 
 def sine_position_2d(valid: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -140,12 +187,17 @@ class BoxMLP(nn.Module):
 
 
 class DETR(nn.Module):
-    """The detector. ``forward(images, mask)`` returns a dict:
+    """The detector. ``forward(images, mask, denoising=None)`` returns a dict:
 
     - ``logits`` (B, N, K+1), ``boxes`` (B, N, 4) as (cx, cy, w, h) in [0, 1] of the image;
     - ``aux``: the same for decoder layers 1..L-1 (a list, when ``cfg.aux_loss``);
     - ``feature_size``: (h, w) of the feature map, whose T = h*w cells are the keys of every
-      attention recorded by :class:`attnlab.viz.record.AttentionRecorder` (row-major).
+      attention recorded by :class:`attnlab.viz.record.AttentionRecorder` (row-major; the
+      deformable cross-attention is recorded as the equivalent dense map over them);
+    - ``dn``: with ``denoising`` (a :class:`~attnlab.models.detr_denoising.DenoisingBatch`,
+      training only; ``cfg.denoising``), the outputs of the denoising queries, as ``logits``,
+      ``boxes`` and ``aux`` of D = G·M queries. The matching part is what the model gives
+      without them.
 
     ``mask`` (B, H, W) bool, True = a real pixel, False = padding (a batch of images of
     different sizes padded to one, :func:`attnlab.detect.batching.pad_batch`); None: every pixel
@@ -167,13 +219,27 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(cfg.num_queries, d)
         kw = dict(dropout=cfg.dropout, activation=cfg.activation, norm_first=False, norm_eps=cfg.norm_eps)
         self.encoder = nn.ModuleList(DetrEncoderLayer(d, cfg.num_heads, cfg.d_ff, **kw) for _ in range(cfg.num_encoder_layers))
-        self.decoder = nn.ModuleList(DetrDecoderLayer(d, cfg.num_heads, cfg.d_ff, **kw) for _ in range(cfg.num_decoder_layers))
+        deformable = cfg.cross_attention == "deformable"
+        self.decoder = nn.ModuleList(
+            DeformableDecoderLayer(d, cfg.num_heads, cfg.d_ff, cfg.deformable_points, **kw) if deformable
+            else DetrDecoderLayer(d, cfg.num_heads, cfg.d_ff, **kw) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.class_embed = nn.Linear(d, cfg.num_classes + 1)
         self.bbox_embed = BoxMLP(d, d, 4, 3)
+        self.reference_points = nn.Linear(d, 2) if deformable else None  # q -> p = sigmoid(Linear(q))
+        self.dn_queries = DenoisingQueries(cfg.num_classes, d, cfg.temperature) if cfg.denoising else None
         for p in [*self.encoder.parameters(), *self.decoder.parameters()]:
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)  # as DETR's Transformer._reset_parameters
+        if deformable:  # as Deformable DETR: the attention's own init, boxes start at their reference points
+            for layer in self.decoder:
+                layer.cross_attn.reset_parameters()
+            nn.init.xavier_uniform_(self.reference_points.weight)
+            nn.init.zeros_(self.reference_points.bias)
+            last = self.bbox_embed.layers[-1]
+            nn.init.zeros_(last.weight)
+            with torch.no_grad():
+                last.bias.copy_(torch.tensor([0.0, 0.0, -2.0, -2.0]))
 
     def encode(self, images: Tensor, mask: Tensor | None = None):
         """images (B, C_in, H, W) -> memory (B, T, C), positions (B, T, C), key mask
@@ -194,27 +260,67 @@ class DETR(nn.Module):
             x = layer(x, pos, key_mask)
         return x, pos, key_mask, (h, w)
 
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
-        memory, pos, key_mask, hw = self.encode(images, mask)
-        b = memory.shape[0]
-        query_pos = self.query_embed.weight[None].expand(b, -1, -1)  # (B, N, C)
-        y = torch.zeros_like(query_pos)
+    def forward(self, images: Tensor, mask: Tensor | None = None, denoising: DenoisingBatch | None = None) -> dict:
+        memory, pos, key_mask, hw = self.encode(images, mask)  # (B, T, C), (B, T, C), (B, 1, 1, T) or None
+        y, query_pos, ref, self_mask = self.queries(memory.shape[0], denoising)  # (B, Tq, C) x 2, (B, Tq, 2), (Tq, Tq)
+        sample_at = None if ref is None else ref * valid_ratios(key_mask, hw, ref.dtype)  # (B, Tq, 2) on the padded map
         states = []
         for layer in self.decoder:
-            y = layer(y, memory, query_pos, pos, key_mask)
+            y = layer(y, memory, query_pos, pos, key_mask, self_mask=self_mask, reference=sample_at, feature_size=hw)
             if self.cfg.aux_loss:
                 states.append(self.decoder_norm(y))
-        hs = torch.stack(states) if self.cfg.aux_loss else self.decoder_norm(y)[None]  # (L or 1, B, N, C)
-        logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()
+        hs = torch.stack(states) if self.cfg.aux_loss else self.decoder_norm(y)[None]  # (L or 1, B, Tq, C)
+        logits, delta = self.class_embed(hs), self.bbox_embed(hs)  # (L or 1, B, Tq, K+1), (L or 1, B, Tq, 4)
+        if ref is not None:  # relative to the reference point: b = sigmoid(MLP(y) + [logit(p), 0, 0])
+            delta = delta + F.pad(torch.logit(ref, eps=1e-5), (0, 2))
+        boxes = delta.sigmoid()
         out = {"logits": logits[-1], "boxes": boxes[-1], "feature_size": hw}
         if self.cfg.aux_loss:
             out["aux"] = [{"logits": lg, "boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
+        if denoising is not None:
+            dn, out = split_outputs(out, denoising.num_dn)
+            out["dn"] = dn
         return out
+
+    def queries(self, b: int, denoising: DenoisingBatch | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The decoder's queries for a batch of b images: content y (B, Tq, C), positions q
+        (B, Tq, C), reference points p (B, Tq, 2) in [0, 1] of the image (deformable; else None)
+        and the self-attention mask (Tq, Tq) (with ``denoising``; else None). Tq = N, or D + N:
+        [D denoising | N matching] queries, the matching ones blind to the others."""
+        n = self.cfg.num_queries
+        query_pos = self.query_embed.weight[None].expand(b, -1, -1)  # (B, N, C): q
+        if self.dn_queries is None:
+            y = torch.zeros_like(query_pos)  # (B, N, C): DETR's content, zeros
+        else:
+            y = self.dn_queries.matching_content(n)[None].expand(b, -1, -1)  # (B, N, C): DN-DETR's [E(K), 0]
+        ref = None if self.reference_points is None else self.reference_points(query_pos).sigmoid()  # (B, N, 2): p
+        if denoising is None:
+            return y, query_pos, ref, None
+        if self.dn_queries is None:
+            raise ConfigError(f"{self.name or 'DETR'} was built without denoising queries (DETRConfig.denoising)")
+        dn_y, dn_pos = self.dn_queries(denoising.labels, denoising.boxes, denoising.valid)  # (B, D, C) each
+        y, query_pos = torch.cat([dn_y, y], dim=1), torch.cat([dn_pos, query_pos], dim=1)  # (B, D+N, C)
+        if ref is not None:  # a denoising query's reference point: its noised box's centre
+            ref = torch.cat([denoising.boxes[..., :2].to(ref), ref], dim=1)  # (B, D+N, 2)
+        return y, query_pos, ref, denoising_attention_mask(denoising.num_dn, denoising.num_groups, n, device=y.device)
 
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"name={self.name!r}, backbone={c.backbone}, d_model={c.d_model}, layers={c.num_encoder_layers}+"
-                f"{c.num_decoder_layers}, queries={c.num_queries}, classes={c.num_classes}")
+                f"{c.num_decoder_layers}, queries={c.num_queries}, classes={c.num_classes}"
+                + (f", cross_attention={c.cross_attention}" if c.cross_attention != "dense" else "")
+                + (", denoising=True" if c.denoising else ""))
+
+
+def valid_ratios(key_mask: Tensor | None, feature_size: tuple[int, int], dtype: torch.dtype) -> Tensor | float:
+    """Deformable DETR's valid ratios: the fraction of the padded feature map's width and height
+    that is real, (B, 1, 2) as (x, y) from the key mask (B, 1, 1, h*w); 1.0 without padding. A
+    point p of the image lies at p * ratio of the padded map."""
+    if key_mask is None:
+        return 1.0
+    valid = key_mask[:, 0, 0].unflatten(1, feature_size)  # (B, h, w)
+    h, w = feature_size
+    return torch.stack([valid[:, 0, :].sum(1) / w, valid[:, :, 0].sum(1) / h], dim=-1).to(dtype)[:, None]  # (B, 1, 2)
 
 
 def _detr(name: str, overrides: dict, **base) -> DETR:

@@ -10,7 +10,9 @@ photograph, ``--val-region``). Images are uint8 in memory, normalised ``(x / 255
 (0 and 1 for canvases, ImageNet's for RGB); images of other sizes are padded at the right and
 bottom with a pixel mask, and the padding is 0 after normalisation, as DETR's.
 
-Training minimises DETR's set loss (:mod:`attnlab.detect.loss`); validation also scores the
+Training minimises DETR's set loss (:mod:`attnlab.detect.loss`), plus with ``--dn-groups G`` DN-DETR's
+reconstruction loss of G noised copies of the ground truth (:mod:`attnlab.detect.denoising`; the
+model is then built with ``denoising=True``); validation also scores the
 detections with the COCO evaluator (AP, AP50, AP75, AR at ``--max-dets`` detections per image;
 main metric AP50); tiled validation data is scored on whole photographs, the detections of their
 tiles merged (:class:`attnlab.detect.tiles.TiledScenes`). The detections of an
@@ -32,13 +34,14 @@ from attnlab.data.transforms import Normalize, default_normalization
 from attnlab.detect.batching import pixel_mask, resize_keep_aspect
 from attnlab.detect.boxes import cxcywh_to_xyxy
 from attnlab.detect.coco_eval import MAX_DETS, coco_metrics, postprocess
+from attnlab.detect.denoising import denoising_loss, make_denoising_queries
 from attnlab.detect.loss import set_loss
 from attnlab.detect.tiles import TiledScenes, predict_tiled
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.detr import DETR
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
-from attnlab.train.config import TrainConfig, nonneg_int, opt, positive_float, positive_int, unit_float
+from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_float, positive_int, unit_float
 from attnlab.train.engine import evaluation_sums, model_device, progress_bar
 from attnlab.train.sampler import Plan, eval_shard, sharded_batches, steps_in_epoch
 
@@ -85,6 +88,13 @@ class DetectDataConfig:
     init: str | None = opt(None, "start from these weights: a run directory, our .safetensors, a Hugging Face DETR "
                                  "directory or an original DETR .pth (a class head for other classes starts fresh); "
                                  "no backbone pretraining then", metavar="PATH")
+    dn_groups: int = opt(0, "query denoising (DN-DETR): train the decoder also to reconstruct G noised copies of each "
+                            "image's objects, fed beside the matching queries (the model is built with denoising=true; "
+                            "DN-DETR uses 5); 0 = off", nonneg_int, metavar="G")
+    dn_box_noise: float = opt(0.4, "with --dn-groups: box noise scale λ (centres move up to λ/2 of the box's size, sizes "
+                                   "scale within 1 ± λ; DN-DETR's 0.4)", nonneg_float, metavar="X")
+    dn_label_noise: float = opt(0.2, "with --dn-groups: probability that a denoising query's label is redrawn "
+                                     "(DN-DETR's 0.2)", unit_float, metavar="P")
 
 
 @dataclass
@@ -111,8 +121,10 @@ class Detection:
     def __init__(self, train: DetectionSet | DigitCanvases, val: DetectionSet, classes: list[str], category_ids: list[int],
                  normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None,
                  backbone_lr: float = 1.0, budget_start: float | None = None, padded: bool = False,
-                 val_tiles: TiledScenes | None = None, max_dets: int = MAX_DETS) -> None:
+                 val_tiles: TiledScenes | None = None, max_dets: int = MAX_DETS,
+                 denoising: tuple[int, float, float] = (0, 0.0, 0.0)) -> None:
         self.train, self.val = train, val
+        self.denoising = denoising  # DN-DETR's (groups, box noise, label noise) of training; 0 groups: none
         self.padded = padded  # images padded at the right and bottom, their sizes the real pixels (VOC data)
         self.val_tiles = val_tiles  # val holds these tiles: score the whole scenes
         self.max_dets = max_dets
@@ -150,10 +162,18 @@ class Detection:
 
     def train_step(self, model: nn.Module, batch, cfg: TrainConfig):
         x, mask, targets = batch
-        parts = set_loss(model(self.inputs(x, mask), mask), targets)
+        groups, box_noise, label_noise = self.denoising
+        dn = make_denoising_queries(targets, groups, box_noise, label_noise, len(self.classes)) if groups else None
+        out = model(self.inputs(x, mask), mask) if dn is None else model(self.inputs(x, mask), mask, denoising=dn)
+        parts = set_loss(out, targets)
         n = torch.tensor(len(x))
-        return parts["loss"], {"loss": parts["loss"].detach() * n, "ce": parts["ce"] * n, "l1": parts["l1"] * n,
-                               "giou": parts["giou"] * n, "count": n}
+        logged = {"ce": parts["ce"] * n, "l1": parts["l1"] * n, "giou": parts["giou"] * n, "count": n}
+        loss = parts["loss"]
+        if dn is not None:  # DN-DETR: L = set loss + L_dn
+            dn_parts = denoising_loss(out["dn"], dn, targets)
+            loss = loss + dn_parts["loss"]
+            logged.update({f"dn_{k}": dn_parts[k] * n for k in ("ce", "l1", "giou")})
+        return loss, {"loss": loss.detach() * n, **logged}
 
     def eval_batches(self, plan: Plan):
         self._detections = []
@@ -175,7 +195,7 @@ class Detection:
 
     def summarize(self, sums: dict[str, Tensor]) -> dict[str, float]:
         n = max(float(sums.get("count", torch.tensor(0.0))), 1.0)
-        out = {k: float(sums[k]) / n for k in ("loss", "ce", "l1", "giou") if k in sums}
+        out = {k: float(sums[k]) / n for k in ("loss", "ce", "l1", "giou", "dn_ce", "dn_l1", "dn_giou") if k in sums}
         if "scored" in sums:  # an evaluation: score the detections it kept
             out.update(self.coco_metrics())
         return out
@@ -250,6 +270,7 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
     from attnlab.data.coco import read_coco
 
     t0 = time.perf_counter()
+    check_denoising(dc, mcfg)
     size = int(mcfg.img_size)
     if _is_canvas(dc.dataset):
         if dc.val_dataset:
@@ -303,8 +324,19 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
     train_size = dc.train_size if _is_canvas(dc.dataset) else len(train)
     info["dataset"] = {**info.get("dataset", {}), "spec": dc.dataset, "val_spec": dc.val_dataset, "train": train_desc,
                        "train_size": train_size, "val_size": len(val), "image_size": size}
-    return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={"num_classes": len(classes)},
-                      val_tiles=val_tiles, progress=progress, budget_start=t0)
+    return DetectData(dc, train, val, classes, ids, info, title=dc.dataset, model_fields={
+        "num_classes": len(classes), "denoising": dc.dn_groups > 0}, val_tiles=val_tiles, progress=progress, budget_start=t0)
+
+
+def check_denoising(dc: DetectDataConfig, mcfg) -> None:
+    """--dn-groups is the one switch of query denoising: the model's ``denoising`` follows it."""
+    if dc.dn_groups and not hasattr(mcfg, "denoising"):
+        raise ConfigError("--dn-groups is DETR's query denoising; this model has no denoising queries")
+    if getattr(mcfg, "denoising", False) and not dc.dn_groups:
+        raise ConfigError("query denoising is switched on by --dn-groups G (DN-DETR: 5), not by --model-arg denoising")
+    if not dc.dn_groups and (dc.dn_box_noise, dc.dn_label_noise) != (DetectDataConfig.dn_box_noise,
+                                                                     DetectDataConfig.dn_label_noise):
+        raise ConfigError("--dn-box-noise and --dn-label-noise need --dn-groups G (query denoising)")
 
 
 def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
@@ -364,7 +396,7 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
                      data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
                      budget_start=data.budget_start, padded=dc.dataset.startswith("voc:"), val_tiles=data.val_tiles,
-                     max_dets=dc.max_dets)
+                     max_dets=dc.max_dets, denoising=(dc.dn_groups, dc.dn_box_noise, dc.dn_label_noise))
 
 
 # --- using a trained run ------------------------------------------------------------------------

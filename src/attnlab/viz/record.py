@@ -1,10 +1,13 @@
 """Record the attention weights of any model, as they are computed, without changing it.
 
 :class:`AttentionRecorder` hooks every :class:`~attnlab.nn.MultiHeadAttention` (and Bahdanau's
-:class:`~attnlab.nn.AdditiveAttention`) of a model. After each call of a multi-head attention
-the hook runs the same call once more on the explicit path (``need_weights=True``) and keeps the
-weights softmax(QKᵀ/√d_k + mask): the model's own output is untouched, so the fused kernel keeps
-serving the forward pass. Use it on a forward pass without a key/value cache.
+:class:`~attnlab.nn.AdditiveAttention`, and deformable attention) of a model. After each call of
+a multi-head attention the hook runs the same call once more on the explicit path
+(``need_weights=True``) and keeps the weights softmax(QKᵀ/√d_k + mask): the model's own output is
+untouched, so the fused kernel keeps serving the forward pass. Deformable attention
+(:class:`~attnlab.nn.deformable.MultiScaleDeformableAttention`) is recorded the same way, as its
+equivalent dense map over the values (B, H, Tq, S). Use it on a forward pass without a
+key/value cache.
 
     with AttentionRecorder(model) as rec:
         model(src, tgt)
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.nn.attention import AdditiveAttention, MultiHeadAttention
+from attnlab.nn.deformable import MultiScaleDeformableAttention
 
 
 class AttentionRecorder:
@@ -33,7 +37,7 @@ class AttentionRecorder:
 
     def __enter__(self) -> AttentionRecorder:
         for name, m in self.model.named_modules():
-            if isinstance(m, MultiHeadAttention):
+            if isinstance(m, (MultiHeadAttention, MultiScaleDeformableAttention)):
                 self._handles.append(m.register_forward_hook(self._mha_hook(name), with_kwargs=True))
             elif isinstance(m, AdditiveAttention):
                 self._handles.append(m.register_forward_hook(self._additive_hook(name)))
