@@ -579,6 +579,14 @@ def test_detr_worked_head_value_input_matters():
     torch.testing.assert_close(v, (mem @ wv.T + bv).detach(), atol=1e-5, rtol=1e-5)  # V from the memory, without positions
 
 
+def test_deformable_detr_page_has_its_maps_and_no_worked_head():
+    """Deformable cross-attention samples points: the page shows its (dense-equivalent) maps, and says why it has
+    no worked head instead of failing."""
+    model, img = tiny_detr(cross_attention="deformable"), canvas_image()
+    d = E.explore_detr(model, img, label="d", threshold=0.0)
+    assert d["worked"] is None and any("DeformableAttention" in n for n in d["notes"])
+
+
 def test_detr_page_keeps_its_budget():
     model, img = tiny_detr(), canvas_image()
     full = E.explore_detr(model, img, label="d", threshold=0.0)

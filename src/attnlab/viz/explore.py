@@ -153,6 +153,9 @@ def worked_head(mha: MultiHeadAttention, inputs: Inputs, weights: Tensor, head: 
     the head's ``learned_scale``). ``check`` is the largest difference between
     softmax(QKᵀ·scale + bias) over the visible keys and the model's own ``weights``
     (B, H, Tq, Tk) of that call."""
+    if not isinstance(mha, MultiHeadAttention):  # e.g. DETR's deformable cross-attention
+        raise UnsupportedError(f"the worked head shows softmax(QKᵀ) attention; {type(mha).__name__} reads sampled "
+                               "points instead")
     if not 0 <= head < mha.num_heads:
         raise ConfigError(f"head {head} out of range: this layer has heads 0..{mha.num_heads - 1}")
     if mha.topk is not None:
