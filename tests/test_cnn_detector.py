@@ -171,3 +171,36 @@ def test_a_few_steps_on_four_images_lower_the_loss(one_thread):
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-5:]) / 5 < 0.7 * losses[0], losses
+
+
+def test_the_detect_task_trains_evaluates_and_predicts_with_it(tmp_path, one_thread, capsys):
+    """The same engine, data and evaluation as DETR: `attnlab train detect --model retinanet_digits` logs the
+    detector's own losses, `eval` scores it with the COCO evaluator, `predict` draws its boxes; DN-DETR's
+    denoising is refused for it in one line."""
+    import json
+
+    from PIL import Image
+
+    from attnlab.cli.main import main
+    from attnlab.data.canvases import CanvasConfig, make_canvases
+
+    run = tmp_path / "run"
+    small = ["--model-arg", "cnn_widths=[16,32]", "--model-arg", "img_size=32", "--model-arg", "head_dim=16",
+             "--train-size", "32", "--val-size", "16", "--batch-size", "16", "--epochs", "1", "--min-scale", "10",
+             "--max-scale", "16", "--pretrain-backbone", "3", "--threads", "1", "--quiet"]
+    assert main(["train", "detect", "--model", "retinanet_digits", *small, "--run-dir", str(run)]) == 0
+    row = json.loads((run / "metrics.json").read_text())["epochs"][-1]
+    assert {"val_AP50", "val_loss", "val_classification", "val_bbox_regression"} <= set(row)
+    assert row["val_loss"] == pytest.approx(row["val_classification"] + row["val_bbox_regression"], rel=1e-4)
+    assert json.loads((run / "last.json").read_text())["backbone_pretraining"]["steps"] == 3  # the same as DETR's
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["AP50"] == pytest.approx(row["val_AP50"])
+    img = tmp_path / "canvas.png"
+    Image.fromarray(make_canvases(CanvasConfig(size=32, min_scale=10, max_scale=16), 1, seed=5).images[0, 0].numpy()).save(img)
+    assert main(["predict", str(run), str(img), "--threshold", "0", "--json", "--output-dir", str(tmp_path)]) == 0
+    pred = json.loads(capsys.readouterr().out)[0]
+    assert all(len(d["box"]) == 4 and 0 <= d["score"] <= 1 for d in pred["detections"])
+    assert main(["train", "detect", "--model", "retinanet_digits", *small, "--dn-groups", "2",
+                 "--run-dir", str(tmp_path / "dn")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -38,6 +38,7 @@ from attnlab.detect.denoising import denoising_loss, make_denoising_queries
 from attnlab.detect.loss import set_loss
 from attnlab.detect.tiles import TiledScenes, predict_tiled
 from attnlab.errors import ConfigError, DataError
+from attnlab.models.capabilities import SelfLossDetector
 from attnlab.models.detr import DETR
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
@@ -111,7 +112,9 @@ class DetectEvalConfig:
 # --- the task -----------------------------------------------------------------------------------
 
 class Detection:
-    """DETR's set loss on batches of (uint8 images, targets); COCO AP on validation."""
+    """DETR's set loss on batches of (uint8 images, targets), or the losses a detector computes
+    itself (a :class:`~attnlab.models.capabilities.SelfLossDetector`: RetinaNet's focal and box
+    losses); COCO AP on validation."""
 
     name = TASK
     main_metric = "AP50"
@@ -122,8 +125,9 @@ class Detection:
                  normalize: Normalize, train_size: int, eval_batch_size: int = 100, info: dict | None = None,
                  backbone_lr: float = 1.0, budget_start: float | None = None, padded: bool = False,
                  val_tiles: TiledScenes | None = None, max_dets: int = MAX_DETS,
-                 denoising: tuple[int, float, float] = (0, 0.0, 0.0)) -> None:
+                 denoising: tuple[int, float, float] = (0, 0.0, 0.0), loss_names: tuple[str, ...] | None = None) -> None:
         self.train, self.val = train, val
+        self.loss_names = loss_names  # a self-loss detector's terms, decided once (a DDP wrapper hides them); None: DETR
         self.denoising = denoising  # DN-DETR's (groups, box noise, label noise) of training; 0 groups: none
         self.padded = padded  # images padded at the right and bottom, their sizes the real pixels (VOC data)
         self.val_tiles = val_tiles  # val holds these tiles: score the whole scenes
@@ -162,6 +166,9 @@ class Detection:
 
     def train_step(self, model: nn.Module, batch, cfg: TrainConfig):
         x, mask, targets = batch
+        if self.loss_names is not None:  # the detector computes its own losses
+            out, n = model(self.inputs(x, mask), mask, targets), torch.tensor(len(x))
+            return out["loss"], {k: out[k].detach() * n for k in ("loss", *self.loss_names)} | {"count": n}
         groups, box_noise, label_noise = self.denoising
         dn = make_denoising_queries(targets, groups, box_noise, label_noise, len(self.classes)) if groups else None
         out = model(self.inputs(x, mask), mask) if dn is None else model(self.inputs(x, mask), mask, denoising=dn)
@@ -185,17 +192,20 @@ class Detection:
 
     def eval_step(self, model: nn.Module, batch, cfg: TrainConfig | None = None) -> dict[str, Tensor]:
         x, mask, targets, idx = batch
-        out = model(self.inputs(x, mask), mask)
-        parts = set_loss(out, targets)
+        if self.loss_names is not None:  # its losses and its detections from one forward
+            out = model(self.inputs(x, mask), mask, targets)
+            parts = {k: out[k] for k in ("loss", *self.loss_names)}
+        else:
+            out = model(self.inputs(x, mask), mask)
+            parts = {k: v for k, v in set_loss(out, targets).items() if k in ("loss", "ce", "l1", "giou")}
         dets = postprocess(out["logits"], out["boxes"], [self.val.sizes[int(i)] for i in idx])
         self._detections += list(zip(idx.tolist(), dets))
         n = torch.tensor(len(x))
-        return {"loss": parts["loss"] * n, "ce": parts["ce"] * n, "l1": parts["l1"] * n, "giou": parts["giou"] * n,
-                "count": n, "scored": n}
+        return {k: v * n for k, v in parts.items()} | {"count": n, "scored": n}
 
     def summarize(self, sums: dict[str, Tensor]) -> dict[str, float]:
         n = max(float(sums.get("count", torch.tensor(0.0))), 1.0)
-        out = {k: float(sums[k]) / n for k in ("loss", "ce", "l1", "giou", "dn_ce", "dn_l1", "dn_giou") if k in sums}
+        out = {k: float(v) / n for k, v in sums.items() if k not in ("count", "scored")}  # every loss term
         if "scored" in sums:  # an evaluation: score the detections it kept
             out.update(self.coco_metrics())
         return out
@@ -396,7 +406,13 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
                      data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
                      budget_start=data.budget_start, padded=dc.dataset.startswith("voc:"), val_tiles=data.val_tiles,
-                     max_dets=dc.max_dets, denoising=(dc.dn_groups, dc.dn_box_noise, dc.dn_label_noise))
+                     max_dets=dc.max_dets, denoising=(dc.dn_groups, dc.dn_box_noise, dc.dn_label_noise),
+                     loss_names=own_losses(model))
+
+
+def own_losses(model: nn.Module) -> tuple[str, ...] | None:
+    """The loss terms of a detector that computes its own (RetinaNet), None for DETR (the set loss)."""
+    return tuple(model.loss_names) if isinstance(model, SelfLossDetector) else None
 
 
 # --- using a trained run ------------------------------------------------------------------------
@@ -431,7 +447,7 @@ def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tup
     spec = ec.dataset or dc.val_dataset or dc.dataset
     max_dets = ec.max_dets or dc.max_dets
     task = Detection(val, val, labels, run.extras["category_ids"], run.extras["normalize"], len(val), ec.batch_size,
-                     padded=spec.startswith("voc:"), val_tiles=val_tiles, max_dets=max_dets)
+                     padded=spec.startswith("voc:"), val_tiles=val_tiles, max_dets=max_dets, loss_names=own_losses(model))
     t0 = time.perf_counter()
     sums = evaluation_sums(task, model, task.eval_batches(Plan()), model_device(model), progress=progress,
                            total=task.num_eval_batches())
@@ -492,11 +508,11 @@ def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: 
 
 SPEC = TaskSpec(
     name=TASK,
-    help="object detection (DETR) on digit canvases, COCO-format or Pascal VOC data",
+    help="object detection (DETR, or a CNN detector: RetinaNet) on digit canvases, COCO-format or Pascal VOC data",
     data_config=DetectDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(DETR,),
+    model_kinds=(DETR, SelfLossDetector),
     default_model="detr_digits",
     train_defaults={"lr": 1e-3, "batch_size": 32, "weight_decay": 1e-4, "clip_grad": 0.1, "epochs": 24,
                     "warmup_steps": 200, "min_lr": 1e-5},
