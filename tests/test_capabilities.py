@@ -17,17 +17,18 @@ from attnlab.errors import ConfigError, UnsupportedError
 from attnlab.export.graph import graphs_of
 from attnlab.models.capabilities import (
     AUTOREGRESSIVE,
+    DETR_LAYOUT,
     MASK_PREDICT,
     TRANSFORMER_LAYOUT,
     VIT_LAYOUT,
     ImageClassifier,
     LanguageModel,
     PatchTransformer,
+    QueryDetector,
     SelfLossDetector,
     Translator,
     layout_of,
 )
-from attnlab.models.detr import DETR
 from attnlab.models.registry import probe_model
 
 SMALL = 10_000_000  # parameters: the models built with real weights here
@@ -38,17 +39,18 @@ def _small_models() -> list[str]:
 
 
 def _kinds(model) -> list[str]:
-    return [k.__name__ for k in (ImageClassifier, LanguageModel, Translator) if isinstance(model, k)]
+    kinds = (ImageClassifier, LanguageModel, Translator, QueryDetector, SelfLossDetector)
+    return [k.__name__ for k in kinds if isinstance(model, k)]
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_declarations_agree(name):
-    """One of image classifier / language model / translator; each answer has the members
-    that go with it; a layout goes with the kind of model it lays out."""
+    """One of image classifier / language model / translator / query detector / self-loss detector;
+    each answer has the members that go with it; a layout goes with the kind of model it lays out."""
     model = probe_model(name)
-    assert len(_kinds(model)) == 1 or isinstance(model, (DETR, SelfLossDetector)), _kinds(model)  # detectors: none yet
+    assert len(_kinds(model)) == 1, _kinds(model)
     if isinstance(model, SelfLossDetector):
-        assert isinstance(model.loss_names, tuple) and model.loss_names and not isinstance(model, DETR)
+        assert isinstance(model.loss_names, tuple) and model.loss_names
     if isinstance(model, LanguageModel):
         assert isinstance(model.is_recurrent, bool)
     if isinstance(model, Translator):
@@ -57,7 +59,9 @@ def test_declarations_agree(name):
         assert all(hasattr(model, a) for a in needs), needs
     if isinstance(model, PatchTransformer):
         assert isinstance(model, ImageClassifier)
-    assert layout_of(model) in (None, VIT_LAYOUT, TRANSFORMER_LAYOUT)
+    assert layout_of(model) in (None, VIT_LAYOUT, TRANSFORMER_LAYOUT, DETR_LAYOUT)
+    if layout_of(model) == DETR_LAYOUT:
+        assert isinstance(model, QueryDetector) and model.object_queries.shape[0] == model.cfg.num_queries
     if layout_of(model) == VIT_LAYOUT:
         assert isinstance(model, PatchTransformer)
     if layout_of(model) == TRANSFORMER_LAYOUT:
@@ -67,7 +71,7 @@ def test_declarations_agree(name):
 @pytest.mark.parametrize("name", list_models())
 def test_explorer_page_follows_the_declarations(name):
     model = probe_model(name)
-    page = {isinstance(model, PatchTransformer): "vit", isinstance(model, DETR): "detr",
+    page = {isinstance(model, PatchTransformer): "vit", isinstance(model, QueryDetector): "detr",
             isinstance(model, LanguageModel) and not model.is_recurrent: "lm",
             isinstance(model, Translator) and model.decoding == AUTOREGRESSIVE: "translation"}.get(True)
     if page is None:

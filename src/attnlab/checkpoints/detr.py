@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from attnlab.checkpoints.keys import Renames, block_indices
 from attnlab.errors import CheckpointError, UnsupportedError
-from attnlab.models.capabilities import IMAGENET_MEAN, IMAGENET_STD
+from attnlab.models.capabilities import DETR_LAYOUT, IMAGENET_MEAN, IMAGENET_STD, layout_of
 
 HF, ORIGINAL = "hf_detr", "detr"
 
@@ -235,9 +235,7 @@ class Layout:
 
     def tensors(self, model: nn.Module) -> dict[str, Tensor]:
         """``model``'s weights under this layout's names; UnsupportedError if it cannot hold them."""
-        from attnlab.models.detr import DETR
-
-        if not isinstance(model, DETR):
+        if layout_of(model) != DETR_LAYOUT:
             raise UnsupportedError(f"the {self.NAME} layout holds DETR models only")
         switches = [s for s, on in (("cross_attention='deformable'", model.cfg.cross_attention != "dense"),
                                     ("denoising=True", model.cfg.denoising)) if on]

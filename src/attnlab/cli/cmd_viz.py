@@ -129,7 +129,7 @@ def run_attention(args) -> int:
     if not 0.0 <= args.discard_ratio < 1.0:
         raise ConfigError(f"--discard-ratio {args.discard_ratio} must be in [0, 1)")
     from attnlab import runs
-    from attnlab.models.detr import DETR
+    from attnlab.models.capabilities import QueryDetector
 
     run = runs.open(args.checkpoint, seed=args.seed)
     model, task = run.model, (run.spec.name if run.spec is not None else None)
@@ -137,7 +137,7 @@ def run_attention(args) -> int:
         fig = _lm_attention(run, args.input)
     elif task == "translate":
         fig = _alignment(run, args.input, args.target, args.layer)
-    elif isinstance(model, DETR):
+    elif isinstance(model, QueryDetector):
         from attnlab.viz.detection import attention_figure  # DETR Fig. 6 and Fig. 3
 
         fig = attention_figure(model, run if run.spec is not None else None, args.input)

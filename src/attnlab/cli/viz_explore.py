@@ -108,12 +108,11 @@ def run(args) -> int:
 
 def family(model) -> str:
     """"vit", "lm", "translation" or "detr"; one line for a model the explorer cannot show."""
-    from attnlab.models.capabilities import AUTOREGRESSIVE, LanguageModel, PatchTransformer, Translator
-    from attnlab.models.detr import DETR
+    from attnlab.models.capabilities import AUTOREGRESSIVE, LanguageModel, PatchTransformer, QueryDetector, Translator
 
     if isinstance(model, PatchTransformer):
         return "vit"
-    if isinstance(model, DETR):
+    if isinstance(model, QueryDetector):
         return "detr"
     if isinstance(model, LanguageModel) and not model.is_recurrent:
         return "lm"

@@ -18,6 +18,9 @@ to it, in its own file, and every layer above takes it as it takes the families 
 - :class:`PatchTransformer`: a Transformer over a grid of image patches that shows its position
   embeddings and its attention (the ViT): ``viz posembed``, ``viz attention`` and the explorer's
   image page.
+- :class:`QueryDetector`: a set-prediction detector (DETR): learned object queries attend over
+  the image's features and each predicts a class and a box; its decoder cross-attention shows
+  where each query looks (``viz attention``: DETR Fig. 6, the explorer's detection page).
 - :class:`SelfLossDetector`: a detector that computes its own training loss (a CNN detector,
   :mod:`attnlab.models.cnn_detector`) where the detection task computes DETR's set loss;
   its outputs are DETR's, so decoding and scoring are the same for both.
@@ -26,7 +29,8 @@ to it, in its own file, and every layer above takes it as it takes the families 
   :class:`~attnlab.models.vit.VisionTransformer`'s weights and ``ViTConfig``: the timm,
   torchvision and Hugging Face checkpoint layouts) or :data:`TRANSFORMER_LAYOUT` (the
   :class:`~attnlab.nn.Transformer`'s encoder and decoder stacks: the exported encoder and
-  decoder-step graphs, CTranslate2).
+  decoder-step graphs, CTranslate2) or :data:`DETR_LAYOUT` (DETR's modules: the Hugging Face
+  and original DETR checkpoint layouts).
 - :func:`input_stats`: the per-channel mean and std an image model expects of pixels in [0, 1]
   when no run says otherwise (its ``pretrained_cfg`` where it has one, as timm's models do).
 """
@@ -42,6 +46,7 @@ AUTOREGRESSIVE = "autoregressive"
 MASK_PREDICT = "mask-predict"
 VIT_LAYOUT = "vit"
 TRANSFORMER_LAYOUT = "transformer"
+DETR_LAYOUT = "detr"
 
 #: ImageNet's per-channel mean and std (pixels in [0, 1]): torchvision's, DETR's and timm's default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,6 +120,18 @@ class PatchTransformer(Protocol):
 
 
 @runtime_checkable
+class QueryDetector(Protocol):
+    """A set-prediction detector; ``isinstance(model, QueryDetector)`` asks it. ``object_queries``
+    (N, C): the learned queries; ``encode(images, mask)``: the encoder's memory over the feature
+    map, whose cells every recorded decoder cross-attention has as its keys."""
+
+    @property
+    def object_queries(self) -> Tensor: ...
+
+    def encode(self, images: Tensor, mask: Tensor | None = None): ...
+
+
+@runtime_checkable
 class SelfLossDetector(Protocol):
     """A detector that brings its own loss; ``isinstance(model, SelfLossDetector)`` asks it.
 
@@ -128,7 +145,8 @@ class SelfLossDetector(Protocol):
 
 
 def layout_of(model: nn.Module) -> str | None:
-    """The layout ``model``'s family declares (:data:`VIT_LAYOUT`, :data:`TRANSFORMER_LAYOUT`), or None."""
+    """The layout ``model``'s family declares (:data:`VIT_LAYOUT`, :data:`TRANSFORMER_LAYOUT`,
+    :data:`DETR_LAYOUT`), or None."""
     return getattr(type(model), "layout", None)
 
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError, ShapeError
+from attnlab.models.capabilities import DETR_LAYOUT
 from attnlab.models.detr_denoising import DenoisingBatch, DenoisingQueries, denoising_attention_mask, split_outputs
 from attnlab.models.registry import config_from, register_model
 from attnlab.models.resnet import ResNet50, SmallCNN
@@ -209,6 +210,7 @@ class DETR(nn.Module):
     # Linear layers int8 quantization leaves in fp32 (attnlab.export.int8): with positions on the
     # queries and keys only, every attention slices its fused qkv weight into its Q, K and V rows.
     int8_keep_fp32 = ("self_attn.qkv", "cross_attn.qkv")
+    layout = DETR_LAYOUT  # attnlab.models.capabilities: the Hugging Face and original DETR checkpoint layouts
 
     def __init__(self, cfg: DETRConfig, name: str | None = None) -> None:
         super().__init__()
@@ -240,6 +242,11 @@ class DETR(nn.Module):
             nn.init.zeros_(last.weight)
             with torch.no_grad():
                 last.bias.copy_(torch.tensor([0.0, 0.0, -2.0, -2.0]))
+
+    @property
+    def object_queries(self) -> Tensor:
+        """The N learned object queries (N, C), a :class:`~attnlab.models.capabilities.QueryDetector`'s."""
+        return self.query_embed.weight
 
     def encode(self, images: Tensor, mask: Tensor | None = None):
         """images (B, C_in, H, W) -> memory (B, T, C), positions (B, T, C), key mask
