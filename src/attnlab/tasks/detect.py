@@ -38,8 +38,7 @@ from attnlab.detect.denoising import denoising_loss, make_denoising_queries
 from attnlab.detect.loss import set_loss
 from attnlab.detect.tiles import TiledScenes, predict_tiled
 from attnlab.errors import ConfigError, DataError
-from attnlab.models.capabilities import SelfLossDetector
-from attnlab.models.detr import DETR
+from attnlab.models.capabilities import QueryDetector, SelfLossDetector
 from attnlab.tasks.spec import LoadedRun, TaskSpec
 from attnlab.train import distributed
 from attnlab.train.config import TrainConfig, nonneg_float, nonneg_int, opt, positive_float, positive_int, unit_float
@@ -349,7 +348,7 @@ def check_denoising(dc: DetectDataConfig, mcfg) -> None:
         raise ConfigError("--dn-box-noise and --dn-label-noise need --dn-groups G (query denoising)")
 
 
-def pretrain_backbone(model: DETR, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
+def pretrain_backbone(model: nn.Module, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
                       deadline: float | None = None, progress: bool = False) -> dict:
     """Train the backbone alone to classify the digit of single-digit canvases (global max pool,
     a linear head thrown away afterwards): the stand-in for DETR's ImageNet-pretrained ResNet.
@@ -512,7 +511,7 @@ SPEC = TaskSpec(
     data_config=DetectDataConfig,
     load_data=load_data,
     make_task=make_task,
-    model_kinds=(DETR, SelfLossDetector),
+    model_kinds=(QueryDetector, SelfLossDetector),
     default_model="detr_digits",
     train_defaults={"lr": 1e-3, "batch_size": 32, "weight_decay": 1e-4, "clip_grad": 0.1, "epochs": 24,
                     "warmup_steps": 200, "min_lr": 1e-5},
