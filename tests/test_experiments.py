@@ -35,6 +35,7 @@ KEYS = {"experiment", "question", "anchor", "budget", "seeds", "threads", "comma
 VERDICT_WORDS = re.compile(r"\b(agree|agrees|disagree|disagrees|inconclusive)\b", re.I)
 ISSUE_11 = {"sqrt-dk", "layernorm-vs-batchnorm", "post-vs-pre-ln", "vit-position", "text-position", "cls-vs-gap",
             "topk-attention", "rnn-forgetting", "attention-cost", "vit-vs-cnn", "ar-vs-nat"}
+EVERY = set(experiments())  # the eleven of issue 11 and those added since (detr-small-data)
 
 
 def test_list_names_every_experiment(capsys):
@@ -72,7 +73,7 @@ def quick_runs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", sorted(ISSUE_11))
+@pytest.mark.parametrize("name", sorted(EVERY))
 def test_quick_budget_writes_results(name, quick_runs):
     out, res = quick_runs(name)
     saved = json.loads((out / "results.json").read_text())
@@ -99,7 +100,7 @@ def test_quick_budget_writes_results(name, quick_runs):
             assert (out / "runs" / arm / "run.json").is_file() and summary["run_dir"] == str(out / "runs" / arm)
 
 
-@pytest.mark.parametrize("name", sorted(ISSUE_11 - {"attention-cost"}))
+@pytest.mark.parametrize("name", sorted(EVERY - {"attention-cost"}))
 def test_every_run_an_experiment_writes_reopens(name, quick_runs, capsys):
     """Every arm re-opens through the run layer's front door and load_model, with its own task
     (the copy task and the image subsets are declared in experiments/); `attnlab eval` reads the
@@ -129,7 +130,7 @@ def test_a_teacher_is_a_reference_run_not_an_arm(quick_runs):
 
 # --- arms differ only in what is studied (issue 21, point 4) ----------------------------------------
 
-@pytest.mark.parametrize("name", sorted(ISSUE_11))
+@pytest.mark.parametrize("name", sorted(EVERY))
 def test_arms_differ_only_in_the_declared_variables(name, quick_runs):
     """Every pair of arms of one seed differs only in the experiment's declared variables, and each
     declared variable does vary (attention-cost trains no arm: it declares none)."""
