@@ -5,6 +5,7 @@ scored whole from their merged tiles; bad input in one line; the real neon-trees
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,8 @@ def test_the_task_tiles_pads_and_masks(voc_run):
     assert [s.size for s in tiles.scenes] == [(80, 38), (64, 29), (30, 16)]
     assert len(tiles.tiles) == len(data.val) == len(tiles.scene_of)
     assert sum(len(s.boxes) for s in tiles.scenes) > 0
+    assert task.lr_scales == {"backbone.": 1.0}  # a backbone from scratch learns at --lr, not the pretrained one's 0.1
+    assert make_task(data, model, TrainConfig()).lr_scales == {"backbone.": 1.0}
 
 
 def test_eval_and_predict_tiled(voc_run, tmp_path, capsys):
@@ -183,3 +186,42 @@ def test_help_states_the_voc_options_and_their_defaults(capsys):
                             ("--max-dets N", "(default: 100)"), ("--tile S", "(default: none;")):
         assert default in text[text.rindex(option):][:400], option  # its description, after the usage line
     assert "voc:FILE.xml" in text
+
+
+def test_a_pretrained_backbone_keeps_its_smaller_rate():
+    """--backbone-lr (0.1) is for a backbone that arrives trained: the canvases' pretrained CNN that keeps training."""
+    from attnlab.models import create_model
+    from attnlab.tasks.detect import DetectDataConfig, load_data, make_task
+    from attnlab.train.config import TrainConfig
+
+    model = create_model("detr_digits", cnn_widths=(16, 32), d_model=32, num_queries=4, img_size=32)
+    dc = DetectDataConfig(train_size=16, val_size=8, min_scale=10, max_scale=16, pretrain_backbone=2, train_backbone=True)
+    data = load_data(dc, model.cfg, progress=False)
+    assert make_task(data, model, TrainConfig()).lr_scales == {"backbone.": 0.1}
+
+
+@pytest.mark.slow
+def test_readme_photograph_block_runs(tmp_path, shared_data):
+    """The README's own-photographs commands, line by line, in a fresh directory beside the data (the
+    same relative path ../shared/data); the training line with a budget small enough for a test
+    appended (the last value of an option wins)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "--dataset voc:" in b)
+    lines = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    work = tmp_path / "repo"
+    work.mkdir()
+    (tmp_path / "shared").mkdir()
+    os.symlink(shared_data, tmp_path / "shared" / "data")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    small = " --epochs 1 --max-minutes 0.1 --batch-size 8 --threads 1 --quiet"
+    for line in lines:
+        line += small if line.startswith("attnlab train detect") else ""
+        p = subprocess.run(line, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (line, p.stderr[-2000:])
+    assert (work / "trees-attention.png").read_bytes()[:4] == b"\x89PNG" and (work / "trees.html").stat().st_size > 0
+    assert json.loads((work / "runs" / "trees" / "last.json").read_text())["model"]["config"]["denoising"] is True

@@ -47,9 +47,8 @@ def setup(ctx: Context) -> tuple[dict, dict, dict, dict]:
     from attnlab.tasks.detect import DetectDataConfig
 
     tile = ctx.pick(128, 320)
-    # the backbone starts from scratch, so it learns at the full rate (the task's 0.1 is for a pretrained one)
     data = dict(dataset=f"voc:{ctx.data_file('neon-trees', TRAIN)}", val_region=0.2, tile=tile,
-                tile_overlap=ctx.pick(32, 120), max_dets=300, pretrain_backbone=0, backbone_lr=1.0, eval_batch_size=8)
+                tile_overlap=ctx.pick(32, 120), max_dets=300, eval_batch_size=8)  # the backbone from scratch, at --lr
     DetectDataConfig(**data)  # refuses a wrong option here, not after the first arm
     minutes = ctx.pick(0.03, 5.0)
     # the detection task's optimiser settings (AdamW 1e-3, clip 0.1); time-bound, validated once at the end

@@ -83,8 +83,10 @@ class DetectDataConfig:
                                  nonneg_int, metavar="N")
     train_backbone: bool = opt(False, "keep training a pretrained backbone with the detector (at --backbone-lr), "
                                       "instead of freezing it")
-    backbone_lr: float = opt(0.1, "the backbone's learning rate as a fraction of --lr, when it trains (--train-backbone, "
-                                  "--init): the paper's 1e-5 against 1e-4", positive_float, metavar="F")
+    backbone_lr: float = opt(0.1, "a pretrained backbone's learning rate as a fraction of --lr, when it trains "
+                                  "(--train-backbone, --init): the paper's 1e-5 against 1e-4; a backbone that starts "
+                                  "from scratch (VOC or COCO data without --init) learns at --lr", positive_float,
+                             metavar="F")
     init: str | None = opt(None, "start from these weights: a run directory, our .safetensors, a Hugging Face DETR "
                                  "directory or an original DETR .pth (a class head for other classes starts fresh); "
                                  "no backbone pretraining then", metavar="PATH")
@@ -402,8 +404,10 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
         if not dc.train_backbone:
             model.backbone.requires_grad_(False)
     data.title = f"{model.name} on {data.config.dataset.split(':')[0]}"
+    pretrained = bool(dc.init) or "backbone_pretraining" in data.info  # else the backbone starts from scratch
     return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
-                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info, dc.backbone_lr,
+                     data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info,
+                     dc.backbone_lr if pretrained else 1.0,  # a backbone from scratch learns at the detector's rate
                      budget_start=data.budget_start, padded=dc.dataset.startswith("voc:"), val_tiles=data.val_tiles,
                      max_dets=dc.max_dets, denoising=(dc.dn_groups, dc.dn_box_noise, dc.dn_label_noise),
                      loss_names=own_losses(model))
