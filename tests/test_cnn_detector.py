@@ -124,11 +124,12 @@ def test_the_backbone_is_detrs_with_detrs_initialisation(detr_overrides, name):
 
 
 def test_the_tasks_backbone_pretraining_trains_its_backbone(one_thread):
-    from attnlab.tasks.detect import DetectDataConfig, canvas_config, pretrain_backbone
+    from attnlab.data.transforms import Normalize
+    from attnlab.tasks.detect import DetectDataConfig, PretrainImages, canvas_config, pretrain_backbone
 
     model = digits_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pretrain_backbone(model, canvas_config(DetectDataConfig(), 64), 2, batch_size=8)
+    pretrain_backbone(model, PretrainImages(canvas_config(DetectDataConfig(), 64)), 2, Normalize([0.0], [1.0]), batch_size=8)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("backbone.") for k in changed)  # the task's lr_scales prefix, as DETR's
 
@@ -204,3 +205,27 @@ def test_the_detect_task_trains_evaluates_and_predicts_with_it(tmp_path, one_thr
     assert main(["train", "detect", "--model", "retinanet_digits", *small, "--dn-groups", "2",
                  "--run-dir", str(tmp_path / "dn")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_pretraining_on_an_image_dataset_gives_both_detectors_one_backbone(one_thread):
+    """--pretrain-data: the backbone first classifies an image dataset's images, normalised as the detector's;
+    DETR and RetinaNet of one seed, built on the same backbone, come out of it with the same weights (the head and
+    every batch depend on the seed alone), and a dataset of other channels is refused."""
+    from attnlab.data.transforms import default_normalization
+    from attnlab.tasks.detect import PretrainImages, pretrain_backbone
+
+    images = PretrainImages(spec="digits", channels=1)
+    assert images.name == "digits" and len(images.classes) == 10
+    backbones = []
+    for name in ("detr_digits", "retinanet_digits"):
+        torch.manual_seed(3)
+        model = create_model(name)
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        pre = pretrain_backbone(model, images, 3, default_normalization(model), seed=3, batch_size=8)
+        assert pre["data"] == "digits" and pre["steps"] == 3
+        assert any(not torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+        backbones.append(model.backbone.state_dict())
+    for k, v in backbones[0].items():
+        torch.testing.assert_close(backbones[1][k], v, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="3-channel backbone"):
+        PretrainImages(spec="digits", channels=3)

@@ -179,8 +179,9 @@ def test_resume_retraces_the_uninterrupted_run(tmp_path):
     assert main(["train", "detect", "--resume", str(tmp_path / "b"), "--max-minutes", "0", "--quiet"]) == 0
     rec = ckpt.read_record(tmp_path / "b", "last")
     assert rec["step"] == 4  # the first session's pretraining, kept:
-    assert rec["backbone_pretraining"] | {"seconds": 0} == {"steps": 1, "asked": 2, "stopped_by_time": True,
-                                                             "last_batch_accuracy": ANY, "seconds": 0}
+    assert rec["backbone_pretraining"] | {"seconds": 0} == {"data": "single-digit canvases", "steps": 1, "asked": 2,
+                                                            "stopped_by_time": True,
+                                                            "last_batch_accuracy": ANY, "seconds": 0}
     wa, wb = (ckpt.load_weights(d, ckpt.read_record(d, "last")) for d in (tmp_path / "a", tmp_path / "b"))
     # float rounding may differ (the pretraining of the first session leaves oneDNN in another state): up to
     # 1.6e-5 measured on an AVX-512 machine; a step done differently moves weights by ~lr = 1e-3
@@ -201,7 +202,8 @@ def test_max_minutes_covers_the_backbone_pretraining(tmp_path, capsys):
     assert pre["stopped_by_time"] and 1 <= pre["steps"] < asked and pre["asked"] == asked
     assert rec["step"] == 1 and json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"][-1]["cut"] == 1
     out = capsys.readouterr().out
-    assert f"backbone pretrained: stopped by --max-minutes after {pre['steps']} of {asked} steps" in out
+    assert (f"backbone pretrained on single-digit canvases: stopped by --max-minutes after {pre['steps']} of {asked} "
+            "steps") in out
     assert "stopped by --max-minutes 0.02 after 1 of the 2 batches of epoch 1" in out
 
 
@@ -284,8 +286,9 @@ def test_backbone_pretraining_shows_a_progress_bar(monkeypatch):
     import io
     import sys
 
+    from attnlab.data.transforms import Normalize
     from attnlab.models import create_model
-    from attnlab.tasks.detect import pretrain_backbone
+    from attnlab.tasks.detect import PretrainImages, pretrain_backbone
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -293,9 +296,11 @@ def test_backbone_pretraining_shows_a_progress_bar(monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", Terminal())
     model = create_model("detr_digits", cnn_widths=(16, 32), img_size=32)
-    pretrain_backbone(model, CanvasConfig(size=32, min_scale=10, max_scale=16), 2, batch_size=8, progress=True)
+    images = PretrainImages(CanvasConfig(size=32, min_scale=10, max_scale=16))
+    pretrain_backbone(model, images, 2, Normalize([0.0], [1.0]), batch_size=8, progress=True)
     shown = sys.stderr.getvalue()
-    assert "pretraining the backbone:" in shown and "/2 [" in shown and "step/s" in shown and "accuracy" in shown
+    assert "pretraining the backbone on single-digit canvases:" in shown and "/2 [" in shown
+    assert "step/s" in shown and "accuracy" in shown
 
 
 def test_denoising_and_deformable_runs_through_the_cli(tmp_path, capsys):

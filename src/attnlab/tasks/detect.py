@@ -78,9 +78,13 @@ class DetectDataConfig:
     min_scale: int = opt(14, "canvases: smallest pasted digit side, pixels", positive_int, metavar="PX")
     max_scale: int = opt(28, "canvases: largest pasted digit side, pixels", positive_int, metavar="PX")
     eval_batch_size: int = opt(100, "images per batch when evaluating", positive_int, metavar="N")
-    pretrain_backbone: int = opt(300, "canvases with a small CNN backbone: first train it for N steps to classify single "
-                                      "digits (the paper's backbone comes pretrained on ImageNet); 0 = from scratch",
-                                 nonneg_int, metavar="N")
+    pretrain_backbone: int = opt(300, "with a small CNN backbone: first train it for N steps to classify the images of "
+                                      "--pretrain-data (the paper's backbone comes pretrained on ImageNet); 0 = from "
+                                      "scratch", nonneg_int, metavar="N")
+    pretrain_data: str | None = opt(None, "what --pretrain-backbone classifies: an image dataset of 'attnlab train "
+                                          "image' (cifar10, mnist, digits, a folder) with the backbone's channels "
+                                          "(default: single-digit canvases for canvas data; for other data no "
+                                          "pretraining unless this is given)", metavar="SPEC")
     train_backbone: bool = opt(False, "keep training a pretrained backbone with the detector (at --backbone-lr), "
                                       "instead of freezing it")
     backbone_lr: float = opt(0.1, "a pretrained backbone's learning rate as a fraction of --lr, when it trains "
@@ -350,23 +354,55 @@ def check_denoising(dc: DetectDataConfig, mcfg) -> None:
         raise ConfigError("--dn-box-noise and --dn-label-noise need --dn-groups G (query denoising)")
 
 
-def pretrain_backbone(model: nn.Module, canvases: CanvasConfig, steps: int, batch_size: int = 64, lr: float = 2e-3,
-                      deadline: float | None = None, progress: bool = False) -> dict:
-    """Train the backbone alone to classify the digit of single-digit canvases (global max pool,
-    a linear head thrown away afterwards): the stand-in for DETR's ImageNet-pretrained ResNet.
-    Deterministic given the global seed; canvases of their own stream (seed 1). Stops early once
-    ``time.perf_counter()`` passes ``deadline`` (the end of --max-minutes). Returns the steps done
-    and asked, whether the deadline stopped it, its last batch accuracy and seconds."""
+class PretrainImages:
+    """The labelled images a backbone first learns to classify, batch by batch: single-digit
+    canvases (their own stream, seed 1) or an image dataset's training set, cycled in one fixed
+    order (seed 1)."""
+
+    def __init__(self, canvases: CanvasConfig | None = None, spec: str | None = None, channels: int = 1) -> None:
+        self.one = self.ds = None
+        if spec is None:
+            self.one = DigitCanvases(replace(canvases, min_digits=1, max_digits=1), "train", seed=1)
+            self.classes, self.name = list(self.one.classes), "single-digit canvases"
+            return
+        from attnlab.data.images import load
+
+        self.ds = load(spec, progress=False).train
+        if self.ds.images.shape[1] != channels:
+            raise ConfigError(f"--pretrain-data {spec}: {self.ds.images.shape[1]}-channel images for a {channels}-channel "
+                              "backbone; choose a dataset with the model's channels (in_chans)")
+        self.order = torch.randperm(len(self.ds), generator=torch.Generator().manual_seed(1))
+        self.classes, self.name = list(self.ds.classes), spec
+
+    def batch(self, step: int, size: int) -> tuple[Tensor, Tensor]:
+        """uint8 images (B, C, H, W) and labels (B,) of batch ``step``."""
+        if self.one is not None:
+            s = self.one.take(range(step * size, (step + 1) * size))
+            return s.images, torch.cat(s.labels)
+        idx = self.order[torch.arange(step * size, (step + 1) * size) % len(self.order)]
+        return self.ds.images[idx], self.ds.labels[idx]
+
+
+def pretrain_backbone(model: nn.Module, images: PretrainImages, steps: int, normalize: Normalize, seed: int = 0,
+                      batch_size: int = 64, lr: float = 2e-3, deadline: float | None = None,
+                      progress: bool = False) -> dict:
+    """Train the backbone alone to classify ``images`` (global max pool, a linear head thrown away
+    afterwards), normalised as the detector will see its images: the stand-in for DETR's
+    ImageNet-pretrained ResNet. Deterministic given ``seed`` (the head's initialisation and every
+    batch), so detectors of one seed built on the same backbone get the same pretrained weights.
+    Stops early once ``time.perf_counter()`` passes ``deadline`` (the end of --max-minutes).
+    Returns the data, the steps done and asked, whether the deadline stopped it, its last batch
+    accuracy and seconds."""
     t0 = time.perf_counter()
-    one = DigitCanvases(replace(canvases, min_digits=1, max_digits=1), "train", seed=1)
-    head = nn.Linear(model.backbone.out_channels, len(one.classes))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = nn.Linear(model.backbone.out_channels, len(images.classes))
     opt_ = torch.optim.AdamW([*model.backbone.parameters(), *head.parameters()], lr=lr)
     acc, done = 0.0, 0
-    bar = progress_bar(range(steps), steps, "pretraining the backbone", progress)
+    bar = progress_bar(range(steps), steps, f"pretraining the backbone on {images.name}", progress)
     for step in bar:
-        s = one.take(range(step * batch_size, (step + 1) * batch_size))
-        y = torch.cat(s.labels)
-        logits = head(model.backbone(s.images.float() / 255).amax((2, 3)))
+        x, y = images.batch(step, batch_size)
+        logits = head(model.backbone(normalize(x)).amax((2, 3)))
         loss = nn.functional.cross_entropy(logits, y)
         opt_.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,15 +414,16 @@ def pretrain_backbone(model: nn.Module, canvases: CanvasConfig, steps: int, batc
             break
     if hasattr(bar, "close"):
         bar.close()
-    return {"steps": done, "asked": steps, "stopped_by_time": done < steps, "last_batch_accuracy": round(acc, 4),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"data": images.name, "steps": done, "asked": steps, "stopped_by_time": done < steps,
+            "last_batch_accuracy": round(acc, 4), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def pretraining_line(pre: dict) -> str:
     """The backbone pretraining of a run, in words, for the training log."""
     how = (f"stopped by --max-minutes after {pre['steps']} of {pre['asked']} steps" if pre.get("stopped_by_time")
            else f"{pre['steps']} steps")
-    return f"backbone pretrained: {how} in {pre['seconds']:.0f} s (last batch accuracy {100 * pre['last_batch_accuracy']:.0f}%)"
+    return (f"backbone pretrained on {pre.get('data', 'single-digit canvases')}: {how} in {pre['seconds']:.0f} s "
+            f"(last batch accuracy {100 * pre['last_batch_accuracy']:.0f}%)")
 
 
 def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection:
@@ -396,10 +433,14 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
 
         report = load_checkpoint(model, dc.init, new_head="class_embed.")  # other classes: a fresh class head
         data.info["init"] = {k: report[k] for k in ("format", "source", "file_format", "loaded", "new_head")}
-    elif dc.pretrain_backbone and model.cfg.backbone == "small" and isinstance(data.train, DigitCanvases):
+    elif dc.pretrain_backbone and model.cfg.backbone == "small" and (isinstance(data.train, DigitCanvases)
+                                                                     or dc.pretrain_data):
         if "backbone_pretraining" not in data.info:  # (a resumed run loads the pretrained weights instead)
             deadline = data.budget_start + 60 * cfg.max_minutes if cfg.max_minutes else None
-            data.info["backbone_pretraining"] = pretrain_backbone(model, data.train.cfg, dc.pretrain_backbone,
+            images = PretrainImages(data.train.cfg if dc.pretrain_data is None else None, dc.pretrain_data,
+                                    model.cfg.in_chans)
+            data.info["backbone_pretraining"] = pretrain_backbone(model, images, dc.pretrain_backbone,
+                                                                  default_normalization(model), seed=cfg.seed,
                                                                   deadline=deadline, progress=data.progress)
         if not dc.train_backbone:
             model.backbone.requires_grad_(False)
