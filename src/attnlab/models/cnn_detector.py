@@ -240,7 +240,7 @@ def _retinanet(name: str, overrides: dict, **base) -> RetinaNetDetector:
 
 @register_model("retinanet_small")
 def retinanet_small(**overrides) -> RetinaNetDetector:
-    """The CNN anchor for tree crowns (issue 24): RGB 400-px tiles, DETR's 3-stage SmallCNN
+    """The CNN detector set beside DETR for tree crowns: RGB 400-px tiles, DETR's 3-stage SmallCNN
     (32-64-128, stride 8), a 128-channel head, 15 anchors per cell (16-64 px x ratios 0.5, 1, 2),
     300 detections per image, 1 class."""
     return _retinanet("retinanet_small", overrides)
