@@ -134,3 +134,12 @@ def test_the_marker_is_written_first_so_a_killed_experiment_continues(tmp_path):
     first.mkdir()
     (first / f".{MARKER}.0123456789abcdef.tmp").write_text("{")
     assert run_experiment(done, out=first, progress=False)["experiment"] == "killed"
+
+
+def test_a_log_axis_ticks_the_values_measured():
+    """A rate grid of 1e-3, 2e-3, 4e-3 on a log axis reads 0.001 / 0.002 / 0.004, not 2^-10 / 2^-9 / 2^-8."""
+    from attnlab.experiments.figures import line_figure
+
+    fig = line_figure({"LN": ([1e-3, 2e-3, 4e-3], [3.0, 2.0, 2.5]), "BN": ([1e-3, 4e-3], [4.0, 3.0])}, "rate", "ppl",
+                      "grid", logx=True)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.001", "0.002", "0.004"]

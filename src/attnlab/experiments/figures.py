@@ -28,6 +28,10 @@ def line_figure(series: dict, xlabel: str, ylabel: str, title: str, *, logx: boo
         ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="#555555")
     if logx:
         ax.set_xscale("log", base=2)
+        xs = sorted({float(x) for s in series.values() for x in s[0]})
+        if len(xs) <= 12:  # tick the values measured (a rate of 1e-3, not 2^-10)
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.minorticks_off()
     if logy and any(y > 0 for s in series.values() for y in s[1]):  # a log axis needs a positive value to show
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
