@@ -45,7 +45,7 @@ def test_two_process_detection_scores_the_whole_validation_set(tmp_path):
             "cnn_widths=[16,32]", "img_size=32"]
     args = ["train", "detect", "--model", "detr_digits", *[x for a in tiny for x in ("--model-arg", a)], "--train-size", "512",
             "--val-size", "24", "--batch-size", "16", "--epochs", "4", "--min-scale", "10", "--max-scale", "16",
-            "--pretrain-backbone", "100", "--threads", "1", "--quiet", "--run-dir", str(run)]
+            "--pretrain-backbone", "300", "--threads", "1", "--quiet", "--run-dir", str(run)]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "attnlab", *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.ops import clip_boxes_to_image
 
 from attnlab.data.canvases import DetectionSet
-from attnlab.detect.boxes import xyxy_to_cxcywh
+from attnlab.detect.boxes import torchvision_ops, xyxy_to_cxcywh
 from attnlab.detect.scene import Scene
 from attnlab.errors import DataError
 
@@ -171,7 +170,7 @@ def read_voc(spec: str, channels: int = 3, classes: list[str] | None = None) -> 
         w, h = im.size
         boxes = torch.tensor([c for _, c in objs], dtype=torch.float32).view(-1, 4)
         labels = torch.tensor([index[n] for n, _ in objs], dtype=torch.long)
-        clipped = clip_boxes_to_image(boxes, (h, w))
+        clipped = torchvision_ops().clip_boxes_to_image(boxes, (h, w))
         zero = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
         outside = ~zero & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
         keep = ~zero & ~outside

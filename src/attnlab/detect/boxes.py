@@ -6,6 +6,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.errors import UnsupportedError
+
+
+def torchvision_ops():
+    """``torchvision.ops`` (NMS, box clipping), which tiled and VOC detection use; torchvision is
+    optional (the small CPU build of torch has none), so it is imported when first needed."""
+    try:
+        import torchvision.ops as ops
+    except ImportError:
+        raise UnsupportedError("VOC data, tiling and RetinaNet need torchvision: install it beside a torch build it "
+                               "supports (pip install 'attnlab[anchors]')") from None
+    return ops
+
 
 def cxcywh_to_xyxy(b: Tensor) -> Tensor:
     """(cx, cy, w, h) -> (x0, y0, x1, y1), any leading shape."""

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import clip_boxes_to_image
 
+from attnlab.detect.boxes import torchvision_ops
 from attnlab.errors import ShapeError
 
 
@@ -42,6 +42,6 @@ class Scene:
         if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
             raise ShapeError(f"window {[x0, y0, x1, y1]} is not inside {self.name or 'the image'} ({w}x{h})")
         shift = torch.tensor([x0, y0, x0, y0], dtype=self.boxes.dtype)
-        boxes = clip_boxes_to_image(self.boxes[keep] - shift, (y1 - y0, x1 - x0))
+        boxes = torchvision_ops().clip_boxes_to_image(self.boxes[keep] - shift, (y1 - y0, x1 - x0))
         return Scene(self.image[:, y0:y1, x0:x1], self.labels[keep], boxes, f"{self.name}@{x0},{y0}",
                      (self.origin[0] + x0, self.origin[1] + y0))

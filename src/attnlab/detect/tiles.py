@@ -32,9 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
-from attnlab.detect.boxes import box_area
+from attnlab.detect.boxes import box_area, torchvision_ops
 from attnlab.detect.scene import Scene
 from attnlab.errors import ConfigError
 
@@ -106,7 +105,7 @@ def merge_detections(detections: list[dict], windows: Tensor, iou_threshold: flo
         full = torch.cat([win[:, :2].amin(0), win[:, 2:].amax(0)])  # the image: the union of the windows
         keep = ~(_touch_inner_border(boxes, win[tile], full, edge) & inside.any(1))
         boxes, scores, labels, tile = boxes[keep], scores[keep], labels[keep], tile[keep]
-    keep = batched_nms(boxes, scores, labels, iou_threshold)  # by decreasing score
+    keep = torchvision_ops().batched_nms(boxes, scores, labels, iou_threshold)  # by decreasing score
     return {"scores": scores[keep], "labels": labels[keep], "boxes": boxes[keep], "tile": tile[keep]}
 
 

@@ -25,6 +25,9 @@ from attnlab.models.features import FEATURE_ARGS, as_features
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _loaded = False
+#: optional packages a model family may need; without one its models are not registered
+OPTIONAL = ("torchvision",)
+_UNAVAILABLE: dict[str, str] = {}  # module -> the optional package it needs and this environment lacks
 
 
 def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -50,7 +53,12 @@ def _load_all() -> None:
 
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name != "registry" and not info.name.startswith("_"):
-            importlib.import_module(f"attnlab.models.{info.name}")
+            try:
+                importlib.import_module(f"attnlab.models.{info.name}")
+            except ModuleNotFoundError as e:  # the small CPU build of torch has no torchvision
+                if (e.name or "").split(".")[0] not in OPTIONAL:
+                    raise
+                _UNAVAILABLE[info.name] = e.name.split(".")[0]
     _loaded = True
 
 
@@ -77,7 +85,9 @@ def _check_name(name: str) -> None:
         return
     close = close_names(name)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"unknown model {name!r}; {hint}'attnlab models' lists every name (in Python: list_models())")
+    missing = "".join(f" (attnlab.models.{m}'s models need {pkg}, not installed here)" for m, pkg in _UNAVAILABLE.items())
+    raise ConfigError(f"unknown model {name!r}; {hint}'attnlab models' lists every name (in Python: list_models())"
+                      + missing)
 
 
 def is_model(name: str) -> bool:
