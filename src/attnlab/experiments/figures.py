@@ -35,10 +35,7 @@ def line_figure(series: dict, xlabel: str, ylabel: str, title: str, *, logx: boo
     if logy and any(y > 0 for s in series.values() for y in s[1]):  # a log axis needs a positive value to show
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
-    if subtitle:
-        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
+    _titles(ax, ylabel, title, subtitle)
     ax.grid(alpha=0.3, which="both")
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(frameon=False, fontsize=8)
@@ -59,11 +56,16 @@ def bar_figure(labels: Sequence[str], values: Sequence[Sequence[float]], ylabel:
     for x, v in zip(xs, values):
         ax.plot([x] * len(v), v, "k.", ms=5)
     ax.set_xticks(list(xs), list(labels), rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
-    if subtitle:
-        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
+    _titles(ax, ylabel, title, subtitle)
     ax.grid(alpha=0.3, axis="y")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def _titles(ax, ylabel: str, title: str, subtitle: str | None) -> None:
+    """The y label, the title and, above the axes in small grey, the subtitle (what the arms share)."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11, pad=16 if subtitle else 6)
+    if subtitle:
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
