@@ -7,8 +7,14 @@ or unreadable or whose size differs from the JSON's, an annotation of an unknown
 category id, a NaN or infinite box coordinate, a zero-area box, a box outside its image.
 Crowd annotations (``iscrowd: 1``) are skipped, as DETR's training does.
 
-Images are resized to a square ``image_size`` (boxes, kept relative to the image, do not move);
-metrics use each image's original size.
+Each image is resized as DETR resizes, its aspect ratio kept (shorter side ``image_size``,
+longer side at most ``longest``: :func:`attnlab.detect.batching.resize_keep_aspect`), and the set
+is padded at the right and bottom with 0 as Pascal VOC photographs are
+(:func:`attnlab.data.voc.detection_set`): each image's size is its real pixels, which
+:func:`attnlab.detect.batching.pixel_mask` masks, and its boxes (cx, cy, w, h) are divided by that
+size (as DETR's targets), so they are the same fractions of the original image. Metrics are then
+computed in the resized pixels; COCO's AP and AR over all areas are those of the original pixels,
+since scaling each axis leaves every IoU unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from pathlib import Path
 import torch
 
 from attnlab.data.canvases import DetectionSet
-from attnlab.detect.boxes import xywh_to_xyxy, xyxy_to_cxcywh
+from attnlab.data.voc import detection_set
+from attnlab.detect.batching import resize_keep_aspect
+from attnlab.detect.boxes import xywh_to_xyxy
+from attnlab.detect.scene import Scene
 from attnlab.errors import DataError
 
 SLACK = 1e-3  # pixels a box may pass its image's edge (float rounding in exported JSON)
@@ -57,9 +66,12 @@ def _field(entry, key: str, kind, path: Path, what: str):
     return entry[key]
 
 
-def read_coco(spec: str, image_size: int, channels: int) -> tuple[DetectionSet, list[int], list[str]]:
+def read_coco(spec: str, image_size: int, channels: int, longest: int | None = None,
+              multiple: int = 1) -> tuple[DetectionSet, list[int], list[str]]:
     """Read and check ``coco:ANNOTATIONS:IMAGES``: (the set, category ids, category names), class
-    index i being category ``ids[i]`` (ids sorted)."""
+    index i being category ``ids[i]`` (ids sorted). Each image is resized to shorter side
+    ``image_size``, longer side at most ``longest``, and the set padded to a multiple of
+    ``multiple`` (a backbone's stride)."""
     from attnlab.data.images import image_to_tensor, open_image
 
     ann_path, root = parse_spec(spec)
@@ -105,7 +117,7 @@ def read_coco(spec: str, image_size: int, channels: int) -> tuple[DetectionSet, 
         if x < -SLACK or y < -SLACK or x + bw > w + SLACK or y + bh > h + SLACK:
             raise DataError(f"{ann_path}: annotation {aid} has box {box} outside its image {name} ({w}x{h})")
         objects[iid].append((index[cid], x, y, bw, bh))
-    pics, labels, boxes, sizes, names = [], [], [], [], []
+    scenes = []
     for iid, (name, w, h) in images.items():
         path = root / name
         if not path.is_file():
@@ -113,10 +125,7 @@ def read_coco(spec: str, image_size: int, channels: int) -> tuple[DetectionSet, 
         im = open_image(path)
         if im.size != (w, h):
             raise DataError(f"{ann_path}: image {name} is {im.size[0]}x{im.size[1]} but the JSON says {w}x{h}")
-        pics.append(image_to_tensor(im, (image_size, image_size), channels))
-        xywh = torch.tensor([o[1:] for o in objects[iid]], dtype=torch.float32).view(-1, 4)
-        boxes.append(xyxy_to_cxcywh(xywh_to_xyxy(xywh)) / torch.tensor([w, h, w, h], dtype=torch.float32))  # in [0, 1]
-        labels.append(torch.tensor([o[0] for o in objects[iid]], dtype=torch.long))
-        sizes.append((h, w))
-        names.append(name)
-    return DetectionSet(torch.stack(pics), labels, boxes, sizes, names), ids, [cats[i] for i in ids]
+        xyxy = xywh_to_xyxy(torch.tensor([o[1:] for o in objects[iid]], dtype=torch.float32).view(-1, 4))  # pixels
+        image, xyxy = resize_keep_aspect(image_to_tensor(im, None, channels), xyxy, image_size, longest)
+        scenes.append(Scene(image, torch.tensor([o[0] for o in objects[iid]], dtype=torch.long), xyxy, name))
+    return detection_set(scenes, multiple=multiple), ids, [cats[i] for i in ids]

@@ -200,9 +200,9 @@ def split_by_region(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
 
 def detection_set(scenes: list[Scene], image_size: int | None = None, multiple: int = 1) -> DetectionSet:
     """Scenes as the detection task holds images (the structure :func:`attnlab.data.coco.read_coco`
-    returns): with ``image_size``, each resized to a square as the COCO reader does (Pillow,
-    bilinear); without it, each keeps its pixels, padded at the right and bottom with 0 to one
-    size, a multiple of ``multiple`` (:func:`attnlab.detect.batching.pad_batch`). Boxes become
+    returns): with ``image_size``, each resized to a square (Pillow, bilinear); without it, each
+    keeps its pixels, padded at the right and bottom with 0 to one size, a multiple of
+    ``multiple`` (:func:`attnlab.detect.batching.pad_batch`). Boxes become
     (cx, cy, w, h) in [0, 1] of their scene, sizes each scene's (height, width) (the real pixels
     of a padded one: :func:`attnlab.detect.batching.pixel_mask` gives its mask), names the scenes'."""
     from PIL import Image

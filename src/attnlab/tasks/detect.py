@@ -3,7 +3,8 @@
 Data: ``digits-canvas`` (built in) or ``mnist-canvas[:DIR]``: digit canvases drawn from a seed
 (:mod:`attnlab.data.canvases`), new training canvases every epoch (canvas ids epoch x
 train_size + i) and one fixed validation set; ``coco:ANNOTATIONS:IMAGES`` read by
-:mod:`attnlab.data.coco` with ``--val-dataset`` or a held-out fraction; or Pascal VOC
+:mod:`attnlab.data.coco` with ``--val-dataset`` or a held-out fraction, each image resized as
+DETR resizes (as whole VOC photographs are, below); or Pascal VOC
 ``voc:PATH`` (:mod:`attnlab.tasks.detect_voc`: photographs at full resolution, tiled with
 ``--tile`` or resized as DETR resizes, validation on ``--val-dataset`` or a strip of each
 photograph, ``--val-region``). Images are uint8 in memory, normalised ``(x / 255 - mean) / std``
@@ -134,7 +135,7 @@ class Detection:
         self.train, self.val = train, val
         self.loss_names = loss_names  # a self-loss detector's terms, decided once (a DDP wrapper hides them); None: DETR
         self.denoising = denoising  # DN-DETR's (groups, box noise, label noise) of training; 0 groups: none
-        self.padded = padded  # images padded at the right and bottom, their sizes the real pixels (VOC data)
+        self.padded = padded  # images padded at the right and bottom, their sizes the real pixels (VOC, COCO data)
         self.val_tiles = val_tiles  # val holds these tiles: score the whole scenes
         self.max_dets = max_dets
         self.budget_start = budget_start  # read by the trainer: --max-minutes counts the pretraining too
@@ -278,6 +279,12 @@ def _is_canvas(spec: str) -> bool:
     return spec.split(":")[0] in ("digits-canvas", "mnist-canvas")
 
 
+def _many_sizes(spec: str) -> bool:
+    """VOC and COCO images come in many sizes: resized as DETR (or tiled, VOC) and padded with a
+    pixel mask; canvases are one square."""
+    return spec.startswith(("voc:", "coco:"))
+
+
 def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress: bool = True,
               model_name: str = "the model") -> DetectData:
     """The training and validation data at the model's image size; the number of classes
@@ -301,9 +308,11 @@ def load_data(dc: DetectDataConfig, mcfg, run_dir: Path | None = None, progress:
                                                          "source")}}
         train_desc = f"{dc.train_size:,} new canvases per epoch"
     elif dc.dataset.startswith("coco:"):
-        full, ids, classes = read_coco(dc.dataset, size, mcfg.in_chans)
+        from attnlab.tasks.detect_voc import longest_side
+
+        full, ids, classes = read_coco(dc.dataset, size, mcfg.in_chans, longest_side(size), mcfg.stride)
         if dc.val_dataset:
-            val, vids, _ = read_coco(dc.val_dataset, size, mcfg.in_chans)
+            val, vids, _ = read_coco(dc.val_dataset, size, mcfg.in_chans, longest_side(size), mcfg.stride)
             if vids != ids:
                 raise DataError(f"{dc.val_dataset} has other categories than {dc.dataset}")
             train = full
@@ -449,7 +458,7 @@ def make_task(data: DetectData, model: nn.Module, cfg: TrainConfig) -> Detection
     return Detection(data.train, data.val, data.classes, data.category_ids, default_normalization(model),
                      data.info["dataset"]["train_size"], data.config.eval_batch_size, data.info,
                      dc.backbone_lr if pretrained else 1.0,  # a backbone from scratch learns at the detector's rate
-                     budget_start=data.budget_start, padded=dc.dataset.startswith("voc:"), val_tiles=data.val_tiles,
+                     budget_start=data.budget_start, padded=_many_sizes(dc.dataset), val_tiles=data.val_tiles,
                      max_dets=dc.max_dets, denoising=(dc.dn_groups, dc.dn_box_noise, dc.dn_label_noise),
                      loss_names=own_losses(model))
 
@@ -491,7 +500,7 @@ def evaluate(run: LoadedRun, ec: DetectEvalConfig, progress: bool = True) -> tup
     spec = ec.dataset or dc.val_dataset or dc.dataset
     max_dets = ec.max_dets or dc.max_dets
     task = Detection(val, val, labels, run.extras["category_ids"], run.extras["normalize"], len(val), ec.batch_size,
-                     padded=spec.startswith("voc:"), val_tiles=val_tiles, max_dets=max_dets, loss_names=own_losses(model))
+                     padded=_many_sizes(spec), val_tiles=val_tiles, max_dets=max_dets, loss_names=own_losses(model))
     t0 = time.perf_counter()
     sums = evaluation_sums(task, model, task.eval_batches(Plan()), model_device(model), progress=progress,
                            total=task.num_eval_batches())
@@ -515,8 +524,8 @@ def detect_batch(run: LoadedRun, x: Tensor, sizes: list[tuple[int, int]]) -> lis
 
 def detect_file(run: LoadedRun, path: str, convert: bool = False) -> dict:
     """Every detection in one image file, boxes in its pixels, as the run was trained to see it:
-    tile by tile at full resolution (merged), resized as DETR (VOC runs), or squashed to the
-    model's square (canvases, COCO)."""
+    tile by tile at full resolution (merged), resized as DETR (VOC and COCO runs), or squashed to
+    the model's square (canvases)."""
     from attnlab.data.images import read_images, read_model_images
     from attnlab.tasks.detect_voc import longest_side
 
@@ -526,7 +535,7 @@ def detect_file(run: LoadedRun, path: str, convert: bool = False) -> dict:
     if dc.tile:
         return predict_tiled(image, lambda t: detect_batch(run, t, [tuple(t.shape[-2:])] * len(t)), dc.tile,
                              dc.tile_overlap)
-    if dc.dataset.startswith("voc:"):
+    if _many_sizes(dc.dataset):
         shortest = int(run.model.cfg.img_size)
         x, _ = resize_keep_aspect(image, torch.zeros(0, 4), shortest, longest_side(shortest))
         return detect_batch(run, x[None], [size])[0]
