@@ -78,7 +78,8 @@ def test_coco_reader(tmp_path):
 
     ds, ids, names = read_coco(write_coco(tmp_path), 32, 3)
     assert ids == [3, 7] and names == ["cat", "dog"]
-    assert ds.images.shape == (2, 3, 32, 32) and ds.sizes == [(30, 40), (50, 50)]
+    # DETR's resize (shorter side 32, the aspect kept: 30x40 -> 32x42, 50x50 -> 32x32), padded at the right
+    assert ds.images.shape == (2, 3, 32, 42) and ds.sizes == [(32, 42), (32, 32)]
     assert ds.labels[0].tolist() == [1] and ds.labels[1].tolist() == [0]  # the crowd box is skipped
     torch.testing.assert_close(ds.boxes[0], torch.tensor([[7 / 40, 13 / 30, 10 / 40, 20 / 30]]))
     torch.testing.assert_close(ds.boxes[1], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
