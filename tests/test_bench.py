@@ -86,7 +86,7 @@ def test_train_image_bench_on_digits(tmp_path, capsys, one_thread):
     assert 0.0 <= res["runs"]["ours"]["final_acc"] <= 1.0
     assert runs.open(tmp_path / "bench-mnist-digits-ours").name == "vit_cifar"  # a run every command reads
     assert (tmp_path / "bench-mnist-digits-ours" / "curves.png").exists()  # the run layer's pictures, drawn here too
-    assert "| ours | 1 |" in capsys.readouterr().out
+    assert "| ours | vit_cifar | 1 |" in capsys.readouterr().out
 
 
 def test_translate_bench_rewrites_old_model_options():
@@ -157,3 +157,30 @@ def test_deploy_bench_vit_rows_per_int8_backend(capsys, one_thread):
     text = deploy.render({"vit": res})
     assert "attnlab int8 eager, fbgemm" in text and res["int8_choice"] in text
     assert committed_outputs() == before
+
+
+def test_train_image_ablation_trains_every_row_on_the_same_data(tmp_path, capsys, one_thread):
+    """issue 23's side-by-side table at toy size: every row trains, and each row's model is the one its
+    recipe names (a row that silently trained another model would pass a shape check)."""
+    from test_compact_cli import cifar_folder
+
+    from attnlab import runs
+
+    data = cifar_folder(tmp_path / "cifar", per_class=13, test_per_class=1)
+    mod = bench("train_image")
+    mod.main(["ablation", "--epochs", "1", "--dataset", f"folder:{data}", "--out", str(tmp_path), "--threads", "1"])
+    res = json.loads((tmp_path / "bench-ablation-folder.json").read_text())
+    assert list(res["runs"]) == list(mod.ABLATION)
+    for row, name in mod.ABLATION.items():
+        r = res["runs"][row]
+        model = runs.open(tmp_path / f"bench-ablation-folder-{name}").model
+        assert r["model"] == mod.RECIPES[name]["model"] == model.name
+        assert r["epochs"] == 1 and 0.0 <= r["final_acc"] <= 1.0
+    cct = runs.open(tmp_path / "bench-ablation-folder-cifar10-cct").model
+    assert cct.config.tokenizer == "conv" and cct.config.seq_pool
+    assert runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-patches").model.config.tokenizer == "patch"
+    assert not runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-token").model.config.seq_pool
+    assert res["runs"]["- augmentation"]["augment_ms_per_batch"] == 0.0 < res["runs"]["compact (CCT-4/3x2)"]["augment_ms_per_batch"]
+    vit = runs.open(tmp_path / "bench-ablation-folder-cifar10-spt-lsa").model
+    assert vit.config.spt and vit.config.lsa
+    assert "| ResNet-8 | resnet_cifar_small | 1 |" in capsys.readouterr().out
