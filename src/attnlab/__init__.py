@@ -25,19 +25,28 @@ def create_model(name: str, pretrained: bool = False, *, checkpoint_path=None, *
     Hugging Face, JAX ``.npz`` or attnlab layout), loaded strictly into the whole model before
     ``features_only`` trims it. ``pretrained=True`` makes those weights a starting point, as
     timm's pretrained weights: a classifier of another size than the ``num_classes`` asked for
-    (or any, with ``features_only``) is left out, and the head starts fresh. attnlab ships no
-    weights and downloads nothing, so ``pretrained=True`` needs a ``checkpoint_path``.
+    (or any, with ``features_only``) is left out, and the head starts fresh. attnlab downloads
+    nothing: without a ``checkpoint_path``, ``pretrained=True`` loads the weights shipped inside
+    the package for ``name`` (:mod:`attnlab.checkpoints.shipped`: sha256-checked, the head kept
+    unless ``num_classes`` differs; the model's ``pretrained_cfg`` then states the normalisation
+    and class names they were trained with), and is refused for a name that ships none.
     """
+    from attnlab.checkpoints import shipped
     from attnlab.errors import CheckpointError
     from attnlab.models.features import FEATURE_ARGS, as_features
     from attnlab.models.registry import create_model as build
 
-    if pretrained and checkpoint_path is None:
-        raise CheckpointError(f"create_model({name!r}, pretrained=True): attnlab ships no weights and downloads "
+    ships = pretrained and checkpoint_path is None
+    if ships and shipped.entry(name) is None:
+        names = ", ".join(sorted(shipped.table()))
+        raise CheckpointError(f"create_model({name!r}, pretrained=True): attnlab "
+                              f"{f'ships weights only for {names}' if names else 'ships no weights'} and downloads "
                               "nothing; pass checkpoint_path=FILE, weights you have (a timm, torchvision, Hugging Face, "
                               "JAX .npz or attnlab checkpoint)")
     features = {k: kwargs.pop(k) for k in FEATURE_ARGS if k in kwargs}
     model = build(name, **kwargs)
+    if ships:
+        shipped.load_shipped(model, name, new_head=True)
     if checkpoint_path is not None:
         try:
             load_checkpoint(model, checkpoint_path)

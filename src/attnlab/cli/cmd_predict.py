@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                                           "bottom in pixels of the image file as given (not of the model's resized "
                                           "input), origin at the top-left corner. 'attnlab data canvas -o canvas.png' "
                                           "writes an image for a digit-canvas detection run.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train'")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'attnlab train', or the name of a model "
+                                                    "that ships trained weights (attnlab.checkpoints.shipped)")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="how many classes to show (default: 5)")
     add_which_argument(p)

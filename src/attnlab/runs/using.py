@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from attnlab.checkpoints import shipped
 from attnlab.checkpoints.rundir import has_record, load_weights, locate, read_record
 from attnlab.errors import CheckpointError, ConfigError
 from attnlab.io import atomic_write_json, atomic_write_text, check_output_dir
@@ -27,7 +28,9 @@ def open(spec: str | Path, which: str | None = None, *, default: str = "best", s
       a tag; giving both is refused; with neither, ``default``; best falls back to last): its
       model rebuilt through the registry from its record, its weights, its task and extras;
     - a checkpoint file or directory that carries its config (:func:`attnlab.load_model`);
-    - a registered model name: fresh weights (seeded with ``seed``; ``model_args`` override its
+    - a registered model name that ships weights (:mod:`attnlab.checkpoints.shipped`): those,
+      with the labels and normalisation they were trained with as extras;
+    - another registered model name: fresh weights (seeded with ``seed``; ``model_args`` override its
       config fields, and are refused for a run or a file, which keep their own).
 
     ``int8``: int8 Linear layers (:func:`attnlab.export.quantize_int8`, the backend fastest on
@@ -41,6 +44,8 @@ def open(spec: str | Path, which: str | None = None, *, default: str = "best", s
             raise ConfigError(f"model arguments are for a registered model name; {str(spec)!r} keeps the settings it "
                               "was trained with: drop --model-arg")
         run = _open_run(*found) if found is not None else _open_file(Path(spec))
+    elif shipped.entry(str(spec)) is not None:
+        run = _open_shipped(str(spec), model_args)
     elif is_model(str(spec)):
         torch.manual_seed(seed)
         run = LoadedRun(create_model(str(spec), **(model_args or {})).eval(), str(spec), random_init=True)
@@ -74,6 +79,16 @@ def _open_file(path: Path) -> LoadedRun:
     return LoadedRun(model, path.stem, extras={} if stats is None else {"normalize": Normalize(**stats)})
 
 
+def _open_shipped(name: str, model_args: dict | None) -> LoadedRun:
+    """A registered name with the weights shipped for it; its entry carries what the task's
+    extras are read from (the ``labels`` and ``normalize`` of the run that trained them)."""
+    from attnlab.models.registry import create_model
+
+    model = create_model(name, **(model_args or {}))
+    e = shipped.load_shipped(model, name)
+    return LoadedRun(model.eval(), name, extras=get_spec(e["task"]).load_extras(None, e))
+
+
 def _open_run(run_dir: Path, which: str) -> LoadedRun:
     """Rebuild a run's model through the registry from its record, load its weights (through
     the one strict loader) and the task's extras."""
@@ -96,8 +111,12 @@ def _open_run(run_dir: Path, which: str) -> LoadedRun:
 
 
 def task_of(run_dir: str | Path) -> TaskSpec:
-    """The task of a run directory (``RUN_DIR:tag`` too), imported from where it is declared."""
+    """The task of a run directory (``RUN_DIR:tag`` too), imported from where it is declared, or
+    of a model name that ships weights."""
     found = locate(run_dir)
+    named = shipped.entry(str(run_dir)) if found is None and not Path(run_dir).exists() else None
+    if named is not None:
+        return get_spec(named["task"])
     if found is None:
         read_record(run_dir)  # says what is wrong with it
     rec = read_record(found[0], "last" if has_record(found[0], "last") else "best")
