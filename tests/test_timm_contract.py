@@ -239,8 +239,8 @@ def test_checkpoint_path_loads_strictly_and_pretrained_starts_a_fresh_head(tmp_p
 def test_pretrained_without_a_file_says_so():
     with pytest.raises(CheckpointError) as e:
         attnlab.create_model("vit_tiny_patch16_224", pretrained=True)
-    assert str(e.value).startswith("create_model('vit_tiny_patch16_224', pretrained=True): attnlab ships no weights "
-                                   "and downloads nothing; pass checkpoint_path=FILE")
+    assert str(e.value).startswith("create_model('vit_tiny_patch16_224', pretrained=True): attnlab ships weights only "
+                                   "for cct_4_3x2_32 and downloads nothing; pass checkpoint_path=FILE")
     with pytest.raises(CheckpointError, match="does not exist"):
         attnlab.create_model("vit_digits", pretrained=True, checkpoint_path="no/such/file.safetensors")
 
