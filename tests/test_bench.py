@@ -177,10 +177,10 @@ def test_train_image_ablation_trains_every_row_on_the_same_data(tmp_path, capsys
         assert r["model"] == mod.RECIPES[name]["model"] == model.name
         assert r["epochs"] == 1 and 0.0 <= r["final_acc"] <= 1.0
     cct = runs.open(tmp_path / "bench-ablation-folder-cifar10-cct").model
-    assert cct.config.tokenizer == "conv" and cct.config.seq_pool
-    assert runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-patches").model.config.tokenizer == "patch"
-    assert not runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-token").model.config.seq_pool
+    assert cct.cfg.tokenizer == "conv" and cct.cfg.seq_pool
+    assert runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-patches").model.cfg.tokenizer == "patch"
+    assert not runs.open(tmp_path / "bench-ablation-folder-cifar10-cct-token").model.cfg.seq_pool
     assert res["runs"]["- augmentation"]["augment_ms_per_batch"] == 0.0 < res["runs"]["compact (CCT-4/3x2)"]["augment_ms_per_batch"]
     vit = runs.open(tmp_path / "bench-ablation-folder-cifar10-spt-lsa").model
-    assert vit.config.spt and vit.config.lsa
+    assert vit.cfg.spt and vit.cfg.lsa
     assert "| ResNet-8 | resnet_cifar_small | 1 |" in capsys.readouterr().out
