@@ -219,8 +219,8 @@ def _planted(name: str, good: float, bad: float) -> dict:
     hi, lo = [good + e for e in seeds], [bad + e for e in seeds]
     if name == "topk-attention":
         return {"bleu": {"topk": hi, "full": [good + 0.2 + e for e in seeds], "local": lo, "random": lo}}
-    if name == "vit-vs-cnn":  # the ResNet ahead on little data; the ViT's deficit smaller with more
-        return {"smallest": {"ViT": lo, "ResNet": hi}, "gap_at": {"largest": [-1.0 + e for e in seeds],
+    if name == "vit-vs-cnn":  # the ResNet and CCT ahead on little data; the ViT's deficit smaller with more
+        return {"smallest": {"ViT": lo, "ResNet": hi, "CCT": hi}, "gap_at": {"largest": [-1.0 + e for e in seeds],
                                                                   "smallest": [-(good - bad) + e for e in seeds]}}
     if name == "ar-vs-nat":
         return {"bleu": {"mask_predict_distilled": hi, "beam5": [good + 0.3 + e for e in seeds],
@@ -234,7 +234,8 @@ def _swapped(name: str, data: dict) -> dict:
         b = data["bleu"]
         return {"bleu": {**b, "topk": b["local"], "local": b["topk"], "random": b["topk"], "full": b["local"]}}
     if name == "vit-vs-cnn":
-        return {"smallest": {"ViT": data["smallest"]["ResNet"], "ResNet": data["smallest"]["ViT"]},
+        return {"smallest": {"ViT": data["smallest"]["ResNet"], "ResNet": data["smallest"]["ViT"],
+                             "CCT": data["smallest"]["ViT"]},
                 "gap_at": {"largest": data["gap_at"]["smallest"], "smallest": data["gap_at"]["largest"]}}
     b = data["bleu"]
     return {"bleu": {**b, "mask_predict_distilled": b["mask_predict_raw"], "mask_predict_raw": b["mask_predict_distilled"]}}
