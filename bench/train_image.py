@@ -261,7 +261,10 @@ def train_recipe(args, rec: dict, data, impl: str, run_dir: Path) -> dict:
     model = build(impl, rec["arch"], rec["model"])
     model.name = rec["model"] if impl == "ours" else "timm_vit"
     epochs = args.epochs
-    cfg = TrainConfig(epochs=epochs or 1, seed=args.seed, device="cpu", log_every=20, **rec["train"])
+    def config(n: int) -> TrainConfig:
+        return TrainConfig(epochs=n, seed=args.seed, device="cpu", log_every=20, **rec["train"])
+
+    cfg = config(epochs or 1)
     task = image.make_task(data, model, cfg)
     ips = None
     if epochs is None:
@@ -269,7 +272,7 @@ def train_recipe(args, rec: dict, data, impl: str, run_dir: Path) -> dict:
         per_epoch = len(task.train) / ips + len(task.val) / (3 * ips)
         epochs = max(1, math.floor(args.minutes * 60 * args.fill / per_epoch))
         print(f"calibration: {ips:.0f} training images/s -> {epochs} epochs fit in {args.minutes} min", flush=True)
-        cfg = TrainConfig(epochs=epochs, seed=args.seed, device="cpu", log_every=20, **rec["train"])
+        cfg = config(epochs)
     aug = augment_ms(task, cfg.batch_size)
     meta = open_run(run_dir, impl, model, rec["arch"], data.config, cfg, f"{impl} {model.name} on {data.title}")
     t0 = time.perf_counter()
