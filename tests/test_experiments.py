@@ -198,6 +198,29 @@ def test_arm_is_reused_and_other_settings_refused(tmp_path, one_thread):
         _copy_ctx(tmp_path).train_arm("gru", COPY, dc, {**train, "lr": 1e-3}, "gru_lm_small", args)
 
 
+def test_time_bound_arm_is_reused_not_given_more_minutes(tmp_path, one_thread):
+    """An arm bound by --max-minutes that used them up is kept as it is when the experiment runs
+    again (resuming would hand it another budget), with or without the record's stopped_by_time
+    (older runs); one interrupted before its minutes ran out is trained again from the start."""
+    dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=3, eval_size=16)
+    train = dict(epochs=50, batch_size=8, lr=3e-3, warmup_steps=1, max_minutes=1e-6)  # out after one step
+    args = {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1}
+    first = _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)
+    assert first["stopped_by_time"] and first["steps"] == 1
+    last = tmp_path / "runs" / "gru-s0" / "last.json"
+    assert json.loads(last.read_text())["stopped_by_time"] is True
+    again = _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)
+    assert again["reused"] and again["steps"] == 1 and again["metrics"] == first["metrics"]
+    assert torch.equal(again["model"].head.weight, first["model"].head.weight)
+    record = json.loads(last.read_text())
+    last.write_text(json.dumps({k: v for k, v in record.items() if k != "stopped_by_time"}))  # an older record
+    assert _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)["steps"] == 1
+    last.write_text(json.dumps({**record, "stopped_by_time": False}))  # killed before its minutes ran out
+    fresh = _copy_ctx(tmp_path).train_arm("gru", COPY, dc, train, "gru_lm_small", args)
+    assert "reused" not in fresh and fresh["steps"] == 1  # from the start: a resumed run would be at step 2
+    assert json.loads(last.read_text())["stopped_by_time"] is True
+
+
 def test_moved_output_and_data_folders_reuse_arms_and_changed_data_is_refused(tmp_path, monkeypatch, one_thread):
     """Arms compare their data files by content: moving the output folder or the data directory
     (another machine) keeps them, changing the data does not."""

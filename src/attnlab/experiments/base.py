@@ -195,7 +195,7 @@ class Context:
         whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``.
         ``reference``: a run the arms are built from but not one of them (a distillation teacher):
         results.json lists it under ``references``, and the arms are not compared with it."""
-        from attnlab.checkpoints.rundir import has_record
+        from attnlab.checkpoints.rundir import has_record, read_record
         from attnlab.runs import resume_conflicts, saved_options, train_config
         from attnlab.runs import train as train_run
         from attnlab.train.config import to_dict
@@ -218,6 +218,15 @@ class Context:
                                   "--overwrite to replace what the experiment wrote there")
         self._trained_on(run, hashes)
         t0 = time.perf_counter()
+        if resume and cfg.max_minutes:
+            # A time-bound arm's minutes are its whole budget: one stopped by them is reused as it
+            # is (resuming would give it another --max-minutes), one interrupted before them is
+            # trained again from the start (its minutes cannot be pieced together across sessions).
+            rec = read_record(run_dir, "last")
+            if spent_time_budget(rec):
+                return self._keep_arm(run_dir, reused_arm(run_dir, rec), t0, reference)
+            self.log(f"{run_dir.name} was interrupted before its {cfg.max_minutes:g} minutes: training it again")
+            resume = False
         try:
             summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
                                 overwrite=run_dir.exists() and not resume, log=self._log and self.log,
@@ -225,6 +234,9 @@ class Context:
         except TrainingDiverged as e:  # an outcome of the experiment (a model that crashes), not an error
             self.log(f"{run_dir.name}: {e}")
             summary = {"diverged": str(e), "metrics": {}, "best": None, "model": None}
+        return self._keep_arm(run_dir, summary, t0, reference)
+
+    def _keep_arm(self, run_dir: Path, summary: dict, t0: float, reference: bool) -> dict:
         summary["run_dir"] = str(run_dir)
         summary["seconds_this_session"] = round(time.perf_counter() - t0, 2)
         (self.references if reference else self.arms)[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
@@ -287,3 +299,26 @@ def changed_data(given: dict, saved: dict, hashes: dict[str, str], trained_on: d
     by_content = hashes.keys() & trained_on.keys()
     changed = changed_options({k: v for k, v in given.items() if k not in by_content}, saved)
     return sorted(changed + [k for k in by_content if hashes[k] != trained_on[k]])
+
+
+def spent_time_budget(record: dict) -> bool:
+    """Whether the checkpoint ``record`` of a time-bound run was written when its --max-minutes
+    ran out. Records written before the engine kept ``stopped_by_time`` tell it by an epoch cut
+    short or unfinished epochs (a killed time-bound arm of that age, with a mid-run checkpoint,
+    reads as spent too: experiments do not save mid-epoch)."""
+    if "stopped_by_time" in record:
+        return bool(record["stopped_by_time"])
+    cfg = record.get("train_config", {})
+    return bool(cfg.get("max_minutes")) and (bool(record.get("metrics", {}).get("cut"))
+                                             or int(record.get("epoch", 0)) < int(cfg.get("epochs", 0)))
+
+
+def reused_arm(run_dir: Path, record: dict) -> dict:
+    """The summary :func:`attnlab.runs.train` gives, for a finished run read back from its last
+    checkpoint ``record``: the model (eval mode), its metrics, best, steps and time."""
+    from attnlab.runs import open as open_run
+
+    loaded = open_run(str(run_dir), "last")
+    return {"best": record.get("best"), "metrics": record.get("metrics", {}), "elapsed": record.get("elapsed"),
+            "steps": record.get("step"), "stopped_by_time": True, "reused": True,
+            "title": record.get("title"), "parameters": record["model"].get("parameters"), "model": loaded.model}

@@ -245,6 +245,7 @@ class Trainer:
             "best": self.best,
             "elapsed": round(self.elapsed_now(), 3),
             "world_size": self.info.world_size,
+            "stopped_by_time": self.stopped_by_time,  # --max-minutes ended this session's training
         }
 
     def session_seconds(self) -> float:
