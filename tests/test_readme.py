@@ -64,6 +64,7 @@ def test_readme_cifar_block_runs(tmp_path):
     import sys
 
     from PIL import Image
+
     from test_compact_cli import cifar_folder
 
     block = next(b for b in COMMANDS if "cifar10-cct" in b)

@@ -14,12 +14,12 @@ the ViT lacks on little data, CCT beats the plain ViT of the same size on the sm
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from attnlab.errors import ConfigError
 from attnlab.experiments.base import Context, Experiment, Result
 from attnlab.experiments.figures import line_figure
 from attnlab.experiments.numbers import final_val, mean_std, pm, spread_note
-from dataclasses import replace
-
 from attnlab.experiments.rules import Arm, Comparison, Metric, Rule, RuleChange, canonical
 
 ORDER = 10
