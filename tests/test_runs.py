@@ -240,6 +240,30 @@ def test_translate_refuses_non_utf8_and_huge_lines_after_translating_what_came_b
     assert json.loads(capsys.readouterr().out)["batch_size"] == 3
 
 
+def test_translate_fine_tunes_from_a_run_with_its_tokenizers(tmp_path, capsys):
+    """--init RUN starts a translation model from a trained run: its weights (at a rate of 1e-12
+    one step leaves them where they started) and its tokenizer, even where the new data would have
+    trained another one; a directory that is no translation run is refused in one line, before any
+    work."""
+    assert main(train_args("translate", tmp_path) + ["--run-dir", str(tmp_path / "a")]) == 0
+    args = train_args("translate", tmp_path)
+    (tmp_path / "train.src").write_text("".join(f"red cat number {i}\n" for i in range(50)))  # other words
+    assert main(args + ["--init", f"{tmp_path / 'a'}:last", "--lr", "1e-12", "--max-minutes", "1e-6",
+                        "--run-dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == (tmp_path / "a" / "tokenizer.json").read_bytes()
+    rec = json.loads((tmp_path / "b" / "last.json").read_text())
+    assert rec["init"]["loaded"] > 0 and rec["data_config"]["init"].endswith("a:last")
+    a, b = (attnlab.load_model(f"{tmp_path / r}:last").state_dict() for r in "ab")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+    capsys.readouterr()
+    err = one_line(capsys, main(args + ["--init", str(tmp_path), "--run-dir", str(tmp_path / "c")]))
+    assert "--init" in err and "not a run directory" in err and not (tmp_path / "c").exists()
+    assert main(train_args("lm", tmp_path) + ["--run-dir", str(tmp_path / "lm")]) == 0
+    capsys.readouterr()
+    err = one_line(capsys, main(args + ["--init", str(tmp_path / "lm"), "--run-dir", str(tmp_path / "c")]))
+    assert "is a lm run" in err and not (tmp_path / "c").exists()
+
+
 def test_one_training_per_run_directory(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()

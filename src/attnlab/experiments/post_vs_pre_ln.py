@@ -43,6 +43,10 @@ ORDER = 3
 LAYOUTS = {"post-LN": False, "pre-LN": True}
 WARMUPS = ("warm-up", "no warm-up")
 LRS = (5e-4, 1e-3)  # Xiong et al. §3.2's two peak rates
+#: The arms of the "comparable" comparison, trained again for CAUSE_TIMES the epochs at the rate each chose: the
+#: test of the proposed cause of its disagreement (the budget; Xiong et al.'s "comparable" is after full training).
+CAUSE = ("post-LN/warm-up", "pre-LN/no warm-up")
+CAUSE_TIMES = 3
 
 
 def ffn_gradients(model, src, tgt) -> dict[str, list[float]]:
@@ -126,6 +130,16 @@ def training_reading(bleu: dict, diverged: dict, n: int) -> str:
             + ", ".join(f"{k} {v} of {n}" for k, v in diverged.items()) + ".")
 
 
+def cause_reading(longer: dict, bleu: dict) -> str:
+    """The cause test's numbers: the "comparable" pair's gap at the stated and at CAUSE_TIMES the epochs."""
+    m = {k: mean_std(v)[0] for k, v in longer.items()}
+    gap = {k: mean_std(v)[0] for k, v in bleu.items()}
+    return (f"Trained {CAUSE_TIMES}x as long (the test of the proposed cause, the budget): "
+            + ", ".join(f"{k} {pm(longer[k], 2)}" for k in CAUSE)
+            + f"; pre-LN without warm-up − post-LN with warm-up {m[CAUSE[1]] - m[CAUSE[0]]:+.2f} BLEU "
+              f"(at the stated epochs {gap[CAUSE[1]] - gap[CAUSE[0]]:+.2f}).")
+
+
 def run(ctx: Context) -> Result:
     from attnlab.tasks.translate import SPEC
 
@@ -140,21 +154,24 @@ def run(ctx: Context) -> Result:
     lrs = list(LRS)
     test = ctx.multi30k_test(ctx.pick(40, None))
     train = dict(epochs=ctx.pick(1, 2), schedule="constant", clip_grad=0.0, log_every=ctx.pick(5, 50))
-    arms, bleu, tuned = {}, {}, {}
+    arms, bleu, tuned, trainers = {}, {}, {}, {}
     for name, pre in LAYOUTS.items():
         for warmup, steps in zip(WARMUPS, (warm, 0)):
             key = arm_key(name, warmup)
 
-            def train_at(lr, seed, pre=pre, steps=steps):
-                return ctx.train_arm(f"{'pre' if pre else 'post'}-warmup{steps}-lr{lr:g}", SPEC, dc,
-                                     {**train, "lr": lr, "warmup_steps": steps}, "transformer_multi30k",
-                                     {**size, "norm_first": pre, "num_encoder_layers": layers,
-                                      "num_decoder_layers": layers}, seed=seed)
+            def train_at(lr, seed, pre=pre, steps=steps, times=1):
+                return ctx.train_arm(f"{'pre' if pre else 'post'}-warmup{steps}-lr{lr:g}" + (f"-{times}x" if times > 1 else ""),
+                                     SPEC, dc, {**train, "epochs": times * train["epochs"], "lr": lr, "warmup_steps": steps},
+                                     "transformer_multi30k", {**size, "norm_first": pre, "num_encoder_layers": layers,
+                                                              "num_decoder_layers": layers}, seed=seed)
 
             tuned[key] = tune(ctx.seeds, lrs, train_at, lambda r: final_val(r, "accuracy"), "higher")
-            arms[key] = tuned[key].runs
+            arms[key], trainers[key] = tuned[key].runs, train_at
             bleu[key] = [bleu_or_zero(ctx, r, test) for r in arms[key]]
     diverged = {k: sum(1 for r in rs if r.get("diverged")) for k, rs in arms.items()}
+    # --- 3. the cause test: the "comparable" pair trained CAUSE_TIMES as long, each at its chosen rate ----
+    longer = {k: [trainers[k](float(tuned[k].best), s, times=CAUSE_TIMES) for s in ctx.seeds] for k in CAUSE}
+    cause_bleu = {k: [bleu_or_zero(ctx, r, test) for r in rs] for k, rs in longer.items()}
 
     def mean_last(n, d):
         return mean_std(last[n][d])[0]
@@ -164,6 +181,10 @@ def run(ctx: Context) -> Result:
               "val next-token acc %": pm([final_val(r, "accuracy") for r in runs], 2, 100),
               "greedy BLEU (test)": pm(bleu[key], 2), "diverged": f"{diverged[key]}/{len(runs)}"}
              for key, runs in arms.items()]
+    table += [{"arm": f"{key}, {CAUSE_TIMES}x the epochs", "rate": tuned[key].best,
+               "val next-token acc %": pm([final_val(r, "accuracy") for r in runs], 2, 100),
+               "greedy BLEU (test)": pm(cause_bleu[key], 2),
+               "diverged": f"{sum(1 for r in runs if r.get('diverged'))}/{len(runs)}"} for key, runs in longer.items()]
     table += [{"arm": f"{name} at init: ‖∂L/∂W²‖ last decoder layer, L={depths[0]}..{depths[-1]}",
                "val next-token acc %": " → ".join(f"{mean_last(name, d):.3g}" for d in depths),
                "greedy BLEU (test)": f"exponent of L: {pm(exponents[name])}"} for name in LAYOUTS]
@@ -198,14 +219,15 @@ def run(ctx: Context) -> Result:
                + training_reading(bleu, diverged, len(ctx.seeds))
                + f" Rates chosen on validation accuracy at the first seed, from {', '.join(f'{lr:g}' for lr in lrs)}: "
                + ", ".join(f"{k} {t.best}" for k, t in tuned.items())
-               + f". Warm-up {warm} steps; {train['epochs']} epoch(s) per arm. {spread_note(len(ctx.seeds))}.")
+               + f". Warm-up {warm} steps; {train['epochs']} epoch(s) per arm. "
+               + cause_reading(cause_bleu, bleu) + f" {spread_note(len(ctx.seeds))}.")
     data = {"init_per_layer": per_layer, "init_last_layer": last, "depth_exponent": exponents, "bleu": bleu,
-            "diverged": diverged, "best_lr": {k: t.best for k, t in tuned.items()},
+            "diverged": diverged, "best_lr": {k: t.best for k, t in tuned.items()}, "cause_bleu": cause_bleu,
             "val_accuracy_grid": {k: t.grid for k, t in tuned.items()},
             "val_accuracy": {k: [final_val(r, "accuracy") for r in v] for k, v in arms.items()}}
     return Result(table, reading, figs, data,
                   {"data": vars(dc), "test": test, "model": {**size, "layers": layers}, "train": train, "lrs": lrs,
-                   "warmup_steps": warm, "depths": depths})
+                   "warmup_steps": warm, "depths": depths, "cause_arms": {k: f"{CAUSE_TIMES}x the epochs" for k in CAUSE}})
 
 
 BLEU = Metric("greedy BLEU on Multi30k test_2016_flickr, each arm at its own rate (a diverged run counts as 0)",
@@ -237,15 +259,29 @@ RULE = Rule(
         Comparison(BLEU, Arm("pre-LN, no warm-up", ("bleu", "pre-LN/no warm-up")),
                    Arm("post-LN, warm-up", ("bleu", "post-LN/warm-up")), "=", margin=1.0,
                    paper="§4.2, Fig. 4: “comparable”, both ≈34; margin ±1 BLEU set here"),
+        Comparison(BLEU, Arm(f"pre-LN, no warm-up, {CAUSE_TIMES}x epochs", ("cause_bleu", "pre-LN/no warm-up")),
+                   Arm(f"post-LN, warm-up, {CAUSE_TIMES}x epochs", ("cause_bleu", "post-LN/warm-up")), "=",
+                   margin=1.0, paper=f"the cause test (the budget) of §4.2's “comparable”: both arms trained "
+                                     f"{CAUSE_TIMES}x as long at their chosen rates; margin ±1 BLEU set here"),
     ),
 )
 
 HISTORY = (
     RuleChange(
+        fingerprint="7879cea20b98caa3",
+        rule=canonical(replace(RULE, comparisons=RULE.comparisons[:5])),  # the rule above without the cause test
+        verdict="disagrees: pre-LN without warm-up is 4.6 BLEU [2.3, 6.9] ahead of post-LN with warm-up, not "
+                "“comparable” (session 8, 3 seeds, 356 steps); the gradients at initialisation and pre-LN's lead "
+                "without warm-up agree",
+        reason="Issue 21, point 6: a result that disagrees with its paper gets the arm that tests the proposed cause. "
+               f"Added: the two arms of the “comparable” comparison trained {CAUSE_TIMES}x the epochs at their chosen "
+               "rates (the budget is the proposed cause: Xiong et al. compare after full training).",
+        date="2026-12-07"),
+    RuleChange(
         fingerprint="3b37ddd1d840c212",
         # the rule above with its BLEU comparisons on the validation set
         rule=canonical(replace(RULE, comparisons=RULE.comparisons[:2] + tuple(
-            replace(c, metric=BLEU_BEFORE) for c in RULE.comparisons[2:]))),
+            replace(c, metric=BLEU_BEFORE) for c in RULE.comparisons[2:5]))),
         verdict="inconclusive: the stored run (sessions 3 and 5, 2 seeds) predates the rule, so none of its "
                 "comparisons is measured in it",
         reason="Issue 21, points 3 and 5: the question is about optimisation, so each arm now runs at its own rate "
@@ -262,11 +298,13 @@ EXPERIMENT = Experiment(
            "while pre-LN's falls (Theorem 1, Fig. 3(c, d)); post-LN without warm-up reaches only 8.45 BLEU against "
            "≈34 with warm-up on IWSLT14 De-En (§3.2, Fig. 2), pre-LN without warm-up ≈34, comparable to post-LN with "
            "warm-up (§4.2, Fig. 4)",
-    cost={"quick": "≈20 s", "full": "≈75 min (4 arms: 2 rates at the first seed, 2 more seeds at the chosen rate; "
-                                    "356 steps each, plus the depth sweep at init)"},
+    cost={"quick": "≈25 s", "full": "≈75 min (4 arms: 2 rates at the first seed, 2 more seeds at the chosen rate; "
+                                    "356 steps each, plus the depth sweep at init), and ≈80 min for the cause arms "
+                                    "(2 arms x 3 seeds, 1,068 steps each)"},
     seeds={"quick": 1, "full": 3},
     run=run,
     rule=RULE,
     history=HISTORY,
-    variables=("model.norm_first", "train.warmup_steps", "train.lr"),  # the layout, the warm-up, each arm's rate
+    # the layout, the warm-up, each arm's rate; the cause arms train CAUSE_TIMES the epochs (and so the steps)
+    variables=("model.norm_first", "train.warmup_steps", "train.lr", "train.epochs", "steps"),
 )

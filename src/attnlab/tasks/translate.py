@@ -63,6 +63,8 @@ class TranslateDataConfig:
                        choices=("skip", "error"))
     max_tokens: int = opt(4096, "tokens per batch (padded, source or target side, whichever is longer); "
                                 "replaces --batch-size", positive_int, metavar="N")
+    init: str | None = opt(None, "start from a trained translation run (RUN_DIR or RUN_DIR:best|last): its weights "
+                                 "and its tokenizers; the model must have the same shapes (fine-tuning)", metavar="RUN")
 
     def validate(self) -> TranslateDataConfig:
         if self.tsv is None and (self.src is None or self.tgt is None):
@@ -227,6 +229,20 @@ def load_tokenizers(run_dir: Path) -> tuple[Tokenizer, Tokenizer]:
     return src, (src if files["tgt"] == files["src"] else load_tokenizer(Path(run_dir) / files["tgt"]))
 
 
+def init_tokenizers(spec: str) -> tuple[Tokenizer, Tokenizer]:
+    """The tokenizers of the translation run ``--init`` names (its weights index their tokens)."""
+    from attnlab.checkpoints.rundir import locate, read_record
+
+    found = locate(spec)
+    if found is None:
+        raise ConfigError(f"--init {spec}: not a run directory; a translation model starts from a translation run "
+                          "(RUN_DIR or RUN_DIR:best|last), whose tokenizers come with its weights")
+    task = read_record(*found).get("task")
+    if task != TASK:
+        raise ConfigError(f"--init {spec} is a {task} run; a translation model starts from a translation run")
+    return load_tokenizers(found[0])
+
+
 def _abs(p: str | None) -> str | None:
     return None if p is None else str(Path(p).resolve())
 
@@ -265,6 +281,8 @@ def load_data(dc: TranslateDataConfig, mcfg=None, run_dir: Path | None = None, p
     train_c, valid_c = read_corpora(dc)
     if run_dir is not None:
         src_tok, tgt_tok = load_tokenizers(run_dir)
+    elif dc.init:
+        src_tok, tgt_tok = init_tokenizers(dc.init)
     else:
         src_tok, tgt_tok = build_tokenizers(dc, train_c)
     train = encode_corpus(train_c, src_tok, tgt_tok, max_len=dc.max_len, on_long=dc.on_long)
@@ -283,6 +301,11 @@ def make_task(data: TranslateData, model: nn.Module, cfg: TrainConfig) -> Transl
     record = {"tokenizers": tokenizer_files(data.src_tok is data.tgt_tok),
               "vocab_size": [data.src_tok.vocab_size, data.tgt_tok.vocab_size],
               "pairs": {"train": len(data.train), "valid": len(data.valid), "skipped_long": data.train.skipped_long}}
+    if data.config.init:  # (a resumed run then loads its own weights over these)
+        from attnlab.checkpoints import load_checkpoint
+
+        report = load_checkpoint(model, data.config.init)
+        record["init"] = {k: report[k] for k in ("source", "loaded")}
     return TranslateTask(data.train, data.valid, pad_id=data.src_tok.pad_id, max_tokens=data.config.max_tokens,
                          nat=decodes_by_mask_predict(model), seed=cfg.seed, record=record)
 
