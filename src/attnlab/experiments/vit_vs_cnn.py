@@ -98,7 +98,7 @@ def run(ctx: Context) -> Result:
     epochs = ", ".join(str(epochs_for(n, s["batch"], s["steps"])) for n in sizes)
     reading = ("ViT minus ResNet validation accuracy: "
                + ", ".join(f"{pm(gap[str(n)], 2)} points at {n:,} images" for n in sizes)
-               + f"; from {sizes[0]:,} to {sizes[-1]:,} images the difference moves by {g[large] - g[small]:+.2f} points. "
+               + f"; from {sizes[0]:,} to {sizes[-1]:,} images the difference moves by {g[large] - g[small]:+.2f} points"
                + "; CCT minus ResNet: " + ", ".join(f"{pm(cct_gap[str(n)], 2)} at {n:,}" for n in sizes)
                + f". Every arm trains {s['steps']} optimizer steps of batch {s['batch']} ({epochs} epochs); parameters: "
                + ", ".join(f"{m} {params[m]:,}" for m in MODELS) + ". In the ViT paper the ViTs pull ahead between the 9M and "
