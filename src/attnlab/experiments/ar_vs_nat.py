@@ -108,18 +108,24 @@ def run(ctx: Context) -> Result:
         for t in iterations:
             decoders[f"mask-predict T={t} ({src_name})"] = (f"nat-{src_name}", dict(iterations=t, length_beam=3))
     res: dict[str, dict[str, list]] = {d: {"bleu": [], "ms_b1": [], "ms_b64": []} for d in decoders}
+
+    def scores(run: dict, name: str, batch_size: int, sentences: dict) -> dict:
+        """``attnlab eval`` of ``run`` with decoder ``name`` of ``decoders`` (kept under a tag named after it)."""
+        tag = name.replace(" ", "").replace("(", "-").replace(")", "").replace("=", "")
+        return ctx.translation_scores(run, tag=f"test-{tag}-b{batch_size}", **decoders[name][1], batch_size=batch_size,
+                                      **sentences)
+
     for seed in ctx.seeds:
         runs = {"ar": ctx.train_arm("ar", SPEC, dc, train, "transformer_multi30k", stacks, seed=seed)}
         runs["nat-raw"] = ctx.train_arm("nat-raw", SPEC, dc, train, "mask_predict_multi30k",
                                         nat_raw, seed=seed)
         runs["nat-distilled"] = ctx.train_arm("nat-distilled", SPEC, kd, train, "mask_predict_multi30k",
                                               nat_kd, seed=seed)
-        for name, (arm, opts) in decoders.items():
-            tag = name.replace(" ", "").replace("(", "-").replace(")", "").replace("=", "")
-            full = ctx.translation_scores(runs[arm], tag=f"test-{tag}-b64", **opts, batch_size=64, **test)
+        for name, (arm, _) in decoders.items():
+            full = scores(runs[arm], name, 64, test)
             res[name]["bleu"].append(full["bleu"])
             res[name]["ms_b64"].append(1e3 * full.get("seconds", float("nan")) / max(1, full.get("sentences", 1)))
-            one = ctx.translation_scores(runs[arm], tag=f"test-{tag}-b1", **opts, batch_size=1, **lat)
+            one = scores(runs[arm], name, 1, lat)
             res[name]["ms_b1"].append(1e3 * one.get("seconds", float("nan")) / max(1, one.get("sentences", 1)))
     t_hi = iterations[-1]
     longer = {**train, "epochs": CAUSE_TIMES * train["epochs"]}
@@ -127,9 +133,8 @@ def run(ctx: Context) -> Result:
     for seed in ctx.seeds:
         ar = ctx.train_arm(f"ar-{CAUSE_TIMES}x", SPEC, dc, longer, "transformer_multi30k", stacks, seed=seed)
         nat = ctx.train_arm(f"nat-distilled-{CAUSE_TIMES}x", SPEC, kd, longer, "mask_predict_multi30k", nat_kd, seed=seed)
-        cause["beam5"].append(ctx.translation_scores(ar, tag="test-beam5-b64", beam=5, batch_size=64, **test)["bleu"])
-        cause["mask_predict_distilled"].append(ctx.translation_scores(
-            nat, tag=f"test-mask-predictT{t_hi}-distilled-b64", iterations=t_hi, length_beam=3, batch_size=64, **test)["bleu"])
+        cause["beam5"].append(scores(ar, "beam 5", 64, test)["bleu"])
+        cause["mask_predict_distilled"].append(scores(nat, f"mask-predict T={t_hi} (distilled)", 64, test)["bleu"])
     table = [{"decoder": d, "BLEU (test)": pm(r["bleu"], 2), "ms/sentence, batch 1": pm(r["ms_b1"], 1),
               "ms/sentence, batch 64": pm(r["ms_b64"], 2)} for d, r in res.items()]
     table += [{"decoder": f"{d}, students trained {CAUSE_TIMES}x the epochs", "BLEU (test)": pm(cause[k], 2)}

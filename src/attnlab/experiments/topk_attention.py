@@ -89,17 +89,21 @@ def run(ctx: Context) -> Result:
     dc, model, train = setup(ctx)
     runs = train_arms(ctx, dc, model, train)
     test = ctx.multi30k_test(ctx.pick(40, None))
-    bleu = {a: [ctx.translation_scores(r, tag="test-greedy", beam=1, **test)["bleu"] for r in rs]
-            for a, rs in runs.items()}
     cause = train_cause_arms(ctx, dc, model, train, runs["full"])
-    cause_bleu = {a: [ctx.translation_scores(r, tag="test-greedy", beam=1, **test)["bleu"] for r in rs]
-                  for a, rs in cause.items()}
-    acc = {a: [(r["metrics"] or {}).get("val_accuracy", float("nan")) for r in rs] for a, rs in runs.items()}
+
+    def greedy_bleu(arms: dict[str, list[dict]]) -> dict[str, list[float]]:
+        return {a: [ctx.translation_scores(r, tag="test-greedy", beam=1, **test)["bleu"] for r in rs] for a, rs in arms.items()}
+
+    def val_acc(rs: list[dict]) -> list[float]:
+        return [(r["metrics"] or {}).get("val_accuracy", float("nan")) for r in rs]
+
+    bleu, cause_bleu = greedy_bleu(runs), greedy_bleu(cause)
+    acc = {a: val_acc(rs) for a, rs in runs.items()}
     table = [{"attention": LABELS[a], "keys per query": "all" if a == "full" else K, "greedy BLEU (test)": pm(bleu[a], 2),
               "val next-token acc %": pm(acc[a], 2, 100), "Table 1 BLEU (IWSLT Fr-En)": PAPER[a]} for a in ARMS]
     table += [{"attention": f"{LABELS[a]}, from trained full + 1 epoch", "keys per query": "all" if a == "full" else K,
                "greedy BLEU (test)": pm(cause_bleu[a], 2),
-               "val next-token acc %": pm([(r["metrics"] or {}).get("val_accuracy", float("nan")) for r in rs], 2, 100),
+               "val next-token acc %": pm(val_acc(rs), 2, 100),
                "Table 1 BLEU (IWSLT Fr-En)": ""} for a, rs in cause.items()]
     figs = {"bleu": bar_figure([LABELS[a] for a in ARMS], [bleu[a] for a in ARMS], "greedy BLEU (Multi30k test_2016_flickr)",
                                f"{K} keys per query, chosen by score, by place or at random, vs full attention",
