@@ -251,6 +251,35 @@ def test_moved_output_and_data_folders_reuse_arms_and_changed_data_is_refused(tm
         arms(_copy_ctx(tmp_path / "out2"))
 
 
+def test_arm_started_from_another_arm_compares_its_weights_not_its_path(tmp_path, one_thread):
+    """An arm whose ``init`` names another arm's run (topk-attention's cause arms) is reused after
+    the output folder moves, and refused when the weights it started from changed."""
+    from attnlab.tasks.image import SPEC, ImageDataConfig
+
+    train = dict(epochs=1, batch_size=256, lr=3e-3, warmup_steps=1)
+    args = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+
+    def arms(out: Path) -> list[dict]:
+        ctx = _copy_ctx(out)
+        base = ctx.train_arm("base", SPEC, ImageDataConfig(), train, "vit_digits", args)
+        tuned = ctx.train_arm("tuned", SPEC, ImageDataConfig(init=f"{base['run_dir']}:best"), train, "vit_digits", args)
+        return [base, tuned]
+
+    first = arms(tmp_path / "out1")
+    (tmp_path / "out1").rename(tmp_path / "out2")
+    again = arms(tmp_path / "out2")
+    assert again[1]["steps"] == first[1]["steps"] and again[1]["metrics"] == first[1]["metrics"]
+    assert torch.equal(again[1]["model"].head.weight, first[1]["model"].head.weight)
+    from safetensors.torch import load_file, save_file
+
+    from attnlab.checkpoints.rundir import weights_file
+    weights = weights_file(f"{tmp_path / 'out2' / 'runs' / 'base-s0'}:best")
+    state = load_file(weights)
+    save_file({k: v + 1 for k, v in state.items()}, weights)
+    with pytest.raises(ConfigError, match=r"tuned-s0 was trained with other settings \(init\)"):
+        arms(tmp_path / "out2")
+
+
 def test_numbers_helpers():
     assert pm([1.0]) == "1.00" and pm([1.0, 3.0], 1) == "2.0 ± 1.4"
     assert apart([1.0], [2.0]) is None and apart([1.0, 1.1], [5.0, 5.1]) and apart([1.0, 2.0], [1.5, 2.5]) is False

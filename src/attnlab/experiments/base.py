@@ -8,7 +8,8 @@ reused, one cut short is resumed, so a killed experiment continues where it stop
 
 - ``.attnlab-experiment.json`` (:data:`attnlab.experiments.outputs.MARKER`), first: the experiment's name, every file and run
   directory it writes there (listed before it is written) and the content hash of each arm's data
-  files (compared by content, so a moved ``OUT`` or data directory still reuses its arms);
+  files (compared by content, so a moved ``OUT`` or data directory still reuses its arms; an arm
+  started from another arm's weights compares those weights);
 - ``results.json``: every number (``data``), the table, the config, the seeds, the software
   versions, the load average, the wall time and the verdict;
 - ``table.md`` (the Markdown table), ``verdict.md``, one PNG per figure, and ``README.md``
@@ -116,8 +117,13 @@ class Context:
         self.wrote(run)
 
     def _data_hashes(self, data: dict) -> dict[str, str]:
-        """SHA-256 of each data option that names a file handed out by this context."""
+        """SHA-256 of each data option that names a file handed out by this context, and of the
+        weights an ``init`` option starts from when it names a run (an arm built on another arm)."""
+        from attnlab.checkpoints.rundir import weights_file
+
         files = {k: v for k, v in data.items() if isinstance(v, str) and v in self._data_files}
+        if isinstance(data.get("init"), str) and (w := weights_file(data["init"])) is not None:
+            files["init"] = str(w)
         for v in files.values():
             if v not in self._sha256:
                 self._sha256[v] = file_sha256(v)
