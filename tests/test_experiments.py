@@ -280,6 +280,49 @@ def test_arm_started_from_another_arm_compares_its_weights_not_its_path(tmp_path
         arms(tmp_path / "out2")
 
 
+def _learned(metrics: dict) -> dict:
+    """An arm's metrics without the timings."""
+    return {k: v for k, v in metrics.items() if k not in ("time", "eval_seconds", "samples_per_s")}
+
+
+def test_arms_side_by_side_give_the_results_of_one_at_a_time(tmp_path):
+    """--jobs 2 trains arms in worker processes: the same arms, numbers and verdict as one at a
+    time (each arm is seeded and has its own threads)."""
+    exp = get_experiment("sqrt-dk")
+    one = run_experiment(exp, "quick", out=tmp_path / "one", progress=False)
+    two = run_experiment(exp, "quick", out=tmp_path / "two", progress=False, jobs=2)
+    assert list(two["arms"]) == list(one["arms"]) and len(one["arms"]) >= 2
+    for name, arm in one["arms"].items():
+        assert _learned(two["arms"][name]["metrics"]) == _learned(arm["metrics"]) and two["arms"][name]["steps"] == arm["steps"]
+    assert two["data"] == one["data"] and two["verdict"] == one["verdict"]
+    again = run_experiment(exp, "quick", out=tmp_path / "two", progress=False, jobs=2)  # finished arms: no worker
+    assert all(_learned(a["metrics"]) == _learned(one["arms"][n]["metrics"]) for n, a in again["arms"].items())
+
+
+def test_side_by_side_an_arm_waits_for_the_arm_it_starts_from_and_errors_reach_the_caller(tmp_path, one_thread):
+    from attnlab.tasks.image import SPEC, ImageDataConfig
+
+    train = dict(epochs=1, batch_size=256, lr=3e-3, warmup_steps=1)
+    args = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+    results = {}
+    for jobs in (1, 2):
+        ctx = Context(_copy_ctx(tmp_path).exp, "quick", [0], tmp_path / f"jobs{jobs}", threads=1, progress=False,
+                      jobs=jobs)
+        try:
+            base = ctx.train_arm("base", SPEC, ImageDataConfig(), train, "vit_digits", args)
+            tuned = ctx.train_arm("tuned", SPEC, ImageDataConfig(init=f"{base['run_dir']}:best"), train, "vit_digits",
+                                  args)
+            results[jobs] = [base["model"].head.weight, tuned["model"].head.weight, _learned(tuned["metrics"])]
+            if jobs == 2:
+                bad = ctx.train_arm("bad", SPEC, ImageDataConfig(), train, "vit_digits", {"no_such_option": 1})
+                with pytest.raises(ConfigError, match="no_such_option"):
+                    bad["metrics"]
+        finally:
+            ctx.close()
+    assert torch.equal(results[1][0], results[2][0]) and torch.equal(results[1][1], results[2][1])
+    assert results[1][2] == results[2][2]
+
+
 def test_numbers_helpers():
     assert pm([1.0]) == "1.00" and pm([1.0, 3.0], 1) == "2.0 ± 1.4"
     assert apart([1.0], [2.0]) is None and apart([1.0, 1.1], [5.0, 5.1]) and apart([1.0, 2.0], [1.5, 2.5]) is False

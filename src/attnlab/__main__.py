@@ -1,3 +1,4 @@
 from attnlab.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a --jobs worker process (spawn) imports this module again
+    raise SystemExit(main())

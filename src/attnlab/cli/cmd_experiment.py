@@ -13,6 +13,7 @@ EPILOG = """examples:
   attnlab experiment report [--check]                 rebuild EXPERIMENTS.md from docs/experiments/ (or compare)
   attnlab experiment sqrt-dk                          quick budget (seconds), one seed
   attnlab experiment sqrt-dk --budget full --seeds 3 -o results/sqrt-dk
+  attnlab experiment vit-position --budget full --jobs 2 -o results/vit-position   two arms at once
 
 Outputs (in -o DIR, default experiments/NAME/BUDGET): results.json, table.md, verdict.md, the
 figures (PNG), README.md, and one run directory per training arm under runs/. DIR must be new,
@@ -41,6 +42,9 @@ def register(subparsers) -> None:
                    help="seeds 0..N-1 per arm (default: the experiment's, shown by 'list')")
     p.add_argument("--threads", type=nonneg_int, default=1, metavar="N",
                    help="CPU threads for PyTorch (0 = PyTorch's default) (default: 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="arms trained at once, each in a process of its own with --threads threads; the results do "
+                        "not depend on it (default: 1)")
     p.add_argument("-o", "--output", metavar="DIR", default=None,
                    help="output directory: new, empty, or one this experiment wrote (default: experiments/NAME/BUDGET)")
     p.add_argument("--overwrite", action="store_true",
@@ -71,7 +75,7 @@ def run(args) -> int:
     exp = get_experiment(args.name)
     res = run_experiment(exp, args.budget, args.seeds, args.threads, args.output,
                          log=None if args.quiet else log_line, progress=not args.quiet, command=argv(),
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, jobs=args.jobs)
     print(f"{exp.name} ({args.budget}, {len(res['seeds'])} seed(s), {res['wall_seconds']:.0f} s)\n")
     print(res["table_markdown"])
     print(res["verdict"])

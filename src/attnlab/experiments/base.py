@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +74,14 @@ class Experiment:
 
 
 class Context:
-    """One run of an experiment: budget, seeds, output directory, threads, logging."""
+    """One run of an experiment: budget, seeds, output directory, threads, logging, and how many
+    arms train at once (``jobs``: each arm beyond the first in a process of its own)."""
 
     def __init__(self, exp: Experiment, budget: str, seeds: Sequence[int], out: Path, threads: int = 1,
-                 log: Callable[[str], None] | None = None, progress: bool = True) -> None:
+                 log: Callable[[str], None] | None = None, progress: bool = True, jobs: int = 1) -> None:
         self.exp, self.budget, self.seeds, self.out = exp, budget, list(seeds), Path(out)
-        self.threads, self.progress = threads, progress
+        self.threads, self.progress, self.jobs = threads, progress, jobs
+        self._pool = None  # the worker processes of jobs > 1, started at the first arm that trains
         self._log = log
         self.arms: dict[str, dict] = {}  # arm -> what train_arm returned (without the model)
         self.references: dict[str, dict] = {}  # the same for runs the arms are built from (a distillation teacher)
@@ -195,23 +197,25 @@ class Context:
     # --- training arms ----------------------------------------------------------------------------
 
     def train_arm(self, arm: str, spec, data_config, train: dict, model: str, model_args: dict | None = None,
-                  seed: int = 0, *, reference: bool = False) -> dict:
+                  seed: int = 0, *, reference: bool = False) -> Mapping:
         """Train (or reuse, or resume) the run ``OUT/runs/<arm>-s<seed>`` through the run layer.
         Returns the engine's summary (``model`` is the trained model) plus ``run_dir``; an arm
         whose loss became NaN/inf returns ``{"diverged": message, "metrics": {}, "model": None}``.
         ``reference``: a run the arms are built from but not one of them (a distillation teacher):
-        results.json lists it under ``references``, and the arms are not compared with it."""
+        results.json lists it under ``references``, and the arms are not compared with it.
+        With ``jobs`` > 1 an arm that trains is handed to a worker process and a
+        :class:`PendingArm` is returned at once: reading it (but its ``run_dir``) waits for the arm,
+        so the arms an experiment asks for before it reads one train side by side."""
         from attnlab.checkpoints.rundir import has_record, read_record
         from attnlab.runs import resume_conflicts, saved_options, train_config
-        from attnlab.runs import train as train_run
         from attnlab.train.config import to_dict
-        from attnlab.train.engine import TrainingDiverged
 
         cfg = train_config(spec, {**train, "seed": seed, "threads": self.threads})
         model_args = dict(model_args or {})
         run = f"runs/{arm}-s{seed}"
         run_dir = self.out / run
         data = to_dict(data_config)
+        self._wait_for_run(data.get("init"))  # an arm started from another arm's weights waits for them
         hashes = self._data_hashes(data)
         resume = has_record(run_dir, "last")
         if resume:
@@ -224,29 +228,73 @@ class Context:
                                   "--overwrite to replace what the experiment wrote there")
         self._trained_on(run, hashes)
         t0 = time.perf_counter()
-        if resume and cfg.max_minutes:
-            # A time-bound arm's minutes are its whole budget: one stopped by them is reused as it
-            # is (resuming would give it another --max-minutes), one interrupted before them is
-            # trained again from the start (its minutes cannot be pieced together across sessions).
+        finished = False
+        if resume:
             rec = read_record(run_dir, "last")
-            if spent_time_budget(rec):
-                return self._keep_arm(run_dir, reused_arm(run_dir, rec), t0, reference)
-            self.log(f"{run_dir.name} was interrupted before its {cfg.max_minutes:g} minutes: training it again")
-            resume = False
-        try:
-            summary = train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
-                                overwrite=run_dir.exists() and not resume, log=self._log and self.log,
-                                progress=self.progress)
-        except TrainingDiverged as e:  # an outcome of the experiment (a model that crashes), not an error
-            self.log(f"{run_dir.name}: {e}")
-            summary = {"diverged": str(e), "metrics": {}, "best": None, "model": None}
-        return self._keep_arm(run_dir, summary, t0, reference)
+            finished = int(rec.get("epoch", 0)) >= cfg.epochs
+            if cfg.max_minutes:
+                # A time-bound arm's minutes are its whole budget: one stopped by them is reused as it
+                # is (resuming would give it another --max-minutes), one interrupted before them is
+                # trained again from the start (its minutes cannot be pieced together across sessions).
+                if spent_time_budget(rec):
+                    return self._keep_arm(run_dir, reused_arm(run_dir, rec), time.perf_counter() - t0, reference)
+                self.log(f"{run_dir.name} was interrupted before its {cfg.max_minutes:g} minutes: training it again")
+                resume = finished = False
+        job = dict(data_config=data_config, cfg=cfg, run_dir=run_dir, model=model, model_args=model_args,
+                   resume=resume)
+        if self.jobs > 1 and not finished:
+            return self._submit(run_dir, spec, job, reference)
+        summary = train_one(spec, **job, log=self._log and self.log, progress=self.progress)
+        return self._keep_arm(run_dir, summary, time.perf_counter() - t0, reference)
 
-    def _keep_arm(self, run_dir: Path, summary: dict, t0: float, reference: bool) -> dict:
+    def _keep_arm(self, run_dir: Path, summary: dict, seconds: float, reference: bool) -> dict:
         summary["run_dir"] = str(run_dir)
-        summary["seconds_this_session"] = round(time.perf_counter() - t0, 2)
+        summary["seconds_this_session"] = round(seconds, 2)
         (self.references if reference else self.arms)[run_dir.name] = {k: v for k, v in summary.items() if k != "model"}
         return summary
+
+    # --- arms side by side (jobs > 1) -------------------------------------------------------------
+
+    def _submit(self, run_dir: Path, spec, job: dict, reference: bool) -> PendingArm:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fresh interpreter per worker (forking a process whose PyTorch has started
+            # its thread pools can hang the child)
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.log(f"{run_dir.name}: training in a worker process")
+        future = self._pool.submit(train_in_worker, (spec.name, spec.module), job,
+                                   f"[{self.exp.name} {run_dir.name}]" if self._log is not None else None)
+        pending = PendingArm(self, run_dir, future, reference)
+        (self.references if reference else self.arms)[run_dir.name] = pending
+        return pending
+
+    def _wait_for_run(self, spec) -> None:
+        """Wait for the arm a run spec (``RUN_DIR`` or ``RUN_DIR:best|last``) names, if it is
+        still training in a worker."""
+        if isinstance(spec, str):
+            name = Path(spec.rpartition(":")[0] if spec.endswith((":best", ":last")) else spec).name
+            for arms in (self.arms, self.references):
+                if isinstance(arms.get(name), PendingArm) and Path(arms[name]["run_dir"]) == self.out / "runs" / name:
+                    arms[name].result()
+
+    def finish(self) -> None:
+        """Wait for every arm still training in a worker (an error of one is raised here), and
+        stop the workers."""
+        try:
+            for arms in (self.arms, self.references):
+                for arm in list(arms.values()):
+                    if isinstance(arm, PendingArm):
+                        arm.result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (arms not started yet are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def decode_limits(self) -> dict:
         """Target length limits (DecodeOptions fields) of the decoding done by an experiment."""
@@ -317,6 +365,69 @@ def spent_time_budget(record: dict) -> bool:
     cfg = record.get("train_config", {})
     return bool(cfg.get("max_minutes")) and (bool(record.get("metrics", {}).get("cut"))
                                              or int(record.get("epoch", 0)) < int(cfg.get("epochs", 0)))
+
+
+def train_one(spec, data_config, cfg, run_dir: Path, model: str, model_args: dict, resume: bool,
+              log: Callable[[str], None] | None = None, progress: bool = True) -> dict:
+    """One arm through the run layer (:func:`attnlab.runs.train`); a loss that became NaN/inf is
+    an outcome of the experiment (a model that crashes), not an error: its summary says
+    ``diverged``."""
+    from attnlab.runs import train as train_run
+    from attnlab.train.engine import TrainingDiverged
+
+    try:
+        return train_run(spec, data_config, cfg, run_dir, model=model, model_args=model_args, resume=resume,
+                         overwrite=run_dir.exists() and not resume, log=log, progress=progress)
+    except TrainingDiverged as e:
+        if log is not None:
+            log(f"{run_dir.name}: {e}")
+        return {"diverged": str(e), "metrics": {}, "best": None, "model": None}
+
+
+def train_in_worker(task: tuple[str, str], job: dict, prefix: str | None) -> dict:
+    """:func:`train_one` in a worker process of ``--jobs``: the summary without the model (the
+    parent reads it back from the run), plus the seconds it took. Log lines, prefixed, go to
+    standard output; no progress bars (two would overwrite each other)."""
+    from attnlab.tasks import get_spec
+
+    t0 = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"{prefix} {line}", flush=True)
+
+    summary = train_one(get_spec(task[0], task[1] or None), **job, log=log if prefix else None, progress=False)
+    summary.pop("model", None)
+    summary["worker_seconds"] = time.perf_counter() - t0
+    return summary
+
+
+class PendingArm(Mapping):
+    """An arm training in a worker process (``Context.jobs`` > 1): its ``run_dir`` is known at
+    once; reading anything else waits for the arm and gives the summary
+    :meth:`Context.train_arm` gives, the model read back from the run's last checkpoint."""
+
+    def __init__(self, ctx: Context, run_dir: Path, future, reference: bool) -> None:
+        self._ctx, self._run_dir, self._future, self._reference = ctx, run_dir, future, reference
+        self._summary: dict | None = None
+
+    def result(self) -> dict:
+        if self._summary is None:
+            summary = self._future.result()  # the worker's error, if any, is raised here
+            if not summary.get("diverged"):
+                from attnlab.runs import open as open_run
+
+                summary["model"] = open_run(str(self._run_dir), "last").model
+            self._summary = self._ctx._keep_arm(self._run_dir, summary, summary.pop("worker_seconds"), self._reference)
+        return self._summary
+
+    def __getitem__(self, key: str):
+        return str(self._run_dir) if key == "run_dir" else self.result()[key]
+
+    def __iter__(self):
+        return iter(self.result())
+
+    def __len__(self) -> int:
+        return len(self.result())
 
 
 def reused_arm(run_dir: Path, record: dict) -> dict:

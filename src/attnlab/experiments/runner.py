@@ -119,16 +119,19 @@ def write_outputs(ctx: Context, res: Result, started: float, load_start, command
 
 def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = None, threads: int = 1,
                    out: str | Path | None = None, log: Callable[[str], None] | None = None, progress: bool = True,
-                   command: list[str] | None = None, overwrite: bool = False) -> dict:
+                   command: list[str] | None = None, overwrite: bool = False, jobs: int = 1) -> dict:
     """Run ``exp`` at ``budget`` with seeds 0..seeds-1 (default: the experiment's), write its
     outputs into ``out`` (default ``experiments/<name>/<budget>``) and return results.json's content.
     ``out`` must be new, empty or written by ``exp`` (:func:`claim_output_dir`); ``overwrite``
-    removes what ``exp`` wrote there first, so every arm is trained afresh."""
+    removes what ``exp`` wrote there first, so every arm is trained afresh. ``jobs``: arms trained
+    at once, each with ``threads`` threads (the results do not depend on it)."""
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; choose quick or full")
     n = exp.seeds[budget] if seeds is None else seeds
     if n < 1:
         raise ConfigError(f"--seeds {n}: give at least one seed")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give at least one")
     if out is not None and str(out) == "":
         raise ConfigError("-o '' names no directory; give the output directory (new, empty, or one this "
                           "experiment wrote)")
@@ -137,8 +140,12 @@ def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = N
     if threads:
         torch.set_num_threads(threads)
     started, load_start = time.time(), load_average()
-    ctx = Context(exp, budget, range(n), out, threads, log, progress)
-    res = exp.run(ctx)
+    ctx = Context(exp, budget, range(n), out, threads, log, progress, jobs)
+    try:
+        res = exp.run(ctx)
+        ctx.finish()
+    finally:
+        ctx.close()
     return write_outputs(ctx, res, started, load_start, command)
 
 
