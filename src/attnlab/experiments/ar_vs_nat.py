@@ -115,24 +115,28 @@ def run(ctx: Context) -> Result:
         return ctx.translation_scores(run, tag=f"test-{tag}-b{batch_size}", **decoders[name][1], batch_size=batch_size,
                                       **sentences)
 
-    for seed in ctx.seeds:
-        runs = {"ar": ctx.train_arm("ar", SPEC, dc, train, "transformer_multi30k", stacks, seed=seed)}
-        runs["nat-raw"] = ctx.train_arm("nat-raw", SPEC, dc, train, "mask_predict_multi30k",
-                                        nat_raw, seed=seed)
-        runs["nat-distilled"] = ctx.train_arm("nat-distilled", SPEC, kd, train, "mask_predict_multi30k",
-                                              nat_kd, seed=seed)
+    # every arm is asked for before any is read: with --jobs they train side by side
+    per_seed = [{"ar": ctx.train_arm("ar", SPEC, dc, train, "transformer_multi30k", stacks, seed=seed),
+                 "nat-raw": ctx.train_arm("nat-raw", SPEC, dc, train, "mask_predict_multi30k", nat_raw, seed=seed),
+                 "nat-distilled": ctx.train_arm("nat-distilled", SPEC, kd, train, "mask_predict_multi30k", nat_kd,
+                                                seed=seed)}
+                for seed in ctx.seeds]
+    t_hi = iterations[-1]
+    longer = {**train, "epochs": CAUSE_TIMES * train["epochs"]}
+    cause = {"beam5": [], "mask_predict_distilled": []}
+    cause_runs = [(ctx.train_arm(f"ar-{CAUSE_TIMES}x", SPEC, dc, longer, "transformer_multi30k", stacks, seed=seed),
+                   ctx.train_arm(f"nat-distilled-{CAUSE_TIMES}x", SPEC, kd, longer, "mask_predict_multi30k", nat_kd,
+                                 seed=seed))
+                  for seed in ctx.seeds]
+    ctx.wait()  # latencies are not measured beside training arms
+    for runs in per_seed:
         for name, (arm, _) in decoders.items():
             full = scores(runs[arm], name, 64, test)
             res[name]["bleu"].append(full["bleu"])
             res[name]["ms_b64"].append(1e3 * full.get("seconds", float("nan")) / max(1, full.get("sentences", 1)))
             one = scores(runs[arm], name, 1, lat)
             res[name]["ms_b1"].append(1e3 * one.get("seconds", float("nan")) / max(1, one.get("sentences", 1)))
-    t_hi = iterations[-1]
-    longer = {**train, "epochs": CAUSE_TIMES * train["epochs"]}
-    cause = {"beam5": [], "mask_predict_distilled": []}
-    for seed in ctx.seeds:
-        ar = ctx.train_arm(f"ar-{CAUSE_TIMES}x", SPEC, dc, longer, "transformer_multi30k", stacks, seed=seed)
-        nat = ctx.train_arm(f"nat-distilled-{CAUSE_TIMES}x", SPEC, kd, longer, "mask_predict_multi30k", nat_kd, seed=seed)
+    for ar, nat in cause_runs:
         cause["beam5"].append(scores(ar, "beam 5", 64, test)["bleu"])
         cause["mask_predict_distilled"].append(scores(nat, f"mask-predict T={t_hi} (distilled)", 64, test)["bleu"])
     table = [{"decoder": d, "BLEU (test)": pm(r["bleu"], 2), "ms/sentence, batch 1": pm(r["ms_b1"], 1),

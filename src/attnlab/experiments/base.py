@@ -279,14 +279,18 @@ class Context:
                 if isinstance(arms.get(name), PendingArm) and Path(arms[name]["run_dir"]) == self.out / "runs" / name:
                     arms[name].result()
 
+    def wait(self) -> None:
+        """Wait for every arm still training in a worker (an error of one is raised here): what
+        an experiment times afterwards is not measured beside its own training."""
+        for arms in (self.arms, self.references):
+            for arm in list(arms.values()):
+                if isinstance(arm, PendingArm):
+                    arm.result()
+
     def finish(self) -> None:
-        """Wait for every arm still training in a worker (an error of one is raised here), and
-        stop the workers."""
+        """:meth:`wait`, then stop the workers."""
         try:
-            for arms in (self.arms, self.references):
-                for arm in list(arms.values()):
-                    if isinstance(arm, PendingArm):
-                        arm.result()
+            self.wait()
         finally:
             self.close()
 
