@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,24 @@ def test_side_by_side_an_arm_waits_for_the_arm_it_starts_from_and_errors_reach_t
             ctx.close()
     assert torch.equal(results[1][0], results[2][0]) and torch.equal(results[1][1], results[2][1])
     assert results[1][2] == results[2][2]
+
+
+def _interrupted_beside_a_long_arm(ctx):
+    dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=50, eval_size=16)
+    ctx.train_arm("gru", COPY, dc, dict(epochs=10_000, batch_size=8, lr=3e-3, warmup_steps=1), "gru_lm_small",
+                  {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1})
+    raise KeyboardInterrupt  # Ctrl-C while the arm trains in its worker
+
+
+def test_ctrl_c_with_arms_side_by_side_ends_the_workers_at_once(tmp_path):
+    import multiprocessing
+
+    exp = Experiment("t", "q", "a", {"quick": "", "full": ""}, {"quick": 1, "full": 1}, _interrupted_beside_a_long_arm)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, out=tmp_path, progress=False, jobs=2)
+    assert time.perf_counter() - t0 < 60  # 10,000 epochs would take hours
+    assert not multiprocessing.active_children()
 
 
 def test_numbers_helpers():

@@ -294,11 +294,16 @@ class Context:
         finally:
             self.close()
 
-    def close(self) -> None:
-        """Stop the worker processes (arms not started yet are dropped)."""
+    def close(self, abort: bool = False) -> None:
+        """Stop the worker processes, arms not started yet dropped; ``abort`` (an error or Ctrl-C
+        in the experiment) ends the arms still training too, at once: each resumes from its last
+        checkpoint when the experiment runs again."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            if abort:  # ProcessPoolExecutor has no public way to end running calls before Python 3.14
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def decode_limits(self) -> dict:
         """Target length limits (DecodeOptions fields) of the decoding done by an experiment."""

@@ -144,8 +144,9 @@ def run_experiment(exp: Experiment, budget: str = "quick", seeds: int | None = N
     try:
         res = exp.run(ctx)
         ctx.finish()
-    finally:
-        ctx.close()
+    except BaseException:
+        ctx.close(abort=True)  # no worker trains on after an error or Ctrl-C
+        raise
     return write_outputs(ctx, res, started, load_start, command)
 
 
