@@ -118,6 +118,33 @@ def test_eval_and_predict_tiled(voc_run, tmp_path, capsys):
     assert open(pred["picture"], "rb").read(4) == b"\x89PNG"
 
 
+def test_attention_pictures_show_the_photograph_as_the_run_sees_it(voc_run, tmp_path, monkeypatch):
+    """viz attention and viz explore of a tiled run draw its centre tile at full resolution (what
+    the model was trained on), not the photograph squashed to the model's square."""
+    import attnlab.viz.detection as vd
+    import attnlab.viz.explore as ve
+    from attnlab.runs import open as open_run
+    from attnlab.tasks.detect import seen_image
+
+    run, root = voc_run
+    photo = np.array(Image.open(root / "p1.png"))  # 96 x 80
+    image, seen = seen_image(open_run(str(run)), str(root / "p1.png"))
+    assert image.shape == (3, 48, 48) and "centre tile (48x48 of 96x80 px" in seen
+    tile = torch.from_numpy(photo[16:64, 24:72]).permute(2, 0, 1)
+    assert torch.equal(image, tile)
+    shown = []
+    for module, name in ((vd, "plot_detr_attention"), (ve, "explore_detr")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda model, img, *a, _f=original, **k: shown.append(img) or _f(model, img, *a, **k))
+    out = tmp_path / "att.png"
+    assert main(["viz", "attention", str(run), str(root / "p1.png"), "-o", str(out), "--dpi", "40"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    page = tmp_path / "page.html"
+    assert main(["viz", "explore", str(run), str(root / "p1.png"), "-o", str(page)]) == 0
+    assert page.stat().st_size > 0
+    assert len(shown) == 2 and all(torch.equal(x, tile) for x in shown)
+
+
 def test_train_on_whole_photographs_resized_as_detr(tmp_path):
     """Without --tile each photograph is resized to shorter side img_size (aspect kept) and the
     batch padded; a separate VOC file validates."""
@@ -129,6 +156,11 @@ def test_train_on_whole_photographs_resized_as_detr(tmp_path):
     rec = json.loads((tmp_path / "run" / "last.json").read_text())
     assert "3 photographs resized as DETR (padded to 48x64)" in rec["dataset"]["read"]  # 48x57, 48x54, 48x64
     assert rec["dataset"]["val_size"] == 1
+    from attnlab.runs import open as open_run
+    from attnlab.tasks.detect import seen_image
+
+    image, seen = seen_image(open_run(str(tmp_path / "run")), str(root / "p1.png"))  # 96 x 80: aspect kept
+    assert image.shape[-2] == 48 and image.shape[-1] in (57, 58) and "resized as DETR (96x80" in seen
 
 
 @pytest.mark.parametrize("problem, message", [

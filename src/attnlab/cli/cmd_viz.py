@@ -138,9 +138,12 @@ def run_attention(args) -> int:
     elif task == "translate":
         fig = _alignment(run, args.input, args.target, args.layer)
     elif isinstance(model, QueryDetector):
+        from attnlab.tasks.detect import seen_image
         from attnlab.viz.detection import attention_figure  # DETR Fig. 6 and Fig. 3
 
-        fig = attention_figure(model, run if run.spec is not None else None, args.input)
+        trained = run if run.spec is not None else None
+        image, seen = seen_image(trained, args.input, convert=True) if trained is not None else (None, "")
+        fig = attention_figure(model, trained, args.input, image, seen)
     else:
         fig = _vit_attention(model, run, args)
     print(f"wrote {save_figure(fig, args.output, dpi=args.dpi)}")

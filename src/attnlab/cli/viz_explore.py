@@ -76,7 +76,7 @@ def run(args) -> int:
     explore.check_output(args.output)  # before any work: refuse a directory or a non-HTML file
     if not 0 < args.max_mb < math.inf:
         raise ConfigError(f"--max-mb must be a finite number > 0, got {args.max_mb}")
-    model, tokenizers, random_init, extras = load(args)
+    model, tokenizers, random_init, extras, run = load(args)
     kind = family(model)
     if args.target is not None and kind != "translation":
         raise ConfigError("--target is for translation models only")
@@ -87,7 +87,12 @@ def run(args) -> int:
         from attnlab.data.transforms import choose_normalization
 
         normalize = choose_normalization(model, extras.get("normalize"), args.mean, args.std)
-        image = read_model_images([args.input], model, convert=True)[0]
+        if kind == "detr" and run is not None and run.spec is not None:
+            from attnlab.tasks.detect import seen_image
+
+            image = seen_image(run, args.input, convert=True)[0]  # as trained: a tile, resized as DETR, or squashed
+        else:
+            image = read_model_images([args.input], model, convert=True)[0]
         if kind == "vit":
             data = explore.explore_vit(model, image, normalize, label=label, random_init=random_init, worked=worked,
                                        class_names=extras.get("labels"), budget=budget)
@@ -127,7 +132,8 @@ def family(model) -> str:
 
 
 def load(args):
-    """(model in eval mode, tokenizers, random_init, extras) from :func:`attnlab.runs.open`: a
+    """(model in eval mode, tokenizers, random_init, extras, the LoadedRun or None for a registered
+    name) from :func:`attnlab.runs.open`: a
     registered name (with its tokenizers' vocabulary sizes for a text model, and --weights if
     given), a run directory (RUN_DIR, RUN_DIR:last) or a checkpoint file; text models get their
     tokenizer(s) from the run or the options. ``extras``: a run's own normalisation and class
@@ -149,17 +155,17 @@ def load(args):
             stats = load_checkpoint(model, args.weights)["normalize"]
             from attnlab.data.transforms import Normalize
 
-            return model, tokenizers, False, {} if stats is None else {"normalize": Normalize(**stats)}
-        return model, tokenizers, True, {}
+            return model, tokenizers, False, {} if stats is None else {"normalize": Normalize(**stats)}, None
+        return model, tokenizers, True, {}, None
     if args.weights is not None:
         raise ConfigError("--weights goes with a registered model name (MODEL builds the model, --weights fills it)")
     run = runs.open(spec, seed=args.seed)
     kind = family(run.model)
     if kind == "lm" and "tokenizer" in run.extras:
-        return run.model, run.extras["tokenizer"], False, run.extras
+        return run.model, run.extras["tokenizer"], False, run.extras, run
     if kind == "translation" and "src_tokenizer" in run.extras:
-        return run.model, (run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]), False, run.extras
-    return run.model, _tokenizers(args, kind), False, run.extras
+        return run.model, (run.extras["src_tokenizer"], run.extras["tgt_tokenizer"]), False, run.extras, run
+    return run.model, _tokenizers(args, kind), False, run.extras, run
 
 
 def _tokenizers(args, kind: str):

@@ -526,20 +526,35 @@ def detect_file(run: LoadedRun, path: str, convert: bool = False) -> dict:
     """Every detection in one image file, boxes in its pixels, as the run was trained to see it:
     tile by tile at full resolution (merged), resized as DETR (VOC and COCO runs), or squashed to
     the model's square (canvases)."""
+    from attnlab.data.images import read_images
+
+    dc = run_data_config(run.record)
+    image = read_images([path], None, run.model.cfg.in_chans, convert)[0]  # (C, H, W) at full resolution
+    if dc.tile:
+        return predict_tiled(image, lambda t: detect_batch(run, t, [tuple(t.shape[-2:])] * len(t)), dc.tile,
+                             dc.tile_overlap)
+    return detect_batch(run, seen_image(run, path, convert)[0][None], [tuple(image.shape[-2:])])[0]
+
+
+def seen_image(run: LoadedRun, path: str, convert: bool = False) -> tuple[torch.Tensor, str]:
+    """One image file as the run's model sees it, uint8 (C, H, W), and how: a tiled run's centre
+    tile at full resolution, a VOC or COCO run's photograph resized as DETR (aspect kept), a
+    canvas run's squashed to the model's square. What ``viz attention`` and ``viz explore`` show."""
     from attnlab.data.images import read_images, read_model_images
     from attnlab.tasks.detect_voc import longest_side
 
     dc = run_data_config(run.record)
-    image = read_images([path], None, run.model.cfg.in_chans, convert)[0]  # (C, H, W) at full resolution
-    size = tuple(image.shape[-2:])
+    if not (dc.tile or _many_sizes(dc.dataset)):
+        return read_model_images([path], run.model, convert)[0], "resized to the model's square, as trained"
+    image = read_images([path], None, run.model.cfg.in_chans, convert)[0]
+    h, w = image.shape[-2:]
     if dc.tile:
-        return predict_tiled(image, lambda t: detect_batch(run, t, [tuple(t.shape[-2:])] * len(t)), dc.tile,
-                             dc.tile_overlap)
-    if _many_sizes(dc.dataset):
-        shortest = int(run.model.cfg.img_size)
-        x, _ = resize_keep_aspect(image, torch.zeros(0, 4), shortest, longest_side(shortest))
-        return detect_batch(run, x[None], [size])[0]
-    return detect_batch(run, read_model_images([path], run.model, convert), [size])[0]
+        th, tw = min(dc.tile, h), min(dc.tile, w)
+        y, x = (h - th) // 2, (w - tw) // 2
+        return image[:, y:y + th, x:x + tw], f"the centre tile ({tw}x{th} of {w}x{h} px, at full resolution), as trained"
+    shortest = int(run.model.cfg.img_size)
+    x, _ = resize_keep_aspect(image, torch.zeros(0, 4), shortest, longest_side(shortest))
+    return x, f"resized as DETR ({w}x{h} to {x.shape[-1]}x{x.shape[-2]} px), as trained"
 
 
 def predict(run: LoadedRun, inputs: list[str], threshold: float = 0.7, convert: bool = False, **_) -> list[dict]:

@@ -138,19 +138,22 @@ def plot_detr_attention(model, image: Tensor, normalize, labels: list[str], thre
 
 
 
-def attention_figure(model, run, image_path: str) -> Figure:
+def attention_figure(model, run, image_path: str, image: torch.Tensor | None = None, seen: str = "") -> Figure:
     """``attnlab viz attention`` for a DETR (``run`` a :class:`~attnlab.tasks.spec.LoadedRun` of
-    a trained run, or None for a registered name with random weights): the image resized to the
-    model's size, DETR's Fig. 6 and Fig. 3."""
-    x = read_model_images([image_path], model, convert=True)[0]
+    a trained run, or None for a registered name with random weights): DETR's Fig. 6 and Fig. 3
+    on ``image`` (uint8 (C, H, W): the file as the run's model sees it, ``seen`` saying how;
+    default: the file resized to the model's square)."""
+    if image is None:
+        image = read_model_images([image_path], model, convert=True)[0]
     if run is not None:
         normalize, labels = run.extras["normalize"], run.extras["labels"]
     else:
         normalize, labels = default_normalization(model), [str(i) for i in range(model.cfg.num_classes)]
     name = run.name if run is not None else f"{model.name} (random init)"
-    return plot_detr_attention(model, x, normalize, labels,
-                               title=f"{name} on {Path(image_path).name}: decoder cross-attention of confident queries "
-                                     "(Fig. 6), encoder self-attention at box centres (Fig. 3)")
+    return plot_detr_attention(model, image, normalize, labels,
+                               title=f"{name} on {Path(image_path).name}{f' ({seen})' if seen else ''}: decoder "
+                                     "cross-attention of confident queries (Fig. 6), encoder self-attention at box "
+                                     "centres (Fig. 3)")
 
 
 def save_prediction_pictures(run, preds: list[dict], threshold: float, convert: bool = False,
