@@ -48,9 +48,11 @@ class CanvasConfig:
 
 @dataclass
 class DetectionSet:
-    """Detection images in memory (canvases, or a COCO dataset read by :mod:`attnlab.data.coco`):
-    images (N, C, S, S) uint8, per image labels (M,) and boxes (M, 4) (cx, cy, w, h in [0, 1]),
-    and each image's original (height, width), which COCO metrics are computed in."""
+    """Detection images in memory (canvases, a COCO or VOC set, or tiles of VOC photographs):
+    images (N, C, H, W) uint8 — square canvases, or photographs resized as DETR and padded at
+    the bottom and right to the largest of the set — per image labels (M,) and boxes (M, 4)
+    (cx, cy, w, h as fractions of the image's own pixels), and each image's (height, width): its
+    real pixels inside the padding (what :func:`attnlab.detect.batching.pixel_mask` keeps)."""
 
     images: Tensor
     labels: list[Tensor]
