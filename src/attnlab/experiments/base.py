@@ -75,7 +75,7 @@ class Experiment:
 
 class Context:
     """One run of an experiment: budget, seeds, output directory, threads, logging, and how many
-    arms train at once (``jobs``: each arm beyond the first in a process of its own)."""
+    arms train at once (``jobs`` > 1: each arm that trains does so in a worker process)."""
 
     def __init__(self, exp: Experiment, budget: str, seeds: Sequence[int], out: Path, threads: int = 1,
                  log: Callable[[str], None] | None = None, progress: bool = True, jobs: int = 1) -> None:
@@ -274,10 +274,11 @@ class Context:
         """Wait for the arm a run spec (``RUN_DIR`` or ``RUN_DIR:best|last``) names, if it is
         still training in a worker."""
         if isinstance(spec, str):
-            name = Path(spec.rpartition(":")[0] if spec.endswith((":best", ":last")) else spec).name
+            path = Path(spec.rpartition(":")[0] if spec.endswith((":best", ":last")) else spec)
             for arms in (self.arms, self.references):
-                if isinstance(arms.get(name), PendingArm) and Path(arms[name]["run_dir"]) == self.out / "runs" / name:
-                    arms[name].result()
+                arm = arms.get(path.name)
+                if isinstance(arm, PendingArm) and Path(arm["run_dir"]).resolve() == path.resolve():
+                    arm.result()
 
     def wait(self) -> None:
         """Wait for every arm still training in a worker (an error of one is raised here): what
