@@ -342,6 +342,50 @@ def test_ctrl_c_with_arms_side_by_side_ends_the_workers_at_once(tmp_path):
     assert not multiprocessing.active_children()
 
 
+def test_killing_an_experiment_ends_its_workers(tmp_path):
+    """kill -9 of `attnlab experiment --jobs 2` leaves no worker training on (an orphan would
+    hold its arm's run lock and take a core)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys; from attnlab.experiments import run_experiment; import test_experiments as t; "
+            "from attnlab.experiments.base import Experiment; "
+            "run_experiment(Experiment('t', 'q', 'a', {'quick': '', 'full': ''}, {'quick': 1, 'full': 1}, "
+            "t._one_long_arm), out=sys.argv[1], progress=False, jobs=2)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], env=env)
+    run = tmp_path / "out" / "runs" / "gru-s0"
+    deadline = time.time() + 120
+    while not (run / "run.json").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert p.poll() is None, "the experiment ended before its arm started"
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no worker process"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 30
+    alive = children
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [c for c in children if running(c)]
+    assert not alive, f"workers {alive} outlived the experiment"
+
+
+def _one_long_arm(ctx):
+    dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=50, eval_size=16)
+    ctx.train_arm("gru", COPY, dc, dict(epochs=10_000, batch_size=8, lr=3e-3, warmup_steps=1), "gru_lm_small",
+                  {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1})["metrics"]
+
+
 def test_numbers_helpers():
     assert pm([1.0]) == "1.00" and pm([1.0, 3.0], 1) == "2.0 ± 1.4"
     assert apart([1.0], [2.0]) is None and apart([1.0, 1.1], [5.0, 5.1]) and apart([1.0, 2.0], [1.5, 2.5]) is False

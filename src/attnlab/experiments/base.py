@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,7 +263,8 @@ class Context:
 
             # spawn: a fresh interpreter per worker (forking a process whose PyTorch has started
             # its thread pools can hang the child)
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=end_with_parent, initargs=(os.getpid(),))
         self.log(f"{run_dir.name}: training in a worker process")
         future = self._pool.submit(train_in_worker, (spec.name, spec.module), job,
                                    f"[{self.exp.name} {run_dir.name}]" if self._log is not None else None)
@@ -392,6 +394,19 @@ def train_one(spec, data_config, cfg, run_dir: Path, model: str, model_args: dic
         if log is not None:
             log(f"{run_dir.name}: {e}")
         return {"diverged": str(e), "metrics": {}, "best": None, "model": None}
+
+
+def end_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker process of ``--jobs``: end it when the experiment's process ``parent`` is gone
+    (killed, not interrupted), so no orphan trains on and holds its arm's run lock."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)  # checkpoints are written atomically: the arm resumes from its last one
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def train_in_worker(task: tuple[str, str], job: dict, prefix: str | None) -> dict:
