@@ -7,6 +7,8 @@ TEST_VENV ?= .venv-test
 ATTNLAB_DATA ?= ../shared/data
 export ATTNLAB_DATA
 PYTEST_ARGS ?=
+# test workers (pytest-xdist), each given whole test files and one torch thread
+PYTEST_JOBS ?= 2
 
 .PHONY: demo test install install-test install-browser bench lint clean
 
@@ -41,7 +43,7 @@ install-browser:
 	else echo "install-browser: no $(CHROMIUM) and no root apt-get; the browser tests will skip"; fi
 
 test: $(TEST_VENV)/.installed install-browser
-	$(TEST_VENV)/bin/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest -q -n $(PYTEST_JOBS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check src tests bench

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread;
+# run alone, the suite uses up to two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 # The heavy groups, marked `slow` here in one place besides the tests that carry
