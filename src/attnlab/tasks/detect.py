@@ -533,20 +533,23 @@ def detect_file(run: LoadedRun, path: str, convert: bool = False) -> dict:
     if dc.tile:
         return predict_tiled(image, lambda t: detect_batch(run, t, [tuple(t.shape[-2:])] * len(t)), dc.tile,
                              dc.tile_overlap)
-    return detect_batch(run, seen_image(run, path, convert)[0][None], [tuple(image.shape[-2:])])[0]
+    return detect_batch(run, seen_image(run, path, convert, image)[0][None], [tuple(image.shape[-2:])])[0]
 
 
-def seen_image(run: LoadedRun, path: str, convert: bool = False) -> tuple[torch.Tensor, str]:
+def seen_image(run: LoadedRun, path: str, convert: bool = False,
+               image: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """One image file as the run's model sees it, uint8 (C, H, W), and how: a tiled run's centre
     tile at full resolution, a VOC or COCO run's photograph resized as DETR (aspect kept), a
-    canvas run's squashed to the model's square. What ``viz attention`` and ``viz explore`` show."""
+    canvas run's squashed to the model's square. What ``viz attention`` and ``viz explore`` show.
+    ``image``: the file already read at full resolution, if it is."""
     from attnlab.data.images import read_images, read_model_images
     from attnlab.tasks.detect_voc import longest_side
 
     dc = run_data_config(run.record)
     if not (dc.tile or _many_sizes(dc.dataset)):
         return read_model_images([path], run.model, convert)[0], "resized to the model's square, as trained"
-    image = read_images([path], None, run.model.cfg.in_chans, convert)[0]
+    if image is None:
+        image = read_images([path], None, run.model.cfg.in_chans, convert)[0]
     h, w = image.shape[-2:]
     if dc.tile:
         th, tw = min(dc.tile, h), min(dc.tile, w)
