@@ -324,11 +324,20 @@ def test_side_by_side_an_arm_waits_for_the_arm_it_starts_from_and_errors_reach_t
     assert results[1][2] == results[2][2]
 
 
-def _interrupted_beside_a_long_arm(ctx):
+def _long_arm(ctx):
+    """An arm of 10,000 epochs (hours): with --jobs 2 it trains in a worker until stopped."""
     dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=50, eval_size=16)
-    ctx.train_arm("gru", COPY, dc, dict(epochs=10_000, batch_size=8, lr=3e-3, warmup_steps=1), "gru_lm_small",
-                  {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1})
+    return ctx.train_arm("gru", COPY, dc, dict(epochs=10_000, batch_size=8, lr=3e-3, warmup_steps=1), "gru_lm_small",
+                         {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1})
+
+
+def _interrupted_beside_a_long_arm(ctx):
+    _long_arm(ctx)
     raise KeyboardInterrupt  # Ctrl-C while the arm trains in its worker
+
+
+def _waiting_for_a_long_arm(ctx):
+    _long_arm(ctx)["metrics"]
 
 
 def test_ctrl_c_with_arms_side_by_side_ends_the_workers_at_once(tmp_path):
@@ -353,7 +362,7 @@ def test_killing_an_experiment_ends_its_workers(tmp_path):
     code = ("import sys; from attnlab.experiments import run_experiment; import test_experiments as t; "
             "from attnlab.experiments.base import Experiment; "
             "run_experiment(Experiment('t', 'q', 'a', {'quick': '', 'full': ''}, {'quick': 1, 'full': 1}, "
-            "t._one_long_arm), out=sys.argv[1], progress=False, jobs=2)")
+            "t._waiting_for_a_long_arm), out=sys.argv[1], progress=False, jobs=2)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], env=env)
     run = tmp_path / "out" / "runs" / "gru-s0"
@@ -378,12 +387,6 @@ def test_killing_an_experiment_ends_its_workers(tmp_path):
         time.sleep(0.2)
         alive = [c for c in children if running(c)]
     assert not alive, f"workers {alive} outlived the experiment"
-
-
-def _one_long_arm(ctx):
-    dc = CopyDataConfig(lag=2, outputs=4, steps_per_epoch=50, eval_size=16)
-    ctx.train_arm("gru", COPY, dc, dict(epochs=10_000, batch_size=8, lr=3e-3, warmup_steps=1), "gru_lm_small",
-                  {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1})["metrics"]
 
 
 def test_numbers_helpers():
