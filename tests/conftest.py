@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread;
+# Under pytest-xdist (`make test` runs two workers, PYTEST_JOBS) each worker computes on one thread;
 # run alone, the suite uses up to two.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
